@@ -1,0 +1,127 @@
+"""One typed config for an audit, resolved once: CLI options > YAML preset (`audit:` section) > defaults.
+
+The resolved config is written into every output folder (`config.resolved.yaml`) with the run's own config and
+the package versions, so a report says everything that decided its numbers.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class AuditConfig:
+    """Options of `cli.py audit` (see `python cli.py audit --help` for each)."""
+
+    run_dir: str | None = None
+    arch: str | None = None
+    source: str | None = None
+    classes: list[str] | None = None
+    checkpoint: str | None = None
+    data: str | None = None
+    split: str | None = None
+    out: str | None = None
+    layer: str | None = None
+    target: str = "pred"
+    batch_size: int = 32
+    device: str = "cpu"
+    limit: int | None = None
+    workers: int = field(default_factory=lambda: min(4, max(0, (os.cpu_count() or 1) - 1)))
+    preset: str | None = None
+    positive: str | None = None
+    by: list[str] = field(default_factory=list)
+    seed: int = 0
+    n_boot: int = 1000
+    min_n: int = 10
+    high_conf: float = 0.9
+    hit_tolerance: int = 0
+    off_target_frac: float = 0.5
+    artifact_lift: float = 3.0
+    counterfactual: bool = False
+    # from the preset
+    regions: dict = field(default_factory=dict)
+    data_spec: dict = field(default_factory=dict)
+    gates: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+AUDIT_KEYS = {f.name for f in fields(AuditConfig)} - {"regions", "data_spec", "gates"}
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config preset not found")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: does not parse as YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
+    return d
+
+
+def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
+    """Merge CLI options (None = not given) over the preset's `audit:` section over the defaults."""
+    merged: dict = {}
+    pre: dict = {}
+    if preset:
+        pre = load_yaml(preset)
+        section = pre.get("audit") or {}
+        unknown = set(section) - AUDIT_KEYS
+        if unknown:
+            raise ConfigError(f"{preset}: unknown key(s) in audit: {sorted(unknown)}")
+        merged.update(section)
+        merged["regions"] = pre.get("regions") or {}
+        merged["data_spec"] = pre.get("data") or {}
+        merged["gates"] = pre.get("gates") or {}
+        merged["preset"] = str(preset)
+    for k, v in cli.items():
+        if k not in AUDIT_KEYS:
+            raise ConfigError(f"unknown option {k!r}")
+        if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 0 and k == "by"):
+            merged[k] = v
+    cfg = AuditConfig(**merged)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: AuditConfig) -> None:
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ConfigError(f"--limit: expected a positive integer, got {cfg.limit}")
+    if not 0 < cfg.high_conf <= 1:
+        raise ConfigError(f"--high-conf: expected a probability in (0, 1], got {cfg.high_conf}")
+    if cfg.device != "cpu" and not cfg.device.startswith("cuda") and cfg.device != "mps":
+        raise ConfigError(f"--device: expected cpu, cuda[:N] or mps, got {cfg.device!r}")
+    if cfg.workers < 0:
+        raise ConfigError(f"--workers: expected ≥ 0, got {cfg.workers}")
+    if not isinstance(cfg.regions, dict):
+        raise ConfigError(f"{cfg.preset}: 'regions' must be a mapping of region name → options")
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+    out = {}
+    for p in ("torch", "torchvision", "timm", "numpy", "scikit-image", "scikit-learn", "pandas", "rich"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def write_resolved(path: Path, cfg: AuditConfig, run: dict, extra: dict | None = None) -> None:
+    from . import __version__
+    doc = {"auditor_version": __version__, "options": cfg.to_dict(), "run": run, "versions": package_versions()}
+    if extra:
+        doc.update(extra)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -1,0 +1,85 @@
+"""Manifest rows → batches on the model grid, decoded (and region masks built) in DataLoader workers.
+
+Each item is a dict: idx (row index), ok (bool), error (str), img (uint8 S×S×3 tensor), src_hw, and — when a
+region function is given — masks {region: bool S×S tensor} for the regions that could be built. A failing image
+never raises: it comes back with ok=False and the reason, and the batch goes on without it.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .preprocess import InputSpec, image_to_grid, load_rgb
+
+RegionFn = Callable[[np.ndarray, dict, InputSpec, tuple], dict]
+
+
+class ManifestDataset(Dataset):
+    """rows: the manifest DataFrame; region_fn(grid_img, row, spec, src_hw) → {name: RegionResult-like}."""
+
+    def __init__(self, rows: pd.DataFrame, spec: InputSpec, region_fn: RegionFn | None = None):
+        self.records = rows.to_dict("records")
+        self.spec = spec
+        self.region_fn = region_fn
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.records[i]
+        item: dict = {"idx": i, "ok": False, "error": ""}
+        try:
+            rgb = load_rgb(row["image"])
+            grid = image_to_grid(rgb, self.spec)
+        except FileNotFoundError:
+            item["error"] = f"image not found: {row['image']}"
+            return item
+        except Exception as e:  # PIL raises several types for broken files
+            item["error"] = f"unreadable image {row['image']}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            return item
+        item.update(ok=True, img=torch.from_numpy(np.array(grid, copy=True)), src_hw=tuple(rgb.shape[:2]))
+        if self.region_fn is not None:
+            masks, scores, notes = {}, {}, {}
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    res = self.region_fn(grid, row, self.spec, tuple(rgb.shape[:2]))
+                except Exception as e:  # a region failure must not lose the image
+                    res = {}
+                    notes["_regions"] = f"{type(e).__name__}: {e}"
+            for name, r in res.items():
+                if r.mask is not None:
+                    masks[name] = torch.from_numpy(np.ascontiguousarray(r.mask.astype(bool)))
+                scores[name] = float(r.score) if r.score is not None else float("nan")
+                if r.note:
+                    notes[name] = r.note
+            item.update(masks=masks, scores=scores, notes=notes,
+                        warnings=[str(w.message) for w in caught][:5])
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the readable images; keep the failures aside."""
+    ok = [it for it in items if it["ok"]]
+    out = {"idx": [it["idx"] for it in ok], "failed": [(it["idx"], it["error"]) for it in items if not it["ok"]],
+           "src_hw": [it["src_hw"] for it in ok]}
+    out["img"] = torch.stack([it["img"] for it in ok]) if ok else None
+    if ok and "masks" in ok[0]:
+        out["masks"] = [it["masks"] for it in ok]
+        out["scores"] = [it["scores"] for it in ok]
+        out["notes"] = [it["notes"] for it in ok]
+        out["warnings"] = [it["warnings"] for it in ok]
+    return out
+
+
+def make_loader(rows: pd.DataFrame, spec: InputSpec, batch_size: int, workers: int,
+                region_fn: RegionFn | None = None, pin_memory: bool = False) -> DataLoader:
+    ds = ManifestDataset(rows, spec, region_fn)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory, persistent_workers=False,
+                      prefetch_factor=4 if workers > 0 else None)

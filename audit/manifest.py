@@ -1,0 +1,135 @@
+"""The data manifest: a CSV of images, labels, splits, target masks and metadata.
+
+Canonical columns after loading (`load_manifest`):
+  image_id (str), image (absolute path str), label (str or NA), split (str or NA), mask (absolute path str or NA),
+  and every other column of the CSV kept as metadata.
+A preset may map real layouts onto these without converting them (`DataSpec`), e.g. HAM10000's metadata CSV:
+  columns {label: dx}, image_pattern "images/{image_id}.jpg", mask_pattern "masks/{image_id}_segmentation.png".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ManifestError
+
+CANONICAL = ("image_id", "image", "label", "split", "mask")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to read a manifest. columns: canonical name → CSV column (e.g. {"label": "dx"}).
+
+    image_pattern / mask_pattern: format strings over the row's columns, used when the column is absent
+    (relative to the CSV's folder unless absolute). image_root: folder that relative paths are relative to
+    (default: the CSV's folder).
+    """
+
+    columns: dict = field(default_factory=dict)
+    image_pattern: str | None = None
+    mask_pattern: str | None = None
+    image_root: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DataSpec":
+        d = dict(d or {})
+        d.pop("manifest", None)
+        unknown = set(d) - {"columns", "image_pattern", "mask_pattern", "image_root"}
+        if unknown:
+            from .errors import ConfigError
+            raise ConfigError(f"data: unknown key(s) {sorted(unknown)}; expected columns, image_pattern, "
+                              "mask_pattern, image_root, manifest")
+        return cls(columns=dict(d.get("columns") or {}), image_pattern=d.get("image_pattern"),
+                   mask_pattern=d.get("mask_pattern"), image_root=d.get("image_root"))
+
+
+def _resolve(root: Path, p) -> str | None:
+    if p is None or (isinstance(p, float) and pd.isna(p)) or (isinstance(p, str) and not p.strip()):
+        return None
+    q = Path(str(p))
+    return str(q if q.is_absolute() else (root / q))
+
+
+def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: list[str] | None = None,
+                  split: str | None = None, require_label: bool = True) -> pd.DataFrame:
+    """Read and validate a manifest; returns one row per image with the canonical columns first.
+
+    split: keep only rows of that split ("all" or None keeps everything). classes: when given, every label
+    must be one of them (ManifestError naming the first offending label and its row otherwise).
+    Raises ManifestError naming the file and column for anything a user must fix.
+    """
+    spec = spec or DataSpec()
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ManifestError(f"{csv_path}: manifest not found (expected a CSV with columns image,label[,split,mask])")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=True)
+    except Exception as e:  # pandas raises many types for a broken CSV
+        raise ManifestError(f"{csv_path}: cannot parse CSV ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if df.empty:
+        raise ManifestError(f"{csv_path}: manifest has no rows")
+    for canon, src in spec.columns.items():
+        if canon not in CANONICAL:
+            raise ManifestError(f"{csv_path}: data.columns maps unknown field {canon!r}; expected one of {CANONICAL}")
+        if src not in df.columns:
+            raise ManifestError(f"{csv_path}: column {src!r} (mapped to {canon!r}) not found; "
+                                f"columns are {list(df.columns)}")
+        if canon in df.columns and canon != src:
+            df = df.rename(columns={canon: f"{canon}_orig"})
+        df[canon] = df[src]
+    root = Path(spec.image_root) if spec.image_root else csv_path.parent
+    if not root.is_absolute():
+        root = csv_path.parent / root
+    row_dicts = None
+    if "image" not in df.columns:
+        if not spec.image_pattern:
+            raise ManifestError(f"{csv_path}: missing column 'image' (and no data.image_pattern to build it)")
+        row_dicts = df.to_dict("records")
+        df["image"] = [_fmt(spec.image_pattern, r, csv_path) for r in row_dicts]
+    if "mask" not in df.columns and spec.mask_pattern:
+        row_dicts = row_dicts or df.to_dict("records")
+        df["mask"] = [_fmt(spec.mask_pattern, r, csv_path) for r in row_dicts]
+    if "label" not in df.columns:
+        if require_label:
+            raise ManifestError(f"{csv_path}: missing column 'label' (map one with data.columns: {{label: COL}})")
+        df["label"] = pd.NA
+    if df["image"].isna().any():
+        i = int(df["image"].isna().to_numpy().argmax())
+        raise ManifestError(f"{csv_path}: column 'image' is empty in row {i + 2}")
+    df["image"] = [_resolve(root, p) for p in df["image"]]
+    df["mask"] = [_resolve(root, p) for p in df["mask"]] if "mask" in df.columns else None
+    if "image_id" not in df.columns:
+        df["image_id"] = [Path(p).stem for p in df["image"]]
+    df["image_id"] = df["image_id"].astype(str)
+    if df["image_id"].duplicated().any():
+        dup = df["image_id"][df["image_id"].duplicated()].iloc[0]
+        raise ManifestError(f"{csv_path}: column 'image_id' is not unique (e.g. {dup!r})")
+    if "split" not in df.columns:
+        df["split"] = pd.NA
+    if classes is not None and require_label:
+        bad = ~df["label"].isin(classes)
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise ManifestError(f"{csv_path}: column 'label' row {i + 2} holds {df['label'].iloc[i]!r}, "
+                                f"not among the run's classes {classes}")
+    if split not in (None, "all"):
+        present = sorted(df["split"].dropna().unique().tolist())
+        if split not in present:
+            raise ManifestError(f"{csv_path}: --split {split!r} not found in column 'split' (present: {present})")
+        df = df[df["split"] == split]
+    cols = list(CANONICAL) + [c for c in df.columns if c not in CANONICAL]
+    return df[cols].reset_index(drop=True)
+
+
+def default_split(df: pd.DataFrame) -> str:
+    """'test' when the manifest has a test split, else 'all'."""
+    return "test" if (df["split"] == "test").any() else "all"
+
+
+def _fmt(pattern: str, row: dict, csv_path: Path) -> str:
+    try:
+        return pattern.format(**row)
+    except KeyError as e:
+        raise ManifestError(f"{csv_path}: pattern {pattern!r} names column {e.args[0]!r}, which is missing") from None

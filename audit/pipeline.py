@@ -1,0 +1,195 @@
+"""`run_audit(cfg)`: run dir + manifest → per_image.csv, cams.npz, summary.json, config.resolved.yaml, errors.csv.
+
+The per-image table is the spine: every later step adds columns to it or reads it. Work is streamed per batch
+(CAMs computed, scored against the batch's masks, rows appended, batch dropped); only the h×w layer-resolution
+maps (49 floats per image for a 7×7 layer) are kept for `cams.npz`.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .cam import default_layer, get_module, grad_cam
+from .config import AuditConfig, write_resolved
+from .errors import ConfigError, ManifestError, UndefinedMetricWarning
+from .manifest import DataSpec, default_split, load_manifest
+from .preprocess import normalize
+from .run import RunConfig, load_run
+from .scores import region_columns, score_batch
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass
+class AuditResult:
+    out_dir: Path
+    per_image: pd.DataFrame
+    summary: dict
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: MPS is not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def resolve_target(rule: str, classes: list[str]) -> str | int:
+    if rule in ("pred", "true"):
+        return rule
+    if rule in classes:
+        return classes.index(rule)
+    raise ConfigError(f"--target {rule!r}: expected 'pred', 'true' or one of the classes {classes}")
+
+
+def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame, str, Path]:
+    """(full manifest, audited rows, split name, manifest path)."""
+    path = Path(cfg.data) if cfg.data else run.manifest
+    if path is None:
+        raise ManifestError("no data manifest: pass --data CSV or set data.manifest in the run's config.yaml")
+    spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
+    spec_d.update(cfg.data_spec or {})
+    full = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes)
+    split = cfg.split or default_split(full)
+    rows = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes, split=split) \
+        if split != "all" else full
+    if cfg.limit:
+        rows = rows.iloc[: cfg.limit].reset_index(drop=True)
+    for col in cfg.by:
+        if col not in rows.columns:
+            raise ManifestError(f"{path}: --by column {col!r} not found; columns are {list(rows.columns)}")
+    return full, rows, split, path
+
+
+def build_region_fn(cfg: AuditConfig):
+    """(region_fn or None, {region: kind}) from the preset's `regions:` section."""
+    if not cfg.regions:
+        return None, {}
+    from masks import build_regions
+    rs = build_regions(cfg.regions)
+    return rs.compute, dict(rs.kinds)
+
+
+def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult:
+    """Run the whole audit and write its files; returns the table and the summary."""
+    t0 = time.perf_counter()
+    model, run = load_run(cfg.run_dir, cfg.arch, cfg.classes, cfg.source, cfg.checkpoint)
+    device = resolve_device(cfg.device)
+    full, rows, split, manifest_path = load_audit_manifest(cfg, run)
+    spec = run.input
+    layer = cfg.layer or default_layer(model, (1, spec.channels, spec.size, spec.size))
+    get_module(model, layer)  # validates the name with a listing of candidates
+    target_rule = resolve_target(cfg.target, run.classes)
+    region_fn, kinds = build_region_fn(cfg)
+    name = run.run_dir.name if run.run_dir else Path(run.checkpoint).stem
+    out = Path(cfg.out) if cfg.out else Path("reports") / name
+    out.mkdir(parents=True, exist_ok=True)
+
+    from .data import make_loader
+    model.to(device)
+    cls_idx = {c: i for i, c in enumerate(run.classes)}
+    loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
+    records, cams_all, ids_all, tgt_all, errors = [], [], [], [], []
+    region_cols = region_columns(kinds)
+    t_model = 0.0
+    n_zero_cam = 0
+    done = 0
+    recs = rows.to_dict("records")
+    for batch in loader:
+        for i, err in batch["failed"]:
+            errors.append((recs[i]["image_id"], recs[i]["image"], err))
+        done += len(batch["failed"])
+        if batch["img"] is None:
+            if progress:
+                progress(done, len(rows))
+            continue
+        idx = batch["idx"]
+        x = normalize(batch["img"].to(device, non_blocking=True), spec)
+        labels = torch.tensor([cls_idx.get(recs[i]["label"], -1) for i in idx], device=device)
+        tm = time.perf_counter()
+        res = grad_cam(model, x, layer, target_rule, labels)
+        t_model += time.perf_counter() - tm
+        probs = torch.softmax(res.logits, 1).cpu().numpy()
+        with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            sc = score_batch(res.cams, batch.get("masks") or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
+        tgt = res.target.cpu().numpy()
+        for j, i in enumerate(idx):
+            r = recs[i]
+            p = probs[j]
+            pred = int(p.argmax())
+            rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
+                   "pred": run.classes[pred], "confidence": float(p[pred]),
+                   "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
+                   "cam_sum": float(res.cams[j].sum())}
+            for c, k in cls_idx.items():
+                rec[f"p_{c}"] = float(p[k])
+            for col in region_cols:
+                rec[col] = float(sc[col][j]) if col in sc else float("nan")
+            if "scores" in batch:
+                for reg, s in batch["scores"][j].items():
+                    rec[f"score_{reg}"] = s
+                notes = batch["notes"][j]
+                if notes:
+                    rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
+            for col, v in r.items():
+                if col not in rec and col not in ("mask",):
+                    rec[col] = v
+            records.append(rec)
+        cams_all.append(res.cams.cpu().numpy().astype(np.float32))
+        ids_all += [recs[i]["image_id"] for i in idx]
+        tgt_all.append(tgt)
+        done += len(idx)
+        if progress:
+            progress(done, len(rows))
+        n_zero_cam += int((res.cams.flatten(1).sum(1) <= 0).sum())
+    per_image = pd.DataFrame.from_records(records)
+    if per_image.empty:
+        raise ManifestError(f"{manifest_path}: none of the {len(rows)} audited images could be read "
+                            f"(first error: {errors[0][2] if errors else 'none'})")
+    cams = np.concatenate(cams_all) if cams_all else np.zeros((0, 1, 1), np.float32)
+    from .summary import add_flags, build_summary, clean_json
+    per_image = add_flags(per_image, kinds, cfg)
+    per_image.to_csv(out / "per_image.csv", index=False)
+    np.savez_compressed(out / "cams.npz", image_id=np.array(ids_all, dtype=str), cam=cams, layer=np.array(layer),
+                        target=np.concatenate(tgt_all).astype(np.int64))
+    if errors:
+        pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out / "errors.csv", index=False)
+    elif (out / "errors.csv").exists():
+        (out / "errors.csv").unlink()
+    summary = build_summary(per_image, kinds, run, cfg, full=full, split=split, manifest=manifest_path,
+                            layer=layer, cam_hw=tuple(cams.shape[1:]), n_skipped=len(errors),
+                            timing={"total_s": time.perf_counter() - t0, "model_s": t_model},
+                            model=model, device=device)
+    summary["data"]["n_zero_cam"] = n_zero_cam
+    summary = clean_json(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    write_resolved(out / "config.resolved.yaml", cfg, run.to_dict(),
+                   {"layer": layer, "cam_resolution": list(cams.shape[1:]), "split": split,
+                    "manifest": str(manifest_path), "regions": kinds})
+    model.cpu()
+    return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating,)):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,143 @@
+"""The model's input geometry and normalisation, applied identically to images and to region masks.
+
+Every image and every mask goes through one `InputSpec`: decode → RGB uint8 (H×W×3) → resize (and centre crop
+when `resize="crop"`) to the model grid S×S → normalise. Masks take exactly the same geometry with nearest
+neighbour, so a mask and a CAM upsampled to the model input share one grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How the model sees an image.
+
+    size: side S of the square model input (pixels).
+    mean, std: per-channel normalisation on [0, 1] values (length = channels).
+    resize: "stretch" resizes the whole image to S×S (aspect ratio not kept, nothing lost);
+            "crop" resizes the shorter side to round(S / crop_pct) and centre-crops S×S (timm/ImageNet style).
+    crop_pct: only for resize="crop"; 1.0 crops exactly the central square.
+    channels: 3 (grayscale images are replicated) or 1 (colour images converted to luminance).
+    """
+
+    size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    resize: str = "stretch"
+    crop_pct: float = 1.0
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("stretch", "crop"):
+            raise ConfigError(f"input.resize: expected 'stretch' or 'crop', got {self.resize!r}")
+        if not (isinstance(self.size, int) and self.size > 0):
+            raise ConfigError(f"input.size: expected a positive integer, got {self.size!r}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"input.channels: expected 1 or 3, got {self.channels!r}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(
+                f"input.mean/std: expected {self.channels} values each, got {len(self.mean)} and {len(self.std)}")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"input.crop_pct: expected a value in (0, 1], got {self.crop_pct!r}")
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
+                "crop_pct": self.crop_pct, "channels": self.channels}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an H×W original lands on the S×S grid: resize to (rh, rw), then crop box (top, left, S, S)."""
+
+    src_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    crop_tl: tuple[int, int] = field(default=(0, 0))
+    size: int = 224
+
+
+def geometry_for(src_hw: tuple[int, int], spec: InputSpec) -> Geometry:
+    """The resize/crop that `spec` applies to an image of shape `src_hw` = (H, W)."""
+    h, w = int(src_hw[0]), int(src_hw[1])
+    s = spec.size
+    if spec.resize == "stretch":
+        return Geometry((h, w), (s, s), (0, 0), s)
+    short = max(s, int(round(s / spec.crop_pct)))
+    if h <= w:
+        rh, rw = short, max(short, int(round(w * short / h)))
+    else:
+        rh, rw = max(short, int(round(h * short / w))), short
+    return Geometry((h, w), (rh, rw), ((rh - s) // 2, (rw - s) // 2), s)
+
+
+def _crop(a: np.ndarray, g: Geometry) -> np.ndarray:
+    t, l = g.crop_tl
+    return a[t:t + g.size, l:l + g.size]
+
+
+def image_to_grid(img: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 H×W×3 RGB → uint8 S×S×3 on the model grid (bilinear with antialiasing, as torchvision's Resize)."""
+    g = geometry_for(img.shape[:2], spec)
+    pil = Image.fromarray(img)
+    if (pil.height, pil.width) != g.resized_hw:
+        pil = pil.resize((g.resized_hw[1], g.resized_hw[0]), Image.BILINEAR)
+    return _crop(np.asarray(pil), g)
+
+
+def mask_to_grid(mask: np.ndarray, spec: InputSpec, src_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """bool/int H×W mask → same dtype S×S, through the image's geometry with nearest neighbour.
+
+    src_hw: the original image's (H, W) when the mask has another size (it is first resized to the image's
+    size with nearest neighbour, so that the crop box is the image's own).
+    """
+    m = np.asarray(mask)
+    dtype = m.dtype
+    if src_hw is not None and tuple(m.shape[:2]) != tuple(src_hw):
+        m = _nearest(m, src_hw)
+    g = geometry_for(m.shape[:2], spec)
+    if tuple(m.shape[:2]) != g.resized_hw:
+        m = _nearest(m, g.resized_hw)
+    return _crop(m, g).astype(dtype, copy=False)
+
+
+def _nearest(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize by index sampling at pixel centres (exact, dtype-preserving)."""
+    h, w = m.shape[:2]
+    rows = np.minimum(((np.arange(hw[0]) + 0.5) * h / hw[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(hw[1]) + 0.5) * w / hw[1]).astype(np.int64), w - 1)
+    return m[rows][:, cols]
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit scaled)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            a = np.asarray(im, dtype=np.float64)
+            hi = a.max() if a.max() > 0 else 1.0
+            a = (a / hi * 255.0).round().astype(np.uint8)
+            return np.repeat(a[..., None], 3, axis=2)
+        return np.asarray(im.convert("RGB"))
+
+
+def normalize(grid_imgs: np.ndarray | torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8 N×S×S×3 (or S×S×3) → float32 N×C×S×S tensor, (x/255 − mean)/std."""
+    t = torch.as_tensor(np.asarray(grid_imgs)) if not isinstance(grid_imgs, torch.Tensor) else grid_imgs
+    if t.ndim == 3:
+        t = t[None]
+    t = t.permute(0, 3, 1, 2).float().div_(255.0)
+    if spec.channels == 1:
+        t = (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
+    mean = torch.tensor(spec.mean, dtype=t.dtype, device=t.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=t.dtype, device=t.device).view(1, -1, 1, 1)
+    return (t - mean) / std

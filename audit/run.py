@@ -1,0 +1,251 @@
+"""Load a training run directory: config, checkpoint (weights_only), model (torchvision | timm).
+
+Run directory contract (see README):
+  config.yaml | config.json   model {name, source, num_classes}, classes, input {...}, positive_class, data {manifest}
+  checkpoint                  first of checkpoint.pt, best.pt, model.pt, *.pth, *.safetensors, *.ckpt
+A checkpoint may be a plain state_dict or hold one under `model`, `state_dict` or `model_state_dict`;
+`module.` and `model.` prefixes are stripped. It is always read with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from .errors import RunDirError
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+
+CHECKPOINT_PATTERNS = ("checkpoint.pt", "best.pt", "model.pt", "*.pth", "*.safetensors", "*.ckpt")
+STATE_KEYS = ("model", "state_dict", "model_state_dict")
+STRIP_PREFIXES = ("module.", "model.")
+
+
+@dataclass
+class RunConfig:
+    """What a run directory declares (or what --arch/--classes supplied)."""
+
+    model_name: str
+    source: str  # "torchvision" | "timm"
+    classes: list[str]
+    input: InputSpec
+    positive_class: str | None = None
+    manifest: Path | None = None
+    data: dict = field(default_factory=dict)
+    run_dir: Path | None = None
+    checkpoint: Path | None = None
+    checkpoint_sha256: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {"model": {"name": self.model_name, "source": self.source, "num_classes": self.num_classes},
+                "classes": list(self.classes), "input": self.input.to_dict(), "positive_class": self.positive_class,
+                "manifest": str(self.manifest) if self.manifest else None,
+                "run_dir": str(self.run_dir) if self.run_dir else None,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "checkpoint_sha256": self.checkpoint_sha256}
+
+
+def read_config_file(path: Path) -> dict:
+    """Parse a YAML or JSON file into a dict; RunDirError naming the file on failure."""
+    try:
+        text = path.read_text()
+        d = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
+        msg = str(e).replace("\n", " ")
+        raise RunDirError(f"{path}: cannot parse ({type(e).__name__}: {msg[:200]})") from None
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise RunDirError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
+    return d
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    for pat in CHECKPOINT_PATTERNS:
+        hits = sorted(run_dir.glob(pat))
+        if hits:
+            return hits[0]
+    raise RunDirError(f"{run_dir}: no checkpoint found (expected one of {', '.join(CHECKPOINT_PATTERNS)})")
+
+
+def _default_input(model_name: str, source: str) -> InputSpec:
+    """timm's pretrained cfg for timm models (mean, std, size, crop), ImageNet at 224 otherwise."""
+    if source == "timm":
+        try:
+            import timm
+            cfg = timm.get_pretrained_cfg(model_name)
+            if cfg is not None:
+                c = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+                size = int(c.get("input_size", (3, 224, 224))[-1])
+                return InputSpec(size=size, mean=tuple(c.get("mean", IMAGENET_MEAN)),
+                                 std=tuple(c.get("std", IMAGENET_STD)))
+        except Exception:  # unknown name is reported later by create_model
+            pass
+    return InputSpec()
+
+
+def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes: list[str] | None = None,
+                    source: str | None = None) -> RunConfig:
+    """Resolve a RunConfig from `run_dir/config.{yaml,json}`, with --arch/--classes as overrides/fallbacks."""
+    rd = Path(run_dir) if run_dir is not None else None
+    if rd is not None and not rd.is_dir():
+        raise RunDirError(f"{rd}: run directory not found")
+    raw: dict = {}
+    cfg_path = None
+    if rd is not None:
+        for name in ("config.yaml", "config.yml", "config.json"):
+            if (rd / name).is_file():
+                cfg_path = rd / name
+                raw = read_config_file(cfg_path)
+                break
+    where = str(cfg_path) if cfg_path else "--arch/--classes"
+    m = raw.get("model") or {}
+    if isinstance(m, str):
+        m = {"name": m}
+    if not isinstance(m, dict):
+        raise RunDirError(f"{where}: 'model' must be a mapping {{name, source, num_classes}}")
+    name = arch or m.get("name")
+    src = source or m.get("source") or "torchvision"
+    cls = classes or raw.get("classes")
+    if not name:
+        raise RunDirError(f"{where}: no model name (set model.name in config.yaml or pass --arch)")
+    if not cls or not isinstance(cls, list):
+        raise RunDirError(f"{where}: no class list (set classes: [...] in config.yaml or pass --classes a,b,c)")
+    cls = [str(c) for c in cls]
+    if src not in ("torchvision", "timm"):
+        raise RunDirError(f"{where}: model.source must be 'torchvision' or 'timm', got {src!r}")
+    n = m.get("num_classes")
+    if n is not None and int(n) != len(cls):
+        raise RunDirError(f"{where}: model.num_classes = {n} but {len(cls)} classes are listed")
+    inp_raw = raw.get("input") or {}
+    base = _default_input(name, src)
+    try:
+        inp = InputSpec(size=int(inp_raw.get("size", base.size)),
+                        mean=tuple(float(x) for x in inp_raw.get("mean", base.mean)),
+                        std=tuple(float(x) for x in inp_raw.get("std", base.std)),
+                        resize=str(inp_raw.get("resize", base.resize)),
+                        crop_pct=float(inp_raw.get("crop_pct", base.crop_pct)),
+                        channels=int(inp_raw.get("channels", base.channels)))
+    except Exception as e:
+        raise RunDirError(f"{where}: invalid input section ({e})") from None
+    pos = raw.get("positive_class")
+    if pos is not None and str(pos) not in cls:
+        raise RunDirError(f"{where}: positive_class {pos!r} is not among the classes {cls}")
+    data = raw.get("data") or {}
+    manifest = None
+    if data.get("manifest"):
+        mp = Path(data["manifest"])
+        manifest = mp if mp.is_absolute() else (rd / mp if rd else mp)
+    return RunConfig(model_name=str(name), source=src, classes=cls, input=inp,
+                     positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd)
+
+
+def build_model(cfg: RunConfig) -> torch.nn.Module:
+    """An untrained model of the declared architecture with `num_classes` outputs (never downloads weights)."""
+    try:
+        if cfg.source == "timm":
+            import timm
+            return timm.create_model(cfg.model_name, pretrained=False, num_classes=cfg.num_classes,
+                                     in_chans=cfg.input.channels)
+        import torchvision
+        model = torchvision.models.get_model(cfg.model_name, weights=None, num_classes=cfg.num_classes)
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise RunDirError(f"model {cfg.source}:{cfg.model_name}: cannot build ({str(e).splitlines()[0]})") from None
+    if cfg.input.channels == 1:
+        raise RunDirError("input.channels = 1 is supported for timm models only (torchvision stems take 3 channels)")
+    return model
+
+
+def _extract_state_dict(obj, path: Path) -> dict:
+    if isinstance(obj, dict):
+        for k in STATE_KEYS:
+            if k in obj and isinstance(obj[k], dict):
+                return _extract_state_dict(obj[k], path)
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise RunDirError(f"{path}: not a state_dict (expected tensors, or a dict holding one under "
+                      f"{', '.join(STATE_KEYS)})")
+
+
+def _strip(sd: dict, model_keys: set[str]) -> dict:
+    for _ in range(3):
+        if set(sd) <= model_keys:
+            break
+        for p in STRIP_PREFIXES:
+            if sd and all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                break
+        else:
+            # mixed keys: strip prefixes key by key where that makes a model key
+            sd = {next((k[len(p):] for p in STRIP_PREFIXES if k.startswith(p) and k[len(p):] in model_keys), k): v
+                  for k, v in sd.items()}
+            break
+    return sd
+
+
+def read_state_dict(path: Path) -> dict:
+    """Tensors of a checkpoint file, read without executing code (weights_only / safetensors)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise RunDirError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)")
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirError(f"{path}: cannot load checkpoint with weights_only=True ({first[:300]})") from None
+    return _extract_state_dict(obj, path)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def load_run(run_dir: str | Path | None, arch: str | None = None, classes: list[str] | None = None,
+             source: str | None = None, checkpoint: str | Path | None = None) -> tuple[torch.nn.Module, RunConfig]:
+    """Load config + checkpoint into a model in eval mode on the CPU. Raises RunDirError with one line on failure."""
+    cfg = load_run_config(run_dir, arch, classes, source)
+    ckpt = Path(checkpoint) if checkpoint else (find_checkpoint(cfg.run_dir) if cfg.run_dir else None)
+    if ckpt is None:
+        raise RunDirError("no checkpoint: pass --run-dir (holding one) or --checkpoint")
+    if not ckpt.is_file():
+        raise RunDirError(f"{ckpt}: checkpoint not found")
+    model = build_model(cfg)
+    sd = read_state_dict(ckpt)
+    model_sd = model.state_dict()
+    sd = _strip(sd, set(model_sd))
+    missing = sorted(set(model_sd) - set(sd))
+    unexpected = sorted(set(sd) - set(model_sd))
+    if missing or unexpected:
+        def few(ks):
+            return ", ".join(ks[:5]) + (f" (+{len(ks) - 5} more)" if len(ks) > 5 else "")
+        raise RunDirError(f"{ckpt}: does not match {cfg.source}:{cfg.model_name} "
+                          f"(missing keys: {few(missing) or 'none'}; unexpected keys: {few(unexpected) or 'none'})")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(model_sd[k].shape):
+            hint = ""
+            if v.ndim >= 1 and model_sd[k].ndim >= 1 and v.shape[0] != model_sd[k].shape[0] and v.ndim <= 2:
+                hint = f" (the checkpoint has {v.shape[0]} outputs here; the config lists {cfg.num_classes} classes)"
+            raise RunDirError(f"{ckpt}: shape mismatch at {k}: checkpoint {tuple(v.shape)} vs model "
+                              f"{tuple(model_sd[k].shape)}{hint}")
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, cfg.input.channels, cfg.input.size, cfg.input.size))
+    if out.ndim != 2 or out.shape[1] != cfg.num_classes:
+        raise RunDirError(f"{ckpt}: the model gives {tuple(out.shape)} logits, but {cfg.num_classes} classes are listed")
+    cfg.checkpoint = ckpt
+    cfg.checkpoint_sha256 = file_sha256(ckpt)
+    return model, cfg

@@ -1,0 +1,127 @@
+"""Dataset-level summary of an audit (`summary.json`): a pure function of the per-image table and the config.
+
+Every rate carries n and a Wilson 95% CI; every region statistic a seeded bootstrap CI (audit.stats); a group
+below `min_n` is reported as too small, not as a number.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .config import AuditConfig
+from .errors import UndefinedMetricWarning
+from .run import RunConfig
+from .stats import proportion_ci, region_stats
+
+
+def add_flags(per_image: pd.DataFrame, kinds: dict[str, str], cfg: AuditConfig) -> pd.DataFrame:
+    """flag_high_conf_error: wrong with confidence ≥ cfg.high_conf. flag_off_target: the target fraction is below
+    cfg.off_target_frac, or an artifact region's lift exceeds cfg.artifact_lift (NaN scores never flag)."""
+    df = per_image
+    df["flag_high_conf_error"] = (~df["correct"].astype(bool)) & (df["confidence"] >= cfg.high_conf)
+    off = pd.Series(False, index=df.index)
+    reasons = [[] for _ in range(len(df))]
+    for r, kind in kinds.items():
+        if kind == "target" and f"frac_{r}" in df:
+            hit = (df[f"frac_{r}"] < cfg.off_target_frac).fillna(False).to_numpy()
+        elif kind == "artifact" and f"lift_{r}" in df:
+            hit = (df[f"lift_{r}"] > cfg.artifact_lift).fillna(False).to_numpy()
+        else:
+            continue
+        off |= hit
+        for i in np.flatnonzero(hit):
+            reasons[i].append(r)
+    df["flag_off_target"] = off.to_numpy()
+    df["off_target_regions"] = [",".join(x) for x in reasons]
+    return df
+
+
+def _est(e) -> dict:
+    d = e.to_dict() if hasattr(e, "to_dict") else dict(e)
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def rate(k: int, n: int) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return _est(proportion_ci(int(k), int(n)))
+
+
+def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig, cfg: AuditConfig, *,
+                  full: pd.DataFrame | None, split: str, manifest, layer: str, cam_hw: tuple, n_skipped: int,
+                  timing: dict, model=None, device=None) -> dict:
+    n = len(per_image)
+    correct = per_image["correct"].astype(bool).to_numpy()
+    conf = per_image["confidence"].to_numpy(dtype=float)
+    s: dict = {
+        "run": {"name": run.run_dir.name if run.run_dir else None, "run_dir": str(run.run_dir) if run.run_dir else None,
+                "model": f"{run.source}:{run.model_name}", "checkpoint": str(run.checkpoint),
+                "checkpoint_sha256": run.checkpoint_sha256, "classes": run.classes},
+        "data": {"manifest": str(manifest), "split": split, "n": n, "n_skipped": n_skipped},
+        "cam": {"method": "Grad-CAM (Selvaraju et al. 2017)", "layer": layer, "resolution": list(cam_hw),
+                "target": cfg.target, "upsampling": "bilinear (align_corners=False) to the model input"},
+        "accuracy": rate(correct.sum(), n),
+        "per_class": {},
+        "regions": {},
+        "high_conf_errors": {},
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+    }
+    for c in run.classes:
+        m = (per_image["label"] == c).to_numpy()
+        entry = {"n": int(m.sum()), "recall": rate(correct[m].sum(), m.sum()),
+                 "too_small": bool(m.sum() < cfg.min_n)}
+        s["per_class"][c] = entry
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for r, kind in kinds.items():
+            col = f"frac_{r}"
+            if col not in per_image:
+                continue
+            frac = per_image[col].to_numpy(dtype=float)
+            st = region_stats(frac, correct, conf, n_boot=cfg.n_boot, seed=cfg.seed, min_n=cfg.min_n)
+            lift = per_image[f"lift_{r}"].to_numpy(dtype=float)
+            area = per_image[f"area_{r}"].to_numpy(dtype=float)
+            fl = per_image[f"fraclayer_{r}"].to_numpy(dtype=float)
+            hit = per_image[f"hit_{r}"].to_numpy(dtype=float)
+            valid = np.isfinite(frac)
+            s["regions"][r] = {
+                "kind": kind, "n_present": int(valid.sum()), "n_missing": int((~valid).sum()),
+                "median_area": _nanmed(area), "median_lift": _nanmed(lift),
+                "median_frac_layer_res": _nanmed(fl),
+                "pointing_game": rate(np.nansum(hit), np.isfinite(hit).sum()),
+                "stats": {k: _est(v) for k, v in st.items()},
+            }
+    hce = per_image[per_image["flag_high_conf_error"]] if "flag_high_conf_error" in per_image else per_image.iloc[:0]
+    top = hce.sort_values("confidence", ascending=False).head(10)
+    s["high_conf_errors"] = {
+        "threshold": cfg.high_conf, "rate": rate(len(hce), n),
+        "top": [{"image_id": r.image_id, "label": r.label, "pred": r.pred, "confidence": round(float(r.confidence), 4),
+                 "off_target": bool(getattr(r, "flag_off_target", False))} for r in top.itertuples()],
+    }
+    if "flag_off_target" in per_image:
+        s["off_target"] = {"rate": rate(per_image["flag_off_target"].sum(), n),
+                           "rule": f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}"}
+    return s
+
+
+def _nanmed(x: np.ndarray):
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else None
+
+
+def clean_json(o):
+    """NaN → None recursively, numpy scalars → Python (summary.json is strict JSON)."""
+    if isinstance(o, dict):
+        return {str(k): clean_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [clean_json(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        return None if math.isnan(float(o)) or math.isinf(float(o)) else float(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o

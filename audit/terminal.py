@@ -1,0 +1,81 @@
+"""Rich terminal rendering of an audit summary (reads `summary.json`'s dict; never recomputes anything)."""
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2) -> str:
+    if not e:
+        return "—"
+    if e.get("too_small"):
+        return f"small n={e.get('n', 0)}"
+    v = e.get("value")
+    if v is None:
+        return "n/a"
+    f = (lambda x: f"{100 * x:.0f}%") if pct else (lambda x: f"{x:.{digits}f}")
+    lo, hi = e.get("lo"), e.get("hi")
+    ci = f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else ""
+    return f"{f(v)}{ci}"
+
+
+def summary_renderable(s: dict, out_dir: str | None = None):
+    d, acc = s["data"], s["accuracy"]
+    head = Text.assemble(
+        ("Audit ", "bold"), (str(s["run"].get("name")), "bold cyan"), f" · {s['run']['model']} · data {d['manifest']}",
+        f" · split {d['split']} · n={d['n']}", (f" · skipped {d['n_skipped']}" if d["n_skipped"] else ""),
+        f"\nGrad-CAM at {s['cam']['layer']} ({'×'.join(map(str, s['cam']['resolution']))}), explaining "
+        f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}")
+    parts = [head]
+    if s.get("regions"):
+        t = Table(title="Where the evidence lies (share of Grad-CAM mass; 95% CI)", title_justify="left",
+                  show_lines=False, pad_edge=False)
+        for col, j in (("region", "left"), ("kind", "left"), ("n", "right"), ("median frac", "right"),
+                       ("lift", "right"), ("correct − wrong", "right"), ("ρ(conf)", "right"), ("AUROC err", "right")):
+            t.add_column(col, justify=j, no_wrap=col in ("region", "kind"))
+        for r, e in s["regions"].items():
+            st = e["stats"]
+            lift = e.get("median_lift")
+            style = ""
+            if e["kind"] == "artifact" and lift is not None and lift > 2:
+                style = "bold red"
+            elif e["kind"] == "target":
+                med = st["median_all"].get("value")
+                style = "green" if med is not None and med >= 0.5 else "yellow"
+            t.add_row(r, e["kind"], str(e["n_present"]), _fmt_est(st["median_all"]),
+                      "—" if lift is None else f"{lift:.1f}×", _fmt_est(st["diff_median"]),
+                      _fmt_est(st["spearman_conf_all"]), _fmt_est(st["auroc_error"]), style=style)
+        parts.append(t)
+    hce = s.get("high_conf_errors") or {}
+    if hce:
+        parts.append(Text(f"High-confidence errors (≥ {hce['threshold']}): {_fmt_est(hce['rate'], pct=True)}"
+                          f" of {d['n']}" + (f" · off-target evidence: {_fmt_est(s['off_target']['rate'], pct=True)}"
+                                             if s.get("off_target") else "")))
+        if hce.get("top"):
+            t = Table(title="Most confident errors", title_justify="left", pad_edge=False)
+            for c in ("image", "true", "pred", "conf", "off-target"):
+                t.add_column(c, no_wrap=True)
+            for r in hce["top"][:5]:
+                t.add_row(str(r["image_id"]), str(r["label"]), str(r["pred"]), f"{r['confidence']:.2f}",
+                          "yes" if r["off_target"] else "")
+            parts.append(t)
+    if s.get("gates"):
+        t = Table(title=f"Sign-off gates: {s.get('verdict', '?').upper()}", title_justify="left", pad_edge=False)
+        for c in ("gate", "value", "threshold", "result"):
+            t.add_column(c)
+        for g in s["gates"]:
+            v = g.get("value")
+            ci = g.get("ci")
+            vs = "n/a" if v is None else f"{v:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and None not in ci else "")
+            res = {True: Text("pass", "green"), False: Text("FAIL", "bold red"), None: Text("undefined", "yellow")}
+            t.add_row(g["name"], vs, str(g["threshold"]), res[g.get("passed")])
+        parts.append(t)
+    if out_dir:
+        parts.append(Text(f"Files: {out_dir}/ (per_image.csv, cams.npz, summary.json, config.resolved.yaml)",
+                          style="dim"))
+    return Group(*parts)
+
+
+def print_summary(s: dict, out_dir: str | None = None, console: Console | None = None) -> None:
+    (console or Console()).print(summary_renderable(s, out_dir))

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Command line of the spurious-correlation auditor: parse, call the library, render, map errors to exit codes.
+
+Exit codes: 0 = done (all gates pass, or none configured); 1 = a sign-off gate failed; 2 = bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_OK, EXIT_GATES, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _csv_list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("audit", help="Grad-CAM audit of a trained classifier (run directory)")
+    a.add_argument("--run-dir", help="training run directory (config.yaml + checkpoint)")
+    a.add_argument("--arch", help="model name when the run dir has no config (e.g. resnet18)")
+    a.add_argument("--source", choices=["torchvision", "timm"], help="model library (default: torchvision)")
+    a.add_argument("--classes", type=_csv_list, help="comma-separated class names in logit order")
+    a.add_argument("--checkpoint", help="checkpoint file (default: found in the run dir)")
+    a.add_argument("--data", help="manifest CSV (overrides the run's data.manifest)")
+    a.add_argument("--split", help="split to audit (default: test when present, else all)")
+    a.add_argument("--config", dest="preset", help="YAML preset (configs/*.yaml): regions, gates, options")
+    a.add_argument("--out", help="output folder (default: reports/<run-name>/)")
+    a.add_argument("--layer", help="target layer module path (default: the last conv block)")
+    a.add_argument("--target", help="class explained: pred (default), true, or a class name")
+    a.add_argument("--batch-size", type=int)
+    a.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    a.add_argument("--limit", type=int, help="audit only the first N images")
+    a.add_argument("--workers", type=int, help="DataLoader worker processes (0 = in the main process)")
+    a.add_argument("--positive", help="safety-critical class (overrides the run's positive_class)")
+    a.add_argument("--by", action="append", default=[], help="stratify statistics by this metadata column")
+    a.add_argument("--seed", type=int)
+    a.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default 1000)")
+    a.add_argument("--high-conf", type=float, help="confidence at which an error counts as high-confidence (0.9)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    a.add_argument("--json", action="store_true", help="print summary.json to stdout")
+
+    d = sub.add_parser("demo", help="synthetic radiographs, two tiny models (with / without a shortcut), audit both")
+    d.add_argument("--out", default="reports/demo", help="demo folder (default reports/demo)")
+    d.add_argument("--small", action="store_true", help="a reduced demo (for tests): fewer images and epochs")
+    d.add_argument("--quiet", action="store_true")
+
+    m = sub.add_parser("masks", help="write region masks, a contact sheet and regions.csv for a manifest")
+    m.add_argument("--config", required=True, help="YAML preset (configs/*.yaml)")
+    m.add_argument("--data", required=True, help="manifest CSV")
+    m.add_argument("--out", required=True, help="output folder")
+    m.add_argument("--limit", type=int)
+    return p
+
+
+def _console(quiet: bool = False):
+    from rich.console import Console
+    return Console(stderr=True, quiet=quiet)
+
+
+def _progress(console, total_label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=console.quiet)
+
+
+def cmd_audit(args) -> int:
+    from audit.config import resolve_config
+    from audit.pipeline import run_audit
+    from audit.terminal import print_summary
+    cli = {k: getattr(args, k) for k in ("run_dir", "arch", "source", "classes", "checkpoint", "data", "split",
+                                         "out", "layer", "target", "batch_size", "device", "limit", "workers",
+                                         "positive", "by", "seed", "n_boot", "high_conf")}
+    cfg = resolve_config(cli, args.preset)
+    if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
+        from audit.errors import ConfigError
+        raise ConfigError("audit: pass --run-dir RUN (or --checkpoint with --arch and --classes)")
+    res = _audit_with_progress(cfg, args.quiet or args.json)
+    if args.json:
+        print(json.dumps(res.summary, indent=2))
+    elif not args.quiet:
+        from rich.console import Console
+        print_summary(res.summary, str(res.out_dir), Console())
+    return EXIT_GATES if res.summary.get("verdict") == "fail" else EXIT_OK
+
+
+def _audit_with_progress(cfg, quiet: bool):
+    from audit.pipeline import run_audit
+    console = _console(quiet)
+    with _progress(console, "Grad-CAM") as prog:
+        task = prog.add_task("audit", total=None)
+        return run_audit(cfg, progress=lambda done, total: prog.update(task, completed=done, total=total))
+
+
+def cmd_demo(args) -> int:
+    from rich.console import Console
+    from rich.rule import Rule
+
+    from audit.config import resolve_config
+    from audit.demo import DemoSize, prepare
+    from audit.terminal import print_summary
+    out = Path(args.out)
+    console = Console(quiet=args.quiet)
+    size = DemoSize(n_train=160, n_val=48, n_test=64, epochs=4, size=96) if args.small else DemoSize()
+    runs = prepare(out, size, log=lambda s: console.print(s, style="dim"))
+    verdicts = {}
+    for v, rd in runs.items():
+        cfg = resolve_config({"run_dir": str(rd), "out": str(out / "reports" / v), "workers": 0,
+                              "n_boot": 300 if args.small else 1000}, out / "demo_preset.yaml")
+        res = _audit_with_progress(cfg, args.quiet)
+        console.print(Rule(f"{v} model"))
+        print_summary(res.summary, str(res.out_dir), console)
+        verdicts[v] = res.summary
+    console.print(Rule("demo: shortcut vs clean"))
+    for v, s in verdicts.items():
+        r = s.get("regions", {})
+        def med(name):
+            e = r.get(name, {}).get("stats", {}).get("median_all", {})
+            return "n/a" if not e or e.get("value") is None else f"{e['value']:.2f}"
+        console.print(f"{v:9s} accuracy {s['accuracy']['value']:.2f} · median evidence in lungs {med('lungs')}"
+                      f" · on the marker {med('text')} · verdict {s.get('verdict', 'n/a')}")
+    return EXIT_OK
+
+
+def cmd_masks(args) -> int:
+    from audit.manifest import DataSpec, load_manifest
+    from audit.preprocess import InputSpec
+    from masks.export import export_masks
+    from masks.presets import load_preset
+    preset = load_preset(args.config)
+    inp = preset.get("input") or {}
+    spec = InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
+                     crop_pct=float(inp.get("crop_pct", 1.0)))
+    df = load_manifest(args.data, DataSpec.from_dict(preset.get("data")), require_label=False)
+    table = export_masks(preset, df, Path(args.out), spec, limit=args.limit)
+    _console().print(f"wrote masks for {len(table)} images to {args.out}/ (regions.csv, contact_sheet.png)")
+    return EXIT_OK
+
+
+COMMANDS = {"audit": cmd_audit, "demo": cmd_demo, "masks": cmd_masks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from audit.errors import AuditError
+    try:
+        return COMMANDS[args.command](args)
+    except AuditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("default")
+    sys.exit(main())

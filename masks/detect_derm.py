@@ -1,0 +1,286 @@
+"""Classical detectors for dermoscopy: lesion (target) and the artifacts dark_corners, ruler, ink, patches,
+gel_border. No training data; every size is relative to the image side, so they run at 224 px and at full
+resolution. Each returns an image-level score (higher = more likely present) and a bool mask when present.
+
+Artifact definitions follow Bissoto et al. 2020 ("Debiasing skin lesion datasets and models? Not so fast").
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ._util import disk, gray, hsv, otsu, px, to_float, touches_border
+from .registry import RegionContext, RegionResult, register_region
+
+
+def _feats(image: np.ndarray, cache: dict | None = None) -> dict:
+    """Shared per-image features (float rgb, gray, hsv, field-of-view), cached across the regions of one image."""
+    key = ("derm", image.shape, image.ctypes.data)
+    if cache is not None and key in cache:
+        return cache[key]
+    rgb = to_float(image)
+    h, s, v = hsv(rgb)
+    f = {"rgb": rgb, "gray": gray(rgb), "h": h, "s": s, "v": v}
+    f["vignette"] = _vignette(v)
+    if cache is not None:
+        cache[key] = f
+    return f
+
+
+def _vignette(v: np.ndarray) -> np.ndarray:
+    """bool: the dark (near-black) area connected to the image border — the dermoscope's round field stop."""
+    n = v.shape[0]
+    ref = float(np.median(v[n // 4: 3 * n // 4, n // 4: 3 * n // 4]))
+    dark = v < min(0.22, 0.4 * ref)
+    lab, k = ndi.label(dark)
+    if k == 0:
+        return dark
+    keep = touches_border(lab)
+    if keep.size:  # drop specks (hair ends, noise) touching the edge
+        sizes = ndi.sum_labels(np.ones_like(v), lab, keep)
+        keep = keep[sizes >= 0.002 * n * n]
+    return np.isin(lab, keep)
+
+
+# --------------------------------------------------------------------------------------------- dark corners
+
+@register_region("dark_corners", kind="artifact", params={"corner": 0.12, "threshold": 0.25})
+def dark_corners(image: np.ndarray, ctx: RegionContext) -> RegionResult:
+    """Dark vignette of the dermoscope: score = dark share of the four corner squares (side `corner`)."""
+    f = _feats(image, ctx.cache)
+    vig = f["vignette"]
+    n = image.shape[0]
+    k = px(ctx.params["corner"], n)
+    cs = [vig[:k, :k], vig[:k, -k:], vig[-k:, :k], vig[-k:, -k:]]
+    score = float(np.mean([c.mean() for c in cs]))
+    present = score >= ctx.params["threshold"]
+    return RegionResult(vig if present and vig.any() else None, score, bool(present),
+                        "heuristic" if present else "heuristic: not detected")
+
+
+# --------------------------------------------------------------------------------------------- lesion
+
+def lesion_mask(image: np.ndarray, cache: dict | None = None, smooth: float = 0.01, hair: float = 0.015
+                ) -> tuple[np.ndarray | None, float]:
+    """(bool lesion mask or None, contrast score). Otsu on a darkness channel inside the field of view,
+    after closing away hair; the component nearest the centre weighted by size wins; holes filled."""
+    f = _feats(image, cache)
+    n = image.shape[0]
+    rgb = f["rgb"]
+    # darkness: mean of gray and blue (lesions are brown/dark: low blue), robust to red skin
+    ch = 0.5 * f["gray"] + 0.5 * rgb[..., 2]
+    r = px(hair, n)
+    ch = ndi.grey_closing(ch, footprint=disk(r))  # removes thin dark hairs
+    ch = ndi.gaussian_filter(ch, max(0.5, smooth * n))
+    fov = ~ndi.binary_dilation(f["vignette"], iterations=px(0.02, n))
+    if fov.sum() < 0.2 * n * n:
+        fov = np.ones_like(fov)
+    vals = ch[fov]
+    t = otsu(vals)
+    cand = (ch < t) & fov
+    cand = ndi.binary_opening(cand, structure=disk(px(0.01, n)))
+    lab, k = ndi.label(cand)
+    if k == 0:
+        return None, 0.0
+    idx = np.arange(1, k + 1)
+    area = ndi.sum_labels(np.ones_like(ch), lab, idx)
+    yy, xx = np.mgrid[0:n, 0:n]
+    cy = ndi.mean(yy, lab, idx)
+    cx = ndi.mean(xx, lab, idx)
+    d = np.hypot(cy - (n - 1) / 2, cx - (n - 1) / 2) / n
+    border = np.zeros(k + 1, bool)
+    border[touches_border(lab)] = True
+    # a component touching the border and far from the centre is skin shading or vignette, not the lesion
+    w = area * np.exp(-(d / 0.25) ** 2) * np.where(border[1:] & (d > 0.3), 0.2, 1.0)
+    best = int(idx[int(np.argmax(w))])
+    m = ndi.binary_fill_holes(lab == best)
+    m = ndi.binary_closing(m, structure=disk(px(0.015, n)), border_value=0) | m
+    m = ndi.binary_fill_holes(m)
+    inside = float(ch[m].mean()) if m.any() else 0.0
+    ring = ndi.binary_dilation(m, iterations=px(0.05, n)) & ~m & fov
+    outside = float(ch[ring].mean()) if ring.any() else float(vals.mean())
+    return m, outside - inside
+
+
+@register_region("lesion", kind="target", params={"min_contrast": 0.03})
+def lesion(image: np.ndarray, ctx: RegionContext) -> RegionResult:
+    """Lesion heuristic for dermoscopy (used when no lesion mask is given)."""
+    m, contrast = lesion_mask(image, ctx.cache)
+    if m is None or not m.any():
+        return RegionResult(None, contrast, False, "heuristic: no lesion candidate")
+    if m.all():
+        return RegionResult(None, contrast, False, "heuristic: lesion covers the whole image")
+    ok = contrast >= ctx.params["min_contrast"]
+    return RegionResult(m if ok else None, contrast, bool(ok),
+                        "heuristic" if ok else f"heuristic: contrast {contrast:.3f} too low")
+
+
+# --------------------------------------------------------------------------------------------- ruler
+
+def _line_response(g: np.ndarray, n: int) -> np.ndarray:
+    """Black top-hat (thin dark structures: ruler lines, ticks, hair, ink) at a scale of ~2 % of the side."""
+    r = px(0.02, n, 2)
+    return ndi.grey_closing(g, size=(2 * r + 1, 2 * r + 1)) - g
+
+
+def ruler_score(image: np.ndarray, cache: dict | None = None) -> tuple[float, np.ndarray]:
+    """(score, mask). Rulers are long straight thin lines with periodic ticks: find straight segments with a
+    probabilistic Hough transform on the thin-dark-line map; score = length of the longest segment that is
+    accompanied by short perpendicular ticks (relative to the side)."""
+    from skimage.transform import probabilistic_hough_line
+
+    f = _feats(image, cache)
+    n = image.shape[0]
+    th = _line_response(f["gray"], n)
+    fov = ~ndi.binary_dilation(f["vignette"], iterations=px(0.02, n))
+    thr = max(0.06, float(np.percentile(th[fov], 97)) if fov.any() else 0.06)
+    lines = (th > thr) & fov
+    lines = ndi.binary_opening(lines, structure=np.ones((1, 1), bool))
+    segs = probabilistic_hough_line(lines, threshold=10, line_length=px(0.15, n, 8), line_gap=px(0.012, n, 2),
+                                    rng=0)
+    mask = np.zeros((n, n), bool)
+    best = 0.0
+    for (x0, y0), (x1, y1) in segs:
+        length = math.hypot(x1 - x0, y1 - y0)
+        if length <= 0:
+            continue
+        # ticks: thin-line pixels on a band next to the segment that alternate along it
+        tick = _tick_periodicity(lines, (x0, y0), (x1, y1), n)
+        s = (length / n) * (0.5 + tick)
+        if s > best:
+            best = s
+        if tick > 0.3:
+            _draw_band(mask, (x0, y0), (x1, y1), px(0.03, n, 2))
+    return best, mask
+
+
+def _tick_periodicity(lines: np.ndarray, p0, p1, n: int) -> float:
+    """Fraction of on/off transitions along bands parallel to the segment (ticks), in [0, 1]."""
+    x0, y0 = p0
+    x1, y1 = p1
+    length = math.hypot(x1 - x0, y1 - y0)
+    t = np.linspace(0, 1, max(8, int(length)))
+    ux, uy = (x1 - x0) / length, (y1 - y0) / length
+    nx, ny = -uy, ux
+    best = 0.0
+    for off in range(-px(0.03, n, 3), px(0.03, n, 3) + 1):
+        if abs(off) < 2:
+            continue
+        xs = np.clip(np.round(x0 + t * (x1 - x0) + off * nx).astype(int), 0, n - 1)
+        ys = np.clip(np.round(y0 + t * (y1 - y0) + off * ny).astype(int), 0, n - 1)
+        prof = lines[ys, xs].astype(np.int8)
+        on = prof.mean()
+        if on < 0.1 or on > 0.8:
+            continue
+        flips = np.count_nonzero(np.diff(prof)) / len(prof)
+        best = max(best, min(1.0, flips * 2.5))
+    return best
+
+
+def _draw_band(mask: np.ndarray, p0, p1, w: int) -> None:
+    from skimage.draw import line
+
+    rr, cc = line(int(p0[1]), int(p0[0]), int(p1[1]), int(p1[0]))
+    tmp = np.zeros_like(mask)
+    tmp[rr, cc] = True
+    mask |= ndi.binary_dilation(tmp, iterations=w)
+
+
+@register_region("ruler", kind="artifact", params={"threshold": 0.35})
+def ruler(image: np.ndarray, ctx: RegionContext) -> RegionResult:
+    """Ruler: long straight thin dark line with periodic ticks."""
+    score, m = ruler_score(image, ctx.cache)
+    present = score >= ctx.params["threshold"] and m.any()
+    return RegionResult(m if present else None, score, bool(present),
+                        "heuristic" if present else "heuristic: not detected")
+
+
+# --------------------------------------------------------------------------------------------- ink
+
+def ink_pixels(image: np.ndarray, cache: dict | None = None) -> np.ndarray:
+    """bool: violet / purple / blue pen pixels (hue 0.55–0.92, some saturation, not near-black)."""
+    f = _feats(image, cache)
+    h, s, v = f["h"], f["s"], f["v"]
+    rgb = f["rgb"]
+    bluish = rgb[..., 2] > rgb[..., 1] + 0.02  # blue above green: violet/purple/blue, never skin
+    # the rim of the vignette carries blue/violet chromatic fringes: keep a margin of 5 % of the side
+    away = ~ndi.binary_dilation(f["vignette"], iterations=px(0.05, image.shape[0]))
+    return (h > 0.55) & (h < 0.92) & (s > 0.12) & (v > 0.2) & bluish & away
+
+
+@register_region("ink", kind="artifact", params={"threshold": 0.002, "patch_area": 0.02})
+def ink(image: np.ndarray, ctx: RegionContext) -> RegionResult:
+    """Pen marks (violet/purple/blue): score = area fraction of ink-coloured pixels outside large stickers."""
+    n = image.shape[0]
+    m = ink_pixels(image, ctx.cache)
+    m = ndi.binary_opening(m, structure=np.ones((2, 2), bool))
+    # large, filled, highly saturated blobs are stickers (patches), not ink
+    f = _feats(image, ctx.cache)
+    lab, k = ndi.label(m)
+    if k:
+        idx = np.arange(1, k + 1)
+        area = ndi.sum_labels(np.ones(m.shape), lab, idx)
+        sat = ndi.mean(f["s"], lab, idx)
+        drop = idx[(area > ctx.params["patch_area"] * n * n) & (sat > 0.45)]
+        if drop.size:
+            m &= ~np.isin(lab, drop)
+    score = float(m.mean())
+    present = score >= ctx.params["threshold"]
+    mask = ndi.binary_dilation(m, iterations=px(0.01, n)) if present else None
+    return RegionResult(mask, score, bool(present), "heuristic" if present else "heuristic: not detected")
+
+
+# --------------------------------------------------------------------------------------------- patches
+
+@register_region("patches", kind="artifact", params={"min_area": 0.01, "threshold": 0.01})
+def patches(image: np.ndarray, ctx: RegionContext) -> RegionResult:
+    """Coloured stickers: large smooth highly saturated components in a non-skin hue (or extreme saturation)."""
+    f = _feats(image, ctx.cache)
+    n = image.shape[0]
+    h, s, v = f["h"], f["s"], f["v"]
+    nonskin = (h > 0.14) & (h < 0.9)
+    cand = (v > 0.35) & (((s > 0.35) & nonskin) | (s > 0.75))
+    cand = ndi.binary_opening(cand, structure=disk(px(0.01, n)))
+    lab, k = ndi.label(cand)
+    mask = np.zeros((n, n), bool)
+    score = 0.0
+    if k:
+        idx = np.arange(1, k + 1)
+        area = ndi.sum_labels(np.ones(cand.shape), lab, idx) / (n * n)
+        keep = idx[area >= ctx.params["min_area"]]
+        if keep.size:
+            mask = ndi.binary_fill_holes(np.isin(lab, keep))
+            score = float(mask.mean())
+    present = score >= ctx.params["threshold"]
+    return RegionResult(mask if present else None, score, bool(present),
+                        "heuristic" if present else "heuristic: not detected")
+
+
+# --------------------------------------------------------------------------------------------- gel border
+
+@register_region("gel_border", kind="artifact", params={"band": 0.06, "threshold": 0.08})
+def gel_border(image: np.ndarray, ctx: RegionContext) -> RegionResult:
+    """Gel / contact-plate rim: a bright, low-saturation band along the border (outside any black vignette),
+    brighter than the skin inside. Score = whiteness of the border band minus that of the interior."""
+    f = _feats(image, ctx.cache)
+    n = image.shape[0]
+    b = px(ctx.params["band"], n)
+    band = np.zeros((n, n), bool)
+    band[:b] = band[-b:] = True
+    band[:, :b] = band[:, -b:] = True
+    vig = ndi.binary_dilation(f["vignette"], iterations=px(0.01, n))
+    white = f["v"] * (1.0 - f["s"])  # bright and colourless
+    inner = np.zeros((n, n), bool)
+    inner[n // 4: 3 * n // 4, n // 4: 3 * n // 4] = True
+    bm = band & ~vig
+    if bm.sum() < 0.05 * band.sum():
+        return RegionResult(None, 0.0, False, "heuristic: border is vignette")
+    score = float(np.median(white[bm]) - np.median(white[inner & ~vig]))
+    present = score >= ctx.params["threshold"]
+    mask = bm & (white > np.median(white[inner])) if present else None
+    if mask is not None and not mask.any():
+        mask = None
+    return RegionResult(mask, score, bool(present and mask is not None),
+                        "heuristic" if present else "heuristic: not detected")

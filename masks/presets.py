@@ -1,0 +1,39 @@
+"""Preset files: one YAML per dataset (``configs/*.yaml``); this package owns the ``regions:`` section."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from audit.errors import ConfigError
+
+from .registry import build_regions
+
+
+def load_preset(path: str | Path) -> dict:
+    """Parse a preset YAML into a dict and validate its ``regions:`` section.
+
+    Raises ConfigError (one line naming the file) when the file is missing, is not valid YAML, is not a
+    mapping, or names an unknown region / option.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: preset not found")
+    try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read preset ({type(e).__name__}: {e})") from None
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(cfg).__name__}")
+    try:
+        build_regions(cfg.get("regions"))
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return cfg

@@ -1,0 +1,144 @@
+"""Grad-CAM engine: hand-computed maps, the reference implementation, batching, and leaving the model as it was."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from audit.cam import default_layer, get_module, grad_cam, minmax, upsample
+from audit.errors import LayerError
+
+
+class Tiny(nn.Module):
+    """features: 1×1 conv (weights set by hand) → ReLU; head: global average pool → linear (hand-set)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.features[0].weight[:] = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)
+            self.fc.weight[:] = torch.tensor([[1.0, -1.0], [0.5, 3.0]])
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def test_hand_computed_cam():
+    # x (2×2): A_0 = x, A_1 = 2x (ReLU keeps positives). GAP → dy_c/dA_kij = W[c,k]/4, so w_k = W[c,k]/4.
+    x = torch.tensor([[[[1.0, 2.0], [0.0, 4.0]]]])
+    m = Tiny()
+    # class 0: cam = relu(1/4·x − 1/4·2x) = relu(−x/4) = 0 everywhere
+    r0 = grad_cam(m, x, "features", target=0)
+    assert torch.equal(r0.cams, torch.zeros(1, 2, 2))
+    # class 1: cam = relu(0.5/4·x + 3/4·2x) = 1.625·x
+    r1 = grad_cam(m, x, "features", target=1)
+    np.testing.assert_allclose(r1.cams[0].numpy(), 1.625 * x[0, 0].numpy(), rtol=1e-6)
+    # logits of the same forward: y = W · mean(A) = W · [7/4, 14/4]
+    np.testing.assert_allclose(r1.logits.numpy(), [[1.75 - 3.5, 0.875 + 10.5]], rtol=1e-6)
+    # default target "pred" explains the argmax (class 1 here)
+    assert int(grad_cam(m, x, "features").target[0]) == 1
+
+
+def test_true_and_per_image_targets():
+    m = Tiny()
+    x = torch.rand(3, 1, 2, 2)
+    r = grad_cam(m, x, "features", target="true", labels=torch.tensor([0, 1, -1]))
+    assert r.target.tolist()[:2] == [0, 1]
+    assert int(r.target[2]) == int(r.logits[2].argmax())
+    r = grad_cam(m, x, "features", target=[1, 0, 1])
+    assert r.target.tolist() == [1, 0, 1]
+
+
+def test_upsample_and_minmax():
+    cams = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    up = upsample(cams, 4)
+    assert up.shape == (1, 4, 4) and float(up.min()) >= 0
+    # bilinear with half-pixel centres: the corner pixel equals the corner cell, the mean is preserved here
+    assert float(up[0, 0, 0]) == 0.0 and float(up[0, 3, 3]) == 3.0
+    mm = minmax(cams)
+    assert float(mm.min()) == 0.0 and abs(float(mm.max()) - 1.0) < 1e-6
+
+
+def _models():
+    import timm
+    import torchvision
+    torch.manual_seed(0)
+    return {"resnet18": torchvision.models.resnet18(num_classes=4),
+            "efficientnet_b0": timm.create_model("efficientnet_b0", pretrained=False, num_classes=4)}
+
+
+@pytest.mark.parametrize("name,layers", [("resnet18", ["layer4", "layer3"]), ("efficientnet_b0", ["bn2", "blocks.5"])])
+def test_matches_pytorch_grad_cam(name, layers):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    model = _models()[name].eval()
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 224, 224)
+    targets = [0, 2, 3]
+    for layer in layers:
+        ours = grad_cam(model, x, layer, target=targets)
+        # its display pipeline: min-max (eps 1e-7) at layer resolution, resize, min-max again
+        ours_img = minmax(upsample(minmax(ours.cams), 224)).numpy()
+        with pgc.GradCAM(model=model, target_layers=[get_module(model, layer)]) as ref:
+            theirs = ref(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+        assert ours.cams.shape[-1] == {"layer4": 7, "layer3": 14, "bn2": 7, "blocks.5": 7}[layer]
+        assert float(ours.cams.max()) > 0, "degenerate test: all-zero maps"
+        np.testing.assert_allclose(ours_img, theirs, atol=1e-4)
+
+
+def test_batched_equals_one_by_one():
+    model = _models()["resnet18"].eval()
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 96, 96)
+    batched = grad_cam(model, x, "layer3")
+    for i in range(4):
+        single = grad_cam(model, x[i:i + 1], "layer3")
+        torch.testing.assert_close(single.cams[0], batched.cams[i], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(single.logits[0], batched.logits[i], rtol=1e-4, atol=1e-5)
+
+
+def test_model_left_as_it_was():
+    model = _models()["resnet18"]
+    model.train()
+    model.fc.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    grad_cam(model, torch.randn(2, 3, 64, 64), "layer4")
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters()), "parameter gradients were computed"
+    assert all(len(m._forward_hooks) == 0 and len(m._backward_hooks) == 0 for m in model.modules())
+    # eval-mode forward: BatchNorm running stats untouched
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_hooks_removed_on_error():
+    model = _models()["resnet18"].eval()
+    with pytest.raises(RuntimeError):
+        grad_cam(model, torch.randn(2, 5, 64, 64), "layer4")  # wrong channel count
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_only_post_layer_graph():
+    """The backward must not reach the layers before the target layer: their outputs carry no graph."""
+    model = _models()["resnet18"].eval()
+    seen = {}
+    h = model.layer2.register_forward_hook(lambda m, i, o: seen.__setitem__("l2", o.requires_grad))
+    try:
+        grad_cam(model, torch.randn(1, 3, 64, 64), "layer3")
+    finally:
+        h.remove()
+    assert seen["l2"] is False
+
+
+def test_default_and_unknown_layers():
+    ms = _models()
+    assert default_layer(ms["resnet18"]) == "layer4"
+    assert default_layer(ms["efficientnet_b0"]) == "bn2"
+    with pytest.raises(LayerError, match="layer9.*candidates"):
+        get_module(ms["resnet18"], "layer9")

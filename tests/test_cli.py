@@ -1,0 +1,115 @@
+"""`cli.py audit` end to end on a tiny run, every bad input → one line and exit 2, and the reduced demo."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=600)
+
+
+def test_audit_end_to_end(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    rc = cli.main(["audit", "--run-dir", str(tiny_run), "--out", str(out), "--workers", "0", "--quiet",
+                   "--n-boot", "50"])
+    assert rc == 0
+    df = pd.read_csv(out / "per_image.csv")
+    assert len(df) == 4 and set(df["split"]) == {"test"}  # default split: test
+    for col in ("image_id", "image", "label", "pred", "confidence", "correct", "p_a", "p_b", "p_c"):
+        assert col in df
+    np.testing.assert_allclose(df[["p_a", "p_b", "p_c"]].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(df[["p_a", "p_b", "p_c"]].max(axis=1), df["confidence"], atol=1e-6)
+    z = np.load(out / "cams.npz")
+    assert z["cam"].shape == (4, 2, 2) and z["cam"].dtype == np.float32  # resnet18 layer4 at 64 px
+    assert list(z["image_id"]) == list(df["image_id"].astype(str)) and str(z["layer"]) == "layer4"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["data"]["n"] == 4 and s["data"]["n_skipped"] == 0 and s["cam"]["layer"] == "layer4"
+    assert (out / "config.resolved.yaml").exists() and not (out / "errors.csv").exists()
+
+
+def test_split_limit_layer_and_unreadable_image(tiny_run, tmp_path):
+    data = tiny_run.parent / "data"
+    m = pd.read_csv(data / "manifest.csv")
+    (data / "images" / "broken.png").write_bytes(b"not a png")
+    m.loc[len(m)] = ["images/broken.png", "a", "val", "x"]
+    m.loc[len(m)] = ["images/missing.png", "b", "val", "y"]
+    m.to_csv(data / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    rc = cli.main(["audit", "--run-dir", str(tiny_run), "--out", str(out), "--split", "val", "--layer", "layer3",
+                   "--target", "true", "--workers", "0", "--quiet", "--n-boot", "20"])
+    assert rc == 0
+    df = pd.read_csv(out / "per_image.csv")
+    assert len(df) == 2 and (df["explained"] == df["label"]).all()
+    err = pd.read_csv(out / "errors.csv")
+    assert set(err["image_id"]) == {"broken", "missing"}
+    assert any("unreadable" in r for r in err["reason"]) and any("not found" in r for r in err["reason"])
+    assert np.load(out / "cams.npz")["cam"].shape[1:] == (4, 4)
+    assert json.loads((out / "summary.json").read_text())["data"]["n_skipped"] == 2
+
+
+def _bad_manifest(tiny_run, text):
+    p = tiny_run.parent / "data" / "bad.csv"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--run-dir", "{tmp}/nope"], "run directory not found"),
+    (["--run-dir", "{run}", "--layer", "layer9"], "--layer 'layer9': no such module"),
+    (["--run-dir", "{run}", "--target", "zebra"], "--target 'zebra'"),
+    (["--run-dir", "{run}", "--split", "holdout"], "--split 'holdout' not found"),
+    (["--run-dir", "{run}", "--data", "{tmp}/none.csv"], "manifest not found"),
+    (["--run-dir", "{run}", "--data", "{nolabel}"], "missing column 'label'"),
+    (["--run-dir", "{run}", "--data", "{badlabel}"], "holds 'zebra', not among the run's classes"),
+    (["--run-dir", "{run}", "--config", "{badyaml}"], "does not parse as YAML"),
+    (["--run-dir", "{run}", "--by", "nope"], "--by column 'nope' not found"),
+    (["--run-dir", "{run}", "--device", "cuda:0"], None),
+], ids=["run-dir", "layer", "target", "split", "manifest", "no-label", "bad-label", "bad-yaml", "by", "device"])
+def test_bad_input_exit_2(tiny_run, tmp_path, capsys, args, match):
+    import torch
+    if match is None:
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        match = "CUDA is not available"
+    nolabel = _bad_manifest(tiny_run, "image\nimages/img000.png\n")
+    badlabel = tiny_run.parent / "data" / "badlabel.csv"
+    badlabel.write_text("image,label\nimages/img000.png,zebra\n")
+    badyaml = tmp_path / "bad.yaml"
+    badyaml.write_text("regions: [unclosed\n")
+    fmt = {"tmp": tmp_path, "run": tiny_run, "nolabel": nolabel, "badlabel": badlabel, "badyaml": badyaml}
+    argv = ["audit", *[a.format(**fmt) for a in args], "--out", str(tmp_path / "o"), "--workers", "0", "--quiet"]
+    rc = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: ") and "\n" not in err and match in err, err
+    assert "Traceback" not in err
+
+
+def test_cli_subprocess_exit_code_and_json(tiny_run, tmp_path):
+    r = run_cli("audit", "--run-dir", tiny_run, "--out", tmp_path / "o", "--workers", "0", "--json", "--n-boot", "20")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["data"]["n"] == 4
+    r = run_cli("audit", "--run-dir", tmp_path / "missing")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_demo_reduced(tmp_path):
+    """The embedded demo at a reduced size: data, two trained runs, two audits, and the models differ."""
+    r = run_cli("demo", "--small", "--out", tmp_path / "demo")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for v in ("shortcut", "clean"):
+        s = json.loads((tmp_path / "demo" / "reports" / v / "summary.json").read_text())
+        assert s["data"]["n"] == 64 and {"lungs", "text", "border"} <= set(s["regions"])
+    assert "shortcut vs clean" in r.stdout

@@ -1,0 +1,284 @@
+"""masks/: registry, file masks, geometry, alignment, bad input, export (known answers on small synthetic data)."""
+from __future__ import annotations
+
+import math
+import pickle
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from audit.errors import ConfigError, MaskWarning
+from audit.preprocess import InputSpec, image_to_grid, mask_to_grid
+from masks import (RegionResult, build_regions, list_regions, load_preset, region_kind, register_region)
+from masks.export import export_masks
+from masks.registry import _REGISTRY
+
+ALL = {"lungs": "target", "lesion": "target", "border": "artifact", "corners": "artifact", "text": "artifact",
+       "device": "artifact", "ruler": "artifact", "ink": "artifact", "dark_corners": "artifact",
+       "patches": "artifact", "gel_border": "artifact"}
+
+
+def _png(path, arr):
+    Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def _row(image="/nonexistent/x.png", mask=None, image_id="img1"):
+    return {"image_id": image_id, "image": image, "label": "a", "split": "test", "mask": mask}
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+def test_registry_lists_every_builtin_region_with_its_kind():
+    assert set(ALL) <= set(list_regions())
+    for name, kind in ALL.items():
+        assert region_kind(name) == kind
+    assert set(list_regions("target")) >= {"lungs", "lesion"}
+    assert "lungs" not in list_regions("artifact")
+
+
+def test_duplicate_registration_is_loud():
+    with pytest.raises(ValueError, match="already registered"):
+        @register_region("ink", kind="artifact")
+        def other(image, ctx):  # pragma: no cover
+            return RegionResult(None)
+
+
+def test_unknown_kind_and_unknown_region_are_loud():
+    with pytest.raises(ValueError, match="kind"):
+        register_region("x_new", kind="nonsense")
+    with pytest.raises(KeyError, match="unknown region"):
+        region_kind("nope")
+    with pytest.raises(ConfigError, match="nope"):
+        build_regions({"nope": {}})
+    with pytest.raises(ConfigError, match="wdth"):
+        build_regions({"border": {"wdth": 0.1}})
+    with pytest.raises(ConfigError, match="source"):
+        build_regions({"lungs": {"source": "magic"}})
+    with pytest.raises(ConfigError, match="values"):
+        build_regions({"lungs": {"source": "file", "values": "lots"}})
+    with pytest.raises(ConfigError, match="need source: file"):
+        build_regions({"text": {"values": [1]}})
+
+
+def test_regionset_kinds_and_pickle():
+    rs = build_regions({"lungs": {"source": "file", "values": [255], "fallback": "heuristic"},
+                        "device": {"source": "file", "values": [127]}, "border": {"width": 0.1}, "text": None})
+    assert rs.kinds == {"lungs": "target", "device": "artifact", "border": "artifact", "text": "artifact"}
+    rs2 = pickle.loads(pickle.dumps(rs))
+    img = np.full((32, 32, 3), 128, np.uint8)
+    a = rs.compute(img, _row(), InputSpec(size=32), (32, 32))
+    b = rs2.compute(img, _row(), InputSpec(size=32), (32, 32))
+    assert np.array_equal(a["border"].mask, b["border"].mask)
+
+
+def test_failing_provider_becomes_missing_with_warning():
+    @register_region("_test_boom", kind="artifact")
+    def boom(image, ctx):
+        raise RuntimeError("kaput")
+    try:
+        rs = build_regions({"_test_boom": {}})
+        with pytest.warns(MaskWarning, match="kaput"):
+            r = rs.compute(np.zeros((16, 16, 3), np.uint8), _row(), InputSpec(size=16), (16, 16))
+        assert r["_test_boom"].mask is None and "kaput" in r["_test_boom"].note
+    finally:
+        _REGISTRY.pop("_test_boom", None)
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+def test_border_band_area_is_exact():
+    rs = build_regions({"border": {"width": 0.08}})
+    r = rs.compute(np.zeros((100, 100, 3), np.uint8), _row(), InputSpec(size=100), (100, 100))["border"]
+    assert r.mask.dtype == bool and r.mask.shape == (100, 100)
+    assert r.mask.sum() == 100 * 100 - 84 * 84  # 8-px band
+    assert math.isnan(r.score) and r.present is None and r.note == "geometry"
+    r = build_regions({"border": {"width": 5}}).compute(np.zeros((50, 50, 3), np.uint8), _row(), InputSpec(size=50),
+                                                        (50, 50))["border"]
+    assert r.mask.sum() == 50 * 50 - 40 * 40
+
+
+def test_corners_area_is_exact():
+    r = build_regions({"corners": {"size": 0.1}}).compute(np.zeros((100, 100, 3), np.uint8), _row(),
+                                                          InputSpec(size=100), (100, 100))["corners"]
+    assert r.mask.sum() == 4 * 10 * 10
+    assert r.mask[0, 0] and r.mask[99, 99] and not r.mask[50, 50] and not r.mask[0, 50]
+
+
+# ------------------------------------------------------------------------------------------ file masks
+
+def test_multivalued_mask_maps_values_to_regions_with_exact_areas(tmp_path):
+    m = np.zeros((100, 100), np.uint8)
+    m[10:30, 20:50] = 255   # 600 px of lung
+    m[60:70, 60:70] = 127   # 100 px of device
+    m[80:85, 0:4] = 64      # another value, in neither region
+    row = _row(mask=_png(tmp_path / "m.png", m))
+    rs = build_regions({"lungs": {"source": "file", "values": [255]}, "device": {"source": "file", "values": [127]}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = rs.compute(np.zeros((100, 100, 3), np.uint8), row, InputSpec(size=100), (100, 100))
+    assert res["lungs"].mask.sum() == 600 and res["lungs"].note == "file"
+    assert res["device"].mask.sum() == 100
+    assert not (res["lungs"].mask & res["device"].mask).any()
+    # binary reading of the same file: > 127 is lung only; threshold 0 is every nonzero pixel
+    b = build_regions({"lesion": {"source": "file"}}).compute(np.zeros((100, 100, 3), np.uint8), row,
+                                                                InputSpec(size=100), (100, 100))["lesion"]
+    assert b.mask.sum() == 600
+    nz = build_regions({"lesion": {"source": "file", "threshold": 0}}).compute(
+        np.zeros((100, 100, 3), np.uint8), row, InputSpec(size=100), (100, 100))["lesion"]
+    assert nz.mask.sum() == 600 + 100 + 20
+
+
+def test_absent_value_in_multivalued_mask_is_missing_not_zero(tmp_path):
+    m = np.zeros((40, 40), np.uint8)
+    m[5:20, 5:20] = 255
+    row = _row(mask=_png(tmp_path / "m.png", m))
+    res = build_regions({"device": {"source": "file", "values": [127]}}).compute(
+        np.zeros((40, 40, 3), np.uint8), row, InputSpec(size=40), (40, 40))
+    assert res["device"].mask is None and "127" in res["device"].note
+
+
+def test_mask_pattern_option_resolves_against_root(tmp_path):
+    m = np.zeros((20, 20), np.uint8)
+    m[:10] = 255
+    _png(tmp_path / "img7_seg.png", m)
+    rs = build_regions({"lesion": {"source": "file", "pattern": "{image_id}_seg.png", "root": str(tmp_path)}})
+    r = rs.compute(np.zeros((20, 20, 3), np.uint8), _row(image_id="img7"), InputSpec(size=20), (20, 20))["lesion"]
+    assert r.mask.sum() == 200
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop"])
+def test_file_mask_follows_the_image_geometry_on_a_non_square_image(tmp_path, resize):
+    h, w = 120, 200
+    img = np.full((h, w, 3), 90, np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    img[30:90, 70:170] = (255, 0, 0)  # a red rectangle, partly cut by the centre crop
+    mask[30:90, 70:170] = 255
+    spec = InputSpec(size=60, resize=resize)
+    grid = image_to_grid(img, spec)
+    row = _row(mask=_png(tmp_path / "m.png", mask))
+    got = build_regions({"lesion": {"source": "file"}}).compute(grid, row, spec, (h, w))["lesion"].mask
+    assert np.array_equal(got, mask_to_grid(mask > 127, spec, (h, w)))
+    red = (grid[..., 0] > 200) & (grid[..., 1] < 40)
+    partial = (grid[..., 0] > 110) & ~red  # anti-aliased rim
+    assert red.sum() > 100
+    assert (red <= got).all()  # every clearly red pixel is in the mask
+    assert not (got & ~red & ~partial).any()  # every mask pixel is red or on the rim
+    iou = (red & got).sum() / (red | got).sum()
+    assert iou > 0.85
+    if resize == "crop":  # the crop keeps the central 120×120: rectangle columns 40..120 → 70..120 kept
+        assert got.shape == (60, 60) and got[:, -1].any() and not got[:, :10].any()
+
+
+def test_mask_of_other_size_is_resized_and_warns_only_on_aspect_change(tmp_path):
+    m = np.zeros((50, 100), np.uint8)
+    m[:, :50] = 255  # left half
+    row = _row(mask=_png(tmp_path / "half.png", m))
+    rs = build_regions({"lesion": {"source": "file"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same aspect (2:1), other size: no warning
+        r = rs.compute(np.zeros((40, 40, 3), np.uint8), row, InputSpec(size=40), (100, 200))["lesion"]
+    assert r.mask.sum() == 40 * 20
+    with pytest.warns(MaskWarning, match="aspect ratio"):
+        r = rs.compute(np.zeros((40, 40, 3), np.uint8), row, InputSpec(size=40), (100, 100))["lesion"]
+    assert r.mask is not None and r.mask.sum() == 40 * 20
+
+
+@pytest.mark.parametrize("kind", ["empty", "ones", "garbage", "missing_file"])
+def test_bad_mask_files_warn_and_mark_region_missing(tmp_path, kind):
+    p = tmp_path / "m.png"
+    if kind == "empty":
+        _png(p, np.zeros((30, 30)))
+    elif kind == "ones":
+        _png(p, np.full((30, 30), 255))
+    elif kind == "garbage":
+        p.write_bytes(b"this is not a png")
+    rs = build_regions({"lesion": {"source": "file"}})
+    with pytest.warns(MaskWarning):
+        r = rs.compute(np.zeros((30, 30, 3), np.uint8), _row(mask=str(p)), InputSpec(size=30), (30, 30))["lesion"]
+    assert r.mask is None and r.note
+    assert math.isnan(r.score)
+
+
+def test_no_mask_in_row_is_missing_and_fallback_uses_the_heuristic(tmp_path):
+    img = np.full((64, 64, 3), 128, np.uint8)
+    for m in (None, float("nan"), pd.NA, ""):
+        r = build_regions({"lesion": {"source": "file"}}).compute(img, _row(mask=m), InputSpec(size=64), (64, 64))
+        assert r["lesion"].mask is None and "no mask file" in r["lesion"].note
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    rs = build_regions({"border": {}, "lesion": {"source": "file", "fallback": "heuristic"}})
+    yy, xx = np.mgrid[0:64, 0:64]
+    img[((yy - 32) ** 2 + (xx - 32) ** 2) < 15 ** 2] = (90, 60, 40)
+    with pytest.warns(MaskWarning, match="cannot read"):
+        r = rs.compute(img, _row(mask=str(bad)), InputSpec(size=64), (64, 64))["lesion"]
+    assert r.mask is not None and r.note.startswith("heuristic") and "cannot read" in r.note
+
+
+def test_compute_validates_grid_image():
+    rs = build_regions({"border": {}})
+    with pytest.raises(ValueError, match="S×S×3"):
+        rs.compute(np.zeros((10, 12, 3), np.uint8), _row(), InputSpec(size=10), (10, 12))
+    with pytest.raises(TypeError, match="uint8"):
+        rs.compute(np.zeros((10, 10, 3), np.float32), _row(), InputSpec(size=10), (10, 10))
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+def test_shipped_presets_load_and_build():
+    for name in ("chest_xray", "ham10000", "isic"):
+        cfg = load_preset(f"configs/{name}.yaml")
+        assert cfg["input"]["size"] == 224
+        rs = build_regions(cfg["regions"])
+        assert "target" in rs.kinds.values() and "artifact" in rs.kinds.values()
+    cx = build_regions(load_preset("configs/chest_xray.yaml")["regions"])
+    assert cx.kinds["lungs"] == "target" and cx.kinds["device"] == "artifact"
+
+
+def test_load_preset_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("regions: {lungs: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*invalid YAML") as e:
+        load_preset(bad)
+    assert "\n" not in str(e.value)
+    unk = tmp_path / "unk.yaml"
+    unk.write_text("regions:\n  lung: {}\n")
+    with pytest.raises(ConfigError, match=r"unk.yaml.*'lung'"):
+        load_preset(unk)
+    with pytest.raises(ConfigError, match="not found"):
+        load_preset(tmp_path / "absent.yaml")
+
+
+# ------------------------------------------------------------------------------------------ export
+
+def test_export_writes_pngs_contact_sheet_and_csv(tmp_path):
+    rows = []
+    for i in range(3):
+        img = np.full((80, 120, 3), 200, np.uint8)
+        img[20:60, 40:80] = 60
+        m = np.zeros((80, 120), np.uint8)
+        m[20:60, 40:80] = 255
+        rows.append(_row(image=_png(tmp_path / f"i{i}.png", img), mask=_png(tmp_path / f"m{i}.png", m),
+                         image_id=f"i{i}"))
+    rows.append(_row(image=str(tmp_path / "absent.png"), image_id="gone"))
+    df = pd.DataFrame(rows)
+    preset = {"regions": {"lesion": {"source": "file"}, "border": {"width": 0.1}, "ink": {}}}
+    out = tmp_path / "out"
+    seen = []
+    with pytest.warns(MaskWarning, match="unreadable image"):
+        tab = export_masks(preset, df, out, InputSpec(size=50), progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (4, 4)
+    assert (out / "contact_sheet.png").is_file() and (out / "regions.csv").is_file()
+    png = np.asarray(Image.open(out / "i0" / "lesion.png"))
+    assert png.shape == (50, 50) and set(np.unique(png)) == {0, 255}
+    assert not (out / "i0" / "ink.png").exists()  # no ink: not detected, not written
+    csv = pd.read_csv(out / "regions.csv")
+    assert list(csv["image_id"]) == ["i0", "i1", "i2", "gone"]
+    assert csv.loc[0, "border_area"] == pytest.approx(1 - 40 * 40 / 2500)
+    assert csv.loc[0, "lesion_area"] == pytest.approx(png.mean() / 255)
+    assert math.isnan(csv.loc[3, "lesion_area"]) and "unreadable" in csv.loc[3, "status"]
+    assert "ink_score" in csv.columns and not math.isnan(csv.loc[0, "ink_score"])
+    assert len(export_masks(preset, df.iloc[:3], tmp_path / "o2", InputSpec(size=50), limit=2)) == 2

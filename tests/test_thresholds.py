@@ -1,0 +1,233 @@
+"""Known-answer tests for audit.thresholds: threshold tuning, operating points, ISIC metrics."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from audit.errors import UndefinedMetricWarning
+from audit.stats import _counts, proportion_ci
+from audit.thresholds import (TUNING_CROSS_FIT, TUNING_VALIDATION, _roc_areas_weighted, auc_above_sensitivity,
+                              balanced_accuracy, isic_metrics, operating_points, partial_auc_above_sensitivity,
+                              per_class_auc, tune_threshold)
+
+
+def _binary(n=300, seed=0, ties=False):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.25
+    p = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 1.5 * y)))
+    return (np.round(p, 1) if ties else p), y
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("target", [0.5, 0.7, 0.8, 0.9, 0.95, 1.0])
+def test_tuned_threshold_is_largest_reaching_target(target, ties):
+    p, y = _binary(ties=ties, seed=int(target * 100))
+    t = tune_threshold(p, y, target)
+    sens = lambda thr: (p[y] >= thr).mean()
+    assert sens(t) >= target - 1e-12
+    candidates = np.unique(np.r_[p, p + 1e-9, 2.0])             # brute force: every distinct cut
+    best = max(c for c in candidates if sens(c) >= target - 1e-12)
+    assert t == best
+
+
+def test_tune_threshold_exact_fraction_and_no_positives():
+    p = np.linspace(0.05, 0.95, 10)
+    y = np.ones(10, bool)
+    assert tune_threshold(p, y, 0.7) == p[3]                     # 7 of 10 positives kept (0.7·10 = 7.000…01)
+    with pytest.warns(UndefinedMetricWarning):
+        assert math.isnan(tune_threshold(p, np.zeros(10, bool), 0.9))
+    with pytest.raises(ValueError, match="target_sensitivity"):
+        tune_threshold(p, y, 0)
+
+
+def test_operating_point_counts_and_wilson_by_hand():
+    # validation: positives at 0.9, 0.8, 0.6, 0.3 → target 0.75 needs 3 of 4 → t = 0.6
+    pv, yv = [0.9, 0.8, 0.6, 0.3, 0.7, 0.2], [1, 1, 1, 1, 0, 0]
+    pa = np.array([0.95, 0.65, 0.55, 0.10, 0.70, 0.61, 0.30, 0.59, 0.05, 0.2])
+    ya = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    top1 = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # validation path: no warning
+        r = operating_points(pa, ya, pv, yv, targets=(0.75,), y_pred_top1_pos=top1)
+    assert r["tuning"] == TUNING_VALIDATION and r["warning"] is None
+    assert (r["n"], r["n_pos"], r["n_neg"]) == (10, 4, 6)
+    pt = r["points"][0]
+    assert pt["threshold"] == 0.6 and pt["target_sensitivity"] == 0.75
+    # predicted positive (p >= 0.6): 0.95, 0.65 (pos); 0.70, 0.61 (neg)
+    assert (pt["tp"], pt["fn"], pt["tn"], pt["fp"]) == (2, 2, 4, 2)
+    assert pt["sensitivity"]["value"] == 0.5 and pt["specificity"]["value"] == pytest.approx(4 / 6)
+    assert pt["ppv"]["value"] == 0.5 and pt["npv"]["value"] == pytest.approx(4 / 6)
+    # Wilson by hand for 2/4: z = 1.96, centre (0.5 + z²/8)/(1 + z²/4) = 0.5, half z·sqrt(1/16 + z²/64)/(1 + z²/4)
+    z = 1.959963984540054
+    half = z * math.sqrt(0.25 / 4 + z * z / 64) / (1 + z * z / 4)
+    assert (pt["sensitivity"]["lo"], pt["sensitivity"]["hi"]) == pytest.approx((0.5 - half, 0.5 + half))
+    assert pt["sensitivity"]["lo"] == pytest.approx(0.1500, abs=5e-5)
+    assert pt["specificity"]["n"] == 6 and pt["specificity"]["lo"] == proportion_ci(4, 6).lo
+    t1 = r["top1"]
+    assert (t1["tp"], t1["fn"], t1["tn"], t1["fp"]) == (1, 3, 5, 1)
+    assert t1["sensitivity"]["value"] == 0.25 and t1["specificity"]["value"] == pytest.approx(5 / 6)
+
+
+def test_cross_fit_path_warns_and_is_marked():
+    p, y = _binary(n=400, seed=3)
+    with pytest.warns(UserWarning, match="no validation split"):
+        r = operating_points(p, y, targets=(0.8, 0.9), seed=1)
+    assert r["tuning"] == TUNING_CROSS_FIT == "cross-fit on audited split (no validation split)"
+    assert "no validation split" in r["warning"]
+    for pt in r["points"]:
+        assert len(pt["fold_thresholds"]) == 5
+        assert pt["threshold"] == np.median(pt["fold_thresholds"])
+        assert pt["tp"] + pt["fn"] == y.sum() and pt["tn"] + pt["fp"] == (~y).sum()
+        assert abs(pt["sensitivity"]["value"] - pt["target_sensitivity"]) < 0.1
+    with pytest.warns(UserWarning):
+        again = operating_points(p, y, targets=(0.8, 0.9), seed=1)
+    assert again == r
+
+
+def test_cross_fit_single_positive_is_nan():
+    p = np.linspace(0, 1, 20)
+    y = np.zeros(20, bool)
+    y[-1] = True
+    with pytest.warns(UserWarning) as rec:
+        r = operating_points(p, y, targets=(0.9,))
+    assert any(issubclass(w.category, UndefinedMetricWarning) for w in rec)
+    assert math.isnan(r["points"][0]["threshold"]) and r["points"][0]["tp"] is None
+    assert math.isnan(r["points"][0]["sensitivity"]["value"])
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_balanced_accuracy_equals_sklearn():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        yt, yp = rng.integers(0, 7, 200), rng.integers(0, 7, 200)
+        yt[yt == 3] = 4                                           # class 3 absent from the truth
+        assert balanced_accuracy(yt, yp) == pytest.approx(balanced_accuracy_score(yt, yp), abs=1e-15)
+    assert balanced_accuracy(["a", "b", "b"], ["a", "b", "a"]) == 0.75
+
+
+def test_per_class_auc_equals_sklearn_ovr():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 300)
+    logits = rng.normal(size=(300, 4))
+    logits[np.arange(300), y] += 1.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    out = per_class_auc(y, probs, ["a", "b", "c", "d"])
+    ovr = roc_auc_score(y, probs, multi_class="ovr", average=None)
+    assert list(out.values()) == pytest.approx(list(ovr), abs=1e-15)
+    for c, name in enumerate("abcd"):
+        assert out[name] == roc_auc_score(y == c, probs[:, c])
+    y[y == 2] = 1
+    with pytest.warns(UndefinedMetricWarning, match="'c'"):
+        out = per_class_auc(y, probs, ["a", "b", "c", "d"])
+    assert math.isnan(out["c"]) and not math.isnan(out["a"])
+
+
+def test_partial_auc_known_values():
+    y = np.r_[np.ones(5, bool), np.zeros(5, bool)]
+    # perfect classifier: the whole band TPR in [0.8, 1] over FPR in [0, 1]
+    assert partial_auc_above_sensitivity(y, np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(0.2)
+    # chance diagonal (all scores tied): ∫_{0.8}^{1} (f − 0.8) df = 0.02
+    assert partial_auc_above_sensitivity(y, np.full(10, 0.5)) == pytest.approx(0.02)
+    # hand-built step ROC: order +,+,−,+,−,− → (0,1/3),(0,2/3),(1/3,2/3),(1/3,1),(2/3,1),(1,1);
+    # TPR = 2/3 < 0.8 for FPR < 1/3, then TPR = 1: area = (1 − 1/3)·0.2 = 2/15
+    yb = np.array([1, 1, 0, 1, 0, 0], bool)
+    s = np.array([6, 5, 4, 3, 2, 1.0])
+    assert partial_auc_above_sensitivity(yb, s) == pytest.approx(2 / 15)
+    assert partial_auc_above_sensitivity(yb, s, min_tpr=0.5) == pytest.approx(1 / 3 * (2 / 3 - 0.5) + 2 / 3 * 0.5)
+    assert partial_auc_above_sensitivity(yb, s, min_tpr=0.0) == pytest.approx(roc_auc_score(yb, s))
+    # worst classifier: TPR stays 0 until FPR = 1
+    assert partial_auc_above_sensitivity(y, np.r_[np.zeros(5), np.ones(5)]) == 0.0
+    with pytest.warns(UndefinedMetricWarning):
+        assert math.isnan(partial_auc_above_sensitivity(np.ones(4, bool), np.arange(4.0)))
+
+
+def test_partial_auc_equals_mcclish_undone_on_flipped_problem():
+    """The ISIC 2024 route: roc_auc_score(max_fpr = 1 − min_tpr) on (1 − y, −s), McClish standardisation undone."""
+    for seed in range(3):
+        p, y = _binary(n=150, seed=seed, ties=seed == 1)
+        mf = 0.2
+        scaled = roc_auc_score(~y, -p, max_fpr=mf)
+        raw = 0.5 * mf ** 2 + (mf - 0.5 * mf ** 2) / 0.5 * (scaled - 0.5)
+        assert partial_auc_above_sensitivity(y, p) == pytest.approx(raw, abs=1e-12)
+
+
+def test_auc_above_sensitivity_known_values():
+    """isic-challenge-scoring "AUC, Sens > 80%": area under the whole curve where TPR >= 0.8."""
+    y = np.r_[np.ones(5, bool), np.zeros(5, bool)]
+    assert auc_above_sensitivity(y, np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(1.0)
+    assert auc_above_sensitivity(y, np.full(10, 0.5)) == pytest.approx(0.18)      # ∫_{0.8}^{1} f df
+    yb, s = np.array([1, 1, 0, 1, 0, 0], bool), np.array([6, 5, 4, 3, 2, 1.0])
+    assert auc_above_sensitivity(yb, s) == pytest.approx(2 / 3)                    # TPR = 1 on FPR in [1/3, 1]
+    assert auc_above_sensitivity(y, np.r_[np.zeros(5), np.ones(5)]) == 0.0
+    from sklearn.metrics import roc_curve
+    for seed in range(4):                                          # = band + 0.8·(1 − FPR*) on random curves
+        p, yy = _binary(n=100, seed=seed, ties=seed % 2 == 1)
+        fpr, tpr, _ = roc_curve(yy, p, drop_intermediate=False)
+        j = np.searchsorted(tpr, 0.8)                              # first vertex with TPR >= 0.8
+        f_star = fpr[j - 1] + (0.8 - tpr[j - 1]) / (tpr[j] - tpr[j - 1]) * (fpr[j] - fpr[j - 1])
+        assert auc_above_sensitivity(yy, p) == pytest.approx(
+            partial_auc_above_sensitivity(yy, p) + 0.8 * (1 - f_star), abs=1e-12)
+    with pytest.warns(UndefinedMetricWarning):
+        assert math.isnan(auc_above_sensitivity(np.zeros(4, bool), np.arange(4.0)))
+
+
+def _slow_pauc(y, s, m):
+    """Reference: ∫ max(ROC(f) − m, 0) df on a fine grid of the piecewise-linear ROC."""
+    from sklearn.metrics import roc_curve
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    f = np.linspace(0, 1, 200001)
+    t = np.maximum(np.interp(f, fpr, tpr) - m, 0)   # vertical segments: interp takes the top, area-neutral
+    return float(np.sum((t[1:] + t[:-1]) / 2 * np.diff(f)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_partial_auc_matches_direct_integral_and_resample_version(seed):
+    p, y = _binary(n=120, seed=seed, ties=seed % 2 == 1)
+    for m in (0.8, 0.9, 0.5):
+        v = partial_auc_above_sensitivity(y, p, m)
+        assert v == pytest.approx(_slow_pauc(y, p, m), abs=2e-5)
+        assert v == pytest.approx(_roc_areas_weighted(np.ones((1, len(y))), y, p, [m])[0][0], abs=1e-12)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(10, len(y)))
+    W = _counts(idx, len(y))
+    a0, a8 = _roc_areas_weighted(W, y, p, [0.0, 0.8])
+    ab8, ab9 = _roc_areas_weighted(W, y, p, [0.8, 0.9], above=True)
+    for r, row in enumerate(idx):
+        assert a0[r] == pytest.approx(roc_auc_score(y[row], p[row]), abs=1e-12)
+        assert a8[r] == pytest.approx(partial_auc_above_sensitivity(y[row], p[row]), abs=1e-12)
+        assert ab8[r] == pytest.approx(auc_above_sensitivity(y[row], p[row]), abs=1e-12)
+        assert ab9[r] == pytest.approx(auc_above_sensitivity(y[row], p[row], 0.9), abs=1e-12)
+
+
+def test_isic_metrics_bundle():
+    rng = np.random.default_rng(2)
+    classes = ["MEL", "NV", "BCC", "DF"]
+    y = rng.choice(4, size=400, p=[0.2, 0.6, 0.18, 0.02])
+    logits = rng.normal(size=(400, 4))
+    logits[np.arange(400), y] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y[:5] = 3                                                     # DF: 5 + a few, below min_n = 10 or near it
+    n_df = int((y == 3).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        r = isic_metrics(y, probs, classes, n_boot=200, min_n=max(10, n_df + 1))
+    ba = r["balanced_accuracy"]
+    assert ba["value"] == pytest.approx(balanced_accuracy_score(y, probs.argmax(1)))
+    assert ba["lo"] < ba["value"] < ba["hi"] and ba["n"] == 400
+    assert r["accuracy"]["value"] == pytest.approx((probs.argmax(1) == y).mean())
+    auc = per_class_auc(y, probs, classes)
+    for c, name in enumerate(classes[:3]):
+        assert r["auc"][name]["value"] == auc[name]
+        assert r["auc"][name]["lo"] < auc[name] < r["auc"][name]["hi"]
+        assert r["pauc"][name]["value"] == partial_auc_above_sensitivity(y == c, probs[:, c])
+        assert 0 <= r["pauc"][name]["value"] <= 0.2
+        assert r["auc_above"][name]["value"] == auc_above_sensitivity(y == c, probs[:, c])
+        assert r["auc_above"][name]["lo"] <= r["auc_above"][name]["value"] <= r["auc_above"][name]["hi"]
+    assert r["auc"]["DF"]["too_small"] and math.isnan(r["auc"]["DF"]["value"])
+    assert r["auc_mean"]["value"] == pytest.approx(np.mean([auc[c] for c in classes[:3]]))
+    assert "DF" in r["auc_mean"]["note"]
+    assert r["n_per_class"]["DF"] == n_df
+    with pytest.warns(UndefinedMetricWarning, match="DF"):
+        again = isic_metrics(y, probs, classes, n_boot=200, min_n=max(10, n_df + 1))
+    assert str(again) == str(r)                                   # seeded: identical, NaNs included
