@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int)
     a.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default 1000)")
     a.add_argument("--high-conf", type=float, help="confidence at which an error counts as high-confidence (0.9)")
+    a.add_argument("--counterfactual", action="store_true", default=None,
+                   help="re-run the model with each artifact region removed (filled from its surroundings)")
+    a.add_argument("--gallery-n", type=int, default=8, help="images per error-gallery group (default 8)")
+    a.add_argument("--blocky", action="store_true", help="overlays show the raw layer grid, not the bilinear upsample")
+    a.add_argument("--no-report", action="store_true", help="skip overlays, gallery, plots and report.html")
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     a.add_argument("--json", action="store_true", help="print summary.json to stdout")
 
@@ -57,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="output folder")
     m.add_argument("--limit", type=int)
     return p
+
+
+def _out_console(quiet: bool = False):
+    """stdout console: 100 columns when not a terminal (piped, CI), colour only on a terminal."""
+    from rich.console import Console
+    return Console(quiet=quiet, width=None if sys.stdout.isatty() else 100)
 
 
 def _console(quiet: bool = False):
@@ -76,17 +87,19 @@ def cmd_audit(args) -> int:
     from audit.terminal import print_summary
     cli = {k: getattr(args, k) for k in ("run_dir", "arch", "source", "classes", "checkpoint", "data", "split",
                                          "out", "layer", "target", "batch_size", "device", "limit", "workers",
-                                         "positive", "by", "seed", "n_boot", "high_conf")}
+                                         "positive", "by", "seed", "n_boot", "high_conf", "counterfactual")}
     cfg = resolve_config(cli, args.preset)
     if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
         from audit.errors import ConfigError
         raise ConfigError("audit: pass --run-dir RUN (or --checkpoint with --arch and --classes)")
     res = _audit_with_progress(cfg, args.quiet or args.json)
+    if not args.no_report:
+        from audit.report import render_reports
+        render_reports(res.out_dir, n_per_group=args.gallery_n, blocky=args.blocky, seed=cfg.seed)
     if args.json:
         print(json.dumps(res.summary, indent=2))
     elif not args.quiet:
-        from rich.console import Console
-        print_summary(res.summary, str(res.out_dir), Console())
+        print_summary(res.summary, str(res.out_dir), _out_console())
     return EXIT_GATES if res.summary.get("verdict") == "fail" else EXIT_OK
 
 
@@ -99,21 +112,23 @@ def _audit_with_progress(cfg, quiet: bool):
 
 
 def cmd_demo(args) -> int:
-    from rich.console import Console
     from rich.rule import Rule
 
     from audit.config import resolve_config
     from audit.demo import DemoSize, prepare
     from audit.terminal import print_summary
     out = Path(args.out)
-    console = Console(quiet=args.quiet)
-    size = DemoSize(n_train=160, n_val=48, n_test=64, epochs=4, size=96) if args.small else DemoSize()
+    console = _out_console(args.quiet)
+    size = DemoSize(n_train=320, n_val=48, n_test=64, epochs=6, size=96) if args.small else DemoSize()
     runs = prepare(out, size, log=lambda s: console.print(s, style="dim"))
     verdicts = {}
     for v, rd in runs.items():
         cfg = resolve_config({"run_dir": str(rd), "out": str(out / "reports" / v), "workers": 0,
+                              "counterfactual": True,
                               "n_boot": 300 if args.small else 1000}, out / "demo_preset.yaml")
         res = _audit_with_progress(cfg, args.quiet)
+        from audit.report import render_reports
+        render_reports(res.out_dir, n_per_group=4 if args.small else 8, seed=cfg.seed)
         console.print(Rule(f"{v} model"))
         print_summary(res.summary, str(res.out_dir), console)
         verdicts[v] = res.summary
@@ -123,8 +138,11 @@ def cmd_demo(args) -> int:
         def med(name):
             e = r.get(name, {}).get("stats", {}).get("median_all", {})
             return "n/a" if not e or e.get("value") is None else f"{e['value']:.2f}"
+        flips = (s.get("counterfactual") or {}).get("regions", {}).get("text", {}).get("flip_rate") or {}
+        fr = "n/a" if flips.get("value") is None else f"{100 * flips['value']:.0f}%"
         console.print(f"{v:9s} accuracy {s['accuracy']['value']:.2f} · median evidence in lungs {med('lungs')}"
-                      f" · on the marker {med('text')} · verdict {s.get('verdict', 'n/a')}")
+                      f" · on the marker {med('text')} · predictions flipped by removing the marker {fr}"
+                      f" · gates: {s.get('verdict', 'n/a').upper()}")
     return EXIT_OK
 
 

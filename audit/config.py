@@ -43,6 +43,7 @@ class AuditConfig:
     off_target_frac: float = 0.5
     artifact_lift: float = 3.0
     counterfactual: bool = False
+    sensitivities: list[float] = field(default_factory=lambda: [0.80, 0.90, 0.95])
     # from the preset
     regions: dict = field(default_factory=dict)
     data_spec: dict = field(default_factory=dict)
@@ -89,6 +90,8 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
         if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 0 and k == "by"):
             merged[k] = v
     cfg = AuditConfig(**merged)
+    if "max_counterfactual_flip_rate" in (cfg.gates or {}):
+        cfg.counterfactual = True  # a gate cannot be checked on a measurement that was not made
     _validate(cfg)
     return cfg
 
@@ -104,6 +107,8 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"--device: expected cpu, cuda[:N] or mps, got {cfg.device!r}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers: expected ≥ 0, got {cfg.workers}")
+    from .gates import evaluate_gates
+    evaluate_gates(cfg.gates, {})  # unknown gate names and non-numeric thresholds fail here, before any work
     if not isinstance(cfg.regions, dict):
         raise ConfigError(f"{cfg.preset}: 'regions' must be a mapping of region name → options")
 

@@ -44,7 +44,7 @@ class ManifestDataset(Dataset):
             return item
         item.update(ok=True, img=torch.from_numpy(np.array(grid, copy=True)), src_hw=tuple(rgb.shape[:2]))
         if self.region_fn is not None:
-            masks, scores, notes = {}, {}, {}
+            masks, scores, notes, present = {}, {}, {}, {}
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
@@ -56,9 +56,11 @@ class ManifestDataset(Dataset):
                 if r.mask is not None:
                     masks[name] = torch.from_numpy(np.ascontiguousarray(r.mask.astype(bool)))
                 scores[name] = float(r.score) if r.score is not None else float("nan")
+                if r.present is not None:
+                    present[name] = bool(r.present)
                 if r.note:
                     notes[name] = r.note
-            item.update(masks=masks, scores=scores, notes=notes,
+            item.update(masks=masks, scores=scores, notes=notes, present=present,
                         warnings=[str(w.message) for w in caught][:5])
         return item
 
@@ -73,6 +75,7 @@ def collate(items: list[dict]) -> dict:
         out["masks"] = [it["masks"] for it in ok]
         out["scores"] = [it["scores"] for it in ok]
         out["notes"] = [it["notes"] for it in ok]
+        out["present"] = [it["present"] for it in ok]
         out["warnings"] = [it["warnings"] for it in ok]
     return out
 

@@ -148,7 +148,7 @@ def train(manifest: Path, run_dir: Path, size: DemoSize, seed: int = 0, log=prin
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += loss.item() * len(idx)
             acc += int((out.argmax(1) == y[idx]).sum())
         log(f"  {run_dir.name}: epoch {ep + 1}/{size.epochs} loss {tot / len(y):.3f} "
             f"train acc {acc / len(y):.2f} ({time.perf_counter() - t0:.0f}s)")
@@ -167,7 +167,8 @@ DEMO_PRESET = {
         "text": {"source": "file", "values": [127]},
         "border": {"width": 0.08},
     },
-    "gates": {"min_median_target_frac": 0.5, "max_artifact_lift": 2.0, "max_high_conf_error_rate": 0.05},
+    "gates": {"min_median_target_frac": 0.5, "max_artifact_lift": 2.0, "max_high_conf_error_rate": 0.05,
+              "max_counterfactual_flip_rate": 0.10},
 }
 
 

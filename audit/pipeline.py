@@ -19,10 +19,12 @@ import torch
 
 from .cam import default_layer, get_module, grad_cam
 from .config import AuditConfig, write_resolved
+from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .manifest import DataSpec, default_split, load_manifest
 from .preprocess import normalize
 from .run import RunConfig, load_run
+from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -101,7 +103,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
     records, cams_all, ids_all, tgt_all, errors = [], [], [], [], []
     region_cols = region_columns(kinds)
-    t_model = 0.0
+    t_model = t_cf = 0.0
+    artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
     n_zero_cam = 0
     done = 0
     recs = rows.to_dict("records")
@@ -124,6 +127,12 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             sc = score_batch(res.cams, batch.get("masks") or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
         tgt = res.target.cpu().numpy()
+        cf = {}
+        if cfg.counterfactual and artifact_regions:
+            tc = time.perf_counter()
+            cf = counterfactual_batch(model, batch["img"], batch.get("masks") or [{} for _ in idx],
+                                      artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
+            t_cf += time.perf_counter() - tc
         for j, i in enumerate(idx):
             r = recs[i]
             p = probs[j]
@@ -136,14 +145,18 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                 rec[f"p_{c}"] = float(p[k])
             for col in region_cols:
                 rec[col] = float(sc[col][j]) if col in sc else float("nan")
+            for col, v in cf.items():
+                rec[col] = v[j].item() if hasattr(v[j], "item") else v[j]
             if "scores" in batch:
-                for reg, s in batch["scores"][j].items():
-                    rec[f"score_{reg}"] = s
+                for reg, sc_ in batch["scores"][j].items():
+                    rec[f"score_{reg}"] = sc_
+                for reg, pr in batch["present"][j].items():
+                    rec[f"present_{reg}"] = pr
                 notes = batch["notes"][j]
                 if notes:
                     rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
             for col, v in r.items():
-                if col not in rec and col not in ("mask",):
+                if col not in rec:
                     rec[col] = v
             records.append(rec)
         cams_all.append(res.cams.cpu().numpy().astype(np.float32))
@@ -167,10 +180,28 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out / "errors.csv", index=False)
     elif (out / "errors.csv").exists():
         (out / "errors.csv").unlink()
+    positive = cfg.positive or run.positive_class
+    if positive is not None and positive not in run.classes:
+        raise ConfigError(f"--positive {positive!r}: not among the classes {run.classes}")
+    val_probs = None
+    if positive is not None and split != "val" and (full["split"] == "val").any():
+        tv = time.perf_counter()
+        val_rows = full[full["split"] == "val"].reset_index(drop=True)
+        val_probs = (val_rows["label"].to_numpy(), predict_probs(model, val_rows, spec, device, cfg))
+        t_val = time.perf_counter() - tv
+    else:
+        t_val = 0.0
     summary = build_summary(per_image, kinds, run, cfg, full=full, split=split, manifest=manifest_path,
                             layer=layer, cam_hw=tuple(cams.shape[1:]), n_skipped=len(errors),
-                            timing={"total_s": time.perf_counter() - t0, "model_s": t_model},
-                            model=model, device=device)
+                            timing={"total_s": time.perf_counter() - t0, "model_s": t_model,
+                                    "counterfactual_s": t_cf, "val_inference_s": t_val},
+                            positive=positive, val=val_probs)
+    if cfg.counterfactual and artifact_regions:
+        cfr = counterfactual_rates(per_image, artifact_regions, min_n=cfg.min_n, n_boot=cfg.n_boot, seed=cfg.seed)
+        cfr["method"] = method_description("median", 2, 3)
+        cfr["cost"].update(seconds=round(t_cf, 3), share_of_model_time=round(t_cf / max(t_model, 1e-9), 3))
+        summary["counterfactual"] = cfr
+    summary["gates"], summary["verdict"] = evaluate_gates(cfg.gates, clean_json(summary))
     summary["data"]["n_zero_cam"] = n_zero_cam
     summary = clean_json(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
@@ -179,6 +210,26 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                     "manifest": str(manifest_path), "regions": kinds})
     model.cpu()
     return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
+
+
+def predict_probs(model: torch.nn.Module, rows: pd.DataFrame, spec, device, cfg: AuditConfig) -> np.ndarray:
+    """Softmax probabilities (N×C, NaN rows for unreadable images) of a plain no-grad pass, in eval mode."""
+    from .data import make_loader
+    out = np.full((len(rows), 0), np.nan)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in make_loader(rows, spec, cfg.batch_size, cfg.workers, None):
+                if batch["img"] is None:
+                    continue
+                p = torch.softmax(model(normalize(batch["img"].to(device), spec)).float(), 1).cpu().numpy()
+                if out.shape[1] == 0:
+                    out = np.full((len(rows), p.shape[1]), np.nan)
+                out[batch["idx"]] = p
+    finally:
+        model.train(was)
+    return out
 
 
 def _json_default(o):

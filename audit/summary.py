@@ -14,7 +14,11 @@ import pandas as pd
 from .config import AuditConfig
 from .errors import UndefinedMetricWarning
 from .run import RunConfig
-from .stats import proportion_ci, region_stats
+from .stats import bootstrap_ci, grouped_region_stats, proportion_ci, region_stats
+from .thresholds import isic_metrics, operating_points
+
+
+SCHEMA_VERSION = "1.0"  # docs/summary_schema.md; bump the major on a breaking change
 
 
 def add_flags(per_image: pd.DataFrame, kinds: dict[str, str], cfg: AuditConfig) -> pd.DataFrame:
@@ -52,11 +56,12 @@ def rate(k: int, n: int) -> dict:
 
 def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig, cfg: AuditConfig, *,
                   full: pd.DataFrame | None, split: str, manifest, layer: str, cam_hw: tuple, n_skipped: int,
-                  timing: dict, model=None, device=None) -> dict:
+                  timing: dict, positive: str | None = None, val: tuple | None = None) -> dict:
     n = len(per_image)
     correct = per_image["correct"].astype(bool).to_numpy()
     conf = per_image["confidence"].to_numpy(dtype=float)
     s: dict = {
+        "schema_version": SCHEMA_VERSION,
         "run": {"name": run.run_dir.name if run.run_dir else None, "run_dir": str(run.run_dir) if run.run_dir else None,
                 "model": f"{run.source}:{run.model_name}", "checkpoint": str(run.checkpoint),
                 "checkpoint_sha256": run.checkpoint_sha256, "classes": run.classes},
@@ -87,9 +92,15 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             fl = per_image[f"fraclayer_{r}"].to_numpy(dtype=float)
             hit = per_image[f"hit_{r}"].to_numpy(dtype=float)
             valid = np.isfinite(frac)
+            lv = lift[np.isfinite(lift)]
+            lift_est = {"value": float(np.median(lv)) if lv.size >= cfg.min_n else None, "n": int(lv.size),
+                        "too_small": bool(lv.size < cfg.min_n), "lo": None, "hi": None}
+            if lv.size >= cfg.min_n:
+                lift_est["lo"], lift_est["hi"] = bootstrap_ci(lv, lambda a: np.median(a, axis=1), n_boot=cfg.n_boot,
+                                                              seed=cfg.seed, vectorized=True)
             s["regions"][r] = {
                 "kind": kind, "n_present": int(valid.sum()), "n_missing": int((~valid).sum()),
-                "median_area": _nanmed(area), "median_lift": _nanmed(lift),
+                "median_area": _nanmed(area), "median_lift": _nanmed(lift), "lift": lift_est,
                 "median_frac_layer_res": _nanmed(fl),
                 "pointing_game": rate(np.nansum(hit), np.isfinite(hit).sum()),
                 "stats": {k: _est(v) for k, v in st.items()},
@@ -101,10 +112,78 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
         "top": [{"image_id": r.image_id, "label": r.label, "pred": r.pred, "confidence": round(float(r.confidence), 4),
                  "off_target": bool(getattr(r, "flag_off_target", False))} for r in top.itertuples()],
     }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        if positive is not None:
+            s["operating_points"] = _operating_points(per_image, run, positive, val, cfg)
+        if len(run.classes) >= 3 and n >= cfg.min_n:
+            y = per_image["label"].map({c: i for i, c in enumerate(run.classes)}).to_numpy()
+            P = per_image[[f"p_{c}" for c in run.classes]].to_numpy(dtype=float)
+            s["isic_metrics"] = _jsonable(isic_metrics(y, P, run.classes, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                       min_n=cfg.min_n))
+        s["by_artifact"] = _by_artifact(per_image, kinds, run, positive, cfg)
+        frac_cols = [f"frac_{r}" for r in kinds if f"frac_{r}" in per_image]
+        by_cols = ["label", *cfg.by]
+        if frac_cols:
+            t = grouped_region_stats(per_image, frac_cols, by_cols, n_boot=cfg.n_boot, seed=cfg.seed, min_n=cfg.min_n,
+                                     include_overall=False)
+            keep = t[t["stat"].isin(["median_all", "diff_median", "auroc_error", "spearman_conf_all"])]
+            s["by_group"] = {"columns": by_cols, "rows": keep.to_dict("records")}
     if "flag_off_target" in per_image:
         s["off_target"] = {"rate": rate(per_image["flag_off_target"].sum(), n),
                            "rule": f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}"}
     return s
+
+
+def _jsonable(o):
+    if hasattr(o, "to_dict") and not isinstance(o, pd.DataFrame):
+        return _est(o)
+    if isinstance(o, dict):
+        return {k: _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    return o
+
+
+def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg: AuditConfig) -> dict:
+    """Thresholds on P(positive) tuned on the validation split (else cross-fitted on the audited one)."""
+    p = df[f"p_{positive}"].to_numpy(dtype=float)
+    y = (df["label"] == positive).to_numpy()
+    top1 = (df["pred"] == positive).to_numpy()
+    kw = {}
+    if val is not None:
+        vlab, vp = val
+        ok = np.isfinite(vp).all(1) if vp.size else np.zeros(len(vlab), bool)
+        if ok.any():
+            kw = {"p_pos_val": vp[ok, run.classes.index(positive)], "y_pos_val": vlab[ok] == positive}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = operating_points(p, y, targets=tuple(cfg.sensitivities), y_pred_top1_pos=top1, seed=cfg.seed, **kw)
+    res = _jsonable(res)
+    res["positive_class"] = positive
+    return res
+
+
+def _by_artifact(df: pd.DataFrame, kinds: dict, run: RunConfig, positive: str | None, cfg: AuditConfig) -> dict:
+    """Accuracy (and the positive class's top-1 sensitivity/specificity) with vs without each detected artifact."""
+    out = {}
+    for r, kind in kinds.items():
+        col = f"present_{r}"
+        if kind != "artifact" or col not in df:
+            continue
+        pres = df[col].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        entry = {}
+        for name, m in (("with", pres), ("without", ~pres)):
+            sub = df[m]
+            e = {"n": int(m.sum()), "accuracy": rate(sub["correct"].astype(bool).sum(), len(sub))}
+            if positive is not None:
+                yp = (sub["label"] == positive).to_numpy()
+                pp = (sub["pred"] == positive).to_numpy()
+                e["sensitivity"] = rate((yp & pp).sum(), yp.sum())
+                e["specificity"] = rate((~yp & ~pp).sum(), (~yp).sum())
+            entry[name] = e
+        out[r] = entry
+    return out
 
 
 def _nanmed(x: np.ndarray):

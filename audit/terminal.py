@@ -16,7 +16,7 @@ def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2) -> str:
         return "n/a"
     f = (lambda x: f"{100 * x:.0f}%") if pct else (lambda x: f"{x:.{digits}f}")
     lo, hi = e.get("lo"), e.get("hi")
-    ci = f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else ""
+    ci = f" [{f(lo)},{f(hi)}]" if lo is not None and hi is not None else ""
     return f"{f(v)}{ci}"
 
 
@@ -43,7 +43,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             elif e["kind"] == "target":
                 med = st["median_all"].get("value")
                 style = "green" if med is not None and med >= 0.5 else "yellow"
-            t.add_row(r, e["kind"], str(e["n_present"]), _fmt_est(st["median_all"]),
+            t.add_row(Text(r), e["kind"], str(e["n_present"]), _fmt_est(st["median_all"]),
                       "—" if lift is None else f"{lift:.1f}×", _fmt_est(st["diff_median"]),
                       _fmt_est(st["spearman_conf_all"]), _fmt_est(st["auroc_error"]), style=style)
         parts.append(t)
@@ -57,7 +57,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             for c in ("image", "true", "pred", "conf", "off-target"):
                 t.add_column(c, no_wrap=True)
             for r in hce["top"][:5]:
-                t.add_row(str(r["image_id"]), str(r["label"]), str(r["pred"]), f"{r['confidence']:.2f}",
+                t.add_row(Text(str(r["image_id"])), Text(str(r["label"])), Text(str(r["pred"])), f"{r['confidence']:.2f}",
                           "yes" if r["off_target"] else "")
             parts.append(t)
     if s.get("gates"):
@@ -69,10 +69,11 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             ci = g.get("ci")
             vs = "n/a" if v is None else f"{v:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and None not in ci else "")
             res = {True: Text("pass", "green"), False: Text("FAIL", "bold red"), None: Text("undefined", "yellow")}
-            t.add_row(g["name"], vs, str(g["threshold"]), res[g.get("passed")])
+            t.add_row(Text(g["name"]), Text(vs), Text(str(g["threshold"])), res[g.get("passed")])
         parts.append(t)
     if out_dir:
-        parts.append(Text(f"Files: {out_dir}/ (per_image.csv, cams.npz, summary.json, config.resolved.yaml)",
+        parts.append(Text(f"Files: {out_dir}/ (report.html, GALLERY.md, gallery/, plots/, per_image.csv, cams.npz, "
+                          "summary.json, config.resolved.yaml)",
                           style="dim"))
     return Group(*parts)
 

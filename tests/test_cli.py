@@ -109,7 +109,34 @@ def test_demo_reduced(tmp_path):
     """The embedded demo at a reduced size: data, two trained runs, two audits, and the models differ."""
     r = run_cli("demo", "--small", "--out", tmp_path / "demo")
     assert r.returncode == 0, r.stderr[-2000:]
+    s = {}
     for v in ("shortcut", "clean"):
-        s = json.loads((tmp_path / "demo" / "reports" / v / "summary.json").read_text())
-        assert s["data"]["n"] == 64 and {"lungs", "text", "border"} <= set(s["regions"])
+        s[v] = json.loads((tmp_path / "demo" / "reports" / v / "summary.json").read_text())
+        assert s[v]["data"]["n"] == 64 and {"lungs", "text", "border"} <= set(s[v]["regions"])
+        assert (tmp_path / "demo" / "reports" / v / "report.html").exists()
+    # the marker is independent of the label in the test split: the shortcut model pays for having used it
+    assert s["shortcut"]["accuracy"]["value"] < s["clean"]["accuracy"]["value"]
+    assert s["shortcut"]["verdict"] == "fail"
     assert "shortcut vs clean" in r.stdout
+
+
+def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  border: {width: 0.1}\n  corners: {size: 0.2}\n"
+                      "gates: {max_artifact_lift: 100.0, min_accuracy: 0.99}\n")
+    out = tmp_path / "o"
+    rc = cli.main(["audit", "--run-dir", str(tiny_run), "--config", str(preset), "--out", str(out), "--workers", "0",
+                   "--quiet", "--n-boot", "20", "--counterfactual", "--positive", "a", "--by", "site"])
+    s = json.loads((out / "summary.json").read_text())
+    df = pd.read_csv(out / "per_image.csv")
+    for col in ("frac_border", "lift_corners", "cf_delta_border", "cf_flip_corners", "flag_off_target",
+                "flag_high_conf_error"):
+        assert col in df, col
+    assert s["operating_points"]["tuning"] == "validation split" and s["operating_points"]["positive_class"] == "a"
+    assert {g["name"] for g in s["gates"]} == {"max_artifact_lift[border]", "max_artifact_lift[corners]",
+                                              "min_accuracy"}
+    acc_gate = next(g for g in s["gates"] if g["name"] == "min_accuracy")
+    assert acc_gate["passed"] is (s["accuracy"]["value"] >= 0.99)
+    assert rc == (0 if s["verdict"] == "pass" else 1)
+    assert "border" in s["counterfactual"]["regions"] and s["counterfactual"]["regions"]["border"]["n"] == 4
+    assert s["by_group"]["columns"] == ["label", "site"]

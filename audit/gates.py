@@ -1,0 +1,77 @@
+"""Sign-off gates: thresholds from the preset's `gates:` section checked against the summary → verdict.
+
+Each gate is an entry {name, value, ci, threshold, passed, n, note}. A gate passes when its point estimate is
+on the right side of the threshold (the CI is reported beside it so a reader sees how close the call is).
+A configured gate that could not be measured (no positive class, no counterfactual run, no target region)
+does not pass: `passed` is null and the verdict is `fail`, because a model cannot be signed off on a check
+that was not made.
+
+Supported gates (defaults in the presets; why in the README):
+  min_median_target_frac        each target region's median evidence fraction ≥ t
+  max_artifact_lift             each artifact region's median lift (frac/area, over images where present) ≤ t
+  min_sensitivity_at_<s>        sensitivity of the positive class at the threshold tuned for sensitivity s ≥ t
+  max_high_conf_error_rate      share of images wrong with confidence ≥ high_conf ≤ t
+  max_counterfactual_flip_rate  each artifact region's flip rate when the region is removed ≤ t
+  min_accuracy                  top-1 accuracy ≥ t
+"""
+from __future__ import annotations
+
+from .errors import ConfigError
+
+KNOWN = ("min_median_target_frac", "max_artifact_lift", "max_high_conf_error_rate", "max_counterfactual_flip_rate",
+         "min_accuracy")
+
+
+def _entry(name, est, threshold, higher_is_better, note=""):
+    v = None if est is None else est.get("value")
+    ci = None if est is None or est.get("lo") is None else [est.get("lo"), est.get("hi")]
+    passed = None if v is None else (v >= threshold if higher_is_better else v <= threshold)
+    if est is not None and est.get("too_small"):
+        note = (note + "; " if note else "") + f"too small (n={est.get('n')})"
+    return {"name": name, "value": v, "ci": ci, "threshold": threshold, "passed": passed,
+            "n": None if est is None else est.get("n"), "note": note or ("not measured" if v is None else "")}
+
+
+def evaluate_gates(gates: dict, summary: dict) -> tuple[list[dict], str]:
+    """(entries, verdict). verdict: "pass" when every gate passed, else "fail"; "none" when no gate is set."""
+    out: list[dict] = []
+    for name, t in (gates or {}).items():
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ConfigError(f"gates.{name}: expected a number, got {t!r}") from None
+        regions = summary.get("regions", {})
+        if name == "min_median_target_frac":
+            targets = {r: e for r, e in regions.items() if e["kind"] == "target"}
+            if not targets:
+                out.append(_entry(name, None, t, True, "no target region configured"))
+            for r, e in targets.items():
+                out.append(_entry(f"{name}[{r}]", e["stats"]["median_all"], t, True))
+        elif name == "max_artifact_lift":
+            arts = {r: e for r, e in regions.items() if e["kind"] == "artifact"}
+            if not arts:
+                out.append(_entry(name, None, t, False, "no artifact region configured"))
+            for r, e in arts.items():
+                out.append(_entry(f"{name}[{r}]", e.get("lift"), t, False))
+        elif name.startswith("min_sensitivity_at_"):
+            s = name[len("min_sensitivity_at_"):]
+            pts = (summary.get("operating_points") or {}).get("points") or []
+            pt = next((p for p in pts if abs(float(p["target_sensitivity"]) - float(s)) < 1e-9), None)
+            out.append(_entry(name, None if pt is None else pt["sensitivity"], t, True,
+                              "" if pt else f"no operating point for sensitivity {s} (positive class set?)"))
+        elif name == "max_high_conf_error_rate":
+            out.append(_entry(name, (summary.get("high_conf_errors") or {}).get("rate"), t, False))
+        elif name == "max_counterfactual_flip_rate":
+            cf = (summary.get("counterfactual") or {}).get("regions")
+            if not cf:
+                out.append(_entry(name, None, t, False, "counterfactual check not run (--counterfactual)"))
+            for r, e in (cf or {}).items():
+                out.append(_entry(f"{name}[{r}]", e.get("flip_rate"), t, False))
+        elif name == "min_accuracy":
+            out.append(_entry(name, summary.get("accuracy"), t, True))
+        else:
+            raise ConfigError(f"gates.{name}: unknown gate; expected one of {', '.join(KNOWN)}, "
+                              "min_sensitivity_at_<s>")
+    if not out:
+        return out, "none"
+    return out, "pass" if all(g["passed"] is True for g in out) else "fail"

@@ -1,0 +1,276 @@
+"""`report.html`: one self-contained page (PNG images as base64 data URIs, inline CSS, no JS, no external resources).
+
+Every piece of text from the run (names, paths, notes) goes through `html.escape`.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .gallery import GalleryGroup, words_for
+from .inputs import ReportInputs
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;
+ padding:0 16px;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+h3{margin-bottom:4px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:0.92em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f3f3f3} td.l,th.l{text-align:left}
+.pass{background:#d8f3dc;color:#1b4332;font-weight:bold}
+.fail{background:#ffd6d6;color:#9d0208;font-weight:bold}
+.undef{background:#fff3bf;color:#7a5c00}
+.verdict{display:inline-block;padding:6px 14px;border-radius:4px;font-size:1.2em;margin:6px 0}
+.meta{color:#555;font-size:0.92em} .note{color:#7a5c00;font-size:0.9em}
+.plots img{max-width:100%;border:1px solid #eee;margin:6px 0}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:290px;border:1px solid #ddd;padding:4px;background:#fafafa}
+figure img{display:block;max-width:100%;margin:0 auto}
+figcaption{font-size:0.8em;margin-top:4px}
+code{background:#f3f3f3;padding:0 3px}
+""".strip()
+
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _num(v, digits: int = 2, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{100 * f:.0f}%" if pct else f"{f:.{digits}f}"
+
+
+def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
+    """An Estimate dict ({value, lo, hi, n, too_small}) as "v [lo, hi]"; "small n=…" when too small."""
+    if not isinstance(e, dict):
+        return _num(e, digits, pct) if e is not None else "—"
+    if e.get("too_small"):
+        return f"small n={e.get('n', 0)}"
+    v = e.get("value")
+    if v is None:
+        return "n/a"
+    s = _num(v, digits, pct)
+    if e.get("lo") is not None and e.get("hi") is not None:
+        s += f" [{_num(e['lo'], digits, pct)}, {_num(e['hi'], digits, pct)}]"
+    return s
+
+
+def _table(head: list[str], rows: list[list[tuple[str, str]]], left: int = 1) -> str:
+    """rows: [[(cell_html_already_escaped, css_class), ...], ...]; the first `left` columns are left-aligned."""
+    h = "".join(f'<th class="l">{esc(c)}</th>' if i < left else f"<th>{esc(c)}</th>" for i, c in enumerate(head))
+    body = []
+    for r in rows:
+        cells = []
+        for i, (txt, cls) in enumerate(r):
+            classes = " ".join(x for x in (cls, "l" if i < left else "") if x)
+            cells.append(f'<td class="{classes}">{txt}</td>' if classes else f"<td>{txt}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _c(x, cls: str = "") -> tuple[str, str]:
+    return esc(x), cls
+
+
+def _header(inp: ReportInputs) -> str:
+    s = inp.summary
+    run, data, cam = s.get("run") or {}, s.get("data") or {}, s.get("cam") or {}
+    res = "×".join(str(x) for x in (cam.get("resolution") or inp.cams.shape[1:]))
+    parts = [f"<h1>Spurious-correlation audit: {esc(inp.run_name)}</h1>",
+             '<p class="meta">',
+             f"model <code>{esc(run.get('model', '?'))}</code> · checkpoint {esc(run.get('checkpoint', '?'))}"
+             + (f" (sha256 {esc(str(run['checkpoint_sha256'])[:12])}…)" if run.get("checkpoint_sha256") else ""),
+             f"<br>data {esc(data.get('manifest', '?'))} · split {esc(data.get('split', '?'))} · "
+             f"n = {esc(data.get('n', len(inp.per_image)))}"
+             + (f" · skipped {esc(data['n_skipped'])}" if data.get("n_skipped") else "")
+             + (f" · all-zero CAMs {esc(data['n_zero_cam'])}" if data.get("n_zero_cam") else ""),
+             f"<br>{esc(cam.get('method', 'Grad-CAM'))} at <code>{esc(inp.layer)}</code> ({esc(res)}), explaining the "
+             f"{esc(cam.get('target', 'pred'))} class · classes {esc(', '.join(inp.classes))}"
+             + (f" · positive class <b>{esc(inp.positive)}</b>" if inp.positive else ""),
+             f"<br>rendered {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
+             f"{esc(inp.out_dir)}</p>"]
+    v = s.get("verdict")
+    if v is not None and str(v).lower() == "none":
+        parts.append('<div class="verdict undef">No sign-off gates configured</div>')
+    elif v is not None:
+        cls = {"pass": "pass", "fail": "fail"}.get(str(v).lower(), "undef")
+        parts.append(f'<div class="verdict {cls}">Verdict: {esc(str(v).upper())}</div>')
+    return "\n".join(parts)
+
+
+def _accuracy(inp: ReportInputs) -> str:
+    s = inp.summary
+    out = [f"<h2>Accuracy</h2><p>Top-1 accuracy {esc(fmt_est(s.get('accuracy'), pct=True))} (Wilson 95% CI)"]
+    hce = s.get("high_conf_errors") or {}
+    if hce:
+        out.append(f" · high-confidence errors (≥ {esc(hce.get('threshold'))}): {esc(fmt_est(hce.get('rate'), pct=True))}")
+    if s.get("off_target"):
+        out.append(f" · off-target evidence: {esc(fmt_est(s['off_target'].get('rate'), pct=True))} "
+                   f"({esc(s['off_target'].get('rule', ''))})")
+    out.append("</p>")
+    pc = s.get("per_class") or {}
+    if pc:
+        rows = [[_c(c), _c(e.get("n", "?")), _c(fmt_est(e.get("recall"), pct=True))] for c, e in pc.items()]
+        out.append(_table(["class", "n", "recall [95% CI]"], rows))
+    return "".join(out)
+
+
+def _regions(inp: ReportInputs) -> str:
+    regs = inp.summary.get("regions") or {}
+    if not regs:
+        return "<h2>Where the evidence lies</h2><p class=\"note\">No regions configured.</p>"
+    rows = []
+    for r, e in regs.items():
+        st = e.get("stats") or {}
+        lift = e.get("median_lift")
+        med = (st.get("median_all") or {}).get("value")
+        cls = ""
+        if e.get("kind") == "artifact" and lift is not None and lift > 2:
+            cls = "fail"
+        elif e.get("kind") == "target" and med is not None:
+            cls = "pass" if med >= 0.5 else "undef"
+        rows.append([_c(r), _c(e.get("kind", "?")), _c(f"{e.get('n_present', '?')} / {e.get('n_missing', 0)}"),
+                     _c(fmt_est(st.get("median_all")), cls), _c("—" if lift is None else f"{lift:.1f}×"),
+                     _c(_num(e.get("median_area"))), _c(fmt_est(st.get("diff_median"))),
+                     _c(fmt_est(st.get("spearman_conf_all"))), _c(fmt_est(st.get("auroc_error"))),
+                     _c(fmt_est(e.get("pointing_game"), pct=True))])
+    return ("<h2>Where the evidence lies</h2><p>Share of Grad-CAM mass in each region (median over images, "
+            "bootstrap 95% CI). Lift = share of evidence ÷ share of area (1 = no preference).</p>"
+            + _table(["region", "kind", "n present / missing", "median frac", "median lift", "median area",
+                      "correct − wrong", "ρ(conf)", "AUROC err", "pointing game"], rows, left=2))
+
+
+def _gates(inp: ReportInputs) -> str:
+    gates = inp.summary.get("gates")
+    if not gates:
+        return ""
+    rows = []
+    for g in gates:
+        if not isinstance(g, dict):
+            continue
+        v, ci = g.get("value"), g.get("ci")
+        vs = _num(v, 3) if v is not None else "n/a"
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+            vs += f" [{_num(ci[0], 3)}, {_num(ci[1], 3)}]"
+        passed = g.get("passed")
+        res = {True: ("pass", "pass"), False: ("FAIL", "fail")}.get(passed, ("undefined", "undef"))
+        rows.append([_c(g.get("name", "?")), _c(vs), _c(g.get("threshold", "")), _c(res[0], res[1]),
+                     _c("" if g.get("n") is None else g["n"]), _c(g.get("note") or "", "l")])
+    return "<h2>Sign-off gates</h2>" + _table(["gate", "value [95% CI]", "threshold", "result", "n", "note"], rows)
+
+
+def _operating_points(inp: ReportInputs) -> str:
+    op = inp.summary.get("operating_points")
+    if not isinstance(op, dict):
+        return ""
+    if "points" not in op and inp.positive in op and isinstance(op[inp.positive], dict):
+        op = op[inp.positive]
+    rows = []
+    for p in op.get("points") or []:
+        rows.append([_c(_num(p.get("target_sensitivity"))), _c(_num(p.get("threshold"), 3)),
+                     _c(fmt_est(p.get("sensitivity"), pct=True)), _c(fmt_est(p.get("specificity"), pct=True)),
+                     _c(fmt_est(p.get("ppv"), pct=True)), _c(fmt_est(p.get("npv"), pct=True)),
+                     _c(" / ".join(str(p.get(k, "?")) for k in ("tp", "fn", "tn", "fp")))])
+    top1 = op.get("top1")
+    if isinstance(top1, dict):
+        rows.append([_c("top-1"), _c("argmax"), _c(fmt_est(top1.get("sensitivity"), pct=True)),
+                     _c(fmt_est(top1.get("specificity"), pct=True)), _c(fmt_est(top1.get("ppv"), pct=True)),
+                     _c(fmt_est(top1.get("npv"), pct=True)),
+                     _c(" / ".join(str(top1.get(k, "?")) for k in ("tp", "fn", "tn", "fp")))])
+    if not rows:
+        return ""
+    head = (f"<h2>Operating points for {esc(inp.positive or 'the positive class')}</h2><p>Thresholds tuned by "
+            f"{esc(op.get('tuning', '?'))}; n = {esc(op.get('n', '?'))} ({esc(op.get('n_pos', '?'))} positive). "
+            "Predicted positive when P ≥ threshold.</p>")
+    if op.get("warning"):
+        head += f'<p class="note">{esc(op["warning"])}</p>'
+    return head + _table(["target sensitivity", "threshold", "sensitivity", "specificity", "PPV", "NPV",
+                          "TP / FN / TN / FP"], rows, left=0)
+
+
+def _counterfactual(inp: ReportInputs) -> str:
+    cf = inp.summary.get("counterfactual")
+    if not isinstance(cf, dict) or not isinstance(cf.get("regions"), dict):
+        return ""
+    rows = []
+    for r, e in cf["regions"].items():
+        if isinstance(e, dict):
+            rows.append([_c(r), _c(e.get("n", "?")), _c(fmt_est(e.get("flip_rate"), pct=True)),
+                         _c(fmt_est(e.get("mean_delta"), digits=3))])
+    return (f"<h2>Counterfactual check</h2><p>{esc(cf.get('method', ''))}</p>"
+            + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows))
+
+
+PLOT_TITLES = {"region_fractions": "Evidence per region by outcome",
+               "fraction_vs_confidence": "Evidence fraction vs confidence",
+               "reliability": "Calibration", "roc": "ROC of the positive class",
+               "counterfactual": "Counterfactual flip rates"}
+
+
+def _plots(plots: dict[str, Path]) -> str:
+    if not plots:
+        return ""
+    out = ['<h2>Plots</h2><div class="plots">']
+    for name, p in plots.items():
+        out.append(f"<h3>{esc(PLOT_TITLES.get(name, name))}</h3>"
+                   f'<img src="{data_uri(p)}" alt="{esc(name)} plot">')
+    out.append("</div>")
+    return "".join(out)
+
+
+def _gallery(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool) -> str:
+    if not groups:
+        return ""
+    words = words_for(inp)
+    out = ["<h2>Gallery</h2>",
+           "<p>Grad-CAM overlays ("
+           + ("raw layer grid, nearest neighbour" if blocky else "bilinear upsampling")
+           + ", min-max per image for display only; red = most evidence). Outlines: "
+           '<span style="color:#00a000;font-weight:bold">green = target</span>, '
+           '<span style="color:#d000d0;font-weight:bold">magenta = artifact</span>.</p>',
+           f'<p class="meta">{esc(words.legend())}</p>']
+    for g in groups:
+        out.append(f"<h3>{esc(g.spec.title)}</h3><p class=\"meta\">{esc(g.spec.description)}; showing "
+                   f"{len(g.items)} of {g.n_candidates}.</p>")
+        if g.note:
+            out.append(f'<p class="note">{esc(g.note)}</p>')
+        if g.items:
+            out.append('<div class="grid">')
+            for it in g.items:
+                top3 = ", ".join(f"{c} {p:.2f}" for c, p in it.top3)
+                out.append(f'<figure><img src="{data_uri(it.path)}" alt="{esc(it.image_id)}">'
+                           f"<figcaption><b>#{it.rank} {esc(it.image_id)}</b><br>{esc(it.caption)}<br>"
+                           f"top-3: {esc(top3)}<br><i>{esc(it.reading)}</i>"
+                           + (f'<br><span class="note">{esc(it.note)}</span>' if it.note else "")
+                           + "</figcaption></figure>")
+            out.append("</div>")
+        if g.skipped:
+            out.append('<ul class="note">' + "".join(f"<li>skipped {esc(i)}: {esc(w)}</li>" for i, w in g.skipped)
+                       + "</ul>")
+    return "".join(out)
+
+
+def render_html(inp: ReportInputs, plots: dict[str, Path], groups: list[GalleryGroup], notes: list[str],
+                blocky: bool = False) -> str:
+    """The full page as a string."""
+    body = [_header(inp), _accuracy(inp), _gates(inp), _regions(inp), _operating_points(inp),
+            _counterfactual(inp), _plots(plots), _gallery(inp, groups, blocky)]
+    if notes:
+        body.append("<h2>Notes</h2><ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    title = f"Audit report: {inp.run_name}"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")

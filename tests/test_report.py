@@ -1,0 +1,266 @@
+"""Report layer: overlays (peak location, RGB order), the gallery's text for a known table, plots, render_reports."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from audit.errors import RunDirError
+from audit.report import overlay_image, read_out_dir, render_reports
+from audit.report.gallery import Words, caption, reading, select_candidates
+from audit.report.overlay import ARTIFACT_RGB, TARGET_RGB, display_cam, outline
+from audit.report.plots import reliability_bins
+from test_report_fixtures import build_out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------- overlay
+
+def _grey(s: int = 224) -> np.ndarray:
+    return np.full((s, s, 3), 128, np.uint8)
+
+
+@pytest.mark.parametrize("blocky", [False, True])
+def test_overlay_peak_is_red_at_top_left(blocky):
+    cam = np.zeros((7, 7), np.float32)
+    cam[0, 0] = 5.0
+    im = overlay_image(_grey(), cam, caption="", blocky=blocky)
+    a = np.asarray(im).astype(int)
+    assert im.mode == "RGB" and a.shape == (224, 224, 3)
+    redness = a[..., 0] - a[..., 2]
+    y, x = np.unravel_index(np.argmax(redness), redness.shape)
+    assert y < 32 and x < 32, f"reddest pixel at {(y, x)}, expected inside the top-left 32×32 cell"
+    r, g, b = a[4, 4]
+    assert r > b + 40, f"top-left pixel {(r, g, b)}: red must dominate (jet's hot end in RGB, not BGR)"
+    r, g, b = a[200, 200]
+    assert b > r + 40, f"far corner {(r, g, b)}: blue must dominate (jet's cold end)"
+
+
+def test_overlay_blocky_shows_the_layer_grid():
+    cam = np.zeros((7, 7), np.float32)
+    cam[0, 0] = 1.0
+    a = np.asarray(overlay_image(_grey(), cam, blocky=True)).astype(int)
+    assert (a[:32, :32] == a[0, 0]).all()           # one flat 32×32 block per layer cell
+    assert not (a[32:64, :32] == a[0, 0]).all()
+    smooth = np.asarray(overlay_image(_grey(), cam, blocky=False)).astype(int)
+    assert not (smooth[:32, :32] == smooth[0, 0]).all()
+
+
+def test_overlay_outlines_and_caption():
+    s = 224
+    m_t = np.zeros((s, s), bool)
+    m_t[60:160, 60:160] = True
+    m_a = np.zeros((s, s), bool)
+    m_a[200:210, 20:120] = True
+    cam = np.ones((7, 7), np.float32)
+    im = overlay_image(_grey(), cam, {"lesion": m_t, "ruler": m_a, "gone": None},
+                       {"lesion": "target", "ruler": "artifact", "gone": "artifact"}, caption="Pred a (0.90) · True b")
+    a = np.asarray(im)
+    assert im.height > s and im.width == s          # caption strip below
+    assert tuple(a[60, 100]) == TARGET_RGB and tuple(a[100, 60]) == TARGET_RGB
+    assert tuple(a[200, 50]) == ARTIFACT_RGB
+    assert tuple(a[100, 100]) != TARGET_RGB          # outline only, not filled
+    strip = a[s:]
+    assert (strip < 100).any() and (strip == 255).any()  # dark text on white
+
+
+def test_overlay_small_grid_enlarged_and_zero_cam_noted():
+    im = overlay_image(_grey(32), np.zeros((4, 4), np.float32), caption="x")
+    assert im.width == 224                          # 32 px × 7
+    pic = np.asarray(im)[:224]
+    assert (pic == 128).all()                       # no heat drawn for an all-zero CAM
+
+
+def test_display_cam_is_display_only_minmax():
+    cam = np.array([[0.0, 2.0], [4.0, 8.0]], np.float32)
+    d = display_cam(cam, 8, blocky=True)
+    assert d.shape == (8, 8) and math.isclose(float(d.max()), 1.0, rel_tol=1e-5) and float(d.min()) == 0.0
+    assert cam.max() == 8.0                         # the caller's map is untouched
+    assert display_cam(np.zeros((3, 3)), 9) is None
+
+
+def test_overlay_validates_inputs():
+    with pytest.raises(TypeError, match="grid_img"):
+        overlay_image(_grey().astype(np.float32), np.ones((7, 7)))
+    with pytest.raises(ValueError, match="grid_img"):
+        overlay_image(np.zeros((10, 12, 3), np.uint8), np.ones((7, 7)))
+    with pytest.raises(ValueError, match="cam_hw"):
+        overlay_image(_grey(), np.ones((1, 7, 7)))
+    with pytest.raises(ValueError, match=r"masks\['m'\]"):
+        overlay_image(_grey(), np.ones((7, 7)), {"m": np.ones((10, 10), bool)}, {"m": "target"})
+
+
+def test_outline_is_the_inner_boundary():
+    m = np.zeros((6, 6), bool)
+    m[1:5, 1:5] = True
+    o = outline(m)
+    assert o.sum() == 12 and not o[2:4, 2:4].any()
+
+
+# ---------------------------------------------------------------------------------------------------------- gallery
+
+def test_readings_and_captions():
+    kinds = {"lesion": "target", "ruler": "artifact"}
+    w = Words(high_conf=0.9, low_conf=0.6, artifact_lift=3.0)
+    row = {"label": "melanoma", "pred": "benign", "correct": False, "confidence": 0.93, "p_melanoma": 0.07,
+           "frac_lesion": 0.22, "frac_outside_lesion": 0.78, "frac_ruler": 0.4, "lift_ruler": 8.0}
+    assert reading(row, "melanoma", kinds, w) == ("false-negative melanoma; 78% of the evidence outside the lesion; "
+                                                  "40% on the ruler (8.0× its area); confident")
+    assert caption(row, "melanoma", kinds) == "Pred benign (0.93) · True melanoma · P(melanoma)=0.07 · in-lesion 22%"
+    row2 = dict(row, label="nevus", pred="bcc", lift_ruler=2.0, confidence=0.5, frac_lesion=float("nan"),
+                frac_outside_lesion=float("nan"))
+    assert reading(row2, "melanoma", kinds, w) == "nevus read as bcc; no lesion mask; uncertain"
+    assert reading(row2, None, {}, w) == "nevus read as bcc; uncertain"
+
+
+def test_select_candidates_ranks_and_seeds():
+    df = pd.DataFrame({"image_id": list("abcdef"), "label": ["p", "p", "n", "n", "p", "n"],
+                       "pred": ["n", "n", "p", "n", "p", "n"], "confidence": [0.7, 0.9, 0.95, 0.8, 0.9, 0.6],
+                       "correct": [False, False, False, True, True, True],
+                       "flag_off_target": [True, False, False, True, True, False]})
+    c = select_candidates(df, "p", seed=0)
+    assert list(c["confident_errors"]["image_id"]) == ["c", "b", "a"]
+    assert list(c["false_negatives"]["image_id"]) == ["b", "a"]
+    assert list(c["off_target_correct"]["image_id"]) == ["e", "d"]
+    assert sorted(c["random_correct"]["image_id"]) == ["d", "e", "f"]
+    assert list(select_candidates(df, "p", seed=0)["random_correct"]["image_id"]) == \
+        list(c["random_correct"]["image_id"])
+    assert select_candidates(df, None)["false_negatives"].empty
+
+
+EXPECTED_ROWS = [
+    "| 1 | [img_a](gallery/confident_errors/01_img_a.png) | melanoma | benign (0.92) | 0.08 | benign 0.92, melanoma 0.08 "
+    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident |",
+    "| 2 | [img_b](gallery/confident_errors/02_img_b.png) | benign | melanoma (0.70) | 0.70 | melanoma 0.70, "
+    "benign 0.30 | false-positive melanoma; 40% of the evidence outside the lesion; moderately confident |",
+    "| 1 | [img_a](gallery/false_negatives/01_img_a.png) | melanoma | benign (0.92) | 0.08 | benign 0.92, melanoma 0.08 "
+    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident |",
+    "| 1 | [img_c](gallery/off_target_correct/01_img_c.png) | melanoma | melanoma (0.97) | 0.97 | melanoma 0.97, "
+    "benign 0.03 | correct melanoma; 90% of the evidence outside the lesion; confident |",
+]
+
+
+@pytest.fixture
+def out_dir(tmp_path) -> Path:
+    return build_out_dir(tmp_path)
+
+
+def test_gallery_markdown_for_known_table(out_dir):
+    paths = render_reports(out_dir, n_per_group=8, seed=0)
+    md = paths["gallery_md"].read_text(encoding="utf-8")
+    lines = md.splitlines()
+    assert lines[0] == "# Error gallery: tiny_<run>"
+    for row in EXPECTED_ROWS:
+        assert row in lines, f"missing line:\n{row}\nin:\n{md}"
+    assert "| # | image | truth | top-1 | P(melanoma) | top-3 | reading |" in lines
+    assert '"confident" = top-1 probability ≥ 0.90; "uncertain" = < 0.60' in md
+    assert "wrong predictions, highest top-1 probability first; showing 2 of 2." in lines
+    assert "correct predictions drawn at random (seeded); showing 2 of 2." in lines
+    random_rows = [ln for ln in lines if "gallery/random_correct/" in ln]
+    assert len(random_rows) == 2 and any("| correct benign; no lesion mask; uncertain |" in ln for ln in random_rows)
+    for row in lines:
+        if row.startswith("| ") and "](gallery/" in row:
+            rel = row.split("](", 1)[1].split(")", 1)[0]
+            assert (out_dir / rel).is_file(), rel
+
+
+def test_gallery_overlays_have_outlines_from_manifest_masks(out_dir):
+    render_reports(out_dir, n_per_group=2)
+    a = np.asarray(Image.open(out_dir / "gallery" / "confident_errors" / "01_img_a.png").convert("RGB"))
+    colours = {tuple(c) for c in a.reshape(-1, 3)}
+    assert TARGET_RGB in colours, "lesion (file mask joined from the manifest) not outlined"
+    assert ARTIFACT_RGB in colours
+    # the CAM's hot cell is (0, 0) of a 4×4 layer grid: the reddest quarter is the top-left one
+    pic = a[: a.shape[1]].astype(int)
+    red = pic[..., 0] - pic[..., 2]
+    h = pic.shape[0] // 4
+    assert red[:h, :h].mean() > red[-h:, -h:].mean() + 50
+
+
+def test_n_per_group_and_rerender_removes_stale(out_dir):
+    render_reports(out_dir, n_per_group=2)
+    assert len(list((out_dir / "gallery" / "confident_errors").glob("*.png"))) == 2
+    render_reports(out_dir, n_per_group=1)
+    assert [p.name for p in (out_dir / "gallery" / "confident_errors").glob("*.png")] == ["01_img_a.png"]
+    render_reports(out_dir, n_per_group=0)
+    assert not list((out_dir / "gallery").rglob("*.png"))
+    with pytest.raises(ValueError, match="n_per_group"):
+        render_reports(out_dir, n_per_group=-1)
+
+
+def test_missing_image_is_skipped_with_a_note(out_dir):
+    (out_dir.parent / "data" / "images" / "img_a.png").unlink()
+    paths = render_reports(out_dir)
+    md = paths["gallery_md"].read_text(encoding="utf-8")
+    assert "- skipped img_a: image not found" in md
+    assert "[img_b](gallery/confident_errors/01_img_b.png)" in md     # the next candidate moves up
+    assert "skipped img_a: image not found" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_no_regions_and_no_extras(tmp_path):
+    out = build_out_dir(tmp_path, extras=False)
+    import yaml
+    cfg = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    cfg["options"]["regions"], cfg["regions"] = {}, {}
+    (out / "config.resolved.yaml").write_text(yaml.safe_dump(cfg))
+    s = json.loads((out / "summary.json").read_text())
+    s["regions"] = {}
+    (out / "summary.json").write_text(json.dumps(s))
+    df = pd.read_csv(out / "per_image.csv")
+    df.drop(columns=[c for c in df.columns if c.split("_")[0] in ("frac", "area", "lift", "hit", "fraclayer")]
+            ).to_csv(out / "per_image.csv", index=False)
+    paths = render_reports(out, n_per_group=1)
+    assert "plot_region_fractions" not in paths and "plot_counterfactual" not in paths
+    assert "plot_reliability" in paths and "plot_roc" in paths
+    md = paths["gallery_md"].read_text(encoding="utf-8")
+    assert "| false-negative melanoma; confident |" in md
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "Sign-off gates" not in page and "No regions configured" in page
+
+
+def test_missing_files_raise_run_dir_error(tmp_path):
+    with pytest.raises(RunDirError, match="cams.npz"):
+        out = build_out_dir(tmp_path)
+        (out / "cams.npz").unlink()
+        render_reports(out)
+
+
+# ---------------------------------------------------------------------------------------------------------- plots
+
+def test_plots_written_and_state_n(out_dir):
+    paths = render_reports(out_dir)
+    for name in ("region_fractions", "fraction_vs_confidence", "reliability", "roc", "counterfactual"):
+        p = paths[f"plot_{name}"]
+        assert p == out_dir / "plots" / f"{name}.png" and p.is_file()
+        im = Image.open(p)
+        assert im.format == "PNG" and im.width > 300 and np.asarray(im.convert("L")).std() > 5
+
+
+def test_reliability_bins_and_ece():
+    conf = np.array([0.95, 0.95, 0.65, 0.65, 0.65, 0.65, 1.0])
+    correct = np.array([True, False, True, True, True, False, True])
+    tab, ece = reliability_bins(conf, correct)
+    assert list(tab["n"]) == [0, 0, 0, 0, 0, 0, 4, 0, 0, 3]
+    # bin 6: acc 0.75, conf 0.65; bin 9: acc 2/3, conf (0.95+0.95+1)/3
+    want = 4 / 7 * abs(0.75 - 0.65) + 3 / 7 * abs(2 / 3 - 2.9 / 3)
+    assert math.isclose(ece, want, rel_tol=1e-9)
+    assert math.isnan(reliability_bins(np.array([]), np.array([], bool))[1])
+
+
+def test_read_out_dir_resolves_everything(out_dir):
+    inp = read_out_dir(out_dir)
+    assert inp.positive == "melanoma" and inp.classes == ["benign", "melanoma"]
+    assert inp.kinds == {"lesion": "target", "ruler": "artifact", "border": "artifact"}
+    assert inp.spec.size == 32 and inp.cams.shape == (4, 4, 4) and inp.layer == "layer4"
+    assert "mask" in inp.per_image.columns and inp.per_image["mask"].notna().all()
+
+
+def test_render_is_fast(out_dir):
+    t = time.perf_counter()
+    render_reports(out_dir)
+    assert time.perf_counter() - t < 10

@@ -1,0 +1,81 @@
+"""Per-image scores with exactly known answers, and the sign-off gates."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from audit.errors import ConfigError, UndefinedMetricWarning
+from audit.gates import evaluate_gates
+from audit.scores import region_columns, score_batch
+
+
+def _m(rows):
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def test_known_fractions_at_input_resolution():
+    # h = w = S = 4: the bilinear upsample is the identity, so every number is hand-computable.
+    cam = torch.tensor([[[4.0, 0, 0, 0], [0, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]])
+    lungs = _m([[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]])  # area 4/16
+    corner = _m([[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])  # area 1/16
+    out = score_batch(cam, [{"lungs": lungs, "corner": corner}], {"lungs": "target", "corner": "artifact"}, 4)
+    assert out["frac_lungs"][0] == pytest.approx(3 / 8)
+    assert out["frac_outside_lungs"][0] == pytest.approx(5 / 8)
+    assert out["area_lungs"][0] == pytest.approx(0.25)
+    assert out["lift_lungs"][0] == pytest.approx(1.5)
+    assert out["frac_corner"][0] == pytest.approx(0.5) and out["lift_corner"][0] == pytest.approx(8.0)
+    assert out["hit_corner"][0] == 1.0 and out["hit_lungs"][0] == 0.0  # the maximum is the top-left cell
+    assert set(out) == set(region_columns({"lungs": "target", "corner": "artifact"}))
+
+
+def test_hit_tolerance_and_layer_resolution():
+    cam = torch.zeros(1, 4, 4)
+    cam[0, 0, 0] = 1.0
+    m = torch.zeros(4, 4, dtype=torch.bool)
+    m[1, 1] = True
+    assert score_batch(cam, [{"r": m}], {"r": "artifact"}, 4)["hit_r"][0] == 0.0
+    assert score_batch(cam, [{"r": m}], {"r": "artifact"}, 4, tolerance=1)["hit_r"][0] == 1.0
+    # 2×2 layer map on a 4×4 input: the mask is area-averaged to 2×2 (the top-left cell is 1/4 covered)
+    cam2 = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    out = score_batch(cam2, [{"r": m}], {"r": "artifact"}, 4)
+    assert out["fraclayer_r"][0] == pytest.approx(1 / 16)
+    assert out["frac_r"][0] == pytest.approx(1 / 16)  # uniform map: fraction = area, lift = 1
+    assert out["lift_r"][0] == pytest.approx(1.0)
+
+
+def test_missing_empty_and_zero_maps_are_nan():
+    cam = torch.stack([torch.ones(4, 4), torch.ones(4, 4), torch.zeros(4, 4)])
+    empty = torch.zeros(4, 4, dtype=torch.bool)
+    full = torch.ones(4, 4, dtype=torch.bool)
+    with pytest.warns(UndefinedMetricWarning, match="1 of 3 CAMs are all zero"):
+        out = score_batch(cam, [{}, {"r": empty}, {"r": full}], {"r": "target"}, 4)
+    assert math.isnan(out["frac_r"][0]) and math.isnan(out["area_r"][0])  # missing
+    assert math.isnan(out["frac_r"][1]) and out["area_r"][1] == 0.0      # empty
+    assert math.isnan(out["frac_r"][2]) and math.isnan(out["hit_r"][2])  # all-zero CAM, never a silent 0
+
+
+def _summary():
+    est = lambda v, lo=None, hi=None, n=100: {"value": v, "lo": lo, "hi": hi, "n": n, "too_small": False}
+    return {"regions": {"lungs": {"kind": "target", "stats": {"median_all": est(0.6, 0.55, 0.65)}},
+                        "text": {"kind": "artifact", "lift": est(3.2, 2.5, 4.0)}},
+            "accuracy": est(0.9), "high_conf_errors": {"rate": est(0.02, 0.01, 0.05)},
+            "operating_points": {"points": [{"target_sensitivity": 0.9, "sensitivity": est(0.8, 0.7, 0.9)}]}}
+
+
+def test_gates_verdicts():
+    gates, verdict = evaluate_gates({"min_median_target_frac": 0.5, "max_high_conf_error_rate": 0.05}, _summary())
+    assert verdict == "pass" and [g["passed"] for g in gates] == [True, True]
+    assert gates[0]["name"] == "min_median_target_frac[lungs]" and gates[0]["ci"] == [0.55, 0.65]
+    gates, verdict = evaluate_gates({"max_artifact_lift": 2.0, "min_sensitivity_at_0.90": 0.85}, _summary())
+    assert verdict == "fail" and [g["passed"] for g in gates] == [False, False]
+    # a gate that was not measured does not pass
+    gates, verdict = evaluate_gates({"max_counterfactual_flip_rate": 0.1}, _summary())
+    assert verdict == "fail" and gates[0]["passed"] is None and "not run" in gates[0]["note"]
+    assert evaluate_gates({}, _summary()) == ([], "none")
+    with pytest.raises(ConfigError, match="gates.max_lift: unknown gate"):
+        evaluate_gates({"max_lift": 2}, _summary())
+    with pytest.raises(ConfigError, match="expected a number"):
+        evaluate_gates({"min_accuracy": "high"}, _summary())
