@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--high-conf", type=float, help="confidence at which an error counts as high-confidence (0.9)")
     a.add_argument("--counterfactual", action="store_true", default=None,
                    help="re-run the model with each artifact region removed (filled from its surroundings)")
+    a.add_argument("--discover", action="store_true", default=None,
+                   help="explanation clusters and error slices (shortcuts nobody drew a mask for)")
+    a.add_argument("--sanity", action="store_true", default=None,
+                   help="model-randomisation sanity check of the maps (Adebayo et al. 2018)")
+    a.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision for the model (maps formed in fp32)")
+    a.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="do not read or write the model-output cache (<out>/cache/)")
     a.add_argument("--gallery-n", type=int, default=8, help="images per error-gallery group (default 8)")
     a.add_argument("--blocky", action="store_true", help="overlays show the raw layer grid, not the bilinear upsample")
     a.add_argument("--no-report", action="store_true", help="skip overlays, gallery, plots and report.html")
@@ -55,6 +63,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="reports/demo", help="demo folder (default reports/demo)")
     d.add_argument("--small", action="store_true", help="a reduced demo (for tests): fewer images and epochs")
     d.add_argument("--quiet", action="store_true")
+
+    di = sub.add_parser("discover", help="explanation clusters and error slices of an audit (reuses its outputs)")
+    di.add_argument("--run-dir", help="training run directory (audited first when --out holds no audit)")
+    di.add_argument("--data", help="manifest CSV (overrides the run's)")
+    di.add_argument("--split", help="split to audit (default: test when present, else all)")
+    di.add_argument("--config", dest="preset", help="YAML preset (regions give each group's evidence shares)")
+    di.add_argument("--k", type=int, help="clusters per predicted class (default: eigengap)")
+    di.add_argument("--out", help="audit folder (default reports/<run-name>/)")
+    di.add_argument("--min-n", type=int, default=10, help="groups smaller than this are described, not ranked")
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--quiet", action="store_true")
+    di.add_argument("--json", action="store_true", help="print the discover section as JSON")
+
+    s = sub.add_parser("scan", help="artifact prevalence, label association and split leakage of a dataset (no model)")
+    s.add_argument("--data", required=True, help="manifest CSV")
+    s.add_argument("--config", dest="preset", required=True, help="YAML preset (configs/*.yaml): artifact regions")
+    s.add_argument("--label-col", help="manifest column holding the label (overrides the preset's data.columns.label)")
+    s.add_argument("--by", action="append", default=[], help="prevalence by this metadata column (repeatable)")
+    s.add_argument("--id-col", help="patient/lesion id column: ids found in more than one split")
+    s.add_argument("--flag-cols", type=_csv_list, default=[],
+                   help="comma-separated 0/1 metadata columns scanned as artifacts")
+    s.add_argument("--run-dir", help="training run: model metrics with vs without each artifact")
+    s.add_argument("--positive", help="safety-critical class (default: the run's positive_class)")
+    s.add_argument("--out", default="reports/scan", help="output folder (default reports/scan/)")
+    s.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)))
+    s.add_argument("--limit", type=int, help="scan only the first N images")
+    s.add_argument("--phash-threshold", type=int, default=6,
+                   help="near-duplicate: Hamming distance <= this (of 64 bits)")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--json", action="store_true", help="print scan.json to stdout")
 
     m = sub.add_parser("masks", help="write region masks, a contact sheet and regions.csv for a manifest")
     m.add_argument("--config", required=True, help="YAML preset (configs/*.yaml)")
@@ -87,12 +125,16 @@ def cmd_audit(args) -> int:
     from audit.terminal import print_summary
     cli = {k: getattr(args, k) for k in ("run_dir", "arch", "source", "classes", "checkpoint", "data", "split",
                                          "out", "layer", "target", "batch_size", "device", "limit", "workers",
-                                         "positive", "by", "seed", "n_boot", "high_conf", "counterfactual")}
+                                         "positive", "by", "seed", "n_boot", "high_conf", "counterfactual", "amp",
+                                         "cache", "discover", "sanity")}
     cfg = resolve_config(cli, args.preset)
     if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
         from audit.errors import ConfigError
         raise ConfigError("audit: pass --run-dir RUN (or --checkpoint with --arch and --classes)")
-    res = _audit_with_progress(cfg, args.quiet or args.json)
+    rank = _init_distributed(cfg.device)
+    res = _audit_with_progress(cfg, args.quiet or args.json or rank > 0)
+    if rank > 0:
+        return EXIT_OK
     if not args.no_report:
         from audit.report import render_reports
         render_reports(res.out_dir, n_per_group=args.gallery_n, blocky=args.blocky, seed=cfg.seed)
@@ -101,6 +143,20 @@ def cmd_audit(args) -> int:
     elif not args.quiet:
         print_summary(res.summary, str(res.out_dir), _out_console())
     return EXIT_GATES if res.summary.get("verdict") == "fail" else EXIT_OK
+
+
+def _init_distributed(device: str) -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo on CPU, nccl on CUDA); returns the rank."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank()
 
 
 def _audit_with_progress(cfg, quiet: bool):
@@ -161,7 +217,54 @@ def cmd_masks(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"audit": cmd_audit, "demo": cmd_demo, "masks": cmd_masks}
+def cmd_discover(args) -> int:
+    from audit.config import resolve_config
+    from audit.discover import discover
+    from audit.errors import ConfigError
+    if not args.out and not args.run_dir:
+        raise ConfigError("discover: pass --run-dir RUN or --out AUDIT_DIR (a folder holding cams.npz)")
+    out = Path(args.out) if args.out else Path("reports") / Path(args.run_dir).name
+    if not (out / "cams.npz").exists():
+        if not args.run_dir:
+            raise ConfigError(f"{out}: holds no audit (cams.npz); pass --run-dir to audit first")
+        cfg = resolve_config({"run_dir": args.run_dir, "data": args.data, "split": args.split, "out": str(out),
+                              "seed": args.seed}, args.preset)
+        _audit_with_progress(cfg, args.quiet or args.json)
+    res = discover(out, k=args.k, seed=args.seed, min_n=args.min_n)
+    p = out / "summary.json"
+    if p.exists():
+        s = json.loads(p.read_text())
+        s["discover"] = res.summary
+        p.write_text(json.dumps(s, indent=2))
+    if args.json:
+        print(json.dumps(res.summary, indent=2))
+    elif not args.quiet:
+        con = _out_console()
+        con.print(f"discover: {out}/discover.csv · most suspicious groups first")
+        for r in res.summary["ranking"][:5]:
+            con.print(f"  {r['text']}", markup=False)
+    return EXIT_OK
+
+
+def cmd_scan(args) -> int:
+    from audit.scan import prepare_scan, render_scan, run_scan
+    preset, manifest, spec = prepare_scan(args.data, args.preset, label_col=args.label_col)
+    console = _console(args.quiet or args.json)
+    with _progress(console, "Scanning") as prog:
+        task = prog.add_task("scan", total=None)
+        res = run_scan(preset, manifest, Path(args.out), spec, by=args.by, id_col=args.id_col,
+                       flag_cols=args.flag_cols, run_dir=args.run_dir, positive=args.positive,
+                       workers=args.workers, limit=args.limit, phash_threshold=args.phash_threshold,
+                       progress=lambda done, total: prog.update(task, completed=done, total=total))
+    if args.json:
+        print(json.dumps(res.summary, indent=2))
+    elif not args.quiet:
+        render_scan(res, _out_console())
+    return EXIT_OK
+
+
+COMMANDS = {"audit": cmd_audit, "demo": cmd_demo, "masks": cmd_masks, "scan": cmd_scan,
+            "discover": cmd_discover}
 
 
 def main(argv: list[str] | None = None) -> int:

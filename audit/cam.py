@@ -11,7 +11,7 @@ flags restored in `finally`.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -124,11 +124,13 @@ def resolve_targets(logits: torch.Tensor, rule: str | int | Sequence[int] | torc
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Module,
              target: str | int | Sequence[int] | torch.Tensor = "pred",
-             labels: torch.Tensor | None = None) -> CamBatch:
+             labels: torch.Tensor | None = None, amp: torch.dtype | None = None) -> CamBatch:
     """Grad-CAM for a batch x (N×C×S×S, on the model's device) at `layer` (module or dotted path).
 
     Returns raw maps N×h×w (float32, ≥ 0, layer resolution) for the class chosen per image by `target`
     ("pred", "true" with `labels`, a class index, or N indices), with the logits of the same forward.
+    amp: torch.bfloat16 / torch.float16 runs the forward and the post-layer backward under autocast; the map is
+    then formed in float32 from the low-precision activations and gradients.
     """
     module = get_module(model, layer) if isinstance(layer, str) else layer
     store: dict[str, torch.Tensor] = {}
@@ -142,7 +144,8 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
 
     handle = module.register_forward_hook(hook)
     try:
-        with _frozen(model), torch.enable_grad():
+        auto = torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None else nullcontext()
+        with _frozen(model), torch.enable_grad(), auto:
             logits = model(x.detach())
             if "A" not in store:
                 raise LayerError(f"layer {layer!r} was not called in the forward pass; choose another --layer")
@@ -156,8 +159,8 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
         handle.remove()
         store.clear()
     with torch.no_grad():
-        a = A.detach()
-        w = grads.mean(dim=(2, 3), keepdim=True)
+        a = A.detach().float()
+        w = grads.float().mean(dim=(2, 3), keepdim=True)
         cams = F.relu((w * a).sum(1)).float()
         feats = a.mean(dim=(2, 3)).float()
     return CamBatch(logits=logits.detach().float(), cams=cams, target=tgt, features=feats)

@@ -43,6 +43,11 @@ class AuditConfig:
     off_target_frac: float = 0.5
     artifact_lift: float = 3.0
     counterfactual: bool = False
+    discover: bool = False
+    sanity: bool = False
+    sanity_n: int = 32
+    amp: str | None = None  # None (fp32), "bf16", "fp16"
+    cache: bool = True
     sensitivities: list[float] = field(default_factory=lambda: [0.80, 0.90, 0.95])
     # from the preset
     regions: dict = field(default_factory=dict)
@@ -92,6 +97,8 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
     cfg = AuditConfig(**merged)
     if "max_counterfactual_flip_rate" in (cfg.gates or {}):
         cfg.counterfactual = True  # a gate cannot be checked on a measurement that was not made
+    if "max_sanity_correlation" in (cfg.gates or {}):
+        cfg.sanity = True
     _validate(cfg)
     return cfg
 
@@ -105,6 +112,8 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"--high-conf: expected a probability in (0, 1], got {cfg.high_conf}")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda") and cfg.device != "mps":
         raise ConfigError(f"--device: expected cpu, cuda[:N] or mps, got {cfg.device!r}")
+    if cfg.amp not in (None, "bf16", "fp16"):
+        raise ConfigError(f"--amp: expected bf16 or fp16, got {cfg.amp!r}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers: expected ≥ 0, got {cfg.workers}")
     from .gates import evaluate_gates

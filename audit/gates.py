@@ -13,13 +13,15 @@ Supported gates (defaults in the presets; why in the README):
   max_high_conf_error_rate      share of images wrong with confidence ≥ high_conf ≤ t
   max_counterfactual_flip_rate  each artifact region's flip rate when the region is removed ≤ t
   min_accuracy                  top-1 accuracy ≥ t
+  max_sanity_correlation        mean Spearman ρ between the maps of the trained and the fully randomised model ≤ t
+                                (Adebayo et al. 2018: maps that survive randomisation say little about the model)
 """
 from __future__ import annotations
 
 from .errors import ConfigError
 
 KNOWN = ("min_median_target_frac", "max_artifact_lift", "max_high_conf_error_rate", "max_counterfactual_flip_rate",
-         "min_accuracy")
+         "min_accuracy", "max_sanity_correlation")
 
 
 def _entry(name, est, threshold, higher_is_better, note=""):
@@ -67,6 +69,13 @@ def evaluate_gates(gates: dict, summary: dict) -> tuple[list[dict], str]:
                 out.append(_entry(name, None, t, False, "counterfactual check not run (--counterfactual)"))
             for r, e in (cf or {}).items():
                 out.append(_entry(f"{name}[{r}]", e.get("flip_rate"), t, False))
+        elif name == "max_sanity_correlation":
+            san = summary.get("sanity")
+            est = None
+            if san and san.get("gate_value") is not None:
+                sp = (san.get("full_randomisation") or {}).get("spearman") or {}
+                est = {"value": san["gate_value"], "lo": sp.get("lo"), "hi": sp.get("hi"), "n": sp.get("n")}
+            out.append(_entry(name, est, t, False, "" if san else "sanity check not run (--sanity)"))
         elif name == "min_accuracy":
             out.append(_entry(name, summary.get("accuracy"), t, True))
         else:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .cache import OutputCache
 from .cam import default_layer, get_module, grad_cam
 from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
@@ -93,6 +94,13 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     get_module(model, layer)  # validates the name with a listing of candidates
     target_rule = resolve_target(cfg.target, run.classes)
     region_fn, kinds = build_region_fn(cfg)
+    positive = cfg.positive or run.positive_class
+    if positive is not None and positive not in run.classes:
+        raise ConfigError(f"--positive {positive!r}: not among the classes {run.classes}")
+    rank, world = dist_info()
+    rows = rows.assign(_row=np.arange(len(rows)))
+    if world > 1:
+        rows = rows.iloc[rank::world].reset_index(drop=True)
     name = run.run_dir.name if run.run_dir else Path(run.checkpoint).stem
     out = Path(cfg.out) if cfg.out else Path("reports") / name
     out.mkdir(parents=True, exist_ok=True)
@@ -101,16 +109,19 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     model.to(device)
     cls_idx = {c: i for i, c in enumerate(run.classes)}
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
-    records, cams_all, ids_all, tgt_all, errors = [], [], [], [], []
+    records, cams_all, tgt_all, emb_all, errors = [], [], [], [], []
     region_cols = region_columns(kinds)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
+    cache = OutputCache(out / "cache", {"checkpoint_sha256": run.checkpoint_sha256, "layer": layer,
+                                        "target": cfg.target, "input": spec.to_dict(), "amp": cfg.amp,
+                                        "model": f"{run.source}:{run.model_name}"}, enabled=cfg.cache)
     t_model = t_cf = 0.0
     artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
-    n_zero_cam = 0
     done = 0
     recs = rows.to_dict("records")
     for batch in loader:
         for i, err in batch["failed"]:
-            errors.append((recs[i]["image_id"], recs[i]["image"], err))
+            errors.append((recs[i]["_row"], recs[i]["image_id"], recs[i]["image"], err))
         done += len(batch["failed"])
         if batch["img"] is None:
             if progress:
@@ -119,9 +130,13 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         idx = batch["idx"]
         x = normalize(batch["img"].to(device, non_blocking=True), spec)
         labels = torch.tensor([cls_idx.get(recs[i]["label"], -1) for i in idx], device=device)
-        tm = time.perf_counter()
-        res = grad_cam(model, x, layer, target_rule, labels)
-        t_model += time.perf_counter() - tm
+        ids = [recs[i]["image_id"] for i in idx]
+        res = cache.get(ids, device)
+        if res is None or (target_rule == "true" and not _targets_match(res.target, labels)):
+            tm = time.perf_counter()
+            res = grad_cam(model, x, layer, target_rule, labels, amp=amp)
+            t_model += time.perf_counter() - tm
+            cache.put(ids, res)
         probs = torch.softmax(res.logits, 1).cpu().numpy()
         with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
             warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -137,7 +152,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             r = recs[i]
             p = probs[j]
             pred = int(p.argmax())
-            rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
+            rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
                    "pred": run.classes[pred], "confidence": float(p[pred]),
                    "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
                    "cam_sum": float(res.cams[j].sum())}
@@ -160,29 +175,45 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                     rec[col] = v
             records.append(rec)
         cams_all.append(res.cams.cpu().numpy().astype(np.float32))
-        ids_all += [recs[i]["image_id"] for i in idx]
+        emb_all.append(res.features.cpu().numpy().astype(np.float32))
         tgt_all.append(tgt)
         done += len(idx)
         if progress:
             progress(done, len(rows))
-        n_zero_cam += int((res.cams.flatten(1).sum(1) <= 0).sum())
-    per_image = pd.DataFrame.from_records(records)
+    cams_np = np.concatenate(cams_all) if cams_all else np.zeros((0, 1, 1), np.float32)
+    emb_np = np.concatenate(emb_all) if emb_all else np.zeros((0, 0), np.float32)
+    tgt_np = np.concatenate(tgt_all).astype(np.int64) if tgt_all else np.zeros(0, np.int64)
+    if world > 1:
+        gathered = gather_to_rank0((records, cams_np, emb_np, tgt_np, errors, t_model, t_cf, cache.hits,
+                                    cache.computed))
+        if rank != 0:
+            return AuditResult(out_dir=out, per_image=pd.DataFrame.from_records(records), summary={}, errors=errors)
+        records = [r for g in gathered for r in g[0]]
+        cams_np = np.concatenate([g[1] for g in gathered if len(g[1])])
+        emb_np = np.concatenate([g[2] for g in gathered if len(g[2])])
+        tgt_np = np.concatenate([g[3] for g in gathered])
+        errors = sorted((e for g in gathered for e in g[4]), key=lambda e: e[0])
+        t_model, t_cf = sum(g[5] for g in gathered), sum(g[6] for g in gathered)
+        cache.hits, cache.computed = sum(g[7] for g in gathered), sum(g[8] for g in gathered)
+    order = np.argsort([r["_row"] for r in records], kind="stable")
+    records = [records[k] for k in order]
+    cams_np, emb_np, tgt_np = cams_np[order], emb_np[order] if len(emb_np) else emb_np, tgt_np[order]
+    ids_all = [r["image_id"] for r in records]
+    per_image = pd.DataFrame.from_records(records).drop(columns=["_row"], errors="ignore")
     if per_image.empty:
         raise ManifestError(f"{manifest_path}: none of the {len(rows)} audited images could be read "
                             f"(first error: {errors[0][2] if errors else 'none'})")
-    cams = np.concatenate(cams_all) if cams_all else np.zeros((0, 1, 1), np.float32)
+    cams = cams_np
     from .summary import add_flags, build_summary, clean_json
     per_image = add_flags(per_image, kinds, cfg)
     per_image.to_csv(out / "per_image.csv", index=False)
     np.savez_compressed(out / "cams.npz", image_id=np.array(ids_all, dtype=str), cam=cams, layer=np.array(layer),
-                        target=np.concatenate(tgt_all).astype(np.int64))
+                        embedding=emb_np, target=tgt_np)
     if errors:
-        pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out / "errors.csv", index=False)
+        pd.DataFrame([e[1:] for e in errors], columns=["image_id", "image", "reason"]).to_csv(
+            out / "errors.csv", index=False)
     elif (out / "errors.csv").exists():
         (out / "errors.csv").unlink()
-    positive = cfg.positive or run.positive_class
-    if positive is not None and positive not in run.classes:
-        raise ConfigError(f"--positive {positive!r}: not among the classes {run.classes}")
     val_probs = None
     if positive is not None and split != "val" and (full["split"] == "val").any():
         tv = time.perf_counter()
@@ -201,8 +232,24 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         cfr["method"] = method_description("median", 2, 3)
         cfr["cost"].update(seconds=round(t_cf, 3), share_of_model_time=round(t_cf / max(t_model, 1e-9), 3))
         summary["counterfactual"] = cfr
+    if cfg.discover:
+        from .discover import discover
+        td = time.perf_counter()
+        summary["discover"] = discover(out, seed=cfg.seed, min_n=cfg.min_n, regions=kinds).summary
+        summary["timing"]["discover_s"] = round(time.perf_counter() - td, 3)
+    if cfg.sanity:
+        from .sanity import load_sample, sanity_check
+        ts = time.perf_counter()
+        x, _ids, smasks = load_sample(rows, spec, n=cfg.sanity_n, seed=cfg.seed, region_fn=region_fn, device=device)
+        summary["sanity"] = sanity_check(model, layer, x, target=target_rule, seed=cfg.seed, masks=smasks,
+                                         n_boot=cfg.n_boot, batch_size=cfg.batch_size)
+        summary["timing"]["sanity_s"] = round(time.perf_counter() - ts, 3)
     summary["gates"], summary["verdict"] = evaluate_gates(cfg.gates, clean_json(summary))
-    summary["data"]["n_zero_cam"] = n_zero_cam
+    summary["data"]["n_zero_cam"] = int((cams.reshape(len(cams), -1).sum(1) <= 0).sum())
+    summary["cache"] = {"key": cache.key, "enabled": cache.enabled, "from_cache": cache.hits,
+                        "computed": cache.computed, "processes": world,
+                        "note": (f"model outputs of {cache.hits} images read from the cache; the model ran on "
+                                 f"{cache.computed}") if cache.hits else ""}
     summary = clean_json(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     write_resolved(out / "config.resolved.yaml", cfg, run.to_dict(),
@@ -210,6 +257,27 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                     "manifest": str(manifest_path), "regions": kinds})
     model.cpu()
     return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
+
+
+def _targets_match(cached: torch.Tensor, labels: torch.Tensor) -> bool:
+    lab = labels.to(cached.device)
+    return bool(((lab < 0) | (cached == lab)).all())
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) when running under torchrun with torch.distributed initialised, else (0, 1)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_to_rank0(obj):
+    """Every rank's object in rank order on rank 0 (None elsewhere), over the default process group."""
+    import torch.distributed as dist
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def predict_probs(model: torch.nn.Module, rows: pd.DataFrame, spec, device, cfg: AuditConfig) -> np.ndarray:

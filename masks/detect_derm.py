@@ -11,7 +11,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._util import disk, gray, hsv, otsu, px, to_float, touches_border
+from ._util import corner_weight, disk, gray, hsv, otsu, px, to_float, touches_border
 from .registry import RegionContext, RegionResult, register_region
 
 
@@ -260,27 +260,48 @@ def patches(image: np.ndarray, ctx: RegionContext) -> RegionResult:
 
 # --------------------------------------------------------------------------------------------- gel border
 
-@register_region("gel_border", kind="artifact", params={"band": 0.06, "threshold": 0.08})
+@register_region("gel_border", kind="artifact", params={"margin": 0.05, "threshold": 2.5})
 def gel_border(image: np.ndarray, ctx: RegionContext) -> RegionResult:
-    """Gel / contact-plate rim: a bright, low-saturation band along the border (outside any black vignette),
-    brighter than the skin inside. Score = whiteness of the border band minus that of the interior."""
+    """Gel / contact-plate rim: a circular edge near the border where the image turns brighter outwards (the
+    plate's rim and the lit gel beyond it), in at least three of the four quadrants, away from any black
+    vignette. Score = that outward-brightening radial gradient relative to the interior's gradients."""
     f = _feats(image, ctx.cache)
     n = image.shape[0]
-    b = px(ctx.params["band"], n)
-    band = np.zeros((n, n), bool)
-    band[:b] = band[-b:] = True
-    band[:, :b] = band[:, -b:] = True
-    vig = ndi.binary_dilation(f["vignette"], iterations=px(0.01, n))
-    white = f["v"] * (1.0 - f["s"])  # bright and colourless
-    inner = np.zeros((n, n), bool)
-    inner[n // 4: 3 * n // 4, n // 4: 3 * n // 4] = True
-    bm = band & ~vig
-    if bm.sum() < 0.05 * band.sum():
-        return RegionResult(None, 0.0, False, "heuristic: border is vignette")
-    score = float(np.median(white[bm]) - np.median(white[inner & ~vig]))
+    g = ndi.gaussian_filter(f["gray"], 1.0)
+    gy, gx = np.gradient(g)
+    c = (n - 1) / 2
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    dist = np.maximum(np.hypot(yy - c, xx - c), 1.0)
+    radg = (gy * (yy - c) + gx * (xx - c)) / dist  # > 0: brighter outwards
+    out = np.maximum(radg, 0.0)
+    r = corner_weight(n)
+    ok = ~ndi.binary_dilation(f["vignette"], iterations=px(ctx.params["margin"], n)) & (f["gray"] > 0.25)
+    inner = float(np.median(np.abs(radg)[r < 0.7])) + 1e-4
+    step = 0.04
+    edges = np.arange(0.80, 1.38, step)
+    rbin = np.floor((r - edges[0]) / step).astype(int)
+    valid = (rbin >= 0) & (rbin < len(edges)) & ok
+    quads = ((yy >= c).astype(int) * 2 + (xx >= c).astype(int))
+    best = np.zeros(4)
+    best_bin = np.full(4, -1)
+    for q in range(4):
+        sel = valid & (quads == q)
+        if not sel.any():
+            continue
+        cnt = np.bincount(rbin[sel], minlength=len(edges))
+        tot = np.bincount(rbin[sel], weights=out[sel], minlength=len(edges))
+        mean = np.where(cnt > 30, tot / np.maximum(cnt, 1), 0.0)
+        best_bin[q] = int(np.argmax(mean))
+        best[q] = mean[best_bin[q]] / inner
+    score = float(np.sort(best)[1])  # the third strongest quadrant: the rim must run round the field
     present = score >= ctx.params["threshold"]
-    mask = bm & (white > np.median(white[inner])) if present else None
-    if mask is not None and not mask.any():
-        mask = None
+    mask = None
+    if present:  # the band from the rim outwards, per quadrant, outside the vignette
+        mask = np.zeros((n, n), bool)
+        for q in range(4):
+            if best_bin[q] >= 0 and best[q] * inner >= 0.5 * score * inner:
+                mask |= (quads == q) & (r >= edges[best_bin[q]]) & ok
+        if not mask.any():
+            mask = None
     return RegionResult(mask, score, bool(present and mask is not None),
                         "heuristic" if present else "heuristic: not detected")

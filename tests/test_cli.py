@@ -15,9 +15,9 @@ import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cwd=None):
+def run_cli(*args, cwd=None, timeout=1500):
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=600)
+                          cwd=cwd or ROOT, timeout=timeout)
 
 
 def test_audit_end_to_end(tiny_run, tmp_path):
@@ -140,3 +140,38 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
     assert rc == (0 if s["verdict"] == "pass" else 1)
     assert "border" in s["counterfactual"]["regions"] and s["counterfactual"]["regions"]["border"]["n"] == 4
     assert s["by_group"]["columns"] == ["label", "site"]
+
+
+def test_scan_command(tiny_run, tmp_path, capsys):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  ink: {}\n  patches: {}\n")
+    data = tiny_run.parent / "data" / "manifest.csv"
+    rc = cli.main(["scan", "--data", str(data), "--config", str(preset), "--out", str(tmp_path / "scan"),
+                   "--workers", "0", "--by", "site", "--json"])
+    assert rc == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "scan" / "scan.csv").exists() and s["schema_version"]
+    assert len(pd.read_csv(tmp_path / "scan" / "scan.csv")) == 6
+    rc = cli.main(["scan", "--data", str(data), "--config", str(preset), "--out", str(tmp_path / "scan"),
+                   "--by", "nope"])
+    assert rc == 2
+
+
+def test_discover_and_sanity(tiny_run, tmp_path, capsys):
+    out = tmp_path / "o"
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  border: {width: 0.1}\ngates: {max_sanity_correlation: 0.5}\n")
+    rc = cli.main(["audit", "--run-dir", str(tiny_run), "--out", str(out), "--workers", "0", "--quiet",
+                   "--n-boot", "20", "--split", "all", "--config", str(preset), "--no-report"])
+    s = json.loads((out / "summary.json").read_text())
+    san = s["sanity"]
+    assert san["steps"] and {st["mode"] for st in san["steps"]} == {"cascade", "independent"}
+    gate = s["gates"][0]
+    assert gate["name"] == "max_sanity_correlation" and gate["value"] == san["gate_value"]
+    assert rc == (0 if gate["passed"] else 1)
+    rc = cli.main(["discover", "--out", str(out), "--min-n", "2", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert "ranking" in d and (out / "discover.csv").exists()
+    assert "discover" in json.loads((out / "summary.json").read_text())
+    assert cli.main(["discover", "--out", str(tmp_path / "empty")]) == 2

@@ -129,6 +129,21 @@ def test_gel_border_bright_rim():
     assert pos.score > neg.score and pos.present and not neg.present
 
 
+def test_gel_border_circular_plate_rim_not_black_vignette():
+    """The contact plate's rim: skin inside a circle, a brighter grey field outside it → detected; the same
+    circle with a black field outside (dark corners, no plate rim) → not detected."""
+    yy, xx = np.mgrid[0:S, 0:S]
+    outside = np.hypot(yy - 111.5, xx - 111.5) > 108
+    plate = skin()
+    plate[outside] = (228, 226, 224)
+    black = _vignette(skin())
+    pos = compute("gel_border", plate)
+    neg = [compute("gel_border", black), compute("gel_border", skin())]
+    assert pos.present and all(not r.present for r in neg)
+    assert pos.score > max(r.score for r in neg)
+    assert pos.mask[0, 0] and pos.mask[-1, -1] and not pos.mask[112, 112]
+
+
 def _glyph(img, text="R", xy=(12, 10), size=22, fill=250):
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)

@@ -1,0 +1,76 @@
+"""Resumable, cached audits and a 2-process torchrun audit equal to a single-process run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.config import resolve_config
+from audit.pipeline import run_audit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(run, out, **kw):
+    return resolve_config({"run_dir": str(run), "out": str(out), "workers": 0, "n_boot": 20, "batch_size": 2,
+                           "split": "all", **kw})
+
+
+def _same(a: Path, b: Path, exact: bool = True):
+    """Same rows in the same order; numbers bit-identical (exact) or equal up to float32 reduction order
+    (another batch composition or thread count sums in another order)."""
+    pa, pb = pd.read_csv(a / "per_image.csv"), pd.read_csv(b / "per_image.csv")
+    pd.testing.assert_frame_equal(pa, pb, check_exact=exact, rtol=1e-4, atol=1e-6)
+    za, zb = np.load(a / "cams.npz"), np.load(b / "cams.npz")
+    for k in ("image_id", "target"):
+        np.testing.assert_array_equal(za[k], zb[k])
+    for k in ("cam", "embedding"):
+        if exact:
+            np.testing.assert_array_equal(za[k], zb[k])
+        else:
+            np.testing.assert_allclose(za[k], zb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_interrupted_audit_resumes_and_equals_uninterrupted(tiny_run, tmp_path):
+    ref = run_audit(_cfg(tiny_run, tmp_path / "ref", cache=False))
+    assert ref.summary["cache"]["computed"] == 6 and not (tmp_path / "ref" / "cache").exists()
+
+    def stop_after_first_batch(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(_cfg(tiny_run, tmp_path / "cut"), progress=stop_after_first_batch)
+    assert not (tmp_path / "cut" / "per_image.csv").exists()
+    resumed = run_audit(_cfg(tiny_run, tmp_path / "cut"))
+    assert resumed.summary["cache"]["from_cache"] == 2 and resumed.summary["cache"]["computed"] == 4
+    _same(tmp_path / "ref", tmp_path / "cut")
+    # a re-run with other options that do not change the model outputs does not run the model again
+    again = run_audit(_cfg(tiny_run, tmp_path / "cut", high_conf=0.5))
+    assert again.summary["cache"]["from_cache"] == 6 and again.summary["cache"]["computed"] == 0
+    assert "read from the cache" in again.summary["cache"]["note"]
+    # another layer is another key: the model runs
+    other = run_audit(_cfg(tiny_run, tmp_path / "cut", layer="layer3"))
+    assert other.summary["cache"]["computed"] == 6
+
+
+def test_torchrun_two_processes_equal_single(tiny_run, tmp_path):
+    single = tmp_path / "single"
+    run_audit(_cfg(tiny_run, single, cache=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "cli.py"), "audit", "--run-dir", str(tiny_run), "--out", str(tmp_path / "multi"),
+           "--workers", "0", "--n-boot", "20", "--batch-size", "2", "--split", "all", "--no-cache", "--quiet",
+           "--no-report"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _same(single, tmp_path / "multi", exact=False)
+    s = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert s["cache"]["processes"] == 2 and s["data"]["n"] == 6

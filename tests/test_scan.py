@@ -1,0 +1,313 @@
+"""`audit.scan`: known-answer prevalence, odds ratio, Fisher p and Cramér's V on synthetic ink strokes; split
+leakage by id and by perceptual hash; unreadable images; --by tables; model metrics with vs without artifacts."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import yaml
+from PIL import Image, ImageDraw
+from rich.console import Console
+
+from audit.errors import ConfigError, ManifestError
+from audit.manifest import load_manifest
+from audit.preprocess import InputSpec
+from audit.scan import (cramers_v, hamming, odds_ratio_2x2, phash_images, render_scan, run_scan,
+                        scan_input_spec)
+
+S = 128
+SPEC = InputSpec(size=S)
+PRESET = {"input": {"size": S}, "regions": {"ink": {}, "dark_corners": {}, "border": {"width": 0.08}}}
+
+
+def skin_lesion(seed: int) -> np.ndarray:
+    """A smooth synthetic dermoscopy-like image: tinted skin with a gradient and a brown ellipse, varied by seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:S, 0:S] / S
+    ang = rng.uniform(0, 2 * np.pi)
+    grad = (np.cos(ang) * (xx - 0.5) + np.sin(ang) * (yy - 0.5)) * rng.uniform(20, 50)
+    img = np.empty((S, S, 3), np.float32)
+    img[:] = np.array([214, 168, 150]) + rng.normal(0, 8, 3)
+    img += grad[..., None]
+    cy, cx = rng.uniform(0.3, 0.7, 2)
+    ry, rx = rng.uniform(0.1, 0.25, 2)
+    ell = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    img[ell] = np.array([120, 80, 60]) + rng.normal(0, 10, 3)
+    img += rng.normal(0, 2, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def with_ink(img: np.ndarray) -> np.ndarray:
+    im = Image.fromarray(img)
+    ImageDraw.Draw(im).arc([20, 20, 108, 108], 200, 330, fill=(110, 60, 150), width=3)
+    return np.asarray(im)
+
+
+def make_set(tmp_path, n_mel=10, n_nv=10, ink_mel=8, ink_nv=1, extra: dict | None = None) -> pd.DataFrame:
+    """20 images: ink on the first `ink_mel` mel and `ink_nv` nv images; sites alternate a/b; a 'drawn' column."""
+    d = tmp_path / "imgs"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(n_mel + n_nv):
+        mel = k < n_mel
+        ink = (k < ink_mel) if mel else (k - n_mel < ink_nv)
+        img = skin_lesion(k)
+        if ink:
+            img = with_ink(img)
+        p = d / f"im{k:02d}.png"
+        Image.fromarray(img).save(p)
+        rows.append({"image": str(p), "label": "mel" if mel else "nv", "split": "train" if k % 2 else "test",
+                     "site": "a" if k % 2 == 0 else "b", "drawn": int(ink), "lesion_id": f"L{k:02d}"})
+    df = pd.DataFrame(rows)
+    for k, v in (extra or {}).items():
+        df[k] = v
+    csv = tmp_path / "m.csv"
+    df.to_csv(csv, index=False)
+    return load_manifest(csv)
+
+
+@pytest.fixture(scope="module")
+def ink_scan(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scan")
+    df = make_set(tmp)
+    res = run_scan(PRESET, df, tmp / "out", SPEC, by=["site"], id_col="lesion_id", flag_cols=["drawn"])
+    return df, res
+
+
+# ------------------------------------------------------------------------------------------------ known answers
+
+def test_detector_flags_match_the_drawn_ink(ink_scan):
+    df, res = ink_scan
+    pi = res.per_image
+    assert pi["present_ink"].tolist() == pi["drawn"].astype(int).astype(bool).tolist()
+    assert "present_border" not in pi  # geometric band: nothing to detect
+    assert res.summary["skipped_regions"]["border"].startswith("geometric")
+
+
+def test_prevalence_odds_ratio_fisher_known_values(ink_scan):
+    _, res = ink_scan
+    a = res.summary["artifacts"]["ink"]
+    assert a["by_label"]["mel"]["value"] == 0.8 and a["by_label"]["mel"]["k"] == 8
+    assert a["by_label"]["nv"]["value"] == 0.1 and a["by_label"]["nv"]["n"] == 10
+    assert a["prevalence"]["value"] == pytest.approx(9 / 20)
+    (e,) = [x for x in res.summary["associations"] if x["artifact"] == "ink"]
+    assert e["class"] == "mel" and e["vs"] == "nv"  # binary label without --positive: the minority (tie → first)
+    assert e["table"] == [[8, 2], [1, 9]]
+    assert e["odds_ratio"]["value"] == pytest.approx((8 * 9) / (2 * 1))  # 36
+    assert e["odds_ratio"]["p"] == pytest.approx(scipy.stats.fisher_exact([[8, 2], [1, 9]])[1])
+    lor, se = math.log(36), math.sqrt(1 / 8 + 1 / 2 + 1 + 1 / 9)
+    assert e["odds_ratio"]["lo"] == pytest.approx(math.exp(lor - 1.959964 * se), rel=1e-5)
+    assert e["odds_ratio"]["hi"] == pytest.approx(math.exp(lor + 1.959964 * se), rel=1e-5)
+    assert "80% of mel" in e["text"] and "10% of nv" in e["text"] and "OR 36.0" in e["text"]
+    # the metadata flag column gives the same analysis (it marks exactly the drawn images)
+    (f,) = [x for x in res.summary["associations"] if x["artifact"] == "drawn"]
+    assert f["odds_ratio"]["value"] == pytest.approx(36)
+
+
+def test_cramers_v_against_hand_computation(ink_scan):
+    _, res = ink_scan
+    a, b, c, d = 8, 2, 1, 9
+    n = a + b + c + d
+    chi2 = n * (a * d - b * c) ** 2 / ((a + b) * (c + d) * (a + c) * (b + d))
+    cv = res.summary["artifacts"]["ink"]["label_association"]
+    assert cv["chi2"] == pytest.approx(chi2)
+    assert cv["value"] == pytest.approx(math.sqrt(chi2 / n))
+    assert cv["p"] == pytest.approx(scipy.stats.chi2.sf(chi2, 1))
+    # 3 × 2 by hand: V = sqrt(χ² / (n (min(r, c) − 1)))
+    t = np.array([[5, 5], [2, 8], [9, 1]])
+    exp = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
+    x2 = ((t - exp) ** 2 / exp).sum()
+    assert cramers_v(t)["value"] == pytest.approx(math.sqrt(x2 / t.sum()))
+
+
+def test_odds_ratio_zero_cell_uses_haldane_anscombe():
+    o = odds_ratio_2x2(5, 0, 2, 8)
+    assert o["corrected"] and o["value"] == pytest.approx(5.5 * 8.5 / (0.5 * 2.5))
+    assert o["p"] == pytest.approx(scipy.stats.fisher_exact([[5, 0], [2, 8]])[1])
+    assert o["lo"] < o["value"] < o["hi"]
+
+
+def test_by_prevalence_table(ink_scan):
+    df, res = ink_scan
+    g = res.summary["by"]["site"]["ink"]["groups"]
+    for site in ("a", "b"):
+        m = df["site"] == site
+        k = int(df.loc[m, "drawn"].astype(int).sum())
+        assert g[site]["k"] == k and g[site]["n"] == int(m.sum()) == 10
+        assert g[site]["value"] == pytest.approx(k / 10)
+
+
+def test_small_groups_are_too_small(tmp_path):
+    df = make_set(tmp_path, n_mel=4, n_nv=10, ink_mel=3, ink_nv=1)
+    res = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC)
+    a = res.summary["artifacts"]["ink"]["by_label"]["mel"]
+    assert a["too_small"] and a["value"] is None and a["k"] == 3 and a["n"] == 4
+    (e,) = res.summary["associations"]
+    assert e["too_small"] and e["odds_ratio"]["value"] is None and "too small" in e["text"]
+
+
+# ------------------------------------------------------------------------------------------------ leakage
+
+def test_same_id_in_two_splits_is_found(tmp_path):
+    ids = [f"L{k:02d}" for k in range(20)]
+    ids[3] = ids[4]        # k=3 is train, k=4 is test → leak
+    ids[5] = ids[7]        # both train → no leak
+    df = make_set(tmp_path, ink_mel=0, ink_nv=0, extra={"lesion_id": ids})
+    res = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, id_col="lesion_id")
+    lk = res.summary["leakage"]["ids"]
+    assert lk["checked"] and lk["n_leaking"] == 1
+    assert lk["leaking"][0]["id"] == "L04" and lk["leaking"][0]["splits"] == ["test", "train"]
+    assert (tmp_path / "o" / "leaking_ids.csv").exists()
+
+
+def test_near_duplicate_across_splits_found_by_phash(tmp_path):
+    df = make_set(tmp_path, ink_mel=0, ink_nv=0)
+    # image 0 (test) re-saved as a JPEG with slight noise, put in train; image 1 (train) stays a different image
+    src = np.asarray(Image.open(df.loc[0, "image"]).convert("RGB")).astype(np.int16)
+    noisy = (src + np.random.default_rng(1).integers(-3, 4, src.shape)).clip(0, 255).astype(np.uint8)
+    dup = tmp_path / "dup.jpg"
+    Image.fromarray(noisy).save(dup, quality=85)
+    extra = pd.DataFrame([{"image_id": "dup", "image": str(dup), "label": "mel", "split": "train", "mask": None}])
+    df = pd.concat([df, extra], ignore_index=True)
+    res = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC)
+    nd = res.summary["leakage"]["near_duplicates"]
+    assert nd["scope"] == "across splits" and nd["threshold"] == 6 and nd["bits"] == 64
+    pairs = {frozenset((p["image_id_a"], p["image_id_b"])) for p in nd["pairs"]}
+    assert frozenset(("im00", "dup")) in pairs
+    assert frozenset(("im01", "dup")) not in pairs and nd["n_pairs"] == 1
+    assert (tmp_path / "o" / "near_duplicates.csv").exists()
+    # threshold 0: the re-saved copy differs in some bits, or matches exactly; never a different image
+    h = {r.image_id: int(r.phash, 16) for r in res.per_image.itertuples()}
+    assert hamming(np.uint64(h["im00"]), np.uint64(h["dup"])) <= 6 < hamming(np.uint64(h["im01"]), np.uint64(h["dup"]))
+
+
+def test_phash_known_answer_and_reference():
+    const = np.full((1, 40, 40, 3), 128, np.uint8)
+    assert int(phash_images(const)[0]) == 1 << 63  # only the DC coefficient exceeds the median (0)
+    # slow reference: PIL luminance + resize, scipy.fftpack DCT (the imagehash recipe), one image at a time
+    from scipy import fftpack
+    imgs = np.stack([skin_lesion(k) for k in range(6)])
+    fast = phash_images(imgs)
+    for k, im in enumerate(imgs):
+        g = np.asarray(Image.fromarray(im).convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float64)
+        c = fftpack.dct(fftpack.dct(g, axis=0), axis=1)[:8, :8]
+        bits = (c > np.median(c)).ravel()
+        ref = int("".join("1" if b else "0" for b in bits), 2)
+        assert hamming(np.uint64(ref), fast[k]) <= 4  # resampling differs slightly between PIL and torch
+    d = hamming(fast[:, None], fast[None, :])
+    assert (d[~np.eye(6, dtype=bool)] > 6).all()  # distinct images stay apart
+
+
+# ------------------------------------------------------------------------------------------------ files, errors
+
+def test_unreadable_image_is_skipped_and_listed(tmp_path):
+    df = make_set(tmp_path)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    extra = pd.DataFrame([{"image_id": "broken", "image": str(bad), "label": "nv", "split": "test", "mask": None},
+                          {"image_id": "gone", "image": str(tmp_path / "gone.png"), "label": "nv", "split": "test",
+                           "mask": None}])
+    df = pd.concat([df, extra], ignore_index=True)
+    seen = []
+    res = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, progress=lambda d, t: seen.append((d, t)))
+    assert res.summary["data"]["n_skipped"] == 2 and res.summary["data"]["n_scanned"] == 20
+    err = pd.read_csv(tmp_path / "o" / "errors.csv")
+    assert set(err["image_id"]) == {"broken", "gone"} and err["reason"].str.len().gt(0).all()
+    assert "broken" not in set(res.per_image["image_id"])
+    assert seen[-1] == (22, 22)
+
+
+def test_outputs_strict_json_csv_and_contact_sheet(ink_scan):
+    _, res = ink_scan
+    out = res.out_dir
+    s = json.loads((out / "scan.json").read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert s["schema_version"] == 1 and s["options"]["phash_threshold"] == 6
+    csv = pd.read_csv(out / "scan.csv")
+    assert {"image_id", "label", "split", "phash", "score_ink", "present_ink", "present_drawn"} <= set(csv.columns)
+    assert csv["phash"].str.len().eq(16).all()
+    sheet = Image.open(out / "contact_ink.png")
+    assert sheet.width > 0 and s["contact_sheets"]["ink"] == "contact_ink.png"
+    assert not (out / "errors.csv").exists()
+
+
+def test_render_scan_text(ink_scan):
+    _, res = ink_scan
+    con = Console(width=160, color_system=None, record=True, file=open("/dev/null", "w"))
+    render_scan(res, con)
+    text = con.export_text()
+    assert "Artifact prevalence" in text and "ink" in text and "36.0" in text
+    assert "Prevalence by site" in text and "Split leakage by lesion_id: 0 of 20" in text
+
+
+def test_workers_give_the_same_table(tmp_path):
+    df = make_set(tmp_path)
+    a = run_scan({"regions": {"ink": {}}}, df, tmp_path / "a", SPEC, workers=0).per_image
+    b = run_scan({"regions": {"ink": {}}}, df, tmp_path / "b", SPEC, workers=2).per_image
+    pd.testing.assert_frame_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("kw, exc, words", [
+    ({"by": ["nope"]}, ManifestError, "--by column 'nope'"),
+    ({"id_col": "patient"}, ManifestError, "--id-col 'patient'"),
+    ({"flag_cols": ["label"]}, ManifestError, "expected 0/1"),
+    ({"phash_threshold": 65}, ConfigError, "--phash-threshold"),
+    ({"positive": "bcc"}, ConfigError, "--positive 'bcc'"),
+])
+def test_bad_input_one_line(tmp_path, kw, exc, words):
+    df = make_set(tmp_path, n_mel=2, n_nv=2, ink_mel=0, ink_nv=0)
+    with pytest.raises(exc) as ei:
+        run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, **kw)
+    assert words in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_no_label_and_nothing_to_scan(tmp_path):
+    df = make_set(tmp_path, n_mel=2, n_nv=2, ink_mel=0, ink_nv=0)
+    with pytest.raises(ManifestError, match="no label column"):
+        run_scan({"regions": {"ink": {}}}, df.assign(label=pd.NA), tmp_path / "o", SPEC)
+    with pytest.raises(ConfigError, match="nothing to scan"):
+        run_scan({"regions": {"border": {}}}, df, tmp_path / "o", SPEC)
+    assert scan_input_spec({"input": {"size": 96}}).size == 96
+
+
+# ------------------------------------------------------------------------------------------------ with a model
+
+def test_model_metrics_with_and_without_artifact(tiny_run, tmp_path):
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    cfg["classes"], cfg["model"]["num_classes"] = ["mel", "nv", "bkl"], 3
+    cfg["positive_class"] = "mel"
+    (tiny_run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    df = make_set(tmp_path)
+    spec = InputSpec(size=64)  # the run's input: inference in the same pass as the scan
+    df = df.assign(f=[0, 1] * 10)
+    res = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", spec, run_dir=str(tiny_run), flag_cols=["f"],
+                   min_n=2, n_boot=50)
+    mo = res.summary["model"]
+    assert mo["positive"] == "mel" and mo["inference"] == "same pass as the scan"
+    e = mo["by_artifact"]["ink"]
+    assert e["with"]["n"] + e["without"]["n"] == 20
+    for st in ("with", "without"):
+        for k in ("accuracy", "sensitivity", "specificity", "mean_p_positive_neg"):
+            x = e[st][k]
+            if x["n"] < 2:  # the one inked nevus: below min_n, reported as too small with its n
+                assert x["too_small"] and x["value"] is None
+                continue
+            assert x["lo"] is not None and x["hi"] is not None and x["lo"] <= x["value"] <= x["hi"]
+    assert e["with"]["sensitivity"]["n"] == 8 and e["without"]["sensitivity"]["n"] == 2
+    assert e["with"]["specificity"]["n"] == 1 and e["without"]["specificity"]["n"] == 9
+    assert e["with"]["mean_p_positive_neg"]["too_small"] and e["diff_mean_p_positive_neg"]["too_small"]
+    assert "specificity for mel" in e["text"]
+    # a flag in half of the negatives: mean P(mel) of negatives with − without, bootstrap CI, Mann–Whitney p
+    d = mo["by_artifact"]["f"]["diff_mean_p_positive_neg"]
+    assert d["n"] == 10 and d["lo"] <= d["value"] <= d["hi"] and 0 <= d["p"] <= 1
+    assert {"pred", "confidence", "p_mel", "p_nv", "p_bkl"} <= set(res.per_image.columns)
+    # another grid than the run's: a separate inference pass gives the same probabilities
+    res2 = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o2", InputSpec(size=S), run_dir=str(tiny_run),
+                    min_n=2, n_boot=50)
+    assert res2.summary["model"]["inference"].startswith("separate")
+    np.testing.assert_allclose(res2.per_image["p_mel"], res.per_image["p_mel"], atol=1e-5)
