@@ -1,12 +1,20 @@
 """Rich terminal rendering of an audit summary (reads `summary.json`'s dict; never recomputes anything)."""
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 
-def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2) -> str:
+def _short(x: float, digits: int = 2) -> str:
+    """0.61 → .61, −0.16 → -.16: a compact number for narrow table cells."""
+    t = f"{x:.{digits}f}"
+    return t.replace("0.", ".", 1) if t.startswith(("0.", "-0.")) else t
+
+
+def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2, compact: bool = False) -> str:
+    """An estimate as "value [lo,hi]"; "small n=7" for a group too small to say anything; "n/a" if undefined."""
     if not e:
         return "—"
     if e.get("too_small"):
@@ -14,7 +22,12 @@ def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2) -> str:
     v = e.get("value")
     if v is None:
         return "n/a"
-    f = (lambda x: f"{100 * x:.0f}%") if pct else (lambda x: f"{x:.{digits}f}")
+    if pct:
+        f = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    elif compact:
+        f = lambda x: _short(x, digits)  # noqa: E731
+    else:
+        f = lambda x: f"{x:.{digits}f}"  # noqa: E731
     lo, hi = e.get("lo"), e.get("hi")
     ci = f" [{f(lo)},{f(hi)}]" if lo is not None and hi is not None else ""
     return f"{f(v)}{ci}"
@@ -30,22 +43,24 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     parts = [head]
     if s.get("regions"):
         t = Table(title="Where the evidence lies (share of Grad-CAM mass; 95% CI)", title_justify="left",
-                  show_lines=False, pad_edge=False)
+                  box=box.SIMPLE_HEAD, pad_edge=False)
         for col, j in (("region", "left"), ("kind", "left"), ("n", "right"), ("median frac", "right"),
                        ("lift", "right"), ("correct − wrong", "right"), ("ρ(conf)", "right"), ("AUROC err", "right")):
-            t.add_column(col, justify=j, no_wrap=col in ("region", "kind"))
+            t.add_column(col, justify=j, no_wrap=True)
         for r, e in s["regions"].items():
             st = e["stats"]
-            lift = e.get("median_lift")
+            le = e.get("lift") or {}
+            lift = None if le.get("too_small") else (le.get("value") if le else e.get("median_lift"))
             style = ""
             if e["kind"] == "artifact" and lift is not None and lift > 2:
                 style = "bold red"
             elif e["kind"] == "target":
                 med = st["median_all"].get("value")
                 style = "green" if med is not None and med >= 0.5 else "yellow"
-            t.add_row(Text(r), e["kind"], str(e["n_present"]), _fmt_est(st["median_all"]),
-                      "—" if lift is None else f"{lift:.1f}×", _fmt_est(st["diff_median"]),
-                      _fmt_est(st["spearman_conf_all"]), _fmt_est(st["auroc_error"]), style=style)
+            t.add_row(Text(r), e["kind"], str(e["n_present"]), _fmt_est(st["median_all"], compact=True),
+                      ("small" if le.get("too_small") else "—") if lift is None else f"{lift:.1f}×", _fmt_est(st["diff_median"], compact=True),
+                      _fmt_est(st["spearman_conf_all"], compact=True), _fmt_est(st["auroc_error"], compact=True),
+                      style=style)
         parts.append(t)
     hce = s.get("high_conf_errors") or {}
     if hce:
@@ -60,6 +75,33 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                 t.add_row(Text(str(r["image_id"])), Text(str(r["label"])), Text(str(r["pred"])), f"{r['confidence']:.2f}",
                           "yes" if r["off_target"] else "")
             parts.append(t)
+    op = s.get("operating_points")
+    if op and op.get("points"):
+        t = Table(title=f"Operating points for {op.get('positive_class')} (thresholds tuned on: {op.get('tuning')})",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for c in ("target sens", "threshold", "sensitivity", "specificity", "PPV", "NPV"):
+            t.add_column(c, justify="right", no_wrap=True)
+        for p in op["points"]:
+            thr = p.get("threshold")
+            t.add_row(f"{p['target_sensitivity']:.2f}", "n/a" if thr is None else f"{thr:.3f}",
+                      *(_fmt_est(p.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
+        top1 = op.get("top1") or {}
+        if top1:
+            t.add_row("top-1", "argmax",
+                      *(_fmt_est(top1.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
+        parts.append(t)
+        if op.get("warning"):
+            parts.append(Text(f"warning: {op['warning']}", style="bold yellow"))
+    cf = (s.get("counterfactual") or {}).get("regions")
+    if cf:
+        parts.append(Text("Counterfactual (artifact removed): " + " · ".join(
+            f"{r} flips {_fmt_est(e.get('flip_rate'), pct=True)} (n={e.get('n')})" for r, e in cf.items())))
+    san = s.get("sanity")
+    if san:
+        parts.append(Text(f"Sanity check: {san.get('verdict_text', '')}",
+                          style="green" if san.get("verdict") == "pass" else "bold red"))
+    if (s.get("cache") or {}).get("note"):
+        parts.append(Text(s["cache"]["note"], style="dim"))
     if s.get("gates"):
         t = Table(title=f"Sign-off gates: {s.get('verdict', '?').upper()}", title_justify="left", pad_edge=False)
         for c in ("gate", "value", "threshold", "result"):

@@ -214,6 +214,27 @@ def _counterfactual(inp: ReportInputs) -> str:
             + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows))
 
 
+def _discover(inp: ReportInputs) -> str:
+    d = inp.summary.get("discover")
+    if not isinstance(d, dict) or not d.get("ranking"):
+        return ""
+    items = "".join(f"<li>{esc(r.get('text', ''))}</li>" for r in d["ranking"][:8])
+    return ("<h2>Discovered groups (no masks needed)</h2>"
+            f"<p class=\"meta\">{esc(str(d.get('method', '')))}</p><ol>{items}</ol>")
+
+
+def _sanity(inp: ReportInputs) -> str:
+    s = inp.summary.get("sanity")
+    if not isinstance(s, dict):
+        return ""
+    rows = []
+    for st in s.get("steps", []):
+        rows.append([_c(st.get("mode")), _c(st.get("step")), _c(st.get("unit")),
+                     _c(fmt_est(st.get("spearman"))), _c(fmt_est(st.get("ssim")))])
+    return (f"<h2>Sanity check of the maps</h2><p>{esc(s.get('verdict_text', ''))}</p>"
+            + _table(["mode", "step", "randomised up to", "Spearman ρ [95% CI]", "SSIM [95% CI]"], rows))
+
+
 PLOT_TITLES = {"region_fractions": "Evidence per region by outcome",
                "fraction_vs_confidence": "Evidence fraction vs confidence",
                "reliability": "Calibration", "roc": "ROC of the positive class",
@@ -267,7 +288,7 @@ def render_html(inp: ReportInputs, plots: dict[str, Path], groups: list[GalleryG
                 blocky: bool = False) -> str:
     """The full page as a string."""
     body = [_header(inp), _accuracy(inp), _gates(inp), _regions(inp), _operating_points(inp),
-            _counterfactual(inp), _plots(plots), _gallery(inp, groups, blocky)]
+            _counterfactual(inp), _sanity(inp), _discover(inp), _plots(plots), _gallery(inp, groups, blocky)]
     if notes:
         body.append("<h2>Notes</h2><ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     title = f"Audit report: {inp.run_name}"

@@ -1,0 +1,244 @@
+"""Speed and scale of the audit, measured side by side in one run (ratios, never absolute targets in tests).
+
+    python benchmarks/speed.py [--quick] [--sections cam,audit,stream] [--out benchmarks/results/speed.md]
+
+1. Grad-CAM cost against its limit: throughput of `audit.cam.grad_cam` ÷ plain no-grad inference, for the
+   last block (limit 1.0) and an earlier layer (limit = forward ÷ (forward + the post-layer input-gradient
+   backward), measured here), and ÷ pytorch-grad-cam's GradCAM on the same model, inputs and layer (maps compared
+   after its ReLU, min-max and resize).
+2. The whole audit (`run_audit`, HAM10000 preset regions from the lesion masks) over 512 real images of
+   ../shared/data/ham10000_224 ÷ a plain decode + no-grad inference pass through the same DataLoader setup.
+3. Streaming: wall time and peak RSS of whole audits at N = 500, 2,000, 8,000 (shared images repeated), each in
+   a fresh process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = Path(os.environ.get("AUDIT_SHARED_DATA", ROOT / ".." / "shared" / "data"))
+
+
+def _time(fn, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def bench_cam(batches=(32, 64), reps=3) -> list[dict]:
+    import timm
+    import torchvision
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from audit.cam import get_module, grad_cam, minmax, upsample
+    torch.manual_seed(0)
+    models = {"resnet18": (torchvision.models.resnet18(num_classes=7).eval(), ["layer4", "layer3"]),
+              "efficientnet_b0": (timm.create_model("efficientnet_b0", pretrained=False, num_classes=7).eval(),
+                                  ["bn2", "blocks.5"])}
+    rows = []
+    for name, (model, layers) in models.items():
+        for b in batches:
+            x = torch.randn(b, 3, 224, 224)
+            with torch.no_grad():
+                t_inf = _time(lambda: model(x), reps)
+            for layer in layers:
+                mod = get_module(model, layer)
+                # the post-layer backward alone: activations A as a leaf, logits from A, d(sum of logits)/dA
+                store = {}
+
+                def hook(_m, _i, o):
+                    a = o.detach().requires_grad_(True)
+                    store["A"] = a
+                    return a.clone()
+                h = mod.register_forward_hook(hook)
+                try:
+                    for p in model.parameters():
+                        p.requires_grad_(False)
+                    with torch.enable_grad():
+                        def fwd_bwd():
+                            out = model(x)
+                            return out
+
+                        def bwd_only():
+                            out = model(x)
+                            t = time.perf_counter()
+                            torch.autograd.grad(out.max(1).values.sum(), store["A"])
+                            return time.perf_counter() - t
+                        bwd_only()
+                        t_bwd = statistics.median(bwd_only() for _ in range(reps))
+                finally:
+                    h.remove()
+                    for p in model.parameters():
+                        p.requires_grad_(True)
+                limit = t_inf / (t_inf + t_bwd)
+                t_ours = _time(lambda: grad_cam(model, x, layer), reps)
+                targets = [ClassifierOutputTarget(int(c)) for c in grad_cam(model, x, layer).target]
+                with GradCAM(model=model, target_layers=[mod]) as ref:
+                    t_ref = _time(lambda: ref(input_tensor=x, targets=targets), reps)
+                    theirs = ref(input_tensor=x, targets=targets)
+                ours = minmax(upsample(minmax(grad_cam(model, x, layer).cams), 224)).numpy()
+                rows.append({"model": name, "batch": b, "layer": layer, "inference_img_s": b / t_inf,
+                             "gradcam_img_s": b / t_ours, "ratio_vs_inference": t_inf / t_ours,
+                             "limit": limit, "ratio_vs_limit": (t_inf / t_ours) / limit,
+                             "ratio_vs_pytorch_grad_cam": t_ref / t_ours,
+                             "max_abs_diff_vs_reference": float(np.abs(ours - theirs).max())})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def _ham_manifest(n: int, folder: Path) -> Path:
+    import pandas as pd
+    lab = pd.read_csv(DATA / "ham10000_224" / "labels.csv")
+    reps = int(np.ceil(n / len(lab)))
+    df = pd.concat([lab] * reps, ignore_index=True).iloc[:n].copy()
+    df["image_id"] = [f"{i}_{k}" for k, i in enumerate(df["image_id"])]
+    df["image"] = [str(DATA / "ham10000_224" / p) for p in df["image"]]
+    df["mask"] = [str(DATA / "ham10000_224" / p) for p in df["mask"]]
+    df["label"] = df["dx"]
+    df["split"] = "test"
+    p = folder / f"ham_{n}.csv"
+    df[["image_id", "image", "mask", "label", "split", "dx", "localization"]].to_csv(p, index=False)
+    return p
+
+
+def _run_dir(folder: Path) -> Path:
+    import torchvision
+    import yaml
+    rd = folder / "run_resnet18"
+    rd.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), rd / "checkpoint.pt")
+    (rd / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "resnet18", "source": "torchvision"},
+                                                    "classes": ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"],
+                                                    "positive_class": "mel"}))
+    return rd
+
+
+AUDIT_CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from audit.config import resolve_config
+from audit.pipeline import run_audit
+t = time.perf_counter()
+res = run_audit(resolve_config({opts!r}, {preset!r}))
+print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "timing": res.summary["timing"]}}))
+"""
+
+PLAIN_CHILD = r"""
+import json, resource, sys, time, torch
+sys.path.insert(0, {root!r})
+from audit.manifest import load_manifest
+from audit.pipeline import predict_probs
+from audit.config import resolve_config
+from audit.run import load_run
+t = time.perf_counter()
+model, run = load_run({rd!r})
+rows = load_manifest({manifest!r}, classes=run.classes)
+cfg = resolve_config({{"batch_size": {bs}, "workers": {workers}}})
+predict_probs(model, rows, run.input, torch.device("cpu"), cfg)
+print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def _child(code: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_audit(ns=(512,), workers=2, bs=32, regions=True) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rd = _run_dir(tmp)
+        preset = tmp / "preset.yaml"
+        preset.write_text("regions:\n  lesion: {source: file, threshold: 127}\n  border: {width: 0.08}\n"
+                          if regions else "regions: {}\n")
+        for n in ns:
+            m = _ham_manifest(n, tmp)
+            plain = _child(PLAIN_CHILD.format(root=str(ROOT), rd=str(rd), manifest=str(m), bs=bs, workers=workers))
+            opts = {"run_dir": str(rd), "data": str(m), "out": str(tmp / f"out_{n}"), "workers": workers,
+                    "batch_size": bs, "n_boot": 200, "cache": False}
+            audit = _child(AUDIT_CHILD.format(root=str(ROOT), opts=opts, preset=str(preset)))
+            rows.append({"n": n, "plain_s": plain["wall_s"], "audit_s": audit["wall_s"],
+                         "ratio_audit_vs_plain": audit["wall_s"] / plain["wall_s"],
+                         "audit_peak_rss_mb": audit["peak_rss_mb"], "plain_peak_rss_mb": plain["peak_rss_mb"],
+                         "audit_model_s": audit["timing"].get("model_s"),
+                         "audit_other_s": audit["wall_s"] - audit["timing"].get("model_s", 0)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="batch 32 only, N = 256/512/1024 for streaming")
+    ap.add_argument("--sections", default="cam,audit,stream")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    secs = set(args.sections.split(","))
+    res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                            f"torch {torch.__version__}, CPU", "command": " ".join(["python", *sys.argv])}
+    if "cam" in secs:
+        res["cam"] = bench_cam(batches=(32,) if args.quick else (32, 64), reps=2 if args.quick else 3)
+    if ("audit" in secs or "stream" in secs) and not (DATA / "ham10000_224").is_dir():
+        print(f"skipping audit/stream: {DATA / 'ham10000_224'} not found")
+        secs -= {"audit", "stream"}
+    if "audit" in secs:
+        res["audit"] = bench_audit(ns=(512,))
+    if "stream" in secs:
+        res["stream"] = bench_audit(ns=(256, 512, 1024) if args.quick else (500, 2000, 8000))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(render(res))
+    print(render(res))
+    return 0
+
+
+def render(res: dict) -> str:
+    lines = ["# Speed and scale (benchmarks/speed.py)", "", f"Machine: {res['machine']}. Command: `{res['command']}`.",
+             "All figures are ratios of times measured side by side in the same run.", ""]
+    if res.get("cam"):
+        lines += ["## Grad-CAM cost", "", "| model | batch | layer | inference img/s | Grad-CAM img/s | "
+                  "Grad-CAM ÷ inference | limit | ÷ limit | × pytorch-grad-cam | max |Δ| vs reference |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["cam"]:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['layer']} | {r['inference_img_s']:.1f} | "
+                         f"{r['gradcam_img_s']:.1f} | {r['ratio_vs_inference']:.2f} | {r['limit']:.2f} | "
+                         f"{r['ratio_vs_limit']:.2f} | {r['ratio_vs_pytorch_grad_cam']:.2f} | "
+                         f"{r['max_abs_diff_vs_reference']:.1e} |")
+        lines += ["", "limit: 1.0 in principle for the last block; measured here as forward ÷ (forward + the "
+                  "post-layer input-gradient backward).", ""]
+    for key, title in (("audit", "Whole audit vs plain decode + inference"), ("stream", "Streaming")):
+        if res.get(key):
+            lines += [f"## {title}", "", "| N | plain s | audit s | audit ÷ plain | audit model s | audit other s | "
+                      "audit peak RSS MB | plain peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+            for r in res[key]:
+                lines.append(f"| {r['n']} | {r['plain_s']:.1f} | {r['audit_s']:.1f} | {r['ratio_audit_vs_plain']:.2f} | "
+                             f"{r['audit_model_s']:.1f} | {r['audit_other_s']:.1f} | {r['audit_peak_rss_mb']:.0f} | "
+                             f"{r['plain_peak_rss_mb']:.0f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

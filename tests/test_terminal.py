@@ -1,0 +1,52 @@
+"""The terminal summary rendered to a fixed-width, colourless console, checked as text."""
+from __future__ import annotations
+
+from rich.console import Console
+
+from audit.terminal import print_summary
+
+
+def _est(v, lo=None, hi=None, n=100, too_small=False):
+    return {"value": v, "lo": lo, "hi": hi, "n": n, "too_small": too_small}
+
+
+SUMMARY = {
+    "run": {"name": "run_x", "model": "torchvision:resnet18"},
+    "data": {"manifest": "m.csv", "split": "test", "n": 120, "n_skipped": 3},
+    "cam": {"layer": "layer4", "resolution": [7, 7], "target": "pred"},
+    "accuracy": _est(0.8, 0.72, 0.86, 120),
+    "regions": {
+        "lesion": {"kind": "target", "n_present": 120, "median_lift": 1.3,
+                   "stats": {"median_all": _est(0.61, 0.58, 0.64), "diff_median": _est(0.12, 0.05, 0.2),
+                             "spearman_conf_all": _est(0.3, 0.1, 0.45), "auroc_error": _est(0.31, 0.2, 0.42)}},
+        "ruler": {"kind": "artifact", "n_present": 7, "median_lift": 4.2,
+                  "stats": {"median_all": _est(None, n=7, too_small=True), "diff_median": _est(None, n=7, too_small=True),
+                            "spearman_conf_all": _est(None, n=7, too_small=True),
+                            "auroc_error": _est(None, n=7, too_small=True)}},
+    },
+    "high_conf_errors": {"threshold": 0.9, "rate": _est(0.05, 0.02, 0.1), "top": [
+        {"image_id": "ISIC_1", "label": "mel", "pred": "nv", "confidence": 0.97, "off_target": True}]},
+    "operating_points": {"positive_class": "mel", "tuning": "validation split", "points": [
+        {"target_sensitivity": 0.9, "threshold": 0.21, "sensitivity": _est(0.88, 0.7, 0.96, 25),
+         "specificity": _est(0.7, 0.6, 0.78, 95), "ppv": _est(0.44, 0.3, 0.58, 50), "npv": _est(0.96, 0.9, 0.99, 70)}]},
+    "gates": [{"name": "max_artifact_lift[ruler]", "value": 4.2, "ci": [3.0, 5.5], "threshold": 2.0, "passed": False},
+              {"name": "min_median_target_frac[lesion]", "value": 0.61, "ci": [0.58, 0.64], "threshold": 0.5,
+               "passed": True}],
+    "verdict": "fail",
+}
+
+
+def test_summary_text_at_100_columns():
+    con = Console(width=100, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, "reports/run_x", con)
+    text = con.export_text()
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert "\x1b[" not in text  # no colour codes when there is no terminal
+    assert "n=120" in text and "skipped 3" in text and "accuracy 80% [72%,86%]" in text
+    assert ".61 [.58,.64]" in text             # the lesion's median fraction with its CI, on one line
+    assert ".96 [.90,.99]" in text             # NPV not truncated
+    assert "small n=7" in text                 # a small group is called small, not given a number
+    assert "max_artifact_lift[ruler]" in text  # markup-like names shown verbatim
+    assert "Sign-off gates: FAIL" in text and "FAIL" in text and "pass" in text
+    assert "Operating points for mel (thresholds tuned on: validation split)" in text
+    assert "ISIC_1" in text and "reports/run_x/" in text
