@@ -114,13 +114,19 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
             i = int(bad.to_numpy().argmax())
             raise ManifestError(f"{csv_path}: column 'label' row {i + 2} holds {df['label'].iloc[i]!r}, "
                                 f"not among the run's classes {classes}")
-    if split not in (None, "all"):
-        present = sorted(df["split"].dropna().unique().tolist())
-        if split not in present:
-            raise ManifestError(f"{csv_path}: --split {split!r} not found in column 'split' (present: {present})")
-        df = df[df["split"] == split]
+    df = select_split(df, split, csv_path)
     cols = list(CANONICAL) + [c for c in df.columns if c not in CANONICAL]
     return df[cols].reset_index(drop=True)
+
+
+def select_split(df: pd.DataFrame, split: str | None, csv_path) -> pd.DataFrame:
+    """The rows of one split ("all" or None: every row); ManifestError naming the splits present otherwise."""
+    if split in (None, "all"):
+        return df.reset_index(drop=True)
+    present = sorted(df["split"].dropna().unique().tolist())
+    if split not in present:
+        raise ManifestError(f"{csv_path}: --split {split!r} not found in column 'split' (present: {present})")
+    return df[df["split"] == split].reset_index(drop=True)
 
 
 def default_split(df: pd.DataFrame) -> str:

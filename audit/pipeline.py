@@ -22,7 +22,7 @@ from .cam import default_layer, get_module, grad_cam
 from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
-from .manifest import DataSpec, default_split, load_manifest
+from .manifest import DataSpec, default_split, load_manifest, select_split
 from .preprocess import normalize
 from .run import RunConfig, load_run
 from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
@@ -64,8 +64,7 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
     spec_d.update(cfg.data_spec or {})
     full = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes)
     split = cfg.split or default_split(full)
-    rows = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes, split=split) \
-        if split != "all" else full
+    rows = select_split(full, split, path)
     if cfg.limit:
         rows = rows.iloc[: cfg.limit].reset_index(drop=True)
     for col in cfg.by:

@@ -32,14 +32,9 @@ sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("AUDIT_SHARED_DATA", ROOT / ".." / "shared" / "data"))
 
 
-def _time(fn, reps: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+def _nograd(model, x):
+    with torch.no_grad():
+        return model(x)
 
 
 def bench_cam(batches=(32, 64), reps=3) -> list[dict]:
@@ -57,8 +52,6 @@ def bench_cam(batches=(32, 64), reps=3) -> list[dict]:
     for name, (model, layers) in models.items():
         for b in batches:
             x = torch.randn(b, 3, 224, 224)
-            with torch.no_grad():
-                t_inf = _time(lambda: model(x), reps)
             for layer in layers:
                 mod = get_module(model, layer)
                 # the post-layer backward alone: activations A as a leaf, logits from A, d(sum of logits)/dA
@@ -88,12 +81,22 @@ def bench_cam(batches=(32, 64), reps=3) -> list[dict]:
                     h.remove()
                     for p in model.parameters():
                         p.requires_grad_(True)
-                limit = t_inf / (t_inf + t_bwd)
-                t_ours = _time(lambda: grad_cam(model, x, layer), reps)
                 targets = [ClassifierOutputTarget(int(c)) for c in grad_cam(model, x, layer).target]
                 with GradCAM(model=model, target_layers=[mod]) as ref:
-                    t_ref = _time(lambda: ref(input_tensor=x, targets=targets), reps)
+                    # interleaved rounds (inference, ours, reference), medians: drift hits all three alike
+                    fns = {"inf": lambda: _nograd(model, x), "ours": lambda: grad_cam(model, x, layer),
+                           "ref": lambda: ref(input_tensor=x, targets=targets)}
+                    times = {k: [] for k in fns}
+                    for f in fns.values():
+                        f()
+                    for _ in range(reps):
+                        for k, f in fns.items():
+                            t = time.perf_counter()
+                            f()
+                            times[k].append(time.perf_counter() - t)
                     theirs = ref(input_tensor=x, targets=targets)
+                t_inf, t_ours, t_ref = (statistics.median(times[k]) for k in ("inf", "ours", "ref"))
+                limit = t_inf / (t_inf + t_bwd)
                 ours = minmax(upsample(minmax(grad_cam(model, x, layer).cams), 224)).numpy()
                 rows.append({"model": name, "batch": b, "layer": layer, "inference_img_s": b / t_inf,
                              "gradcam_img_s": b / t_ours, "ratio_vs_inference": t_inf / t_ours,
@@ -200,7 +203,7 @@ def main() -> int:
     res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                             f"torch {torch.__version__}, CPU", "command": " ".join(["python", *sys.argv])}
     if "cam" in secs:
-        res["cam"] = bench_cam(batches=(32,) if args.quick else (32, 64), reps=2 if args.quick else 3)
+        res["cam"] = bench_cam(batches=(32,) if args.quick else (32, 64), reps=3 if args.quick else 5)
     if ("audit" in secs or "stream" in secs) and not (DATA / "ham10000_224").is_dir():
         print(f"skipping audit/stream: {DATA / 'ham10000_224'} not found")
         secs -= {"audit", "stream"}
