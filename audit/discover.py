@@ -76,7 +76,7 @@ MAX_K = 8
 KNN = 7
 PCA_DIM = 16
 REG_COVAR = 0.01
-N_PROTOTYPES = 4
+N_PROTOTYPES = 10
 SUSPICION_PARTS = ("gap", "off_target", "artifact", "location")
 
 # per_image.csv columns that are not metadata (produced by the pipeline or identify the image)

@@ -167,11 +167,14 @@ def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg:
 def _by_artifact(df: pd.DataFrame, kinds: dict, run: RunConfig, positive: str | None, cfg: AuditConfig) -> dict:
     """Accuracy (and the positive class's top-1 sensitivity/specificity) with vs without each detected artifact."""
     out = {}
-    for r, kind in kinds.items():
-        col = f"present_{r}"
-        if kind != "artifact" or col not in df:
-            continue
-        pres = df[col].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    flags = {r: f"present_{r}" for r, kind in kinds.items() if kind == "artifact" and f"present_{r}" in df}
+    for col in cfg.by:  # metadata artifact flags (0/1 columns given with --by)
+        vals = set(pd.to_numeric(df[col], errors="coerce").dropna().unique()) if col in df else set()
+        if vals and vals <= {0, 1} and df[col].notna().all():
+            flags[col] = col
+    for r, col in flags.items():
+        pres = pd.to_numeric(df[col], errors="coerce").fillna(0).astype(bool).to_numpy() if r == col else \
+            df[col].astype("boolean").fillna(False).to_numpy(dtype=bool)
         entry = {}
         for name, m in (("with", pres), ("without", ~pres)):
             sub = df[m]

@@ -135,19 +135,28 @@ def _run_dir(folder: Path) -> Path:
     return rd
 
 
-AUDIT_CHILD = r"""
-import json, resource, sys, time
+# Peak RSS of the child itself: /proc/self/status VmHWM starts afresh at exec (getrusage's ru_maxrss is carried
+# over from the forking parent on Linux, so it would report the parent's peak).
+PEAK = r"""
+def peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+"""
+
+AUDIT_CHILD = PEAK + r"""
+import json, sys, time
 sys.path.insert(0, {root!r})
 from audit.config import resolve_config
 from audit.pipeline import run_audit
 t = time.perf_counter()
 res = run_audit(resolve_config({opts!r}, {preset!r}))
-print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "timing": res.summary["timing"]}}))
+print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb(), "timing": res.summary["timing"]}}))
 """
 
-PLAIN_CHILD = r"""
-import json, resource, sys, time, torch
+PLAIN_CHILD = PEAK + r"""
+import json, sys, time, torch
 sys.path.insert(0, {root!r})
 from audit.manifest import load_manifest
 from audit.pipeline import predict_probs
@@ -158,7 +167,7 @@ model, run = load_run({rd!r})
 rows = load_manifest({manifest!r}, classes=run.classes)
 cfg = resolve_config({{"batch_size": {bs}, "workers": {workers}}})
 predict_probs(model, rows, run.input, torch.device("cpu"), cfg)
-print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}}))
 """
 
 
@@ -179,6 +188,10 @@ def bench_audit(ns=(512,), workers=2, bs=32, regions=True) -> list[dict]:
                           if regions else "regions: {}\n")
         for n in ns:
             m = _ham_manifest(n, tmp)
+            import pandas as pd
+            for col in ("image", "mask"):  # warm the page cache so that neither pass pays for cold reads
+                for f in pd.read_csv(m)[col].unique():
+                    Path(f).read_bytes()
             plain = _child(PLAIN_CHILD.format(root=str(ROOT), rd=str(rd), manifest=str(m), bs=bs, workers=workers))
             opts = {"run_dir": str(rd), "data": str(m), "out": str(tmp / f"out_{n}"), "workers": workers,
                     "batch_size": bs, "n_boot": 200, "cache": False}
@@ -197,12 +210,17 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="batch 32 only, N = 256/512/1024 for streaming")
     ap.add_argument("--sections", default="cam,audit,stream")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
+    ap.add_argument("--cam-rows", help="reuse the Grad-CAM rows printed by an earlier run of this script (a log file)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     secs = set(args.sections.split(","))
     res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                             f"torch {torch.__version__}, CPU", "command": " ".join(["python", *sys.argv])}
-    if "cam" in secs:
+    if args.cam_rows:
+        import ast
+        res["cam"] = [ast.literal_eval(line) for line in Path(args.cam_rows).read_text().splitlines()
+                      if line.startswith("{'model'")]
+    elif "cam" in secs:
         res["cam"] = bench_cam(batches=(32,) if args.quick else (32, 64), reps=3 if args.quick else 5)
     if ("audit" in secs or "stream" in secs) and not (DATA / "ham10000_224").is_dir():
         print(f"skipping audit/stream: {DATA / 'ham10000_224'} not found")

@@ -142,3 +142,16 @@ def test_default_and_unknown_layers():
     assert default_layer(ms["efficientnet_b0"]) == "bn2"
     with pytest.raises(LayerError, match="layer9.*candidates"):
         get_module(ms["resnet18"], "layer9")
+
+
+def test_amp_bf16_maps_match_fp32():
+    """--amp bf16: the map is formed in fp32 from bf16 activations and gradients; after display min-max it
+    matches the fp32 map within 0.1 (bf16 keeps 8 bits of mantissa), and the explained classes agree."""
+    model = _models()["resnet18"].eval()
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 96, 96)
+    ref = grad_cam(model, x, "layer4", target=[0, 1])
+    low = grad_cam(model, x, "layer4", target=[0, 1], amp=torch.bfloat16)
+    assert low.cams.dtype == torch.float32 and torch.equal(low.target, ref.target)
+    diff = (minmax(upsample(low.cams, 96)) - minmax(upsample(ref.cams, 96))).abs().max()
+    assert float(diff) < 0.1

@@ -79,3 +79,18 @@ def test_gates_verdicts():
         evaluate_gates({"max_lift": 2}, _summary())
     with pytest.raises(ConfigError, match="expected a number"):
         evaluate_gates({"min_accuracy": "high"}, _summary())
+
+
+def test_by_artifact_from_metadata_flag():
+    import pandas as pd
+
+    from audit.config import AuditConfig
+    from audit.summary import _by_artifact
+    # 4 melanomas with ink (3 found), 6 nevi without ink (1 called melanoma)
+    df = pd.DataFrame({"label": ["mel"] * 4 + ["nv"] * 6, "pred": ["mel"] * 3 + ["nv"] + ["mel"] + ["nv"] * 5,
+                       "ink": [1] * 4 + [0] * 6})
+    df["correct"] = df["label"] == df["pred"]
+    out = _by_artifact(df, {}, None, "mel", AuditConfig(by=["ink"], min_n=2))
+    w, wo = out["ink"]["with"], out["ink"]["without"]
+    assert w["n"] == 4 and w["sensitivity"]["value"] == 0.75 and w["specificity"]["value"] is None
+    assert wo["n"] == 6 and wo["specificity"]["value"] == 5 / 6 and wo["accuracy"]["value"] == 5 / 6
