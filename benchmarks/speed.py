@@ -231,8 +231,19 @@ def main() -> int:
         res["stream"] = bench_audit(ns=(256, 512, 1024) if args.quick else (500, 2000, 8000))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(render(res))
+    to_readme(render(res))
     print(render(res))
     return 0
+
+
+def to_readme(text: str) -> None:
+    """Put the results between the README's speed-benchmark markers (one heading level down)."""
+    readme = ROOT / "README.md"
+    s = readme.read_text()
+    a, b = "<!-- speed-benchmark:start -->", "<!-- speed-benchmark:end -->"
+    if a in s and b in s:
+        body = "\n".join(("#" + ln) if ln.startswith("#") else ln for ln in text.splitlines()[1:])
+        readme.write_text(s[: s.index(a) + len(a)] + "\n" + body.strip() + "\n" + s[s.index(b):])
 
 
 def render(res: dict) -> str:
