@@ -780,17 +780,9 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, id_col:
 # ================================================================================================ rendering
 
 def _fe(e: dict | None, pct: bool = True) -> str:
-    if not e:
-        return "—"
-    if e.get("too_small"):
-        return f"small n={e.get('n', 0)}"
-    v = e.get("value")
-    if v is None:
-        return "n/a"
-    lo, hi = e.get("lo"), e.get("hi")
-    if pct:
-        return f"{100 * v:.0f}%" + (f" [{100 * lo:.0f}–{100 * hi:.0f}]" if lo is not None and hi is not None else "")
-    return f"{v:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+    """An estimate for the terminal, as the audit's summary writes it ("41% [35%,47%]", "small n=7")."""
+    from .terminal import _fmt_est
+    return _fmt_est(e, pct=pct)
 
 
 def _fp(p) -> str:
