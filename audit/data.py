@@ -6,6 +6,7 @@ never raises: it comes back with ok=False and the reason, and the batch goes on 
 """
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Callable
 
@@ -32,7 +33,8 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.records[i]
-        item: dict = {"idx": i, "ok": False, "error": ""}
+        item: dict = {"idx": i, "ok": False, "error": "", "t_decode": 0.0, "t_regions": 0.0}
+        t0 = time.perf_counter()
         try:
             rgb = load_rgb(row["image"])
             grid = image_to_grid(rgb, self.spec)
@@ -43,6 +45,8 @@ class ManifestDataset(Dataset):
             item["error"] = f"unreadable image {row['image']}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
             return item
         item.update(ok=True, img=torch.from_numpy(np.array(grid, copy=True)), src_hw=tuple(rgb.shape[:2]))
+        t1 = time.perf_counter()
+        item["t_decode"] = t1 - t0
         if self.region_fn is not None:
             masks, scores, notes, present = {}, {}, {}, {}
             with warnings.catch_warnings(record=True) as caught:
@@ -62,6 +66,7 @@ class ManifestDataset(Dataset):
                     notes[name] = r.note
             item.update(masks=masks, scores=scores, notes=notes, present=present,
                         warnings=[str(w.message) for w in caught][:5])
+            item["t_regions"] = time.perf_counter() - t1
         return item
 
 
@@ -69,7 +74,8 @@ def collate(items: list[dict]) -> dict:
     """Stack the readable images; keep the failures aside."""
     ok = [it for it in items if it["ok"]]
     out = {"idx": [it["idx"] for it in ok], "failed": [(it["idx"], it["error"]) for it in items if not it["ok"]],
-           "src_hw": [it["src_hw"] for it in ok]}
+           "src_hw": [it["src_hw"] for it in ok], "t_decode": sum(it["t_decode"] for it in items),
+           "t_regions": sum(it["t_regions"] for it in items)}
     out["img"] = torch.stack([it["img"] for it in ok]) if ok else None
     if ok and "masks" in ok[0]:
         out["masks"] = [it["masks"] for it in ok]

@@ -114,11 +114,13 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     cache = OutputCache(out / "cache", {"checkpoint_sha256": run.checkpoint_sha256, "layer": layer,
                                         "target": cfg.target, "input": spec.to_dict(), "amp": cfg.amp,
                                         "model": f"{run.source}:{run.model_name}"}, enabled=cfg.cache)
-    t_model = t_cf = 0.0
+    t_model = t_cf = t_score = t_decode = t_regions = 0.0
     artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
     done = 0
     recs = rows.to_dict("records")
     for batch in loader:
+        t_decode += batch["t_decode"]
+        t_regions += batch["t_regions"]
         for i, err in batch["failed"]:
             errors.append((recs[i]["_row"], recs[i]["image_id"], recs[i]["image"], err))
         done += len(batch["failed"])
@@ -137,9 +139,11 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             t_model += time.perf_counter() - tm
             cache.put(ids, res)
         probs = torch.softmax(res.logits, 1).cpu().numpy()
+        ts = time.perf_counter()
         with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             sc = score_batch(res.cams, batch.get("masks") or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
+        t_score += time.perf_counter() - ts
         tgt = res.target.cpu().numpy()
         cf = {}
         if cfg.counterfactual and artifact_regions:
@@ -184,7 +188,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     tgt_np = np.concatenate(tgt_all).astype(np.int64) if tgt_all else np.zeros(0, np.int64)
     if world > 1:
         gathered = gather_to_rank0((records, cams_np, emb_np, tgt_np, errors, t_model, t_cf, cache.hits,
-                                    cache.computed))
+                                    cache.computed, t_score, t_decode, t_regions))
         if rank != 0:
             return AuditResult(out_dir=out, per_image=pd.DataFrame.from_records(records), summary={}, errors=errors)
         records = [r for g in gathered for r in g[0]]
@@ -194,6 +198,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         errors = sorted((e for g in gathered for e in g[4]), key=lambda e: e[0])
         t_model, t_cf = sum(g[5] for g in gathered), sum(g[6] for g in gathered)
         cache.hits, cache.computed = sum(g[7] for g in gathered), sum(g[8] for g in gathered)
+        t_score, t_decode, t_regions = (sum(g[k] for g in gathered) for k in (9, 10, 11))
     order = np.argsort([r["_row"] for r in records], kind="stable")
     records = [records[k] for k in order]
     cams_np, emb_np, tgt_np = cams_np[order], emb_np[order] if len(emb_np) else emb_np, tgt_np[order]
@@ -205,6 +210,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     cams = cams_np
     from .summary import add_flags, build_summary, clean_json
     per_image = add_flags(per_image, kinds, cfg)
+    tw = time.perf_counter()
     per_image.to_csv(out / "per_image.csv", index=False)
     np.savez_compressed(out / "cams.npz", image_id=np.array(ids_all, dtype=str), cam=cams, layer=np.array(layer),
                         embedding=emb_np, target=tgt_np)
@@ -213,6 +219,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             out / "errors.csv", index=False)
     elif (out / "errors.csv").exists():
         (out / "errors.csv").unlink()
+    t_write = time.perf_counter() - tw
     val_probs = None
     if positive is not None and split != "val" and (full["split"] == "val").any():
         tv = time.perf_counter()
@@ -224,7 +231,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     summary = build_summary(per_image, kinds, run, cfg, full=full, split=split, manifest=manifest_path,
                             layer=layer, cam_hw=tuple(cams.shape[1:]), n_skipped=len(errors),
                             timing={"total_s": time.perf_counter() - t0, "model_s": t_model,
-                                    "counterfactual_s": t_cf, "val_inference_s": t_val},
+                                    "counterfactual_s": t_cf, "val_inference_s": t_val, "scoring_s": t_score,
+                                    "writing_s": t_write, "decode_in_workers_s": t_decode,
+                                    "regions_in_workers_s": t_regions},
                             positive=positive, val=val_probs)
     if cfg.counterfactual and artifact_regions:
         cfr = counterfactual_rates(per_image, artifact_regions, min_n=cfg.min_n, n_boot=cfg.n_boot, seed=cfg.seed)

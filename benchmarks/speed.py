@@ -200,7 +200,36 @@ def bench_audit(ns=(512,), workers=2, bs=32, regions=True) -> list[dict]:
                          "ratio_audit_vs_plain": audit["wall_s"] / plain["wall_s"],
                          "audit_peak_rss_mb": audit["peak_rss_mb"], "plain_peak_rss_mb": plain["peak_rss_mb"],
                          "audit_model_s": audit["timing"].get("model_s"),
-                         "audit_other_s": audit["wall_s"] - audit["timing"].get("model_s", 0)})
+                         "audit_other_s": audit["wall_s"] - audit["timing"].get("model_s", 0),
+                         **{k: audit["timing"].get(k) for k in ("scoring_s", "writing_s", "decode_in_workers_s",
+                                                                "regions_in_workers_s")}})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def bench_procs(n=512, procs=(1, 2), bs=32) -> list[dict]:
+    """Throughput of `torchrun --nproc_per_node=K cli.py audit` (K ranks share this machine's cores)."""
+    rows = []
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rd = _run_dir(tmp)
+        m = _ham_manifest(n, tmp)
+        import pandas as pd
+        for f in pd.read_csv(m)["image"].unique():
+            Path(f).read_bytes()
+        for k in procs:
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // k))}
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={k}",
+                   str(ROOT / "cli.py"), "audit", "--run-dir", str(rd), "--data", str(m), "--out", str(tmp / f"p{k}"),
+                   "--workers", "0", "--batch-size", str(bs), "--no-cache", "--no-report", "--quiet", "--n-boot", "200"]
+            t = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - t
+            if r.returncode not in (0, 1):
+                raise RuntimeError(r.stderr[-2000:])
+            rows.append({"processes": k, "threads_each": max(1, cores // k), "n": n, "wall_s": wall,
+                         "img_s": n / wall})
             print(rows[-1], flush=True)
     return rows
 
@@ -208,29 +237,34 @@ def bench_audit(ns=(512,), workers=2, bs=32, regions=True) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="batch 32 only, N = 256/512/1024 for streaming")
-    ap.add_argument("--sections", default="cam,audit,stream")
+    ap.add_argument("--sections", default="cam,audit,stream,procs")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
-    ap.add_argument("--cam-rows", help="reuse the Grad-CAM rows printed by an earlier run of this script (a log file)")
+    ap.add_argument("--reuse", help="results JSON of an earlier run (benchmarks/results/speed.json): its sections not "
+                                    "listed in --sections are kept")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     secs = set(args.sections.split(","))
     res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                             f"torch {torch.__version__}, CPU", "command": " ".join(["python", *sys.argv])}
-    if args.cam_rows:
-        import ast
-        res["cam"] = [ast.literal_eval(line) for line in Path(args.cam_rows).read_text().splitlines()
-                      if line.startswith("{'model'")]
-    elif "cam" in secs:
+    if args.reuse:
+        old = json.loads(Path(args.reuse).read_text())
+        res.update({k: v for k, v in old.items() if k in ("cam", "audit", "stream", "procs") and k not in secs})
+        res["reused"] = f"sections {sorted(k for k in old if k in ('cam', 'audit', 'stream', 'procs') and k not in secs)} " \
+                        f"from an earlier run of this script ({old.get('command')})"
+    if "cam" in secs:
         res["cam"] = bench_cam(batches=(32,) if args.quick else (32, 64), reps=3 if args.quick else 5)
-    if ("audit" in secs or "stream" in secs) and not (DATA / "ham10000_224").is_dir():
-        print(f"skipping audit/stream: {DATA / 'ham10000_224'} not found")
-        secs -= {"audit", "stream"}
+    if ("audit" in secs or "stream" in secs or "procs" in secs) and not (DATA / "ham10000_224").is_dir():
+        print(f"skipping audit/stream/procs: {DATA / 'ham10000_224'} not found")
+        secs -= {"audit", "stream", "procs"}
+    if "procs" in secs:
+        res["procs"] = bench_procs()
     if "audit" in secs:
         res["audit"] = bench_audit(ns=(512,))
     if "stream" in secs:
         res["stream"] = bench_audit(ns=(256, 512, 1024) if args.quick else (500, 2000, 8000))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(render(res))
+    Path(args.out).with_suffix(".json").write_text(json.dumps(res, indent=1))
     to_readme(render(res))
     print(render(res))
     return 0
@@ -249,6 +283,8 @@ def to_readme(text: str) -> None:
 def render(res: dict) -> str:
     lines = ["# Speed and scale (benchmarks/speed.py)", "", f"Machine: {res['machine']}. Command: `{res['command']}`.",
              "All figures are ratios of times measured side by side in the same run.", ""]
+    if res.get("reused"):
+        lines += [f"Reused: {res['reused']}.", ""]
     if res.get("cam"):
         lines += ["## Grad-CAM cost", "", "| model | batch | layer | inference img/s | Grad-CAM img/s | "
                   "Grad-CAM ÷ inference | limit | ÷ limit | × pytorch-grad-cam | max |Δ| vs reference |",
@@ -263,12 +299,25 @@ def render(res: dict) -> str:
     for key, title in (("audit", "Whole audit vs plain decode + inference"), ("stream", "Streaming")):
         if res.get(key):
             lines += [f"## {title}", "", "| N | plain s | audit s | audit ÷ plain | audit model s | audit other s | "
-                      "audit peak RSS MB | plain peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+                      "scoring s | writing s | decode s (workers) | regions s (workers) | audit peak RSS MB | "
+                      "plain peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            g = lambda r, k: "n/a" if r.get(k) is None else f"{r[k]:.1f}"  # noqa: E731
             for r in res[key]:
                 lines.append(f"| {r['n']} | {r['plain_s']:.1f} | {r['audit_s']:.1f} | {r['ratio_audit_vs_plain']:.2f} | "
-                             f"{r['audit_model_s']:.1f} | {r['audit_other_s']:.1f} | {r['audit_peak_rss_mb']:.0f} | "
-                             f"{r['plain_peak_rss_mb']:.0f} |")
+                             f"{r['audit_model_s']:.1f} | {r['audit_other_s']:.1f} | {g(r, 'scoring_s')} | "
+                             f"{g(r, 'writing_s')} | {g(r, 'decode_in_workers_s')} | {g(r, 'regions_in_workers_s')} | "
+                             f"{r['audit_peak_rss_mb']:.0f} | {r['plain_peak_rss_mb']:.0f} |")
+            lines.append("Decode and regions run in DataLoader workers, overlapping the model: their seconds are "
+                         "CPU time summed over workers, not wall time.")
             lines.append("")
+    if res.get("procs"):
+        lines += ["## torchrun: 1 vs 2 processes (whole audit, 512 images, workers 0)", "",
+                  "| processes | threads each | images | wall s | images/s |", "|---|---|---|---|---|"]
+        for r in res["procs"]:
+            lines.append(f"| {r['processes']} | {r['threads_each']} | {r['n']} | {r['wall_s']:.1f} | {r['img_s']:.1f} |")
+        lines += ["", "On one 2-core machine two ranks split the same cores, so no speed-up is expected; on a "
+                  "cluster each rank brings its own cores or GPU and throughput adds up (rank 0 also gathers and "
+                  "writes the report).", ""]
     return "\n".join(lines)
 
 
