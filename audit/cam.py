@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,6 @@ def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 22
     `features`. Found with one dry forward on zeros (no gradients), so any CNN of torchvision or timm works.
     """
     outs: list[tuple[str, torch.Tensor]] = []  # tensors kept alive so that identity comparisons are sound
-    hooks = []
 
     def make(name):
         def hook(_m, _i, o):
@@ -60,21 +59,10 @@ def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 22
                 outs.append((name, o))
         return hook
 
-    was_training = model.training
-    try:
-        for n, m in model.named_modules():
-            if n:
-                hooks.append(m.register_forward_hook(make(n)))
-        p = next(model.parameters(), None)
-        x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
-                        dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    p = next(model.parameters(), None)
+    x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
+                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    traced_forward(model, x, make)
     if not outs:
         raise LayerError("no 4-D activation found: the model has no convolutional layer to explain")
     last = outs[-1][1]
@@ -83,20 +71,46 @@ def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 22
 
 
 @contextmanager
-def _frozen(model: torch.nn.Module) -> Iterator[None]:
-    """eval mode and no parameter gradients for the duration; everything restored after."""
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """eval mode for the duration; every submodule's own train/eval flag restored after (mixed modes included)."""
     modes = {m: m.training for m in model.modules()}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
         yield
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+@contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    """eval mode and no parameter gradients for the duration; everything restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with eval_mode(model):
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
     finally:
         for p, f in flags:
             p.requires_grad_(f)
-        for m, t in modes.items():
-            m.training = t
+
+
+def traced_forward(model: torch.nn.Module, x: torch.Tensor, make_hook: Callable[[str], Callable],
+                   pre: bool = False, names: Sequence[str] | None = None) -> None:
+    """One no-grad eval-mode forward of x with `make_hook(name)` registered on each named submodule (all, or
+    `names`) as a forward hook (or pre-hook); hooks removed and the model's modes restored after."""
+    mods = dict(model.named_modules())
+    hooks = []
+    try:
+        for n in (names if names is not None else [k for k in mods if k]):
+            m = mods[n]
+            hooks.append(m.register_forward_pre_hook(make_hook(n)) if pre else m.register_forward_hook(make_hook(n)))
+        with eval_mode(model), torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def resolve_targets(logits: torch.Tensor, rule: str | int | Sequence[int] | torch.Tensor,

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from scipy import ndimage as ndi
 
+from .cam import eval_mode
 from .preprocess import InputSpec, normalize
 from .stats import Estimate, bootstrap_ci, proportion_ci
 
@@ -258,25 +259,19 @@ def counterfactual_batch(model: torch.nn.Module, grid_imgs: torch.Tensor, masks:
     orig_pred = probs.argmax(1)
     p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = p0.dtype if p0 is not None else torch.float32
-    modes = [(mod, mod.training) for mod in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            for chunk in _chunks(edited(), int(batch_size)):
-                x = torch.from_numpy(np.stack([e for _, _, e in chunk]))
-                x = normalize(x.to(device, non_blocking=True), spec).to(dtype)
-                p = torch.softmax(model(x).float(), dim=1).cpu().numpy().astype(np.float64)
-                if p.shape[1] != probs.shape[1]:
-                    raise ValueError(f"probs: has {probs.shape[1]} classes but the model returns {p.shape[1]}")
-                for j, (i, r, _) in enumerate(chunk):
-                    pred = int(p[j].argmax())
-                    out[f"cf_delta_{r}"][i] = p[j, expl[i]] - probs[i, expl[i]]
-                    out[f"cf_flip_{r}"][i] = float(pred != orig_pred[i])
-                    out[f"cf_pred_{r}"][i] = pred
-                    out[f"cf_status_{r}"][i] = "ok"
-    finally:
-        for mod, was in modes:
-            mod.training = was
+    with eval_mode(model), torch.no_grad():
+        for chunk in _chunks(edited(), int(batch_size)):
+            x = torch.from_numpy(np.stack([e for _, _, e in chunk]))
+            x = normalize(x.to(device, non_blocking=True), spec).to(dtype)
+            p = torch.softmax(model(x).float(), dim=1).cpu().numpy().astype(np.float64)
+            if p.shape[1] != probs.shape[1]:
+                raise ValueError(f"probs: has {probs.shape[1]} classes but the model returns {p.shape[1]}")
+            for j, (i, r, _) in enumerate(chunk):
+                pred = int(p[j].argmax())
+                out[f"cf_delta_{r}"][i] = p[j, expl[i]] - probs[i, expl[i]]
+                out[f"cf_flip_{r}"][i] = float(pred != orig_pred[i])
+                out[f"cf_pred_{r}"][i] = pred
+                out[f"cf_status_{r}"][i] = "ok"
     return out
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .cache import OutputCache
-from .cam import default_layer, get_module, grad_cam
+from .cam import default_layer, eval_mode, get_module, grad_cam
 from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
@@ -170,9 +170,11 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                     rec[f"score_{reg}"] = sc_
                 for reg, pr in batch["present"][j].items():
                     rec[f"present_{reg}"] = pr
-                notes = batch["notes"][j]
+                # mask warnings raised in the workers (empty, all-ones, unreadable, resized with another aspect)
+                notes = [f"{k}: {v}" for k, v in batch["notes"][j].items()]
+                notes += [w for w in batch["warnings"][j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
                 if notes:
-                    rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
+                    rec["region_notes"] = "; ".join(notes)
             for col, v in r.items():
                 if col not in rec:
                     rec[col] = v
@@ -292,19 +294,14 @@ def predict_probs(model: torch.nn.Module, rows: pd.DataFrame, spec, device, cfg:
     """Softmax probabilities (N×C, NaN rows for unreadable images) of a plain no-grad pass, in eval mode."""
     from .data import make_loader
     out = np.full((len(rows), 0), np.nan)
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in make_loader(rows, spec, cfg.batch_size, cfg.workers, None):
-                if batch["img"] is None:
-                    continue
-                p = torch.softmax(model(normalize(batch["img"].to(device), spec)).float(), 1).cpu().numpy()
-                if out.shape[1] == 0:
-                    out = np.full((len(rows), p.shape[1]), np.nan)
-                out[batch["idx"]] = p
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        for batch in make_loader(rows, spec, cfg.batch_size, cfg.workers, None):
+            if batch["img"] is None:
+                continue
+            p = torch.softmax(model(normalize(batch["img"].to(device), spec)).float(), 1).cpu().numpy()
+            if out.shape[1] == 0:
+                out = np.full((len(rows), p.shape[1]), np.nan)
+            out[batch["idx"]] = p
     return out
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cam import get_module, grad_cam, upsample
+from .cam import get_module, grad_cam, traced_forward, upsample
 from .errors import LayerError
 from .stats import bootstrap_ci
 
@@ -65,18 +65,14 @@ def gradcam_explainer(model: torch.nn.Module, x: torch.Tensor, layer: str, targe
 
 def _layer_hw(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[int, int]:
     shape: dict[str, tuple] = {}
-    def hook(_m, _i, o):
-        shape.setdefault("s", tuple(o.shape))
 
-    h = get_module(model, layer).register_forward_hook(hook)
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        h.remove()
-        model.train(was)
+    def make(_name):
+        def hook(_m, _i, o):
+            shape.setdefault("s", tuple(o.shape))
+        return hook
+
+    get_module(model, layer)  # LayerError with the candidates for an unknown name
+    traced_forward(model, x[:1], make, names=[layer])
     if "s" not in shape or len(shape["s"]) != 4:
         raise LayerError(f"layer {layer!r}: no 4-D output in a forward pass; choose another layer")
     return int(shape["s"][2]), int(shape["s"][3])
@@ -107,25 +103,13 @@ def _has_params(m: torch.nn.Module) -> bool:
 
 def _execution_order(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     order: dict[str, int] = {}
-    hooks = []
 
     def make(name):
         def pre(_m, _i):
             order.setdefault(name, len(order))
         return pre
 
-    was = model.training
-    try:
-        for n, m in model.named_modules():
-            if n:
-                hooks.append(m.register_forward_pre_hook(make(n)))
-        model.eval()
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    traced_forward(model, x[:1], make, pre=True)
     return order
 
 

@@ -138,7 +138,10 @@ def test_only_post_layer_graph():
 
 def test_default_and_unknown_layers():
     ms = _models()
+    ms["resnet18"].eval()
+    ms["resnet18"].layer2.train()  # mixed modes (e.g. a partly frozen model) survive the dry forward
     assert default_layer(ms["resnet18"]) == "layer4"
+    assert ms["resnet18"].layer2.training and not ms["resnet18"].training and not ms["resnet18"].layer3.training
     assert default_layer(ms["efficientnet_b0"]) == "bn2"
     with pytest.raises(LayerError, match="layer9.*candidates"):
         get_module(ms["resnet18"], "layer9")

@@ -175,3 +175,24 @@ def test_discover_and_sanity(tiny_run, tmp_path, capsys):
     assert "ranking" in d and (out / "discover.csv").exists()
     assert "discover" in json.loads((out / "summary.json").read_text())
     assert cli.main(["discover", "--out", str(tmp_path / "empty")]) == 2
+
+
+def test_mask_warnings_reach_per_image(tiny_run, tmp_path):
+    """A mask warning raised in a DataLoader worker is written beside the image, not lost: here a mask with
+    another aspect ratio than the 48×64 images, which is resized and kept (so only the warning tells)."""
+    from PIL import Image
+    data = tiny_run.parent / "data"
+    m = pd.read_csv(data / "manifest.csv")
+    wide = np.zeros((10, 40), np.uint8)
+    wide[:, :20] = 255
+    Image.fromarray(wide).save(data / "wide_mask.png")
+    m["mask"] = "wide_mask.png"
+    m.to_csv(data / "manifest.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  lungs: {source: file, values: [255]}\n")
+    out = tmp_path / "o"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--config", str(preset), "--out", str(out),
+                     "--workers", "0", "--quiet", "--n-boot", "20", "--no-report"]) == 0
+    df = pd.read_csv(out / "per_image.csv")
+    assert df["frac_lungs"].notna().all()
+    assert df["region_notes"].str.contains("aspect ratio differs").all(), df["region_notes"].tolist()
