@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sanity", action="store_true", default=None,
                    help="model-randomisation sanity check of the maps (Adebayo et al. 2018)")
     a.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision for the model (maps formed in fp32)")
+    a.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
+                   help="keep the model in NCHW (contiguous) memory format instead of channels_last")
     a.add_argument("--no-cache", dest="cache", action="store_false", default=None,
                    help="do not read or write the model-output cache (<out>/cache/)")
     a.add_argument("--gallery-n", type=int, default=8, help="images per error-gallery group (default 8)")
@@ -126,7 +128,7 @@ def cmd_audit(args) -> int:
     cli = {k: getattr(args, k) for k in ("run_dir", "arch", "source", "classes", "checkpoint", "data", "split",
                                          "out", "layer", "target", "batch_size", "device", "limit", "workers",
                                          "positive", "by", "seed", "n_boot", "high_conf", "counterfactual", "amp",
-                                         "cache", "discover", "sanity")}
+                                         "cache", "discover", "sanity", "channels_last")}
     cfg = resolve_config(cli, args.preset)
     if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
         from audit.errors import ConfigError

@@ -47,6 +47,7 @@ class AuditConfig:
     sanity: bool = False
     sanity_n: int = 32
     amp: str | None = None  # None (fp32), "bf16", "fp16"
+    channels_last: bool = True  # NHWC model and inputs (faster convolutions on CPU and CUDA; benchmarks/speed.py)
     cache: bool = True
     sensitivities: list[float] = field(default_factory=lambda: [0.80, 0.90, 0.95])
     # from the preset

@@ -34,8 +34,13 @@ over-represents (present_<region> flags, 0/1 metadata columns, each level of cat
 odds ratio (Haldane–Anscombe +0.5 when a cell is 0) with a one-sided Fisher exact test and Benjamini–Hochberg
 q-values over all tests of the run; prototypes (the image_ids nearest the group's centre); a sentence.
 
-Suspicion (higher = more suspicious, in [0, 1]) is the largest of four parts; `reason` names it (with the region,
-e.g. ``artifact:ruler``):
+Suspicion (higher = more suspicious, in [0, 1]) combines two independent lines of evidence as a noisy OR,
+1 − (1 − gap) · (1 − where): how the model *performs* on the group (``gap``) and where its evidence *lies*
+(``where`` = the largest of ``off_target``, ``artifact`` and ``location``; these three read the same maps and
+largely agree, so they are not added up). One strong line is enough; a group that fails *and* whose maps share an
+off-target spot outranks one that only fails as badly (a failing group whose maps share a spot points at a cause,
+a failing group with diffuse maps at hard cases). `reason` names the largest part (with the region, e.g.
+``artifact:ruler``). The parts, each in [0, 1]:
 
 * ``gap``: −hi(Δ), the accuracy lost relative to the rest by the *upper* end of the CI of Δ, when that CI lies
   wholly below 0 (a group reliably worse than the rest); else 0.
@@ -48,6 +53,11 @@ e.g. ``artifact:ruler``):
   (share of the mass in the top 10 % of cells − 0.1) / 0.9 (0 for a uniform map, 1 for a single cell) and
   off-centre distance = E_map[‖cell − centre‖] / half-diagonal (≈ 0.54 for a uniform map). A tight spot in a
   corner scores high; a diffuse map or a centred one low. This needs no masks.
+
+A ranked group is **flagged** when its accuracy is reliably worse than the rest's (the gap part > 0: the whole
+95 % CI of Δ lies below 0) or when its evidence lies clearly off target (``where`` ≥ 0.5); `flag` says which
+(``worse``, ``off-target`` or both). No correction for the number of groups is made: with 16 groups, about 0.4 are
+expected to be flagged ``worse`` by chance (one-sided 2.5 % each); read the size of the gap, not only the flag.
 
 Clusters and slices are ranked separately (`rank` = 1 is the most suspicious of its kind): an error-aware slice
 gathers errors by construction, so its gap is not comparable with a cluster's. `ranking` lists both kinds by
@@ -78,6 +88,7 @@ PCA_DIM = 16
 REG_COVAR = 0.01
 N_PROTOTYPES = 10
 SUSPICION_PARTS = ("gap", "off_target", "artifact", "location")
+FLAG_WHERE = 0.5  # `where` (the largest of off_target, artifact, location) at which a group is flagged off-target
 
 # per_image.csv columns that are not metadata (produced by the pipeline or identify the image)
 _NOT_META = {"image_id", "image", "mask", "label", "split", "pred", "confidence", "correct", "explained", "cam_sum",
@@ -483,7 +494,16 @@ def suspicion(g: dict, regions: dict[str, str], median_target: dict[str, float])
     parts = {k: round(float(v), 4) for k, v in parts.items()}
     best = max(parts, key=lambda k: parts[k])
     reason = f"{best}:{which[best]}" if best in which else best
-    return parts[best], reason, parts
+    where = max(parts["off_target"], parts["artifact"], parts["location"])
+    score = 1.0 - (1.0 - parts["gap"]) * (1.0 - where)
+    return score, reason, parts
+
+
+def flag_of(parts: dict) -> str | None:
+    """'worse', 'off-target', 'worse+off-target' or None for a ranked group's suspicion parts (module docstring)."""
+    where = max(parts.get("off_target", 0.0), parts.get("artifact", 0.0), parts.get("location", 0.0))
+    why = (["worse"] if parts.get("gap", 0.0) > 0 else []) + (["off-target"] if where >= FLAG_WHERE else [])
+    return "+".join(why) or None
 
 
 def _words(g: dict, classes: list[str], regions: dict[str, str]) -> str:
@@ -517,6 +537,8 @@ def _words(g: dict, classes: list[str], regions: dict[str, str]) -> str:
         s += f", evidence concentrated ({100 * m['top10_share']:.0f}% in a tenth of the map) off centre"
     if g.get("suspicion") is not None:
         s += f"; suspicion {g['suspicion']:.2f} ({g['reason']})"
+    if g.get("flag"):
+        s += f" — FLAGGED ({g['flag']})"
     return s
 
 
@@ -624,6 +646,7 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
         g["over_represented"] = [{k2: (_f(v) if isinstance(v, float) else v) for k2, v in a.items()} for a in tests]
         s, reason, parts = suspicion(g, regions, median_target)
         g["suspicion"], g["reason"], g["suspicion_parts"] = (None if s is None else round(s, 4)), reason, parts
+        g["flag"] = flag_of(parts) if s is not None else None
         mm = g.pop("_mean_map")
         png = Path("discover") / f"{g['kind']}_{g['id']}.png"
         if write and np.isfinite(mm).all():
@@ -652,7 +675,7 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
         "accuracy": g["accuracy"]["value"], "accuracy_lo": g["accuracy"]["lo"], "accuracy_hi": g["accuracy"]["hi"],
         "accuracy_rest": g["accuracy_rest"]["value"], "gap": g["gap"]["value"], "gap_lo": g["gap"]["lo"],
         "gap_hi": g["gap"]["hi"], "mean_confidence": g["mean_confidence"], "suspicion": g["suspicion"],
-        "reason": g["reason"], "rank": g["rank"], "prototypes": ";".join(map(str, g["prototypes"])),
+        "reason": g["reason"], "flag": g.get("flag"), "rank": g["rank"], "prototypes": ";".join(map(str, g["prototypes"])),
         "text": g["text"]} for g in groups])
     if len(table):
         table = table.sort_values(["kind", "rank", "id"], na_position="last").reset_index(drop=True)
@@ -674,16 +697,19 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
             "gap": "Δ = accuracy(group) − accuracy(rest), Newcombe hybrid-score 95% CI",
             "attributes": ("odds ratio (Haldane +0.5 on zero cells), one-sided Fisher exact p, Benjamini–Hochberg "
                            "q over all tests; listed when OR > 1 and p < 0.05"),
-            "suspicion": ("max of gap = −upper CI of Δ when the CI lies below 0; off_target = accuracy·(1 − "
+            "suspicion": ("1 − (1 − gap)(1 − where), where = max(off_target, artifact, location); gap = −upper CI of Δ when the CI lies below 0; off_target = accuracy·(1 − "
                           "target frac / dataset median); artifact = accuracy·(1 − 1/lift); location = "
                           "concentration × off-centre distance of the mean map; groups with n < min_n unranked"),
+            "flag": ("worse: the 95% CI of Δ lies below 0; off-target: max(off_target, artifact, location) ≥ "
+                     f"{FLAG_WHERE}; no correction for the number of groups"),
         },
         "layer": layer, "n": int(n), "n_zero_cam": int((~valid).sum()), "min_n": int(min_n), "seed": int(seed),
         "regions": regions, "median_target_frac": {r: _f(v) for r, v in median_target.items()},
         "clusters": {"per_class": cl_info, "groups": [g for g in groups if g["kind"] == "cluster"]},
         "slices": {**slice_info, "groups": [g for g in groups if g["kind"] == "slice"]},
         "ranking": [{"kind": g["kind"], "id": g["id"], "rank": g["rank"], "n": g["n"], "suspicion": g["suspicion"],
-                     "reason": g["reason"], "prototypes": g["prototypes"], "text": g["text"]} for g in ranked],
+                     "reason": g["reason"], "flag": g["flag"], "prototypes": g["prototypes"], "text": g["text"]}
+                    for g in ranked],
         "files": {"assignments": "discover.csv", "groups": "discover/groups.csv", "maps": "discover/"} if write else {},
     }
     json.dumps(summary, allow_nan=True)  # fails loudly here, not in the caller, if something is not JSON-able

@@ -7,8 +7,10 @@ frac_/lift_/cf_ columns, the `artifact*` metadata) is removed from a copy of the
 and no region is configured for it. Then, with the artifact flag put back only to score the answer:
   - precision@10: the share of artifact-bearing images among the 10 images nearest the centre of the top-ranked
     group (its prototypes);
-  - recall of flagged groups: the share of artifact-bearing test images inside groups whose suspicion ≥ 0.5;
-  - on the clean runs: how many groups are flagged for off-target evidence (reason off_target or artifact).
+  - recall of flagged groups: the share of artifact-bearing test images inside flagged groups (discover's own
+    flag: reliably worse than the rest, or evidence clearly off target), and the artifact share of those images;
+  - on the clean runs: how many groups are flagged off-target, and the artifact share of their images (≈ 0.5,
+    the test set's base rate, when the flag has nothing to do with the planted artifact).
 Domino (Eyuboglu et al. 2022) recovered 36% of 1,235 planted slices; our setting is one planted artifact per
 run on a model verified to use it, so the comparison says little beyond "the easy case works".
 The sanity check (Adebayo et al. 2018) runs on 32 seeded test images per run: mean Spearman ρ between the maps of
@@ -30,7 +32,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-FLAG_SUSPICION = 0.5
 ARTIFACT_REGION = "patches"
 
 
@@ -70,15 +71,20 @@ def discover_row(audit: Path, tmp: Path) -> dict:
         col = "cluster" if g["kind"] == "cluster" else "slice"
         members += list(assign.index[assign[col] == g["id"]].astype(str))
     row["artifact_share_top5"] = float(np.mean([flag[m] for m in members])) if members else None
-    flagged = [g for g in ranking if g["suspicion"] >= FLAG_SUSPICION]
-    inside = set()
+    flagged = [g for g in ranking if g["flag"]]
+    inside, inside_ot = set(), set()
     for g in flagged:
         col = "cluster" if g["kind"] == "cluster" else "slice"
-        inside |= set(assign.index[assign[col] == g["id"]].astype(str))
+        ids = set(assign.index[assign[col] == g["id"]].astype(str))
+        inside |= ids
+        if "off-target" in g["flag"]:
+            inside_ot |= ids
     art = set(flag.index[flag == 1])
     row["recall_flagged"] = len(art & inside) / len(art) if art else None
+    row["precision_flagged"] = len(art & inside) / len(inside) if inside else None
     row["n_flagged"] = len(flagged)
-    row["n_flagged_off_target"] = sum(1 for g in flagged if str(g["reason"]).startswith(("off_target", "artifact")))
+    row["n_flagged_off_target"] = sum(1 for g in flagged if "off-target" in g["flag"])
+    row["artifact_share_off_target"] = len(art & inside_ot) / len(inside_ot) if inside_ot else None
     return row
 
 
@@ -103,12 +109,15 @@ def render(disc: list[dict], san: list[dict], cmd: str) -> str:
     f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"Command: `{cmd}` (written by the script).", "",
              "| run | n | artifact-bearing | top-ranked group | precision@10 | artifact share in the top-5 groups | "
-             f"recall in flagged groups (suspicion ≥ {FLAG_SUSPICION}) | groups flagged | flagged off-target |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "groups flagged | artifact-bearing images inside flagged groups (recall) | artifact share of flagged "
+             "images | flagged off-target (their artifact share) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in disc:
+        ot = f"{r['n_flagged_off_target']}" + (f" ({f(r['artifact_share_off_target'])})"
+                                               if r.get("artifact_share_off_target") is not None else "")
         lines.append(f"| {r['run']} | {r['n']} | {r['n_artifact']} | {r.get('top', '—')} | {f(r.get('precision_at_10'))}"
-                     f" | {f(r.get('artifact_share_top5'))} | {f(r.get('recall_flagged'))} | {r['n_flagged']} | "
-                     f"{r['n_flagged_off_target']} |")
+                     f" | {f(r.get('artifact_share_top5'))} | {r['n_flagged']} | {f(r.get('recall_flagged'))} | "
+                     f"{f(r.get('precision_flagged'))} | {ot} |")
     lines += ["", "Sanity check (32 test images, cascading randomisation to the input):", "",
               "| run | layer | mean Spearman ρ trained vs fully randomised [95% CI] | n | verdict |", "|---|---|---|---|---|"]
     for r in san:

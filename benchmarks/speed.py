@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -37,7 +38,9 @@ def _nograd(model, x):
         return model(x)
 
 
-def bench_cam(batches=(32, 64), reps=3) -> list[dict]:
+def bench_cam(batches=(32, 64), reps=3, formats=("contiguous", "channels_last")) -> list[dict]:
+    """One row per model × batch × layer × memory format; inference, ours and the reference all run on the same
+    model object and inputs in that format."""
     import timm
     import torchvision
     from pytorch_grad_cam import GradCAM
@@ -49,9 +52,11 @@ def bench_cam(batches=(32, 64), reps=3) -> list[dict]:
               "efficientnet_b0": (timm.create_model("efficientnet_b0", pretrained=False, num_classes=7).eval(),
                                   ["bn2", "blocks.5"])}
     rows = []
-    for name, (model, layers) in models.items():
+    for name, (model0, layers), fmt in ((n, ml, f) for n, ml in models.items() for f in formats):
+        mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        model = copy.deepcopy(model0).to(memory_format=mf)
         for b in batches:
-            x = torch.randn(b, 3, 224, 224)
+            x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b)).contiguous(memory_format=mf)
             for layer in layers:
                 mod = get_module(model, layer)
                 # the post-layer backward alone: activations A as a leaf, logits from A, d(sum of logits)/dA
@@ -98,7 +103,7 @@ def bench_cam(batches=(32, 64), reps=3) -> list[dict]:
                 t_inf, t_ours, t_ref = (statistics.median(times[k]) for k in ("inf", "ours", "ref"))
                 limit = t_inf / (t_inf + t_bwd)
                 ours = minmax(upsample(minmax(grad_cam(model, x, layer).cams), 224)).numpy()
-                rows.append({"model": name, "batch": b, "layer": layer, "inference_img_s": b / t_inf,
+                rows.append({"model": name, "batch": b, "layer": layer, "format": fmt, "inference_img_s": b / t_inf,
                              "gradcam_img_s": b / t_ours, "ratio_vs_inference": t_inf / t_ours,
                              "limit": limit, "ratio_vs_limit": (t_inf / t_ours) / limit,
                              "ratio_vs_pytorch_grad_cam": t_ref / t_ours,
@@ -159,11 +164,12 @@ PLAIN_CHILD = PEAK + r"""
 import json, sys, time, torch
 sys.path.insert(0, {root!r})
 from audit.manifest import load_manifest
-from audit.pipeline import predict_probs
+from audit.pipeline import predict_probs, prepare_model
 from audit.config import resolve_config
 from audit.run import load_run
 t = time.perf_counter()
 model, run = load_run({rd!r})
+prepare_model(model, torch.device("cpu"), resolve_config({{}}).channels_last)
 rows = load_manifest({manifest!r}, classes=run.classes)
 cfg = resolve_config({{"batch_size": {bs}, "workers": {workers}}})
 predict_probs(model, rows, run.input, torch.device("cpu"), cfg)
@@ -286,16 +292,19 @@ def render(res: dict) -> str:
     if res.get("reused"):
         lines += [f"Reused: {res['reused']}.", ""]
     if res.get("cam"):
-        lines += ["## Grad-CAM cost", "", "| model | batch | layer | inference img/s | Grad-CAM img/s | "
+        lines += ["## Grad-CAM cost", "", "| model | batch | layer | memory format | inference img/s | Grad-CAM img/s | "
                   "Grad-CAM ÷ inference | limit | ÷ limit | × pytorch-grad-cam | max |Δ| vs reference |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["cam"]:
-            lines.append(f"| {r['model']} | {r['batch']} | {r['layer']} | {r['inference_img_s']:.1f} | "
+            lines.append(f"| {r['model']} | {r['batch']} | {r['layer']} | {r.get('format', 'contiguous')} | "
+                         f"{r['inference_img_s']:.1f} | "
                          f"{r['gradcam_img_s']:.1f} | {r['ratio_vs_inference']:.2f} | {r['limit']:.2f} | "
                          f"{r['ratio_vs_limit']:.2f} | {r['ratio_vs_pytorch_grad_cam']:.2f} | "
                          f"{r['max_abs_diff_vs_reference']:.1e} |")
         lines += ["", "limit: 1.0 in principle for the last block; measured here as forward ÷ (forward + the "
-                  "post-layer input-gradient backward).", ""]
+                  "post-layer input-gradient backward). Each row runs inference, our Grad-CAM and pytorch-grad-cam "
+                  "on the same model object and inputs in one memory format; the audit uses channels_last unless "
+                  "`--no-channels-last`.", ""]
     for key, title in (("audit", "Whole audit vs plain decode + inference"), ("stream", "Streaming")):
         if res.get(key):
             lines += [f"## {title}", "", "| N | plain s | audit s | audit ÷ plain | audit model s | audit other s | "

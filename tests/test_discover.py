@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.discover import discover, eigengap_k, map_shape_stats, unit_mass
+from audit.discover import discover, eigengap_k, map_shape_stats, unit_mass, flag_of, suspicion
 from audit.errors import RunDirError
 
 CLASSES = ["clear", "opacity"]
@@ -139,3 +139,27 @@ def test_missing_files_and_bad_k(tmp_path):
     write_audit(tmp_path)
     with pytest.raises(ValueError, match="k:"):
         discover(tmp_path, k=0)
+
+
+def _group(gap_hi, acc=0.2, lesion=0.4, lift=1.0, conc=0.0, off=0.5):
+    return {"too_small": False, "gap": {"hi": gap_hi}, "accuracy": {"value": acc},
+            "evidence": {"lesion": lesion}, "lift": {"ruler": lift},
+            "map": {"concentration": conc, "off_centre": off}}
+
+
+def test_suspicion_combines_performance_and_location_as_a_noisy_or():
+    regions, med = {"lesion": "target", "ruler": "artifact"}, {"lesion": 0.4}
+    s_gap, r_gap, p = suspicion(_group(-0.4), regions, med)
+    assert (s_gap, r_gap) == (pytest.approx(0.4), "gap") and flag_of(p) == "worse"
+    # the same gap with a tight corner spot (concentration 0.5 × off-centre 0.4 = 0.2): 1 − 0.6·0.8 = 0.52
+    s_both, r_both, p = suspicion(_group(-0.4, conc=0.5, off=0.4), regions, med)
+    assert s_both == pytest.approx(0.52) and r_both == "gap" and s_both > s_gap
+    # the three "where" parts read the same maps: the largest counts, they are not added up
+    # (artifact = 1 − 1/lift = 0.5 at lift 2 with accuracy 1; off_target = 1·(1 − 0.2/0.4) = 0.5; location 0.2)
+    s_where, r_where, p = suspicion(_group(None, acc=1.0, lesion=0.2, lift=2.0, conc=0.5, off=0.4), regions, med)
+    assert s_where == pytest.approx(0.5) and r_where in ("off_target:lesion", "artifact:ruler")
+    assert flag_of(p) == "off-target"
+    # a CI of Δ that reaches 0 gives no gap part and no flag
+    s0, _, p = suspicion(_group(0.05), regions, med)
+    assert s0 == pytest.approx(0.0) and flag_of(p) is None
+    assert suspicion({**_group(-0.4), "too_small": True}, regions, med) == (None, "too small", {})

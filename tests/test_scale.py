@@ -74,3 +74,17 @@ def test_torchrun_two_processes_equal_single(tiny_run, tmp_path):
     _same(single, tmp_path / "multi", exact=False)
     s = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert s["cache"]["processes"] == 2 and s["data"]["n"] == 6
+
+
+def test_channels_last_audit_equals_contiguous_and_leaves_inputs_valid(tiny_run, tmp_path):
+    """NHWC weights and inputs change only the order of float sums: same rows, maps equal to float32 tolerance."""
+    cl = run_audit(_cfg(tiny_run, tmp_path / "cl", cache=False))
+    nchw = run_audit(_cfg(tiny_run, tmp_path / "nchw", cache=False, channels_last=False))
+    assert (cl.summary["cam"]["memory_format"], nchw.summary["cam"]["memory_format"]) == ("channels_last", "contiguous")
+    _same(tmp_path / "cl", tmp_path / "nchw", exact=False)
+
+
+def test_channels_last_is_part_of_the_cache_key(tiny_run, tmp_path):
+    run_audit(_cfg(tiny_run, tmp_path / "o"))
+    again = run_audit(_cfg(tiny_run, tmp_path / "o", channels_last=False))
+    assert again.summary["cache"]["computed"] == 6
