@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--out", help="audit folder (default reports/<run-name>/)")
     di.add_argument("--min-n", type=int, default=10, help="groups smaller than this are described, not ranked")
     di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--no-report", action="store_true",
+                    help="do not re-render the audit's report.html and gallery with the discovered groups")
     di.add_argument("--quiet", action="store_true")
     di.add_argument("--json", action="store_true", help="print the discover section as JSON")
 
@@ -220,6 +222,7 @@ def cmd_masks(args) -> int:
 
 
 def cmd_discover(args) -> int:
+    from audit.terminal import discover_renderable
     from audit.config import resolve_config
     from audit.discover import discover
     from audit.errors import ConfigError
@@ -238,13 +241,15 @@ def cmd_discover(args) -> int:
         s = json.loads(p.read_text())
         s["discover"] = res.summary
         p.write_text(json.dumps(s, indent=2))
+        if not args.no_report:  # the gallery and report.html show the prototypes of the top groups
+            from audit.report import render_reports
+            render_reports(out, seed=args.seed)
     if args.json:
         print(json.dumps(res.summary, indent=2))
     elif not args.quiet:
         con = _out_console()
         con.print(f"discover: {out}/discover.csv · most suspicious groups first")
-        for r in res.summary["ranking"][:5]:
-            con.print(f"  {r['text']}", markup=False)
+        con.print(discover_renderable(res.summary, str(out)))
     return EXIT_OK
 
 

@@ -33,6 +33,24 @@ def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2, compact: bool =
     return f"{f(v)}{ci}"
 
 
+def discover_renderable(d: dict, out_dir: str | None = None, n: int = 3):
+    """The most suspicious discovered groups in words, with their prototypes (the images nearest each centre) and
+    where their overlays are (gallery/discover_<kind>_<id>/ once the reports are rendered)."""
+    rows = d.get("ranking") or []
+    if not rows:
+        return Text("Discovery: " + str(d.get("skipped") or "no group large enough to rank"), style="dim")
+    lines = [Text("Discovered groups (no masks needed; most suspicious first)", style="bold")]
+    for r in rows[:n]:
+        style = "bold red" if r.get("flag") else ""
+        lines.append(Text(f"• {r.get('text', '')}", style=style))
+        protos = ", ".join(str(p) for p in (r.get("prototypes") or [])[:5])
+        where = f" · overlays: {out_dir}/gallery/discover_{r['kind']}_{r['id']}/" if out_dir else ""
+        lines.append(Text(f"  prototypes: {protos}{where}", style="dim"))
+    if len(rows) > n:
+        lines.append(Text(f"  … {len(rows) - n} more ranked groups in discover/groups.csv", style="dim"))
+    return Group(*lines)
+
+
 def summary_renderable(s: dict, out_dir: str | None = None):
     d, acc = s["data"], s["accuracy"]
     head = Text.assemble(
@@ -100,6 +118,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     if san:
         parts.append(Text(f"Sanity check: {san.get('verdict_text', '')}",
                           style="green" if san.get("verdict") == "pass" else "bold red"))
+    if s.get("discover"):
+        parts.append(discover_renderable(s["discover"], out_dir))
     if (s.get("cache") or {}).get("note"):
         parts.append(Text(s["cache"]["note"], style="dim"))
     if s.get("gates"):

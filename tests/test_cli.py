@@ -173,7 +173,16 @@ def test_discover_and_sanity(tiny_run, tmp_path, capsys):
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert "ranking" in d and (out / "discover.csv").exists()
-    assert "discover" in json.loads((out / "summary.json").read_text())
+    s = json.loads((out / "summary.json").read_text())
+    assert "discover" in s
+    # the reports were re-rendered: the top group's prototypes are overlays in the gallery and the page
+    top = s["discover"]["ranking"][0]
+    folder = out / "gallery" / f"discover_{top['kind']}_{top['id']}"
+    pngs = sorted(folder.glob("*.png"))
+    assert top["prototypes"] and len(pngs) == min(8, len(top["prototypes"]))
+    assert str(top["prototypes"][0]) in pngs[0].name
+    assert f"Discovered {top['kind']} {top['id']}" in (out / "report.html").read_text()
+    assert f"Discovered {top['kind']} {top['id']}" in (out / "GALLERY.md").read_text()
     assert cli.main(["discover", "--out", str(tmp_path / "empty")]) == 2
 
 

@@ -50,3 +50,23 @@ def test_summary_text_at_100_columns():
     assert "Sign-off gates: FAIL" in text and "FAIL" in text and "pass" in text
     assert "Operating points for mel (thresholds tuned on: validation split)" in text
     assert "ISIC_1" in text and "reports/run_x/" in text
+
+
+def test_discovered_groups_in_words_with_prototypes():
+    disc = {"ranking": [
+        {"kind": "slice", "id": 3, "rank": 1, "n": 41, "suspicion": 0.62, "reason": "gap", "flag": "worse",
+         "prototypes": ["ISIC_7", "ISIC_9"], "text": "slice 3: 41 images, accuracy 0.32 vs 0.81 elsewhere"},
+        {"kind": "cluster", "id": 0, "rank": 1, "n": 30, "suspicion": 0.2, "reason": "location", "flag": None,
+         "prototypes": ["ISIC_2"], "text": "cluster 0 (predicted mel): 30 images"}] + [
+        {"kind": "slice", "id": i, "rank": i, "n": 12, "suspicion": 0.1, "reason": "gap", "flag": None,
+         "prototypes": [], "text": f"slice {i}"} for i in range(4, 7)]}
+    con = Console(width=100, color_system=None, force_terminal=False, record=True)
+    print_summary({**SUMMARY, "discover": disc}, "reports/run_x", con)
+    text = con.export_text()
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert "accuracy 0.32 vs 0.81 elsewhere" in text and "prototypes: ISIC_7, ISIC_9" in text
+    assert "gallery/discover_slice_3/" in text and "cluster 0 (predicted mel)" in text
+    assert "slice 5" not in text and "2 more ranked groups" in text   # top 3 shown, the rest counted
+    con2 = Console(width=100, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, "reports/run_x", con2)
+    assert "Discovered groups" not in con2.export_text()

@@ -117,6 +117,27 @@ def select_candidates(df: pd.DataFrame, positive: str | None, seed: int = 0) -> 
     return out
 
 
+N_DISCOVERED = 3  # discovered groups shown in the gallery (the most suspicious first)
+
+
+def discovered_groups(summary: dict, df: pd.DataFrame, n: int = N_DISCOVERED) -> list[tuple[GroupSpec, pd.DataFrame]]:
+    """The `n` most suspicious groups of summary["discover"]["ranking"], each with its prototype rows (the images
+    nearest the group's centre, in that order); [] when the audit ran no discovery."""
+    d = summary.get("discover")
+    if not isinstance(d, dict) or not d.get("ranking"):
+        return []
+    by_id = df.assign(_id=df["image_id"].astype(str)).set_index("_id")
+    out = []
+    for r in d["ranking"][:n]:
+        ids = [str(i) for i in r.get("prototypes") or [] if str(i) in by_id.index]
+        flag = f", flagged {r['flag']}" if r.get("flag") else ""
+        spec = GroupSpec(f"discover_{r['kind']}_{r['id']}",
+                         f"Discovered {r['kind']} {r['id']} (suspicion {r['suspicion']:.2f}, {r['reason']}{flag}): "
+                         "prototypes", f"{r.get('text', '')}. Prototypes: the group's images nearest its centre")
+        out.append((spec, by_id.loc[ids].reset_index(drop=True) if ids else df.iloc[:0]))
+    return out
+
+
 def top_k(row: dict, classes: list[str], k: int = 3) -> list[tuple[str, float]]:
     ps = [(c, fnum(row.get(f"p_{c}"))) for c in classes]
     ps = [(c, p) for c, p in ps if math.isfinite(p)]
@@ -182,12 +203,17 @@ def build_gallery(inp: ReportInputs, n_per_group: int = 8, blocky: bool = False,
     root = inp.out_dir / "gallery"
     words = words_for(inp)
     cands = select_candidates(inp.per_image, inp.positive, seed)
-    groups: list[GalleryGroup] = []
-    for gs in GROUPS:
-        folder = root / gs.key
-        if folder.is_dir():
-            for old in folder.glob("*.png"):  # stale overlays of an earlier rendering
+    specs = list(GROUPS)
+    for gs, rows in discovered_groups(inp.summary, inp.per_image):
+        specs.append(gs)
+        cands[gs.key] = rows
+    if root.is_dir():  # stale overlays of an earlier rendering (also of discovered groups that are gone)
+        for folder in root.glob("*/"):
+            for old in folder.glob("*.png"):
                 old.unlink()
+    groups: list[GalleryGroup] = []
+    for gs in specs:
+        folder = root / gs.key
         c = cands[gs.key]
         g = GalleryGroup(gs, n_candidates=len(c))
         if gs.key == "false_negatives" and inp.positive is None:
