@@ -107,3 +107,113 @@ def test_chromium_screenshot_is_not_blank(report, tmp_path):
     assert (a.sum(2) < 150).mean() > 0.002, "no dark text pixels"
     fail_red = (abs(a[..., 0] - 255) < 3) & (abs(a[..., 1] - 214) < 3) & (abs(a[..., 2] - 214) < 3)
     assert fail_red.sum() > 200, "the FAIL verdict / gate cell (#ffd6d6) is not visible in the first screen"
+
+
+# ---- ISIC metrics, by_artifact, by_group sections (known answers on a hand-built summary) ----
+
+NEW_HEADINGS = ("ISIC challenge metrics", "With vs without each artifact", "Evidence by group")
+
+
+def _est(v, lo, hi, n, small=False, note=""):
+    return {"value": v, "lo": lo, "hi": hi, "n": n, "too_small": small, "p": None, "note": note}
+
+
+EXTRA = {
+    "isic_metrics": {
+        "n": 120, "classes": ["benign", "melanoma"], "min_tpr": 0.8, "n_per_class": {"benign": 115, "melanoma": 5},
+        "balanced_accuracy": _est(0.8123, 0.70, 0.90, 120, note="2 classes present"),
+        "accuracy": _est(0.75, 0.66, 0.82, 120),
+        "auc": {"benign": _est(0.9234, 0.88, 0.96, 120), "melanoma": _est(None, None, None, 120, True)},
+        "pauc": {"benign": _est(0.1412, 0.12, 0.16, 120), "melanoma": _est(None, None, None, 120, True)},
+        "auc_above": {"benign": _est(0.7061, 0.6, 0.8, 120), "melanoma": _est(None, None, None, 120, True)},
+        "auc_mean": _est(0.9234, 0.88, 0.96, 120, note="mean over 1 of 2 classes; excluded: ['melanoma']"),
+        "pauc_mean": _est(float("nan"), float("nan"), float("nan"), 120),      # NaN (summary before clean_json)
+        "auc_above_mean": None,
+    },
+    "by_artifact": {
+        "<ruler>": {"with": {"n": 30, "accuracy": _est(0.6, 0.42, 0.76, 30), "sensitivity": _est(0.5, 0.3, 0.7, 12),
+                             "specificity": _est(None, None, None, 8, True)},
+                    "without": {"n": 90, "accuracy": _est(0.9, 0.82, 0.95, 90), "sensitivity": None,
+                                "specificity": _est(float("nan"), None, None, 0)}},
+    },
+    "by_group": {"columns": ["label", "site"], "rows": [
+        {"region": "frac_lesion", "group_col": "label", "group": "melanoma", "n": 40, "stat": "median_all",
+         "value": 0.8123, "lo": 0.70, "hi": 0.90, "too_small": False, "p": None},
+        {"region": "frac_ruler", "group_col": "site", "group": "clinic_b", "n": 7, "stat": "diff_median",
+         "value": 0.5555, "lo": 0.4444, "hi": 0.6666, "too_small": True, "p": None},
+        {"region": "frac_ruler", "group_col": "site", "group": None, "n": None, "stat": "spearman_conf_all",
+         "value": float("nan"), "lo": None, "hi": None, "too_small": False, "p": float("nan")},
+    ]},
+}
+
+
+@pytest.fixture(scope="module")
+def plain_inputs(tmp_path_factory):
+    from audit.report.inputs import read_out_dir
+    return read_out_dir(build_out_dir(tmp_path_factory.mktemp("sections")))
+
+
+def _page(inp, extra: dict) -> str:
+    import copy
+
+    from audit.report.html import render_html
+    inp = copy.copy(inp)
+    inp.summary = {**inp.summary, **copy.deepcopy(extra)}
+    return render_html(inp, {}, [], [])
+
+
+def _rows(page: str, heading: str) -> list[list[str]]:
+    """The cell texts of every table row in the section under <h2>heading</h2>."""
+    sec = page.split(f"<h2>{heading}</h2>", 1)[1].split("<h2>", 1)[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", sec) if "<td" in tr]
+
+
+def test_new_sections_known_answers(plain_inputs):
+    page = _page(plain_inputs, EXTRA)
+    for h in NEW_HEADINGS:
+        assert f"<h2>{h}</h2>" in page, h
+    # after the operating points, before the counterfactual check, in this order
+    pos = [page.index(f"<h2>{h}</h2>") for h in ("Operating points for melanoma", *NEW_HEADINGS,
+                                                 "Counterfactual check")]
+    assert pos == sorted(pos)
+
+    isic = _rows(page, "ISIC challenge metrics")
+    assert ["balanced accuracy (balanced_accuracy)", "0.812 [0.700, 0.900]", "120", "2 classes present"] in isic
+    assert ["accuracy (accuracy)", "0.750 [0.660, 0.820]", "120", ""] in isic
+    assert ["mean pAUC (pauc_mean)", "n/a", "120", ""] in isic                         # NaN → n/a, no "[n/a, n/a]"
+    assert ["mean AUC, Sens &gt; 80% (auc_above_mean)", "n/a", "120", ""] in isic       # None → n/a
+    assert ["benign", "115", "0.923 [0.880, 0.960]", "0.141 [0.120, 0.160]", "0.706 [0.600, 0.800]"] in isic
+    small = "small n_pos=5, n_neg=115"                                # small because of the positives, not n=120
+    assert ["melanoma", "5", small, small, small] in isic
+    assert "pAUC, TPR ≥ 80% (pauc)" in page and "AUC, Sens &gt; 80% (auc_above)" in page
+
+    art = _rows(page, "With vs without each artifact")
+    assert art == [["&lt;ruler&gt;", "with", "30", "60% [42%, 76%]", "50% [30%, 70%]", "small n=8"],
+                   ["&lt;ruler&gt;", "without", "90", "90% [82%, 95%]", "n/a", "n/a"]]
+    assert "<ruler>" not in page
+
+    grp = _rows(page, "Evidence by group")
+    assert grp[0] == ["lesion", "label", "melanoma", "median frac (median_all)", "0.81 [0.70, 0.90]", "40", ""]
+    assert grp[1] == ["ruler", "site", "clinic_b", "correct − wrong (diff_median)", "small n=7", "7", ""]
+    assert grp[2] == ["ruler", "site", "n/a", "ρ(conf) (spearman_conf_all)", "n/a", "n/a", ""]
+    sec = page.split("<h2>Evidence by group</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "0.56" not in sec and "0.44" not in sec and "0.67" not in sec   # a small group gets no number
+    assert "nan" not in page.lower()
+
+
+def test_new_sections_omitted_when_missing_or_empty(plain_inputs, report):
+    fixture_page = report.read_text(encoding="utf-8")         # the fixture summary has none of the three keys
+    for page in (fixture_page, _page(plain_inputs, {}),
+                 _page(plain_inputs, {"isic_metrics": {}, "by_artifact": {}, "by_group": {"columns": ["label"],
+                                                                                          "rows": []}}),
+                 _page(plain_inputs, {"isic_metrics": None, "by_artifact": None, "by_group": None})):
+        for h in NEW_HEADINGS:
+            assert f"<h2>{h}</h2>" not in page, h
+    assert "<h2>Operating points for melanoma</h2>" in fixture_page
+
+
+def test_by_artifact_without_positive_class_shows_accuracy_only(plain_inputs):
+    extra = {"by_artifact": {"ruler": {"with": {"n": 12, "accuracy": _est(0.5, 0.25, 0.75, 12)},
+                                       "without": {"n": 3, "accuracy": _est(None, None, None, 3, True)}}}}
+    rows = _rows(_page(plain_inputs, extra), "With vs without each artifact")
+    assert rows == [["ruler", "with", "12", "50% [25%, 75%]"], ["ruler", "without", "3", "small n=3"]]

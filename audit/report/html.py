@@ -58,14 +58,37 @@ def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
     if not isinstance(e, dict):
         return _num(e, digits, pct) if e is not None else "—"
     if e.get("too_small"):
-        return f"small n={e.get('n', 0)}"
+        n = e.get("n")
+        return f"small n={int(float(n)) if _finite(n) else '?'}"
     v = e.get("value")
     if v is None:
         return "n/a"
     s = _num(v, digits, pct)
-    if e.get("lo") is not None and e.get("hi") is not None:
+    if s != "n/a" and _finite(e.get("lo")) and _finite(e.get("hi")):
         s += f" [{_num(e['lo'], digits, pct)}, {_num(e['hi'], digits, pct)}]"
     return s
+
+
+def _finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _est_or_na(e, pct: bool = False, digits: int = 2) -> str:
+    """`fmt_est`, but a missing estimate reads "n/a" (not "—")."""
+    return "n/a" if e is None else fmt_est(e, pct=pct, digits=digits)
+
+
+def _label(v) -> str:
+    """A name cell: "n/a" for None/NaN."""
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
+
+
+def _count(v) -> str:
+    """A count cell: "n/a" for None/NaN, else the integer."""
+    return str(int(float(v))) if _finite(v) else "n/a"
 
 
 def _table(head: list[str], rows: list[list[tuple[str, str]]], left: int = 1) -> str:
@@ -214,6 +237,112 @@ def _counterfactual(inp: ReportInputs) -> str:
             + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows))
 
 
+ISIC_OVERALL = (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),
+                ("auc_mean", "mean AUC"), ("pauc_mean", "mean pAUC"), ("auc_above_mean", "mean AUC, Sens > {tpr}"))
+
+
+def _isic_metrics(inp: ReportInputs) -> str:
+    m = inp.summary.get("isic_metrics")
+    if not isinstance(m, dict) or not m:
+        return ""
+    tpr = m.get("min_tpr")
+    tpr_s = _num(tpr, pct=True) if _finite(tpr) else "min_tpr"
+    rows = []
+    for key, label in ISIC_OVERALL:
+        if key not in m:
+            continue
+        e = m[key]
+        label = label.format(tpr=tpr_s)
+        n = e.get("n", m.get("n")) if isinstance(e, dict) else m.get("n")
+        note = e.get("note") if isinstance(e, dict) else ""
+        rows.append([_c(f"{label} ({key})"), _c(_est_or_na(e, digits=3)), _c(_count(n)), _c(note or "", "l")])
+    classes = [c for c in (m.get("classes") or []) if isinstance(c, str)]
+    for k in ("auc", "pauc", "auc_above"):   # classes named only in the per-class dicts
+        for c in (m.get(k) or {}) if isinstance(m.get(k), dict) else ():
+            if c not in classes:
+                classes.append(c)
+    npc = m.get("n_per_class") if isinstance(m.get("n_per_class"), dict) else {}
+    crow = []
+    for c in classes:
+        cells = [_c(c), _c(_count(npc.get(c)))]
+        # a per-class metric is small because of its positives or negatives, not the total n: name both
+        small = (f"small n_pos={_count(npc.get(c))}, n_neg={_count(float(m['n']) - float(npc[c]))}"
+                 if _finite(npc.get(c)) and _finite(m.get("n")) else None)
+        for k in ("auc", "pauc", "auc_above"):
+            d = m.get(k) if isinstance(m.get(k), dict) else {}
+            e = d.get(c)
+            cells.append(_c(small if small and isinstance(e, dict) and e.get("too_small")
+                            else _est_or_na(e, digits=3)))
+        crow.append(cells)
+    if not rows and not crow:
+        return ""
+    out = ["<h2>ISIC challenge metrics</h2><p>Prediction = argmax; percentile bootstrap 95% CIs (images resampled "
+           f"jointly), n = {esc(_count(m.get('n')))}. <code>pauc</code>: ROC area in the band TPR ≥ {esc(tpr_s)} "
+           f"(ISIC 2024 pAUC, range 0 to {esc(_num(1 - float(tpr), 2) if _finite(tpr) else '1 − min_tpr')}); "
+           f"<code>auc_above</code>: “AUC, Sens &gt; {esc(tpr_s)}” of ISIC 2018–2020 (range 0 to 1). "
+           "Classes with too few positives or negatives are called small.</p>"]
+    if rows:
+        out.append(_table(["metric", "value [95% CI]", "n", "note"], rows))
+    if crow:
+        out.append(_table(["class", "n positive", "AUC (auc)", f"pAUC, TPR ≥ {tpr_s} (pauc)",
+                           f"AUC, Sens > {tpr_s} (auc_above)"], crow))
+    return "".join(out)
+
+
+def _by_artifact(inp: ReportInputs) -> str:
+    ba = inp.summary.get("by_artifact")
+    if not isinstance(ba, dict) or not ba:
+        return ""
+    subsets = [(a, name, e.get(name)) for a, e in ba.items() if isinstance(e, dict) for name in ("with", "without")]
+    subsets = [(a, name, d if isinstance(d, dict) else {}) for a, name, d in subsets]
+    if not subsets:
+        return ""
+    sens = any("sensitivity" in d or "specificity" in d for _, _, d in subsets)
+    rows = []
+    for a, name, d in subsets:
+        r = [_c(a), _c(name), _c(_count(d.get("n"))), _c(_est_or_na(d.get("accuracy"), pct=True))]
+        if sens:
+            r += [_c(_est_or_na(d.get("sensitivity"), pct=True)), _c(_est_or_na(d.get("specificity"), pct=True))]
+        rows.append(r)
+    head = ["artifact / flag", "subset", "n", "accuracy"]
+    what = "Top-1 accuracy"
+    if sens:
+        head += ["sensitivity", "specificity"]
+        what += f" and top-1 sensitivity / specificity for {esc(inp.positive or 'the positive class')}"
+    return (f"<h2>With vs without each artifact</h2><p>{what} on the images with vs without each detected artifact "
+            "or 0/1 metadata flag (Wilson 95% CI).</p>" + _table(head, rows, left=2))
+
+
+BY_GROUP_STATS = {"median_all": "median frac", "diff_median": "correct − wrong", "spearman_conf_all": "ρ(conf)",
+                  "auroc_error": "AUROC err"}
+
+
+def _by_group(inp: ReportInputs) -> str:
+    bg = inp.summary.get("by_group")
+    recs = bg.get("rows") if isinstance(bg, dict) else None
+    if not isinstance(recs, list):
+        return ""
+    recs = [r for r in recs if isinstance(r, dict)]
+    if not recs:
+        return ""
+    rows = []
+    for r in recs:
+        region = _label(r.get("region"))
+        region = region[len("frac_"):] if region.startswith("frac_") else region
+        stat = str(r.get("stat", "?"))
+        value = fmt_est({k: r.get(k) for k in ("value", "lo", "hi", "n", "too_small")})
+        p = r.get("p")
+        rows.append([_c(region), _c(_label(r.get("group_col"))), _c(_label(r.get("group"))),
+                     _c(f"{BY_GROUP_STATS[stat]} ({stat})" if stat in BY_GROUP_STATS else stat),
+                     _c(value), _c(_count(r.get("n"))), _c(_num(p, 3) if _finite(p) else "")])
+    cols = bg.get("columns") or []
+    by = ", ".join(str(c) for c in cols) if isinstance(cols, list) else str(cols)
+    return ("<h2>Evidence by group</h2><p>Region statistics within each group"
+            + (f" of {esc(by)}" if by else "")
+            + " (bootstrap 95% CI). Groups below the minimum size are called small, not given a number.</p>"
+            + _table(["region", "by", "group", "statistic", "value [95% CI]", "n", "p"], rows, left=4))
+
+
 def _discover(inp: ReportInputs) -> str:
     d = inp.summary.get("discover")
     if not isinstance(d, dict) or not d.get("ranking"):
@@ -288,7 +417,7 @@ def render_html(inp: ReportInputs, plots: dict[str, Path], groups: list[GalleryG
                 blocky: bool = False) -> str:
     """The full page as a string."""
     body = [_header(inp), _accuracy(inp), _gates(inp), _regions(inp), _operating_points(inp),
-            _counterfactual(inp), _sanity(inp), _discover(inp), _plots(plots), _gallery(inp, groups, blocky)]
+            _isic_metrics(inp), _by_artifact(inp), _by_group(inp), _counterfactual(inp), _sanity(inp), _discover(inp), _plots(plots), _gallery(inp, groups, blocky)]
     if notes:
         body.append("<h2>Notes</h2><ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     title = f"Audit report: {inp.run_name}"
