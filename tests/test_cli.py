@@ -181,7 +181,8 @@ def test_discover_and_sanity(tiny_run, tmp_path, capsys):
     pngs = sorted(folder.glob("*.png"))
     assert top["prototypes"] and len(pngs) == min(8, len(top["prototypes"]))
     assert str(top["prototypes"][0]) in pngs[0].name
-    assert f"Discovered {top['kind']} {top['id']}" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert f"Discovered {top['kind']} {top['id']}" in html and f"mean map of {top['kind']} {top['id']}" in html
     assert f"Discovered {top['kind']} {top['id']}" in (out / "GALLERY.md").read_text()
     assert cli.main(["discover", "--out", str(tmp_path / "empty")]) == 2
 

@@ -348,8 +348,18 @@ def _discover(inp: ReportInputs) -> str:
     if not isinstance(d, dict) or not d.get("ranking"):
         return ""
     items = "".join(f"<li>{esc(r.get('text', ''))}</li>" for r in d["ranking"][:8])
+    groups = {(g["kind"], g["id"]): g for k in ("clusters", "slices") for g in (d.get(k) or {}).get("groups", [])}
+    figs = []
+    for r in d["ranking"][:3]:  # the mean unit-mass map of the most suspicious groups (their prototypes: gallery)
+        png = ((groups.get((r["kind"], r["id"])) or {}).get("map") or {}).get("png")
+        if png and (inp.out_dir / png).is_file():
+            figs.append(f'<figure><img src="{data_uri(inp.out_dir / png)}" alt="mean map {esc(r["kind"])} '
+                        f'{esc(r["id"])}"><figcaption>mean map of {esc(r["kind"])} {esc(r["id"])} (n={r["n"]}, '
+                        f'suspicion {r["suspicion"]:.2f})</figcaption></figure>')
+    grid = f'<div class="grid">{"".join(figs)}</div>' if figs else ""
     return ("<h2>Discovered groups (no masks needed)</h2>"
-            f"<p class=\"meta\">{esc(str(d.get('method', '')))}</p><ol>{items}</ol>")
+            f"<p class=\"meta\">{esc(str(d.get('method', '')))}</p><ol>{items}</ol>{grid}"
+            "<p class=\"meta\">Prototypes (the images nearest each group's centre) are in the gallery below.</p>")
 
 
 def _sanity(inp: ReportInputs) -> str:
