@@ -64,6 +64,49 @@ def test_lung_heuristic_finds_two_dark_fields():
     assert r.mask[:, :112].any() and r.mask[:, 112:].any()
 
 
+def chest(seed=0):
+    """Anatomically shaped lung fields (polygons: apex near the midline, straight mediastinal edge, rounded
+    chest wall, lateral costophrenic angle lower than the medial base) in a bright body, soft edges, noise."""
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:S, 0:S]
+    g = np.full((S, S), 35.0)
+    g[((xx - 112) / 104) ** 2 + ((yy - 130) / 125) ** 2 < 1] = 185
+    right = [(88, 28), (72, 26), (52, 40), (36, 70), (26, 110), (22, 150), (20, 186), (40, 178), (62, 166),
+             (84, 160), (96, 156), (98, 100), (96, 48)]  # image-left lung (patient's right)
+    im = Image.new("L", (S, S), 0)
+    d = ImageDraw.Draw(im)
+    d.polygon(right, fill=255)
+    d.polygon([(S - 1 - x, y) for x, y in right], fill=255)
+    lungs = np.asarray(im) > 127
+    g[lungs] = 80
+    g = np.asarray(Image.fromarray(g.astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5)), float)
+    g = np.clip(g + rng.normal(0, 6, g.shape), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2), lungs
+
+
+def test_lung_heuristic_follows_anatomical_fields(monkeypatch):
+    """Lung-shaped fields (not drawn from the template family): Dice >= 0.9; the refinement of the fitted
+    templates towards the field edges beats the bare templates."""
+    import masks.detect_cxr as dc
+
+    img, lungs = chest()
+    r = compute("lungs", img)
+    assert r.present and r.score > 0
+    refined = dice(r.mask, lungs)
+    assert refined >= 0.9
+    monkeypatch.setattr(dc, "_LUNG_PRIOR", 1e6)  # prior dominates: the bare template
+    bare = dice(compute("lungs", img).mask, lungs)
+    assert refined > bare + 0.01
+
+
+def test_lung_heuristic_finds_nothing_on_a_flat_image():
+    flat = np.full((S, S, 3), 128, np.uint8)
+    r = compute("lungs", flat)
+    assert r.mask is None and not r.present
+
+
 def _draw_ruler(img):
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
@@ -92,6 +135,45 @@ def test_ink_violet_stroke():
     assert pos.mask[40:75, 60:160].any() and not pos.mask[150:].any()
 
 
+def test_ink_thin_circle_around_a_lesion_and_a_blue_line():
+    """A 2-px violet circle drawn round a brown lesion is found on the circle, not on the lesion; so is a
+    thin blue pen line."""
+    im = Image.fromarray(skin(2))
+    d = ImageDraw.Draw(im)
+    d.ellipse([82, 87, 142, 137], fill=(120, 80, 60))
+    d.ellipse([42, 42, 182, 182], outline=(110, 60, 150), width=2)
+    r = compute("ink", np.asarray(im))
+    yy, xx = np.mgrid[0:S, 0:S]
+    ring = np.abs(np.hypot(yy - 112, xx - 112) - 69) <= 3
+    assert r.present and r.mask is not None
+    assert (r.mask & ring).sum() > 0.7 * ring.sum() and not r.mask[95:130, 95:130].any()
+    im = Image.fromarray(skin(3))
+    ImageDraw.Draw(im).line([(30, 200), (200, 170)], fill=(50, 80, 170), width=2)
+    assert compute("ink", np.asarray(im)).present
+
+
+def test_ink_ignores_stickers_hair_and_red_structures():
+    """Known non-ink: a blue and a cyan sticker; grey and dark hairs, red vessels and a red lesion on pale skin
+    (they absorb blue at least as much as a pen dye would, or lose red far less than green)."""
+    yy, xx = np.mgrid[0:S, 0:S]
+    img = skin()
+    img[np.hypot(yy - 60, xx - 190) < 35] = (30, 160, 220)
+    img[np.hypot(yy - 160, xx - 50) < 40] = (40, 90, 200)
+    r = compute("ink", img)
+    assert not r.present and r.score == 0
+    rng = np.random.default_rng(0)
+    pale = np.clip(np.array([232, 208, 198], np.float32) + rng.normal(0, 4, (S, S, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(pale)
+    d = ImageDraw.Draw(im)
+    for colour in ((150, 150, 150), (60, 45, 40), (200, 90, 110)):  # grey hair, dark hair, vessels
+        for _ in range(6):
+            x0, y0, x1, y1 = (int(v) for v in rng.integers(0, S, 4))
+            d.line([(x0, y0), (x1, y1)], fill=colour, width=2)
+    d.ellipse([80, 80, 140, 130], fill=(170, 60, 90))
+    r = compute("ink", np.asarray(im))
+    assert not r.present
+
+
 def _vignette(img):
     yy, xx = np.mgrid[0:S, 0:S]
     out = img.copy()
@@ -104,6 +186,21 @@ def test_dark_corners_vignette():
     neg = compute("dark_corners", skin())
     assert pos.score > 0.5 > neg.score == 0
     assert pos.present and pos.mask[0, 0] and pos.mask[-1, -1] and not pos.mask[112, 112]
+
+
+def test_dark_corners_small_corner_triangle_but_not_hairs():
+    """A small black triangle in one corner (share ~0.07, as real ISIC vignettes score) is flagged at the
+    default threshold; dark hairs crossing all four corners are not."""
+    yy, xx = np.mgrid[0:S, 0:S]
+    img = skin()
+    img[xx + yy < 20] = (8, 6, 6)
+    r = compute("dark_corners", img)
+    assert 0.03 < r.score < 0.25 and r.present and r.mask[0, 0] and not r.mask[-1, -1]
+    im = Image.fromarray(skin())
+    d = ImageDraw.Draw(im)
+    for a, b in (((0, 40), (60, 0)), ((S, 30), (170, 0)), ((0, 190), (40, S)), ((S, 200), (190, S))):
+        d.line([a, b], fill=(30, 25, 25), width=2)
+    assert not compute("dark_corners", np.asarray(im)).present
 
 
 def test_patches_blue_sticker():
