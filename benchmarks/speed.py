@@ -252,11 +252,14 @@ def main() -> int:
     secs = set(args.sections.split(","))
     res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                             f"torch {torch.__version__}, CPU", "command": " ".join(["python", *sys.argv])}
+    sections = ("cam", "audit", "stream", "procs")
+    res["measured_by"] = {k: res["command"] for k in sections if k in secs}
     if args.reuse:
         old = json.loads(Path(args.reuse).read_text())
-        res.update({k: v for k, v in old.items() if k in ("cam", "audit", "stream", "procs") and k not in secs})
-        res["reused"] = f"sections {sorted(k for k in old if k in ('cam', 'audit', 'stream', 'procs') and k not in secs)} " \
-                        f"from an earlier run of this script ({old.get('command')})"
+        kept = [k for k in sections if k in old and k not in secs]
+        res.update({k: old[k] for k in kept})
+        res["measured_by"].update({k: (old.get("measured_by") or {}).get(k, old.get("command")) for k in kept})
+        res["reused"] = "; ".join(f"{k} from an earlier run (`{res['measured_by'][k]}`)" for k in kept)
     if "cam" in secs:
         res["cam"] = bench_cam(batches=(32,) if args.quick else (32, 64), reps=3 if args.quick else 5)
     if ("audit" in secs or "stream" in secs or "procs" in secs) and not (DATA / "ham10000_224").is_dir():
