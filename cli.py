@@ -248,7 +248,7 @@ def cmd_discover(args) -> int:
         print(json.dumps(res.summary, indent=2))
     elif not args.quiet:
         con = _out_console()
-        con.print(f"discover: {out}/discover.csv · most suspicious groups first")
+        con.print(f"discover: {out}/discover.csv")
         con.print(discover_renderable(res.summary, str(out)))
     return EXIT_OK
 

@@ -494,15 +494,18 @@ def suspicion(g: dict, regions: dict[str, str], median_target: dict[str, float])
     parts = {k: round(float(v), 4) for k, v in parts.items()}
     best = max(parts, key=lambda k: parts[k])
     reason = f"{best}:{which[best]}" if best in which else best
-    where = max(parts["off_target"], parts["artifact"], parts["location"])
-    score = 1.0 - (1.0 - parts["gap"]) * (1.0 - where)
+    score = 1.0 - (1.0 - parts["gap"]) * (1.0 - _where(parts))
     return score, reason, parts
+
+
+def _where(parts: dict) -> float:
+    """The evidence-location line of the suspicion: the largest of off_target, artifact and location."""
+    return max(parts.get("off_target", 0.0), parts.get("artifact", 0.0), parts.get("location", 0.0))
 
 
 def flag_of(parts: dict) -> str | None:
     """'worse', 'off-target', 'worse+off-target' or None for a ranked group's suspicion parts (module docstring)."""
-    where = max(parts.get("off_target", 0.0), parts.get("artifact", 0.0), parts.get("location", 0.0))
-    why = (["worse"] if parts.get("gap", 0.0) > 0 else []) + (["off-target"] if where >= FLAG_WHERE else [])
+    why = (["worse"] if parts.get("gap", 0.0) > 0 else []) + (["off-target"] if _where(parts) >= FLAG_WHERE else [])
     return "+".join(why) or None
 
 
@@ -675,8 +678,8 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
         "accuracy": g["accuracy"]["value"], "accuracy_lo": g["accuracy"]["lo"], "accuracy_hi": g["accuracy"]["hi"],
         "accuracy_rest": g["accuracy_rest"]["value"], "gap": g["gap"]["value"], "gap_lo": g["gap"]["lo"],
         "gap_hi": g["gap"]["hi"], "mean_confidence": g["mean_confidence"], "suspicion": g["suspicion"],
-        "reason": g["reason"], "flag": g.get("flag"), "rank": g["rank"], "prototypes": ";".join(map(str, g["prototypes"])),
-        "text": g["text"]} for g in groups])
+        "reason": g["reason"], "flag": g.get("flag"), "rank": g["rank"],
+        "prototypes": ";".join(map(str, g["prototypes"])), "text": g["text"]} for g in groups])
     if len(table):
         table = table.sort_values(["kind", "rank", "id"], na_position="last").reset_index(drop=True)
     if write:
@@ -697,8 +700,9 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
             "gap": "Δ = accuracy(group) − accuracy(rest), Newcombe hybrid-score 95% CI",
             "attributes": ("odds ratio (Haldane +0.5 on zero cells), one-sided Fisher exact p, Benjamini–Hochberg "
                            "q over all tests; listed when OR > 1 and p < 0.05"),
-            "suspicion": ("1 − (1 − gap)(1 − where), where = max(off_target, artifact, location); gap = −upper CI of Δ when the CI lies below 0; off_target = accuracy·(1 − "
-                          "target frac / dataset median); artifact = accuracy·(1 − 1/lift); location = "
+            "suspicion": ("1 − (1 − gap)(1 − where), where = max(off_target, artifact, location); gap = −upper "
+                          "CI of Δ when the CI lies below 0; off_target = accuracy·(1 − target frac / dataset "
+                          "median); artifact = accuracy·(1 − 1/lift); location = "
                           "concentration × off-centre distance of the mean map; groups with n < min_n unranked"),
             "flag": ("worse: the 95% CI of Δ lies below 0; off-target: max(off_target, artifact, location) ≥ "
                      f"{FLAG_WHERE}; no correction for the number of groups"),

@@ -113,7 +113,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
     cache = OutputCache(out / "cache", {"checkpoint_sha256": run.checkpoint_sha256, "layer": layer,
                                         "target": cfg.target, "input": spec.to_dict(), "amp": cfg.amp,
-                                        "channels_last": cfg.channels_last, "model": f"{run.source}:{run.model_name}"}, enabled=cfg.cache)
+                                        "channels_last": cfg.channels_last,
+                                        "model": f"{run.source}:{run.model_name}"}, enabled=cfg.cache)
     t_model = t_cf = t_score = t_decode = t_regions = 0.0
     artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
     done = 0

@@ -312,8 +312,8 @@ def render(res: dict) -> str:
                   "`--no-channels-last`. \"At the limit\": the speed-up over pytorch-grad-cam that a Grad-CAM "
                   "running exactly at the measured limit would reach (× pytorch-grad-cam ÷ (÷ limit)); where it is "
                   "below 3, the 3× target is out of reach on this machine because pytorch-grad-cam itself costs "
-                  "less than 3 × (forward + post-layer backward). Timings on this shared 2-core VM vary by ±15 % "
-                  "between rounds (ratios above 1.0 × the limit are that noise).", ""]
+                  "less than 3 × (forward + post-layer backward). Timings on a shared VM drift between rounds; "
+                  "ratios above 1.0 × the limit are that drift.", ""]
     for key, title in (("audit", "Whole audit vs plain decode + inference"), ("stream", "Streaming")):
         if res.get(key):
             lines += [f"## {title}", "", "| N | plain s | audit s | audit ÷ plain | audit model s | audit other s | "

@@ -35,7 +35,6 @@ def _gray(image: np.ndarray, cache: dict | None) -> np.ndarray:
 # weight and pairing weight; for _LUNG_PRIOR one chose 2, the other 3 (held-out median Dice 0.887 / 0.868).
 # The Shenzhen sample was only used for reporting (median Dice 0.867 with these constants).
 _LUNG_N = 48            # search resolution (px)
-_LUNG_P = (3, 5)        # superellipse exponents: lateral, medial half (hard-coded in _lung_shape)
 _LUNG_TAPER = 0.3       # lateral widening towards the base
 _LUNG_SHEAR = 0.2       # base lower laterally
 _LUNG_INSIDE = 0.6      # selection = ring mean - 0.6 · inside mean (< 1: the whole field, not its darkest part)
@@ -66,7 +65,7 @@ def _lung_shape(xx: np.ndarray, yy: np.ndarray, cx, cy, a, b) -> np.ndarray:
     v = np.abs(v)
     u2, v2 = u * u, v * v
     u3, v3 = u2 * u, v2 * v  # integer powers by multiplication (float ** is slow)
-    return np.where(lat, u3 + v3, u3 * u2 + v3 * v2) <= 1  # exponents _LUNG_P = (3, 5)
+    return np.where(lat, u3 + v3, u3 * u2 + v3 * v2) <= 1  # exponents 3 (lateral half), 5 (medial half)
 
 
 def _coords(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -76,8 +76,16 @@ def test_torchrun_two_processes_equal_single(tiny_run, tmp_path):
     assert s["cache"]["processes"] == 2 and s["data"]["n"] == 6
 
 
-def test_channels_last_audit_equals_contiguous_and_leaves_inputs_valid(tiny_run, tmp_path):
+def test_channels_last_audit_equals_contiguous(tiny_run, tmp_path):
     """NHWC weights and inputs change only the order of float sums: same rows, maps equal to float32 tolerance."""
+    import torch
+    import torchvision
+
+    from audit.pipeline import prepare_model
+    m = torchvision.models.resnet18(num_classes=2)
+    assert prepare_model(m, torch.device("cpu"), True).conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    m = prepare_model(torchvision.models.resnet18(num_classes=2), torch.device("cpu"), False)
+    assert m.conv1.weight.is_contiguous()
     cl = run_audit(_cfg(tiny_run, tmp_path / "cl", cache=False))
     nchw = run_audit(_cfg(tiny_run, tmp_path / "nchw", cache=False, channels_last=False))
     assert (cl.summary["cam"]["memory_format"], nchw.summary["cam"]["memory_format"]) == ("channels_last", "contiguous")
