@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision for the model (maps formed in fp32)")
     a.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
                    help="keep the model in NCHW (contiguous) memory format instead of channels_last")
+    a.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", default=None,
+                   help="run the model as loaded instead of folding each eval-mode BatchNorm into its convolution")
     a.add_argument("--no-cache", dest="cache", action="store_false", default=None,
                    help="do not read or write the model-output cache (<out>/cache/)")
     a.add_argument("--gallery-n", type=int, default=8, help="images per error-gallery group (default 8)")
@@ -130,7 +132,7 @@ def cmd_audit(args) -> int:
     cli = {k: getattr(args, k) for k in ("run_dir", "arch", "source", "classes", "checkpoint", "data", "split",
                                          "out", "layer", "target", "batch_size", "device", "limit", "workers",
                                          "positive", "by", "seed", "n_boot", "high_conf", "counterfactual", "amp",
-                                         "cache", "discover", "sanity", "channels_last")}
+                                         "cache", "discover", "sanity", "channels_last", "fold_bn")}
     cfg = resolve_config(cli, args.preset)
     if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
         from audit.errors import ConfigError

@@ -48,6 +48,7 @@ class AuditConfig:
     sanity_n: int = 32
     amp: str | None = None  # None (fp32), "bf16", "fp16"
     channels_last: bool = True  # NHWC model and inputs (faster convolutions on CPU and CUDA; benchmarks/speed.py)
+    fold_bn: bool = True  # fold eval-mode BatchNorm into the convolution before it (audit/fold.py; same outputs)
     cache: bool = True
     sensitivities: list[float] = field(default_factory=lambda: [0.80, 0.90, 0.95])
     # from the preset

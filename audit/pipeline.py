@@ -105,7 +105,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     out.mkdir(parents=True, exist_ok=True)
 
     from .data import make_loader
-    prepare_model(model, device, cfg.channels_last)
+    cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
     cls_idx = {c: i for i, c in enumerate(run.classes)}
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
     records, cams_all, tgt_all, emb_all, errors = [], [], [], [], []
@@ -113,7 +113,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
     cache = OutputCache(out / "cache", {"checkpoint_sha256": run.checkpoint_sha256, "layer": layer,
                                         "target": cfg.target, "input": spec.to_dict(), "amp": cfg.amp,
-                                        "channels_last": cfg.channels_last,
+                                        "channels_last": cfg.channels_last, "fold_bn": cfg.fold_bn,
                                         "model": f"{run.source}:{run.model_name}"}, enabled=cfg.cache)
     t_model = t_cf = t_score = t_decode = t_regions = 0.0
     artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
@@ -138,7 +138,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         res = cache.get(ids, device)
         if res is None or (target_rule == "true" and not _targets_match(res.target, labels)):
             tm = time.perf_counter()
-            res = grad_cam(model, x, layer, target_rule, labels, amp=amp)
+            res = grad_cam(cam_model, x, layer, target_rule, labels, amp=amp)
             t_model += time.perf_counter() - tm
             cache.put(ids, res)
         probs = torch.softmax(res.logits, 1).cpu().numpy()
@@ -151,7 +151,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         cf = {}
         if cfg.counterfactual and artifact_regions:
             tc = time.perf_counter()
-            cf = counterfactual_batch(model, batch["img"], batch.get("masks") or [{} for _ in idx],
+            cf = counterfactual_batch(cam_model, batch["img"], batch.get("masks") or [{} for _ in idx],
                                       artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
             t_cf += time.perf_counter() - tc
         for j, i in enumerate(idx):
@@ -229,7 +229,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     if positive is not None and split != "val" and (full["split"] == "val").any():
         tv = time.perf_counter()
         val_rows = full[full["split"] == "val"].reset_index(drop=True)
-        val_probs = (val_rows["label"].to_numpy(), predict_probs(model, val_rows, spec, device, cfg))
+        val_probs = (val_rows["label"].to_numpy(), predict_probs(cam_model, val_rows, spec, device, cfg))
         t_val = time.perf_counter() - tv
     else:
         t_val = 0.0
@@ -257,6 +257,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         summary["sanity"] = sanity_check(model, layer, x, target=target_rule, seed=cfg.seed, masks=smasks,
                                          n_boot=cfg.n_boot, batch_size=cfg.batch_size)
         summary["timing"]["sanity_s"] = round(time.perf_counter() - ts, 3)
+    summary["cam"]["batchnorm"] = batchnorm
     summary["gates"], summary["verdict"] = evaluate_gates(cfg.gates, clean_json(summary))
     summary["data"]["n_zero_cam"] = int((cams.reshape(len(cams), -1).sum(1) <= 0).sum())
     summary["cache"] = {"key": cache.key, "enabled": cache.enabled, "from_cache": cache.hits,
@@ -269,6 +270,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                    {"layer": layer, "cam_resolution": list(cams.shape[1:]), "split": split,
                     "manifest": str(manifest_path), "regions": kinds})
     model.cpu()
+    cam_model.cpu()
     return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
 
 
@@ -301,6 +303,27 @@ def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: b
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def model_for_cam(model: torch.nn.Module, cfg: AuditConfig, layer: str, spec: DataSpec,
+                  device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The model the audit runs (Grad-CAM, counterfactuals, validation probabilities), prepared on `device`, and a
+    line for summary.json. With cfg.fold_bn each eligible eval-mode BatchNorm is folded into the convolution before
+    it (audit/fold.py: same outputs to float32 rounding, faster), in place on the audit's own model, or on a copy
+    when the sanity check needs the model as trained (it re-initialises the BatchNorm layers too)."""
+    line = "as loaded (--no-fold-bn)"
+    cam_model = model
+    if cfg.fold_bn:
+        from .fold import fold_batchnorm
+        if cfg.sanity:
+            import copy
+            cam_model = copy.deepcopy(model)
+            prepare_model(model, device, cfg.channels_last)
+        rep = fold_batchnorm(cam_model, torch.zeros(1, spec.channels, spec.size, spec.size), keep=[layer])
+        line = (f"{rep.n_folded} of {rep.n_norm} BatchNorm2d layers folded into the convolution before them "
+                "(audit/fold.py; outputs equal to float32 rounding)") if rep.n_norm else "no BatchNorm2d layers"
+    prepare_model(cam_model, device, cfg.channels_last)
+    return cam_model, line
 
 
 def predict_probs(model: torch.nn.Module, rows: pd.DataFrame, spec, device, cfg: AuditConfig) -> np.ndarray:
