@@ -124,8 +124,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: Sequence[str] 
             hooks.append(m.register_forward_pre_hook(on_norm(n)))
         with torch.enable_grad():
             out = model(x)
-        root = out if isinstance(out, torch.Tensor) else None
-        consumers = _consumers(root.sum()) if root is not None and root.grad_fn is not None else {}
+        if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            report.skipped = {n: "the model's output is not one tensor that depends on the input" for n in norms}
+            return report
+        consumers = _consumers(out.sum())
     finally:
         for h in hooks:
             h.remove()
