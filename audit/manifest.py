@@ -79,9 +79,9 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
         if canon in df.columns and canon != src:
             df = df.rename(columns={canon: f"{canon}_orig"})
         df[canon] = df[src]
-    root = Path(spec.image_root) if spec.image_root else csv_path.parent
-    if not root.is_absolute():
-        root = csv_path.parent / root
+    root = csv_path.parent  # relative paths in the manifest are relative to the manifest's folder
+    if spec.image_root:  # or to data.image_root, itself relative to that folder unless absolute
+        root = Path(spec.image_root) if Path(spec.image_root).is_absolute() else csv_path.parent / spec.image_root
     row_dicts = None
     if "image" not in df.columns:
         if not spec.image_pattern:

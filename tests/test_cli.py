@@ -106,8 +106,9 @@ def test_cli_subprocess_exit_code_and_json(tiny_run, tmp_path):
 
 
 def test_demo_reduced(tmp_path):
-    """The embedded demo at a reduced size: data, two trained runs, two audits, and the models differ."""
-    r = run_cli("demo", "--small", "--out", tmp_path / "demo")
+    """The embedded demo at a reduced size: data, two trained runs, two audits, and the models differ. Run from
+    another folder with a relative --out, as the README's `cli.py demo` (reports/demo) is."""
+    r = run_cli("demo", "--small", "--out", "demo", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     s = {}
     for v in ("shortcut", "clean"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +105,20 @@ def test_bad_run_dirs(tmp_path, setup, match):
     with pytest.raises(RunDirError, match=match) as e:
         load_run(rd)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("image_root", [None, "imgs", "ABS"])
+def test_manifest_paths_relative_to_its_folder_from_a_relative_path(tmp_path, monkeypatch, image_root):
+    """A manifest given by a relative path (as `python cli.py demo` does) resolves its relative image and mask
+    paths against its own folder once, not twice; data.image_root is relative to that folder unless absolute."""
+    from audit.manifest import DataSpec, load_manifest
+    base = tmp_path / "runs" / "data"
+    sub = base / "imgs" if image_root else base
+    (sub / "images").mkdir(parents=True)
+    (sub / "images" / "a.png").write_bytes(b"x")
+    (base / "m.csv").write_text("image,mask,label\nimages/a.png,images/a.png,x\n")
+    monkeypatch.chdir(tmp_path)
+    root = str(base / "imgs") if image_root == "ABS" else image_root
+    df = load_manifest("runs/data/m.csv", DataSpec(image_root=root))
+    assert Path(df["image"][0]).is_file() and Path(df["mask"][0]).is_file()
+    assert Path(df["image"][0]).resolve() == (sub / "images" / "a.png").resolve()
