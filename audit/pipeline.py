@@ -23,7 +23,7 @@ from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .manifest import DataSpec, default_split, load_manifest, select_split
-from .preprocess import normalize
+from .preprocess import InputSpec, normalize
 from .run import RunConfig, load_run
 from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
@@ -305,7 +305,7 @@ def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: b
     return model
 
 
-def model_for_cam(model: torch.nn.Module, cfg: AuditConfig, layer: str, spec: DataSpec,
+def model_for_cam(model: torch.nn.Module, cfg: AuditConfig, layer: str, spec: InputSpec,
                   device: torch.device) -> tuple[torch.nn.Module, str]:
     """The model the audit runs (Grad-CAM, counterfactuals, validation probabilities), prepared on `device`, and a
     line for summary.json. With cfg.fold_bn each eligible eval-mode BatchNorm is folded into the convolution before

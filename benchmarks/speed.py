@@ -346,8 +346,8 @@ def render(res: dict) -> str:
                   "alone. max |Δ|: our maps against pytorch-grad-cam's on the model as loaded, after its ReLU, "
                   "min-max and resize; from float64: each float32 map against the same Grad-CAM computed in "
                   "float64 on the model as loaded (the exact map up to float64 rounding), so a |Δ| vs the reference "
-                  "above 1e-4 can be read as whose float32 error it is. Timings on a shared VM drift between rounds; ratios above 1.0 × the limit "
-                  "are that drift.", ""]
+                  "above 1e-4 can be read as whose float32 error it is. Timings on a shared VM drift between "
+                  "rounds; ratios above 1.0 × the limit are that drift.", ""]
     for key, title in (("audit", "Whole audit vs plain decode + inference"), ("stream", "Streaming")):
         if res.get(key):
             lines += [f"## {title}", "", "| N | plain s | audit s | audit ÷ plain | audit model s | audit other s | "
