@@ -118,18 +118,19 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     t_model = t_cf = t_score = t_decode = t_regions = 0.0
     artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
     done = 0
-    recs = rows.to_dict("records")
     for batch in loader:
         t_decode += batch["t_decode"]
         t_regions += batch["t_regions"]
         for i, err in batch["failed"]:
-            errors.append((recs[i]["_row"], recs[i]["image_id"], recs[i]["image"], err))
+            r = rows.iloc[i]
+            errors.append((int(r["_row"]), r["image_id"], r["image"], err))
         done += len(batch["failed"])
         if batch["img"] is None:
             if progress:
                 progress(done, len(rows))
             continue
         idx = batch["idx"]
+        recs = dict(zip(idx, rows.iloc[list(idx)].to_dict("records")))  # this batch's manifest rows only
         x = normalize(batch["img"].to(device, non_blocking=True), spec)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -154,6 +155,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             cf = counterfactual_batch(cam_model, batch["img"], batch.get("masks") or [{} for _ in idx],
                                       artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
             t_cf += time.perf_counter() - tc
+        batch_records = []
         for j, i in enumerate(idx):
             r = recs[i]
             p = probs[j]
@@ -181,7 +183,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             for col, v in r.items():
                 if col not in rec:
                     rec[col] = v
-            records.append(rec)
+            batch_records.append(rec)
+        # one small DataFrame per batch: a dict per image would cost ~8 KB each at the end of a long run
+        records.append(pd.DataFrame.from_records(batch_records))
         cams_all.append(res.cams.cpu().numpy().astype(np.float32))
         emb_all.append(res.features.cpu().numpy().astype(np.float32))
         tgt_all.append(tgt)
@@ -195,7 +199,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         gathered = gather_to_rank0((records, cams_np, emb_np, tgt_np, errors, t_model, t_cf, cache.hits,
                                     cache.computed, t_score, t_decode, t_regions))
         if rank != 0:
-            return AuditResult(out_dir=out, per_image=pd.DataFrame.from_records(records), summary={}, errors=errors)
+            return AuditResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
         records = [r for g in gathered for r in g[0]]
         cams_np = np.concatenate([g[1] for g in gathered if len(g[1])])
         emb_np = np.concatenate([g[2] for g in gathered if len(g[2])])
@@ -204,11 +208,12 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         t_model, t_cf = sum(g[5] for g in gathered), sum(g[6] for g in gathered)
         cache.hits, cache.computed = sum(g[7] for g in gathered), sum(g[8] for g in gathered)
         t_score, t_decode, t_regions = (sum(g[k] for g in gathered) for k in (9, 10, 11))
-    order = np.argsort([r["_row"] for r in records], kind="stable")
-    records = [records[k] for k in order]
+    per_image = _concat(records)
+    order = np.argsort(per_image["_row"].to_numpy(), kind="stable") if len(per_image) else np.zeros(0, int)
+    per_image = per_image.iloc[order].reset_index(drop=True)
     cams_np, emb_np, tgt_np = cams_np[order], emb_np[order] if len(emb_np) else emb_np, tgt_np[order]
-    ids_all = [r["image_id"] for r in records]
-    per_image = pd.DataFrame.from_records(records).drop(columns=["_row"], errors="ignore")
+    ids_all = per_image["image_id"].tolist() if len(per_image) else []
+    per_image = per_image.drop(columns=["_row"], errors="ignore")
     if per_image.empty:
         raise ManifestError(f"{manifest_path}: none of the {len(rows)} audited images could be read "
                             f"(first error: {errors[0][2] if errors else 'none'})")
@@ -272,6 +277,12 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     model.cpu()
     cam_model.cpu()
     return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The per-batch row frames as one table (columns in order of first appearance; NaN where a batch lacks one)."""
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
 
 
 def _targets_match(cached: torch.Tensor, labels: torch.Tensor) -> bool:
