@@ -28,10 +28,13 @@ __all__ = ["FoldReport", "fold_batchnorm"]
 @dataclass
 class FoldReport:
     """n_folded of n_norm BatchNorm2d layers folded; `skipped` maps a norm layer's name to why it was not."""
-    n_folded: int
     n_norm: int
     folded: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_folded(self) -> int:
+        return len(self.folded)
 
     def to_dict(self) -> dict:
         return {"n_folded": self.n_folded, "n_norm": self.n_norm, "skipped": dict(self.skipped)}
@@ -96,7 +99,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: Sequence[str] 
     mods = dict(model.named_modules())
     convs = {n: m for n, m in mods.items() if type(m) is nn.Conv2d}
     norms = {n: m for n, m in mods.items() if isinstance(m, nn.BatchNorm2d)}
-    report = FoldReport(0, len(norms))
+    report = FoldReport(len(norms))
     if not norms:
         return report
     calls: dict[str, int] = {}
@@ -164,5 +167,4 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: Sequence[str] 
         rep = _replacement(bn)
         setattr(mods[parent] if parent else model, attr, rep)
         report.folded.append(name)
-    report.n_folded = len(report.folded)
     return report

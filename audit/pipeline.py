@@ -209,14 +209,13 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         cache.hits, cache.computed = sum(g[7] for g in gathered), sum(g[8] for g in gathered)
         t_score, t_decode, t_regions = (sum(g[k] for g in gathered) for k in (9, 10, 11))
     per_image = _concat(records)
-    order = np.argsort(per_image["_row"].to_numpy(), kind="stable") if len(per_image) else np.zeros(0, int)
-    per_image = per_image.iloc[order].reset_index(drop=True)
-    cams_np, emb_np, tgt_np = cams_np[order], emb_np[order] if len(emb_np) else emb_np, tgt_np[order]
-    ids_all = per_image["image_id"].tolist() if len(per_image) else []
-    per_image = per_image.drop(columns=["_row"], errors="ignore")
     if per_image.empty:
         raise ManifestError(f"{manifest_path}: none of the {len(rows)} audited images could be read "
                             f"(first error: {errors[0][2] if errors else 'none'})")
+    order = np.argsort(per_image["_row"].to_numpy(), kind="stable")
+    per_image = per_image.iloc[order].reset_index(drop=True).drop(columns=["_row"])
+    cams_np, emb_np, tgt_np = cams_np[order], emb_np[order] if len(emb_np) else emb_np, tgt_np[order]
+    ids_all = per_image["image_id"].tolist()
     cams = cams_np
     from .summary import add_flags, build_summary, clean_json
     per_image = add_flags(per_image, kinds, cfg)

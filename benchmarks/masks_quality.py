@@ -63,10 +63,9 @@ NOTES = """Notes
   (0.1 or 4× the image's own noise). Earlier runs of this script: AUROC 0.467 (hue thresholds). Still under
   0.85: of the positives scoring 0 (see the row), two carry violet ink at full resolution that shrinks below a
   pixel at 224 (short dashes, faint hatching) and one has dark specks without a violet hue; tied at the bottom
-  with most negatives they cap the AUROC whatever the ranking of the rest. Analysing 336 or 448 px did not help
-  (the noise floor grows with the resolution). Ignoring a thin strip at the image edge would pass 0.85 here,
-  only by zeroing three negatives whose specks sit on the edge: not adopted (fitted to these 35 images, and it
-  would hide real ink at the edge). The HAM10000
+  with most negatives they cap the AUROC whatever the ranking of the rest. Not adopted: ignoring a thin strip
+  at the image edge, which helps here only by zeroing negatives whose specks sit on the edge (fitted to these
+  35 images, and it would hide real ink at the edge). The HAM10000
   rows are held out (the detector was designed on isic2017_artifacts): images labelled "marking" in
   ham10000_artefact_ids, those present in ham10000_224.
 - dark_corners: threshold 0.03 (0.25 before, which flagged none of the positives), in the gap between the

@@ -92,8 +92,7 @@ def bench_cam(batches=(32, 64), reps=3, formats=("contiguous", "channels_last"))
             x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b)).contiguous(memory_format=mf)
             for layer in layers:
                 folded = copy.deepcopy(model)
-                fold_batchnorm(folded, x, keep=[layer])
-                folded.to(memory_format=mf)
+                fold_batchnorm(folded, x, keep=[layer])  # keeps each weight's memory format
                 t_bwd = _post_layer_backward_s(folded, x, layer, reps)
                 targets = [ClassifierOutputTarget(int(c)) for c in grad_cam(model, x, layer).target]
                 with GradCAM(model=model, target_layers=[get_module(model, layer)]) as ref, \
