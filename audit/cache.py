@@ -23,38 +23,54 @@ def cache_key(parts: dict) -> str:
 
 
 class OutputCache:
-    """Shards `<root>/<key>/shard_<n>.npz` holding image_id, logits, cam, embedding, target for one batch each."""
+    """Shards `<root>/<key>/shard_<pid>_<n>.npz` holding image_id, logits, cam, embedding, target for one batch each.
+
+    Only an index (image id → shard, row) is kept in memory; a cached batch is read from its shard(s) when it is
+    asked for, and what a run computes is written and dropped. Memory therefore does not grow with N.
+    """
 
     def __init__(self, root: Path, parts: dict, enabled: bool = True):
         self.enabled = enabled
         self.key = cache_key(parts)
         self.dir = Path(root) / self.key
-        self.entries: dict[str, tuple] = {}
+        self.index: dict[str, tuple[Path, int]] = {}
         self.hits = 0
         self.computed = 0
+        self._open: tuple[Path, dict] | None = None  # the last shard read (batches come in shard order)
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True, default=str))
-        for f in sorted(self.dir.glob("shard_*.npz")):
+        shards = sorted(self.dir.glob("shard_*.npz"))
+        for f in shards:
             try:
-                z = np.load(f)
-                for j, iid in enumerate(z["image_id"]):
-                    self.entries[str(iid)] = (z["logits"][j], z["cam"][j], z["embedding"][j], int(z["target"][j]))
+                with np.load(f) as z:
+                    ids = z["image_id"]
             except Exception:  # a damaged shard is ignored: its images are recomputed
                 continue
-        self._next = len(list(self.dir.glob("shard_*.npz")))
+            for j, iid in enumerate(ids):
+                self.index[str(iid)] = (f, j)
+        self._next = len(shards)
+
+    def _shard(self, f: Path) -> dict:
+        if self._open is None or self._open[0] != f:
+            with np.load(f) as z:
+                self._open = (f, {k: z[k] for k in ("logits", "cam", "embedding", "target")})
+        return self._open[1]
 
     def get(self, ids: list[str], device) -> CamBatch | None:
-        """The cached batch when every image is cached, else None."""
-        if not self.enabled or not ids or any(i not in self.entries for i in ids):
+        """The cached batch when every image is cached and readable, else None."""
+        if not self.enabled or not ids or any(i not in self.index for i in ids):
             return None
-        e = [self.entries[i] for i in ids]
+        try:
+            e = [(self._shard(f), j) for f, j in (self.index[i] for i in ids)]
+        except Exception:  # a shard damaged after indexing: forget it, the batch is recomputed
+            for i in ids:
+                self.index.pop(i, None)
+            return None
         self.hits += len(ids)
-        return CamBatch(logits=torch.from_numpy(np.stack([x[0] for x in e])).to(device),
-                        cams=torch.from_numpy(np.stack([x[1] for x in e])).to(device),
-                        target=torch.tensor([x[3] for x in e], dtype=torch.long, device=device),
-                        features=torch.from_numpy(np.stack([x[2] for x in e])).to(device))
+        col = lambda k: torch.from_numpy(np.stack([z[k][j] for z, j in e])).to(device)
+        return CamBatch(logits=col("logits"), cams=col("cam"), target=col("target").long(), features=col("embedding"))
 
     def put(self, ids: list[str], res: CamBatch) -> None:
         self.computed += len(ids)
@@ -68,5 +84,3 @@ class OutputCache:
         np.savez(tmp, **arrays)
         os.replace(tmp, self.dir / f"shard_{os.getpid()}_{self._next:06d}.npz")
         self._next += 1
-        for j, iid in enumerate(ids):
-            self.entries[iid] = (arrays["logits"][j], arrays["cam"][j], arrays["embedding"][j], int(arrays["target"][j]))

@@ -1,8 +1,9 @@
 """`run_audit(cfg)`: run dir + manifest → per_image.csv, cams.npz, summary.json, config.resolved.yaml, errors.csv.
 
 The per-image table is the spine: every later step adds columns to it or reads it. Work is streamed per batch
-(CAMs computed, scored against the batch's masks, rows appended, batch dropped); only the h×w layer-resolution
-maps (49 floats per image for a 7×7 layer) are kept for `cams.npz`.
+(CAMs computed, scored against the batch's masks, rows appended, batch dropped). The h×w layer-resolution maps
+and the embeddings for `cams.npz` are appended to files in the out folder (`audit/spill.py`), so what the
+process holds grows only by the table's rows (and, under torchrun, rank 0 gathers the other ranks' arrays).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .preprocess import InputSpec, normalize
 from .run import RunConfig, load_run
 from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
+from .spill import SpillArray, release_freed_heap, write_npz
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -108,7 +110,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
     cls_idx = {c: i for i, c in enumerate(run.classes)}
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
-    records, cams_all, tgt_all, emb_all, errors = [], [], [], [], []
+    records, tgt_all, errors = [], [], []
+    cams_spill, emb_spill = SpillArray(out, "cams"), SpillArray(out, "embedding")
     region_cols = region_columns(kinds)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
     cache = OutputCache(out / "cache", {"checkpoint_sha256": run.checkpoint_sha256, "layer": layer,
@@ -186,23 +189,23 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             batch_records.append(rec)
         # one small DataFrame per batch: a dict per image would cost ~8 KB each at the end of a long run
         records.append(pd.DataFrame.from_records(batch_records))
-        cams_all.append(res.cams.cpu().numpy().astype(np.float32))
-        emb_all.append(res.features.cpu().numpy().astype(np.float32))
+        cams_spill.append(res.cams.cpu().numpy())
+        emb_spill.append(res.features.cpu().numpy())
         tgt_all.append(tgt)
         done += len(idx)
+        release_freed_heap()  # else glibc keeps the freed activation buffers and the resident set creeps up with N
         if progress:
             progress(done, len(rows))
-    cams_np = np.concatenate(cams_all) if cams_all else np.zeros((0, 1, 1), np.float32)
-    emb_np = np.concatenate(emb_all) if emb_all else np.zeros((0, 0), np.float32)
     tgt_np = np.concatenate(tgt_all).astype(np.int64) if tgt_all else np.zeros(0, np.int64)
+    cams_out, emb_out = cams_spill, emb_spill  # on disk; under torchrun rank 0 holds the gathered arrays
     if world > 1:
-        gathered = gather_to_rank0((records, cams_np, emb_np, tgt_np, errors, t_model, t_cf, cache.hits,
-                                    cache.computed, t_score, t_decode, t_regions))
+        gathered = gather_to_rank0((records, cams_spill.read(), emb_spill.read(), tgt_np, errors, t_model, t_cf,
+                                    cache.hits, cache.computed, t_score, t_decode, t_regions))
         if rank != 0:
             return AuditResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
         records = [r for g in gathered for r in g[0]]
-        cams_np = np.concatenate([g[1] for g in gathered if len(g[1])])
-        emb_np = np.concatenate([g[2] for g in gathered if len(g[2])])
+        cams_out = np.concatenate([g[1] for g in gathered if len(g[1])])
+        emb_out = np.concatenate([g[2] for g in gathered if len(g[2])])
         tgt_np = np.concatenate([g[3] for g in gathered])
         errors = sorted((e for g in gathered for e in g[4]), key=lambda e: e[0])
         t_model, t_cf = sum(g[5] for g in gathered), sum(g[6] for g in gathered)
@@ -214,15 +217,20 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                             f"(first error: {errors[0][2] if errors else 'none'})")
     order = np.argsort(per_image["_row"].to_numpy(), kind="stable")
     per_image = per_image.iloc[order].reset_index(drop=True).drop(columns=["_row"])
-    cams_np, emb_np, tgt_np = cams_np[order], emb_np[order] if len(emb_np) else emb_np, tgt_np[order]
+    tgt_np = tgt_np[order]
+    if (order != np.arange(len(order))).any():  # one process streams in order; torchrun ranks interleave
+        cams_out, emb_out = (a.read() if isinstance(a, SpillArray) else a for a in (cams_out, emb_out))
+        cams_out, emb_out = cams_out[order], emb_out[order]
+    cam_hw = tuple(cams_out.shape[1:])
     ids_all = per_image["image_id"].tolist()
-    cams = cams_np
     from .summary import add_flags, build_summary, clean_json
     per_image = add_flags(per_image, kinds, cfg)
     tw = time.perf_counter()
     per_image.to_csv(out / "per_image.csv", index=False)
-    np.savez_compressed(out / "cams.npz", image_id=np.array(ids_all, dtype=str), cam=cams, layer=np.array(layer),
-                        embedding=emb_np, target=tgt_np)
+    write_npz(out / "cams.npz", {"image_id": np.array(ids_all, dtype=str), "cam": cams_out, "layer": np.array(layer),
+                                 "embedding": emb_out, "target": tgt_np})
+    cams_spill.discard()
+    emb_spill.discard()
     if errors:
         pd.DataFrame([e[1:] for e in errors], columns=["image_id", "image", "reason"]).to_csv(
             out / "errors.csv", index=False)
@@ -238,7 +246,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     else:
         t_val = 0.0
     summary = build_summary(per_image, kinds, run, cfg, full=full, split=split, manifest=manifest_path,
-                            layer=layer, cam_hw=tuple(cams.shape[1:]), n_skipped=len(errors),
+                            layer=layer, cam_hw=cam_hw, n_skipped=len(errors),
                             timing={"total_s": time.perf_counter() - t0, "model_s": t_model,
                                     "counterfactual_s": t_cf, "val_inference_s": t_val, "scoring_s": t_score,
                                     "writing_s": t_write, "decode_in_workers_s": t_decode,
@@ -263,7 +271,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         summary["timing"]["sanity_s"] = round(time.perf_counter() - ts, 3)
     summary["cam"]["batchnorm"] = batchnorm
     summary["gates"], summary["verdict"] = evaluate_gates(cfg.gates, clean_json(summary))
-    summary["data"]["n_zero_cam"] = int((cams.reshape(len(cams), -1).sum(1) <= 0).sum())
+    summary["data"]["n_zero_cam"] = int((per_image["cam_sum"] <= 0).sum())
     summary["cache"] = {"key": cache.key, "enabled": cache.enabled, "from_cache": cache.hits,
                         "computed": cache.computed, "processes": world,
                         "note": (f"model outputs of {cache.hits} images read from the cache; the model ran on "
@@ -271,7 +279,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     summary = clean_json(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     write_resolved(out / "config.resolved.yaml", cfg, run.to_dict(),
-                   {"layer": layer, "cam_resolution": list(cams.shape[1:]), "split": split,
+                   {"layer": layer, "cam_resolution": list(cam_hw), "split": split,
                     "manifest": str(manifest_path), "regions": kinds})
     model.cpu()
     cam_model.cpu()

@@ -36,7 +36,7 @@ __all__ = ["Estimate", "bootstrap_ci", "region_stats", "grouped_region_stats", "
            "REGION_STATS", "TIDY_COLUMNS"]
 
 NAN = float("nan")
-_CHUNK_ELEMS = 1 << 21          # at most ~2M resampled entries (b × n) per bootstrap chunk
+_CHUNK_ELEMS = 1 << 18          # at most 262,144 resampled entries (b × n) per bootstrap chunk (~17 MB peak)
 
 #: Names of the statistics `region_stats` returns, in order.
 REGION_STATS = (

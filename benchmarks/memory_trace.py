@@ -4,9 +4,10 @@ of whole audits at growing N, in this process.
     python benchmarks/memory_trace.py [--ns 1000,4000] [--n-boot 1000] [--out benchmarks/results/memory_trace.md]
 
 Same setup as benchmarks/speed.py's streaming section (random-weight ResNet-18, HAM10000 images repeated, lesion
-masks from the manifest, border region). The bootstrap resamples in chunks of at most 2M entries (n_boot × N;
-audit/stats.py `_CHUNK_ELEMS`), so its buffers stop growing once n_boot × N passes 2M; what keeps growing is
-the per-image rows. Peak RSS per N, in fresh processes, is in benchmarks/results/speed.md.
+masks from the manifest, border region). The bootstrap resamples in chunks of at most 262,144 entries
+(audit/stats.py `_CHUNK_ELEMS`), maps and embeddings go to disk per batch (audit/spill.py) and the cache keeps
+only an index, so what keeps growing is the per-image table. Peak RSS per N, in fresh processes, is in
+benchmarks/results/speed.md.
 """
 from __future__ import annotations
 

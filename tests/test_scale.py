@@ -96,3 +96,37 @@ def test_channels_last_is_part_of_the_cache_key(tiny_run, tmp_path):
     run_audit(_cfg(tiny_run, tmp_path / "o"))
     again = run_audit(_cfg(tiny_run, tmp_path / "o", channels_last=False))
     assert again.summary["cache"]["computed"] == 6
+
+
+def test_cache_read_across_shards_and_a_damaged_shard_recomputed(tiny_run, tmp_path):
+    """Shards hold 2 images (batch 2); a re-run with batch 3 reads batches that span two shards. A shard damaged
+    after an audit is not trusted: its images are recomputed and the results are unchanged."""
+    run_audit(_cfg(tiny_run, tmp_path / "ref", cache=False))
+    run_audit(_cfg(tiny_run, tmp_path / "o"))
+    three = run_audit(_cfg(tiny_run, tmp_path / "o", batch_size=3))
+    assert three.summary["cache"]["from_cache"] == 6 and three.summary["cache"]["computed"] == 0
+    _same(tmp_path / "ref", tmp_path / "o")
+    shards = sorted((tmp_path / "o" / "cache").glob("*/shard_*.npz"))
+    assert len(shards) == 3
+    shards[1].write_bytes(shards[1].read_bytes()[:100])
+    again = run_audit(_cfg(tiny_run, tmp_path / "o"))
+    assert again.summary["cache"]["from_cache"] == 4 and again.summary["cache"]["computed"] == 2
+    _same(tmp_path / "ref", tmp_path / "o")
+
+
+def test_cache_shard_damaged_after_indexing_is_recomputed_not_fatal(tiny_run, tmp_path):
+    import torch
+
+    from audit.cache import OutputCache
+    run_audit(_cfg(tiny_run, tmp_path / "o"))
+    key_dir = next((tmp_path / "o" / "cache").iterdir())
+    parts = json.loads((key_dir / "key.json").read_text())
+    cache = OutputCache(tmp_path / "o" / "cache", parts)
+    assert cache.key == key_dir.name and len(cache.index) == 6
+    ids = sorted(cache.index)[:2]
+    assert cache.get(ids, torch.device("cpu")).cams.shape[0] == 2
+    cache._open = None
+    for f in {cache.index[i][0] for i in ids}:
+        f.write_bytes(b"not a zip")
+    assert cache.get(ids, torch.device("cpu")) is None
+    assert not any(i in cache.index for i in ids) and len(cache.index) == 4
