@@ -69,7 +69,9 @@ class OutputCache:
                 self.index.pop(i, None)
             return None
         self.hits += len(ids)
-        col = lambda k: torch.from_numpy(np.stack([z[k][j] for z, j in e])).to(device)
+
+        def col(k: str) -> torch.Tensor:
+            return torch.from_numpy(np.stack([z[k][j] for z, j in e])).to(device)
         return CamBatch(logits=col("logits"), cams=col("cam"), target=col("target").long(), features=col("embedding"))
 
     def put(self, ids: list[str], res: CamBatch) -> None:
