@@ -28,7 +28,7 @@ from .preprocess import InputSpec, normalize
 from .run import RunConfig, load_run
 from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
-from .spill import SpillArray, release_freed_heap, write_npz
+from .spill import SpillArray, write_npz
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -295,6 +295,27 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _targets_match(cached: torch.Tensor, labels: torch.Tensor) -> bool:
     lab = labels.to(cached.device)
     return bool(((lab < 0) | (cached == lab)).all())
+
+
+def release_freed_heap() -> None:
+    """Hand memory that the C heap holds but no longer uses back to the OS (glibc `malloc_trim(0)`; elsewhere a no-op).
+
+    A long audit interleaves large, short-lived activation buffers with small allocations that live on (table
+    rows); glibc then keeps the freed space in its heap, and the resident set creeps up with N although live
+    memory does not (benchmarks/speed.py, streaming section). Trimming once per batch keeps it flat.
+    """
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
 
 
 def dist_info() -> tuple[int, int]:

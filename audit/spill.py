@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SpillArray", "write_npz", "release_freed_heap"]
+__all__ = ["SpillArray", "write_npz"]
 
 _CHUNK_BYTES = 4 << 20  # rows are copied into the .npz ~4 MB at a time
 
@@ -51,19 +51,21 @@ class SpillArray:
         self._f.write(a.tobytes())
         self.n += len(a)
 
+    @property
+    def _row_bytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.row_shape or (), dtype=np.int64))
+
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) (stop defaults to n), as an array of shape (stop - start, *row_shape)."""
         stop = self.n if stop is None else min(stop, self.n)
-        row = self.dtype.itemsize * int(np.prod(self.row_shape or (), dtype=np.int64))
         count = max(stop - start, 0)
         self._f.flush()
-        self._f.seek(start * row)
-        buf = self._f.read(count * row)
+        self._f.seek(start * self._row_bytes)
+        buf = self._f.read(count * self._row_bytes)
         return np.frombuffer(buf, dtype=self.dtype).reshape(count, *(self.row_shape or ())).copy()
 
     def rows_per_chunk(self) -> int:
-        row = self.dtype.itemsize * max(int(np.prod(self.row_shape or (), dtype=np.int64)), 1)
-        return max(1, _CHUNK_BYTES // row)
+        return max(1, _CHUNK_BYTES // max(self._row_bytes, 1))
 
     def discard(self) -> None:
         self._f.close()
@@ -91,24 +93,3 @@ def write_npz(path: Path, arrays: dict, compress: bool = True) -> None:
                 else:
                     np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
     os.replace(tmp, path)
-
-
-def release_freed_heap() -> None:
-    """Hand memory that the C heap holds but no longer uses back to the OS (glibc `malloc_trim(0)`; elsewhere a no-op).
-
-    A long audit interleaves large, short-lived activation buffers with small allocations that live on (table
-    rows); glibc then keeps the freed space in its heap, and the resident set creeps up with N although live
-    memory does not (benchmarks/speed.py, streaming section). Trimming once per batch keeps it flat.
-    """
-    global _trim
-    if _trim is None:
-        try:
-            import ctypes
-            _trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim:
-        _trim(0)
-
-
-_trim = None

@@ -343,8 +343,9 @@ def _at_limit(r: dict) -> float:
     return r["ratio_vs_pytorch_grad_cam"] * r["limit"] / r["ratio_vs_inference"]
 
 
-def _g(r: dict, k: str) -> str:
-    return "n/a" if r.get(k) is None else f"{r[k]:.1e}"
+def _g(r: dict, k: str, spec: str = ".1f") -> str:
+    """r[k] formatted, or n/a where an older results file lacks it."""
+    return "n/a" if r.get(k) is None else format(r[k], spec)
 
 
 def _f64(r: dict) -> str:
@@ -370,7 +371,7 @@ def render(res: dict) -> str:
                          f"{r['gradcam_img_s']:.1f} | {r['ratio_vs_inference']:.2f} | {r['limit']:.2f} | "
                          f"{r['ratio_vs_limit']:.2f} | {r['ratio_vs_pytorch_grad_cam']:.2f} | "
                          f"{r['ratio_vs_pytorch_grad_cam_folded']:.2f} | {_at_limit(r):.2f} | "
-                         f"{r['max_abs_diff_vs_reference']:.1e} / {_g(r, 'max_abs_diff_vs_reference_folded')} | "
+                         f"{r['max_abs_diff_vs_reference']:.1e} / {_g(r, 'max_abs_diff_vs_reference_folded', '.1e')} | "
                          f"{_f64(r)} |")
         lines += ["", "The audit runs the model with each eval-mode BatchNorm folded into the convolution before it "
                   "(audit/fold.py, `--no-fold-bn` to turn off; outputs equal to float32 rounding) and in "
@@ -382,7 +383,8 @@ def render(res: dict) -> str:
                   "alone; at the limit: what an implementation running exactly at the limit would reach against "
                   "pytorch-grad-cam as loaded (its time × limit ÷ folded inference time), the ceiling for any "
                   "Grad-CAM on this machine. max |Δ|: our maps against pytorch-grad-cam's on the model as loaded "
-                  "and on the same folded model, after its ReLU, min-max and resize; from float64: each float32 map against the same Grad-CAM computed in "
+                  "and on the same folded model, after its ReLU, min-max and resize; from float64: each float32 "
+                  "map against the same Grad-CAM computed in "
                   "float64 on the model as loaded (the exact map up to float64 rounding), so a |Δ| vs the reference "
                   "above 1e-4 can be read as whose float32 error it is. Timings on a shared VM drift between "
                   "rounds; ratios above 1.0 × the limit are that drift.", ""]
@@ -392,12 +394,11 @@ def render(res: dict) -> str:
             lines += [f"## {title}", "", "| N | plain s | audit s | audit ÷ plain | audit model s | audit other s | "
                       "scoring s | writing s | heap trim s | decode s (workers) | regions s (workers) | "
                       "audit peak RSS MB | plain peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-            g = lambda r, k: "n/a" if r.get(k) is None else f"{r[k]:.1f}"  # noqa: E731
             for r in res[key]:
                 lines.append(f"| {r['n']} | {r['plain_s']:.1f} | {r['audit_s']:.1f} | {r['ratio_audit_vs_plain']:.2f} | "
-                             f"{r['audit_model_s']:.1f} | {r['audit_other_s']:.1f} | {g(r, 'scoring_s')} | "
-                             f"{g(r, 'writing_s')} | {g(r, 'heap_trim_s')} | {g(r, 'decode_in_workers_s')} | "
-                             f"{g(r, 'regions_in_workers_s')} | "
+                             f"{r['audit_model_s']:.1f} | {r['audit_other_s']:.1f} | {_g(r, 'scoring_s')} | "
+                             f"{_g(r, 'writing_s')} | {_g(r, 'heap_trim_s')} | {_g(r, 'decode_in_workers_s')} | "
+                             f"{_g(r, 'regions_in_workers_s')} | "
                              f"{r['audit_peak_rss_mb']:.0f} | {r['plain_peak_rss_mb']:.0f} |")
             lines.append("Decode and regions run in DataLoader workers, overlapping the model: their seconds are "
                          "CPU time summed over workers, not wall time.")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import audit.spill as spill
-from audit.spill import SpillArray, release_freed_heap, write_npz
+from audit.spill import SpillArray, write_npz
 
 
 def test_spilled_rows_stream_into_an_npz_equal_to_savez(tmp_path, monkeypatch):
@@ -47,7 +47,3 @@ def test_an_empty_spill_writes_an_empty_array(tmp_path):
     with np.load(tmp_path / "e.npz") as z:
         assert z["cam"].shape == (0, 2, 2)
 
-
-def test_release_freed_heap_is_safe_to_call():
-    release_freed_heap()
-    release_freed_heap()
