@@ -21,6 +21,7 @@ sorted once, without sorting each resample. The results equal those of computing
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
@@ -32,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 
 from .errors import UndefinedMetricWarning
 
-__all__ = ["Estimate", "bootstrap_ci", "region_stats", "grouped_region_stats", "proportion_ci",
+__all__ = ["Estimate", "bootstrap_ci", "region_stats", "grouped_region_stats", "proportion_ci", "small_text",
            "REGION_STATS", "TIDY_COLUMNS"]
 
 NAN = float("nan")
@@ -46,7 +47,7 @@ REGION_STATS = (
     "diff_mean", "diff_median", "mannwhitney_u", "auroc_error",
 )
 #: Columns of the tidy table `grouped_region_stats` returns.
-TIDY_COLUMNS = ("region", "group_col", "group", "n", "stat", "value", "lo", "hi", "too_small", "p")
+TIDY_COLUMNS = ("region", "group_col", "group", "n", "stat", "value", "lo", "hi", "too_small", "p", "note")
 
 
 @dataclass
@@ -362,6 +363,26 @@ def region_stats(frac, correct, confidence, n_boot: int = 1000, seed: int = 0, m
     return {k: out[k] for k in REGION_STATS}
 
 
+_SPLIT = re.compile(r"n_correct=(\d+), n_incorrect=(\d+)")
+
+
+def small_text(e: dict) -> str:
+    """How a too-small estimate (an `Estimate.to_dict()` or a tidy row) is shown: "small n=7"; for a
+    correct-vs-wrong figure (diff_*, auroc_error: its note holds the split) the short group is named instead of
+    the total, which may be large: "no errors", "small: 3 wrong", "none correct", "small: 4 correct"."""
+    m = _SPLIT.search(str(e.get("note") or ""))
+    if m:
+        n_c, n_i = int(m.group(1)), int(m.group(2))
+        if n_i <= n_c:
+            return "no errors" if n_i == 0 else f"small: {n_i} wrong"
+        return "none correct" if n_c == 0 else f"small: {n_c} correct"
+    try:
+        n = str(int(float(e.get("n"))))
+    except (TypeError, ValueError, OverflowError):
+        n = "?"
+    return f"small n={n}"
+
+
 def grouped_region_stats(df: pd.DataFrame, region_cols: Sequence[str], by: str | Sequence[str] | None,
                          correct_col: str = "correct", confidence_col: str = "confidence",
                          n_boot: int = 1000, seed: int = 0, min_n: int = 10, alpha: float = 0.05,
@@ -373,7 +394,7 @@ def grouped_region_stats(df: pd.DataFrame, region_cols: Sequence[str], by: str |
     values define the groups, e.g. "label" or a metadata column "sex"; missing values form the group
     "<missing>". include_overall adds the whole set as group_col = group = "(all)".
     Returns a DataFrame with columns TIDY_COLUMNS = (region, group_col, group, n, stat, value, lo, hi,
-    too_small, p); groups with n < min_n have too_small=True and NaN values. The UndefinedMetricWarnings of
+    too_small, p, note); groups with n < min_n have too_small=True and NaN values. The UndefinedMetricWarnings of
     the individual groups are collected into one warning.
     """
     by_cols = [] if by is None else ([by] if isinstance(by, str) else list(by))
@@ -402,7 +423,7 @@ def grouped_region_stats(df: pd.DataFrame, region_cols: Sequence[str], by: str |
                 for stat, e in res.items():
                     rows.append({"region": region, "group_col": col, "group": g, "n": e.n, "stat": stat,
                                  "value": e.value, "lo": e.lo, "hi": e.hi, "too_small": e.too_small,
-                                 "p": NAN if e.p is None else e.p})
+                                 "p": NAN if e.p is None else e.p, "note": e.note})
     for w in caught:
         if issubclass(w.category, UndefinedMetricWarning):
             undefined += 1

@@ -6,6 +6,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .stats import small_text
+
 
 def _short(x: float, digits: int = 2) -> str:
     """0.61 → .61, −0.16 → -.16: a compact number for narrow table cells."""
@@ -14,11 +16,12 @@ def _short(x: float, digits: int = 2) -> str:
 
 
 def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2, compact: bool = False) -> str:
-    """An estimate as "value [lo,hi]"; "small n=7" for a group too small to say anything; "n/a" if undefined."""
+    """An estimate as "value [lo,hi]"; "small n=7" (or "no errors", see `small_text`) for a group too small to
+    say anything; "n/a" if undefined."""
     if not e:
         return "—"
     if e.get("too_small"):
-        return f"small n={e.get('n', 0)}"
+        return small_text(e)
     v = e.get("value")
     if v is None:
         return "n/a"

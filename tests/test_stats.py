@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from audit.errors import UndefinedMetricWarning
 from audit.stats import (REGION_STATS, TIDY_COLUMNS, Estimate, _counts, _Sorted, _weighted_auroc,
-                         _weighted_pearson, bootstrap_ci, grouped_region_stats, proportion_ci, region_stats)
+                         _weighted_pearson, bootstrap_ci, grouped_region_stats, proportion_ci, region_stats,
+                         small_text)
 
 
 def _data(n=200, seed=1, ties=False):
@@ -208,3 +209,25 @@ def test_grouped_region_stats_tidy():
     assert ruler_all.n == 120 - len(range(0, 120, 7))
     with pytest.raises(ValueError, match="nope"):
         grouped_region_stats(df, ["lesion"], by="nope")
+
+
+def test_small_text_names_the_short_group_of_a_correct_vs_wrong_figure():
+    frac, conf = np.linspace(0, 1, 40), np.linspace(0.5, 0.9, 40) ** 2
+    with pytest.warns(UndefinedMetricWarning, match="diff_median"):   # no errors: the difference is undefined
+        all_right = region_stats(frac, np.ones(40, bool), conf, n_boot=0)
+    assert all_right["diff_median"].too_small and all_right["diff_median"].n == 40
+    assert small_text(all_right["diff_median"].to_dict()) == "no errors"   # not "small n=40"
+    three_wrong = region_stats(frac, np.arange(40) >= 3, conf, n_boot=0)
+    assert small_text(three_wrong["auroc_error"].to_dict()) == "small: 3 wrong"
+    assert small_text(three_wrong["mean_incorrect"].to_dict()) == "small n=3"   # a one-group figure: its n
+    four_right = region_stats(frac, np.arange(40) < 4, conf, n_boot=0)
+    assert small_text(four_right["diff_mean"].to_dict()) == "small: 4 correct"
+    with pytest.warns(UndefinedMetricWarning):
+        none_right = region_stats(frac, np.zeros(40, bool), conf, n_boot=0)
+    assert small_text(none_right["diff_median"].to_dict()) == "none correct"
+    with pytest.warns(UndefinedMetricWarning):
+        tidy = grouped_region_stats(pd.DataFrame({"r": frac, "correct": True, "confidence": conf}), ["r"], None,
+                                    n_boot=0)
+    row = tidy[tidy.stat == "diff_median"].iloc[0].to_dict()
+    assert row["n"] == 40 and small_text(row) == "no errors"   # the tidy rows carry the note
+    assert small_text({"too_small": True, "n": float("nan")}) == "small n=?"

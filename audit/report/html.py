@@ -10,6 +10,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..stats import small_text
 from .gallery import GalleryGroup, words_for
 from .inputs import ReportInputs
 
@@ -54,12 +55,12 @@ def _num(v, digits: int = 2, pct: bool = False) -> str:
 
 
 def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
-    """An Estimate dict ({value, lo, hi, n, too_small}) as "v [lo, hi]"; "small n=…" when too small."""
+    """An Estimate dict ({value, lo, hi, n, too_small}) as "v [lo, hi]"; "small n=…" (or "no errors", see
+    `small_text`) when too small."""
     if not isinstance(e, dict):
         return _num(e, digits, pct) if e is not None else "—"
     if e.get("too_small"):
-        n = e.get("n")
-        return f"small n={int(float(n)) if _finite(n) else '?'}"
+        return small_text(e)
     v = e.get("value")
     if v is None:
         return "n/a"
