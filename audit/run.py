@@ -2,12 +2,17 @@
 
 Run directory contract (see README):
   config.yaml | config.json   model {name, source, num_classes}, classes, input {...}, positive_class, data {manifest}
-  checkpoint                  first of checkpoint.pt, best.pt, model.pt, *.pth, *.safetensors, *.ckpt
+  checkpoint                  first of checkpoint.pt, best.pt, model.pt, *.pth, model_best.pth.tar, *.pth.tar,
+                              *.safetensors, *.ckpt
 A checkpoint may be a plain state_dict or hold one under `model`, `state_dict` or `model_state_dict`;
-`module.` and `model.` prefixes are stripped. It is always read with `torch.load(weights_only=True)`.
+`module.` and `model.` prefixes are stripped. It is always read with `torch.load(weights_only=True)`; the one
+non-tensor type allowed besides torch's defaults is `argparse.Namespace` (the training arguments that timm's
+CheckpointSaver and many training scripts store beside the weights: plain data, no code).
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -19,7 +24,8 @@ import yaml
 from .errors import RunDirError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 
-CHECKPOINT_PATTERNS = ("checkpoint.pt", "best.pt", "model.pt", "*.pth", "*.safetensors", "*.ckpt")
+CHECKPOINT_PATTERNS = ("checkpoint.pt", "best.pt", "model.pt", "*.pth", "model_best.pth.tar", "*.pth.tar",
+                       "*.safetensors", "*.ckpt")
 STATE_KEYS = ("model", "state_dict", "model_state_dict")
 STRIP_PREFIXES = ("module.", "model.")
 
@@ -196,13 +202,35 @@ def read_state_dict(path: Path) -> dict:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             return load_file(str(path), device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
         raise RunDirError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)")
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunDirError(f"{path}: cannot load checkpoint with weights_only=True ({first[:300]})") from None
+        raise RunDirError(f"{path}: {_load_failure(path, e)}") from None
     return _extract_state_dict(obj, path)
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """One line on why a weights-only load failed: the Python objects it refused, or that it is no checkpoint."""
+    try:
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a zip checkpoint, or unreadable: torch.load's own first line says which
+        refused = []
+    # deterministic order, the model's own classes before torch's building blocks
+    refused = sorted((g for g in refused if g != "argparse.Namespace"), key=lambda g: (g.startswith("torch."), g))
+    if refused:
+        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        return (f"the checkpoint holds Python objects a weights-only load refuses ({', '.join(refused[:3])}{more}): "
+                "the auditor never runs a checkpoint's code; save the weights instead "
+                "(torch.save(model.state_dict(), path), or safetensors)")
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:  # keep the reason, drop torch's advice to load it unsafely
+        reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+        return f"not a checkpoint a weights-only load can read ({reason[:200] or type(e).__name__})"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return f"cannot load checkpoint with weights_only=True ({first[:300]})"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -27,7 +28,8 @@ class SpillArray:
     `append(a)` takes a (b, *row_shape) array (cast to dtype); the first call fixes row_shape, later calls must
     match. `read(start, stop)` returns rows [start, stop) as a new array. The file has no name (it is deleted
     when closed, or when the process ends however it ends), so an interrupted audit leaves nothing behind;
-    `discard()` closes it now.
+    `discard()` closes it now, and an array dropped without it (an audit that stops on an error) closes it when
+    collected.
     """
 
     def __init__(self, folder: Path, name: str, dtype=np.float32):
@@ -36,6 +38,7 @@ class SpillArray:
         self.row_shape: tuple[int, ...] | None = None
         self.n = 0
         self._f = tempfile.TemporaryFile(dir=folder, prefix=f".{name}.")
+        self._close = weakref.finalize(self, self._f.close)  # no "unclosed file" warning on an error path
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -68,7 +71,7 @@ class SpillArray:
         return max(1, _CHUNK_BYTES // max(self._row_bytes, 1))
 
     def discard(self) -> None:
-        self._f.close()
+        self._close()
 
 
 def write_npz(path: Path, arrays: dict, compress: bool = True) -> None:

@@ -1,6 +1,7 @@
 """Run-directory loading: checkpoint layouts, prefixes, safetensors, config-less runs, and each bad input."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -71,15 +72,45 @@ def test_timm_default_input_from_pretrained_cfg(tmp_path):
     assert cfg.input.size == 224 and cfg.input.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
-def test_weights_only_refuses_code(tmp_path):
+def test_timm_training_checkpoint_loads(tmp_path):
+    """timm's CheckpointSaver writes model_best.pth.tar with the weights under state_dict and the training
+    arguments as an argparse.Namespace: the one non-tensor type let through."""
+    rd = tmp_path / "run"
+    ref = _make(rd, lambda sd: {"epoch": 7, "arch": "resnet18", "state_dict": sd, "metric": 81.5,
+                                "args": argparse.Namespace(model="resnet18", lr=0.1, num_classes=3)},
+                name="model_best.pth.tar")
+    model, cfg = load_run(rd)
+    assert cfg.checkpoint.name == "model_best.pth.tar" and torch.equal(model.fc.weight, ref.fc.weight)
+
+
+def test_weights_only_refuses_code(tmp_path, capsys):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
     rd = tmp_path / "run"
     _make(rd, lambda sd: sd)
     torch.save({"model": Evil()}, rd / "checkpoint.pt")
-    with pytest.raises(RunDirError, match="weights_only=True"):
+    with pytest.raises(RunDirError, match=r"refuses \(builtins\.print\).*never runs a checkpoint's code"):
         load_run(rd)
+    assert "pwned" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,match", [
+    (lambda: torchvision.models.resnet18(num_classes=3), r"refuses \(.*torchvision\.models\.resnet\.\w+.*\)"
+                                                         r".*model\.state_dict\(\)"),
+    (lambda: b"not a checkpoint", "not a checkpoint a weights-only load can read"),
+], ids=["whole-pickled-model", "garbage"])
+def test_unreadable_checkpoint_says_why_in_one_line(tmp_path, content, match):
+    rd = tmp_path / "run"
+    _make(rd, lambda sd: sd)
+    obj = content()
+    if isinstance(obj, bytes):
+        (rd / "checkpoint.pt").write_bytes(obj)
+    else:
+        torch.save(obj, rd / "checkpoint.pt")
+    with pytest.raises(RunDirError, match=match) as e:
+        load_run(rd)
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value) and "weights_only=False" not in str(e.value)
 
 
 @pytest.mark.parametrize("setup,match", [

@@ -1,6 +1,9 @@
 """Arrays spilled to disk per batch and streamed into an .npz equal to np.savez_compressed's."""
 from __future__ import annotations
 
+import gc
+import warnings
+
 import numpy as np
 import pytest
 
@@ -47,3 +50,15 @@ def test_an_empty_spill_writes_an_empty_array(tmp_path):
     with np.load(tmp_path / "e.npz") as z:
         assert z["cam"].shape == (0, 2, 2)
 
+
+
+def test_a_dropped_spill_closes_its_file_without_a_warning(tmp_path):
+    s = SpillArray(tmp_path, "cams")   # an audit that stops on an error never reaches discard()
+    s.append(np.zeros((2, 3)))
+    f = s._f
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del s
+        gc.collect()
+    assert f.closed
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     state_p, log_p = out / "train_state.pt", out / "train_log.json"
     history, start = [], 0
     if state_p.exists():
-        st = torch.load(state_p, weights_only=False)
+        st = torch.load(state_p, weights_only=True)  # plain tensors, numbers and lists: no code runs
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
