@@ -189,18 +189,47 @@ def test_dark_corners_vignette():
 
 
 def test_dark_corners_small_corner_triangle_but_not_hairs():
-    """A small black triangle in one corner (share ~0.07, as real ISIC vignettes score) is flagged at the
-    default threshold; dark hairs crossing all four corners are not."""
+    """A small black triangle filling one corner triangle scores exactly 1/4 (one of four corners all dark) and
+    is flagged, its mask the dark triangle; a dark hair through one corner triangle, and hairs passing near all
+    four corners, are not flagged."""
     yy, xx = np.mgrid[0:S, 0:S]
     img = skin()
-    img[xx + yy < 20] = (8, 6, 6)
+    img[xx + yy < 20] = (8, 6, 6)   # covers the corner triangle (legs round(0.06 * 224) = 13) entirely
     r = compute("dark_corners", img)
-    assert 0.03 < r.score < 0.25 and r.present and r.mask[0, 0] and not r.mask[-1, -1]
+    assert r.score == 0.25 and r.present and r.mask[0, 0] and not r.mask[-1, -1] and not r.mask[112, 112]
     im = Image.fromarray(skin())
     d = ImageDraw.Draw(im)
+    d.line([(0, 10), (10, 0)], fill=(30, 25, 25), width=2)            # through the top-left triangle
+    one = compute("dark_corners", np.asarray(im))
+    assert one.score < 0.02 and not one.present
     for a, b in (((0, 40), (60, 0)), ((S, 30), (170, 0)), ((0, 190), (40, S)), ((S, 200), (190, S))):
         d.line([a, b], fill=(30, 25, 25), width=2)
     assert not compute("dark_corners", np.asarray(im)).present
+
+
+def test_dark_corners_mask_stays_in_the_corner_zone():
+    """A dark lesion reaching the top-left corner scores like a dark corner, but only its part outside 0.9 × the
+    inscribed circle is marked: the rest of the lesion is not artifact."""
+    img = skin()
+    yy, xx = np.mgrid[0:S, 0:S]
+    img[np.hypot(yy - 50, xx - 50) < 75] = (70, 40, 30)
+    r = compute("dark_corners", img)
+    assert r.present and r.score == 0.25
+    assert r.mask[0, 0] and not r.mask[50, 50] and not r.mask[100, 100]
+    r_in = np.hypot(yy - 111.5, xx - 111.5) / (S / 2)
+    assert r.mask.any() and (r_in[r.mask] > 0.9).all()
+
+
+def test_dark_corners_mild_vignette_relative_to_the_field():
+    """Corners at 40 % of the field's brightness (a mild vignette, not black) are flagged: darkness is relative
+    to the central field, so the same picture 3× darker overall scores the same."""
+    yy, xx = np.mgrid[0:S, 0:S]
+    img = skin().astype(np.float32)
+    img[np.hypot(yy - 111.5, xx - 111.5) > 125] *= 0.4
+    r = compute("dark_corners", img.astype(np.uint8))
+    assert r.present and r.score == 1.0   # every corner triangle lies outside the radius-125 circle
+    dim = compute("dark_corners", (img / 3).astype(np.uint8))
+    assert dim.present and abs(dim.score - r.score) < 0.05
 
 
 def test_patches_blue_sticker():
