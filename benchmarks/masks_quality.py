@@ -87,6 +87,12 @@ NOTES = """Notes
   design half (floors 0.03-0.1, noise multipliers 0-4, windows 6-15 %, no blue-darkness or hair exclusion,
   excluding the lesion) reached at best AUROC 0.855 there and 0.83 on the check half, against 0.80 now; the
   lower floor they need flags plain sensor noise on clean skin (a unit test), so none was adopted.
+- patches: flat, solid blobs whose CIELAB (a*, b*) lies more than 30 from the image's own median skin colour
+  (lightness std < 4 over 5 px, ≥ 1 % of the image, holding a disk of 2 % of the side); threshold 0.03.
+  Redesigned on the held-out design half (chroma 25 / 30 / 35, smoothness 4 / 6 / 9, with and without
+  ignoring the centre); the threshold is ≈ the 95th percentile of that half's negatives. The former rule
+  (saturated pixels of a non-skin hue) reached AUROC 1.000 on the 35 images but 0.837 on the held-out set: it
+  missed orange, salmon and pale cyan stickers and flagged whole images with a blue or red colour cast.
 - gel_border: outward-brightening circular edge (the plate rim) in ≥ 3 of 4 quadrants, away from the black
   vignette. Before: bright colourless border band, AUROC 0.594. In this 35-image sample gel_border and
   dark_corner are nearly exclusive (12 of 14 negatives have dark corners), far more than in the full Bissoto

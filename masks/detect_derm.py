@@ -222,14 +222,19 @@ def ruler(image: np.ndarray, ctx: RegionContext) -> RegionResult:
 # --------------------------------------------------------------------------------------------- ink
 
 def _sticker_components(f: dict, n: int, min_area: float, solid: float = 0.0) -> np.ndarray:
-    """bool: coloured stickers — components of highly saturated pixels in a non-skin hue (or of extreme
-    saturation), opened at 1 % of the side, with an area of at least `min_area` of the image and, with
-    `solid` > 0, holding a disk of radius `solid` × side (a sticker is a solid blob, a pen stroke is thin).
-    Shared by `patches` and by `ink`, which must not count a blue sticker as a pen mark."""
+    """bool: saturated blobs that `ink` must not count as pen marks (a blue sticker) — components of highly
+    saturated pixels in a non-skin hue (or of extreme saturation), opened at 1 % of the side, see
+    `_solid_components`."""
     h, s, v = f["h"], f["s"], f["v"]
     nonskin = (h > 0.14) & (h < 0.9)
     cand = (v > 0.35) & (((s > 0.35) & nonskin) | (s > 0.75))
     cand = ndi.binary_opening(cand, structure=disk(px(0.01, n)))
+    return _solid_components(cand, n, min_area, solid)
+
+
+def _solid_components(cand: np.ndarray, n: int, min_area: float, solid: float = 0.0) -> np.ndarray:
+    """bool: the components of `cand` with an area of at least `min_area` of the image and, with `solid` > 0,
+    holding a disk of radius `solid` × side (a sticker is a solid blob, a pen stroke is thin)."""
     lab, k = ndi.label(cand)
     if k == 0:
         return np.zeros((n, n), bool)
@@ -308,17 +313,36 @@ def ink(image: np.ndarray, ctx: RegionContext) -> RegionResult:
 
 # --------------------------------------------------------------------------------------------- patches
 
-@register_region("patches", kind="artifact", params={"min_area": 0.01, "threshold": 0.01})
+@register_region("patches", kind="artifact",
+                 params={"chroma": 30.0, "smooth": 4.0, "min_area": 0.01, "solid": 0.02, "threshold": 0.03})
 def patches(image: np.ndarray, ctx: RegionContext) -> RegionResult:
-    """Coloured stickers: large smooth highly saturated components in a non-skin hue (or extreme saturation)."""
+    """Coloured stickers: large, flat, solid blobs whose colour is far from the image's own skin colour.
+
+    Per pixel: CIELAB (a*, b*) distance from the median (a*, b*) of the field of view above `chroma` (relative,
+    so a global colour cast is no sticker), lightness flat (std of L* over a 5-px window at 224 below
+    `smooth`), HSV value above 0.35; opened at 1 % of the side; components of at least `min_area` of the image
+    that hold a disk of radius `solid` × side (a sticker is solid, a pen stroke thin). Score = their area
+    share; mask = them, holes filled. Designed on a seeded half of held-out ISIC 2017 images (chroma 25 / 30 /
+    35, smooth 4 / 6 / 9, with and without ignoring the centre); threshold 0.03 ≈ the 95th percentile of that
+    half's negatives. The former rule (saturated, non-skin hue) missed orange, salmon and pale cyan stickers
+    and flagged colour-cast images."""
+    from skimage.color import rgb2lab
+
     f = _feats(image, ctx.cache)
     n = image.shape[0]
-    mask = np.zeros((n, n), bool)
-    score = 0.0
-    comps = _sticker_components(f, n, ctx.params["min_area"])
-    if comps.any():
-        mask = ndi.binary_fill_holes(comps)
-        score = float(mask.mean())
+    lab = rgb2lab(f["rgb"])
+    fov = ~ndi.binary_dilation(f["vignette"], iterations=px(0.02, n))
+    if fov.sum() < 0.2 * n * n:
+        fov = np.ones((n, n), bool)
+    dist = np.hypot(lab[..., 1] - np.median(lab[..., 1][fov]), lab[..., 2] - np.median(lab[..., 2][fov]))
+    w = 2 * px(0.01, n) + 1
+    mean = ndi.uniform_filter(lab[..., 0], w)
+    sd = np.sqrt(np.maximum(ndi.uniform_filter(lab[..., 0] ** 2, w) - mean ** 2, 0.0))
+    cand = (dist > ctx.params["chroma"]) & (sd < ctx.params["smooth"]) & (f["v"] > 0.35)
+    cand = ndi.binary_opening(cand, structure=disk(px(0.01, n)))
+    comps = _solid_components(cand, n, ctx.params["min_area"], ctx.params["solid"])
+    mask = ndi.binary_fill_holes(comps) if comps.any() else comps
+    score = float(comps.mean())
     present = score >= ctx.params["threshold"]
     return RegionResult(mask if present else None, score, bool(present),
                         "heuristic" if present else "heuristic: not detected")
