@@ -246,13 +246,18 @@ def test_patches_blue_sticker():
 def test_patches_salmon_sticker_and_not_a_colour_cast():
     """A salmon sticker (a skin-like hue at moderate saturation, which a saturation-and-hue rule misses) is found
     and outlined; a picture with a strong blue cast and a brown lesion is no sticker, because colour is judged
-    against the image's own skin (a saturation-and-hue rule marks the whole picture)."""
+    against the image's own skin (a saturation-and-hue rule marks the whole picture); the same salmon colour as
+    a centred blob is taken for the lesion."""
     yy, xx = np.mgrid[0:S, 0:S]
     img = skin()
     disk = np.hypot(yy - 170, xx - 180) < 38
     img[disk] = (250, 120, 90)
     r = compute("patches", img)
     assert r.present and dice(r.mask, disk) > 0.8 and abs(r.score - disk.mean()) < 0.02
+    lesion = np.hypot(yy - 112, xx - 112) < 30   # the same flat colour, centred: a smooth vascular lesion
+    centred = skin()
+    centred[lesion] = (250, 120, 90)
+    assert not compute("patches", centred).present
     cast = skin().astype(np.float32) * np.array([0.5, 0.85, 1.2], np.float32)
     cast[np.hypot(yy - 112, xx - 112) < 40] *= 0.55
     assert not compute("patches", cast.clip(0, 255).astype(np.uint8)).present
