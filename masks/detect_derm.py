@@ -44,6 +44,13 @@ def _vignette(v: np.ndarray) -> np.ndarray:
     return np.isin(lab, keep)
 
 
+def _reaches(cand: np.ndarray, zone: np.ndarray) -> np.ndarray:
+    """bool: the components of `cand` that have a pixel in `zone`."""
+    lab, _ = ndi.label(cand)
+    hit = np.unique(lab[zone & cand])
+    return np.isin(lab, hit[hit > 0])
+
+
 # --------------------------------------------------------------------------------------------- dark corners
 
 @register_region("dark_corners", kind="artifact", params={"corner": 0.06, "darker": 0.5, "threshold": 0.07})
@@ -75,10 +82,8 @@ def dark_corners(image: np.ndarray, ctx: RegionContext) -> RegionResult:
         corners = np.zeros((n, n), bool)
         for w, t in zip(views, tris):
             corners[w] |= t
-        lab, _ = ndi.label(dark)
-        keep = np.unique(lab[corners & dark])
         # outside 0.9 × the inscribed circle only: a lesion or hair tuft reaching a corner is not all artifact
-        mask = np.isin(lab, keep[keep > 0]) & (corner_weight(n) > 0.9)
+        mask = _reaches(dark, corners) & (corner_weight(n) > 0.9)
     return RegionResult(mask, score, bool(present), "heuristic" if present else "heuristic: not detected")
 
 
@@ -230,13 +235,6 @@ def _sticker_components(f: dict, n: int, min_area: float, solid: float = 0.0) ->
     cand = (v > 0.35) & (((s > 0.35) & nonskin) | (s > 0.75))
     cand = ndi.binary_opening(cand, structure=disk(px(0.01, n)))
     return _solid_components(cand, n, min_area, solid)
-
-
-def _reaches(cand: np.ndarray, zone: np.ndarray) -> np.ndarray:
-    """bool: the components of `cand` that have a pixel in `zone`."""
-    lab, _ = ndi.label(cand)
-    hit = np.unique(lab[zone & cand])
-    return np.isin(lab, hit[hit > 0])
 
 
 def _solid_components(cand: np.ndarray, n: int, min_area: float, solid: float = 0.0) -> np.ndarray:
