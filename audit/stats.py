@@ -337,7 +337,7 @@ def region_stats(frac, correct, confidence, n_boot: int = 1000, seed: int = 0, m
                                                  float(res.pvalue))
 
     n_c, n_i = int(c.sum()), int((~c).sum())
-    n_tot, split = n_c + n_i, f"n_correct={n_c}, n_incorrect={n_i}"
+    n_tot, split = n_c + n_i, _split_note(n_c, n_i)
     two = ("diff_mean", "diff_median", "mannwhitney_u", "auroc_error")
     if min(n_c, n_i) < min_n or len(x) < min_n:
         if min(n_c, n_i) == 0:
@@ -364,6 +364,11 @@ def region_stats(frac, correct, confidence, n_boot: int = 1000, seed: int = 0, m
 
 
 _SPLIT = re.compile(r"n_correct=(\d+), n_incorrect=(\d+)")
+
+
+def _split_note(n_c: int, n_i: int) -> str:
+    """How a correct-vs-wrong figure's note states its groups; `small_text` reads it back with `_SPLIT`."""
+    return f"n_correct={n_c}, n_incorrect={n_i}"
 
 
 def small_text(e: dict) -> str:

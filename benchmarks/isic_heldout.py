@@ -18,13 +18,12 @@ found under DIR, minus the 35 images of isic2017_artifacts, on which the detecto
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+from masks_quality import data_dir
 
 
 def _readable(p: Path) -> bool:
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", nargs="+", required=True, help="folders holding ISIC_*.jpg")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--data", default=os.environ.get("AUDIT_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(data_dir()), help="shared data root (default: as masks_quality.py)")
     a = ap.parse_args(argv)
     d = Path(a.data)
     lab = pd.read_csv(d / "bissoto_artifact_labels" / "artefacts-annotation" / "isic_bias.csv", sep=";", index_col=0)

@@ -82,8 +82,9 @@ NOTES = """Notes
   row is the other half): 6 % vs 12 % corners, darker than 0.4 / 0.5 / 0.6 of the field, closings of 0-5 px
   and openings were compared there; the threshold is the 95th percentile of that half's negatives. The
   former score (share of near-black border-connected pixels in 12 % corner squares, threshold 0.03) reached
-  AUROC 0.958 on the 35 images but 0.750 on the held-out set: Bissoto's label includes mild vignettes. The
-  flagged random HAM10000 images are listed to be checked by eye; of the six flagged in the run shown,
+  AUROC 0.958 on the 35 images (this script) but 0.750 on the held-out set (a scratch run scoring it the
+  same way, before this script had held-out rows): Bissoto's label includes mild vignettes. The flagged
+  random HAM10000 images are listed to be checked by eye; of the six flagged in the run shown,
   ISIC_0033944 and ISIC_0033231 show dark corners, the other four a lesion or dense hair reaching a corner
   (relative darkness cannot tell them apart; their masks keep to the zone outside 0.9 × the inscribed
   circle, so the lesion is not marked as artifact).

@@ -62,7 +62,8 @@ def dark_corners(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     zone: a dark lesion or hair tuft that reaches a corner is not all artifact).
 
     Relative darkness, not black: Bissoto et al.'s dark-corner label includes mild vignettes, which a
-    near-black rule missed (AUROC 0.75 on held-out ISIC 2017 images, see benchmarks/masks_quality.py).
+    near-black rule missed (AUROC 0.75 on held-out ISIC 2017 images in a scratch run; notes of
+    benchmarks/masks_quality.py).
     threshold 0.07: the 95th percentile of the label's negatives in a seeded design half of those held-out
     images (hairy ones included)."""
     f = _feats(image, ctx.cache)
