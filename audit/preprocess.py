@@ -6,6 +6,7 @@ neighbour, so a mask and a CAM upsampled to the model input share one grid.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """How the model sees an image.
@@ -26,9 +30,12 @@ class InputSpec:
     size: side S of the square model input (pixels).
     mean, std: per-channel normalisation on [0, 1] values (length = channels).
     resize: "stretch" resizes the whole image to S×S (aspect ratio not kept, nothing lost);
-            "crop" resizes the shorter side to round(S / crop_pct) and centre-crops S×S (timm/ImageNet style).
+            "crop" resizes the shorter side to floor(S / crop_pct) and centre-crops S×S (timm/ImageNet style:
+            the same pixels as torchvision Resize + CenterCrop on a PIL image).
     crop_pct: only for resize="crop"; 1.0 crops exactly the central square.
     channels: 3 (grayscale images are replicated) or 1 (colour images converted to luminance).
+    interpolation: "bilinear" (default, torchvision's) or "bicubic" (timm's default) for the image resize;
+            masks are always resized with nearest neighbour.
     """
 
     size: int = 224
@@ -37,8 +44,11 @@ class InputSpec:
     resize: str = "stretch"
     crop_pct: float = 1.0
     channels: int = 3
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.interpolation not in _INTERP:
+            raise ConfigError(f"input.interpolation: expected 'bilinear' or 'bicubic', got {self.interpolation!r}")
         if self.resize not in ("stretch", "crop"):
             raise ConfigError(f"input.resize: expected 'stretch' or 'crop', got {self.resize!r}")
         if not (isinstance(self.size, int) and self.size > 0):
@@ -53,7 +63,7 @@ class InputSpec:
 
     def to_dict(self) -> dict:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
-                "crop_pct": self.crop_pct, "channels": self.channels}
+                "crop_pct": self.crop_pct, "channels": self.channels, "interpolation": self.interpolation}
 
 
 @dataclass(frozen=True)
@@ -72,12 +82,14 @@ def geometry_for(src_hw: tuple[int, int], spec: InputSpec) -> Geometry:
     s = spec.size
     if spec.resize == "stretch":
         return Geometry((h, w), (s, s), (0, 0), s)
-    short = max(s, int(round(s / spec.crop_pct)))
+    # exactly timm's eval transform: Resize(floor(S / crop_pct)) on the shorter side (torchvision truncates the
+    # longer side), then CenterCrop(S) (offsets rounded half to even, as torchvision does)
+    short = max(s, math.floor(s / spec.crop_pct))
     if h <= w:
-        rh, rw = short, max(short, int(round(w * short / h)))
+        rh, rw = short, int(short * w / h)
     else:
-        rh, rw = max(short, int(round(h * short / w))), short
-    return Geometry((h, w), (rh, rw), ((rh - s) // 2, (rw - s) // 2), s)
+        rh, rw = int(short * h / w), short
+    return Geometry((h, w), (rh, rw), (int(round((rh - s) / 2.0)), int(round((rw - s) / 2.0))), s)
 
 
 def _crop(a: np.ndarray, g: Geometry) -> np.ndarray:
@@ -86,11 +98,12 @@ def _crop(a: np.ndarray, g: Geometry) -> np.ndarray:
 
 
 def image_to_grid(img: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 H×W×3 RGB → uint8 S×S×3 on the model grid (bilinear with antialiasing, as torchvision's Resize)."""
+    """uint8 H×W×3 RGB → uint8 S×S×3 on the model grid (PIL's antialiased bilinear or bicubic: what torchvision's
+    Resize does to a PIL image)."""
     g = geometry_for(img.shape[:2], spec)
     pil = Image.fromarray(img)
     if (pil.height, pil.width) != g.resized_hw:
-        pil = pil.resize((g.resized_hw[1], g.resized_hw[0]), Image.BILINEAR)
+        pil = pil.resize((g.resized_hw[1], g.resized_hw[0]), _INTERP[spec.interpolation])
     return _crop(np.asarray(pil), g)
 
 

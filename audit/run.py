@@ -2,6 +2,7 @@
 
 Run directory contract (see README):
   config.yaml | config.json   model {name, source, num_classes}, classes, input {...}, positive_class, data {manifest}
+  args.yaml                   (without a config) the arguments timm's train.py writes into its output folder
   checkpoint                  first of checkpoint.pt, best.pt, model.pt, *.pth, model_best.pth.tar, *.pth.tar,
                               *.safetensors, *.ckpt
 A checkpoint may be a plain state_dict or hold one under `model`, `state_dict` or `model_state_dict`;
@@ -15,6 +16,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,9 +99,99 @@ def _default_input(model_name: str, source: str) -> InputSpec:
     return InputSpec()
 
 
+def _natural_key(s: str) -> list:
+    """timm's class-folder order (timm.utils.misc.natural_key): digits compare as numbers, case ignored."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s.lower())]
+
+
+def _timm_classes(path: Path, a: dict) -> list[str] | None:
+    """The class names a timm train.py run used, in logit order, or None when its arguments do not say.
+
+    From `class_map` (a .txt file, one name per line, resolved as timm does: as given, else under the data
+    folder), else from the class folders of `<data_dir>/<train_split>` sorted the way timm's folder reader
+    sorts them (natural order). A .pkl class map is not read (--classes instead)."""
+    root = a.get("data_dir") or a.get("data")
+    cmap = a.get("class_map")
+    if cmap:
+        cp = Path(str(cmap))
+        if not cp.is_file() and root:
+            cp = Path(str(root)) / cp
+        if cp.suffix.lower() != ".txt" or not cp.is_file():
+            return None
+        try:
+            names = [ln.strip() for ln in cp.read_text(encoding="utf-8").splitlines()]
+        except OSError:
+            return None
+        return [n for n in names if n] or None
+    if root and not a.get("dataset"):  # "" = timm's image-folder reader
+        split = Path(str(root)) / str(a.get("train_split") or "train")
+        if split.is_dir():
+            names = sorted((p.name for p in split.iterdir() if p.is_dir()), key=_natural_key)
+            return names or None
+    return None
+
+
+def timm_args_config(path: Path, classes: list[str] | None = None) -> dict:
+    """Translate the `args.yaml` timm's train.py writes into the run-config mapping `load_run_config` reads.
+
+    model, num_classes, input (size from input_size / img_size, else the model's pretrained config; mean, std,
+    interpolation; resize = crop with crop_pct: timm's own evaluation transform) and classes (see `_timm_classes`; `classes`
+    given on the command line win). RunDirError naming the file and the option when a value is unusable."""
+    a = read_config_file(path)
+    name = a.get("model")
+    if not name or not isinstance(name, str):
+        raise RunDirError(f"{path}: no 'model' (timm train.py arguments expected)")
+    inp: dict = {"resize": "crop"}
+    chans = a.get("in_chans") or a.get("chans")
+    size = a.get("input_size")
+    if size is not None:
+        if not (isinstance(size, list) and len(size) == 3 and size[1] == size[2]):
+            raise RunDirError(f"{path}: input_size {size!r}: expected [channels, S, S] (a square input)")
+        chans, size = size[0], size[2]
+    elif a.get("img_size") is not None:
+        size = a["img_size"]
+    pre: dict = {}
+    with contextlib.suppress(Exception):  # an unknown name is reported later, by create_model
+        import timm
+        cfg = timm.get_pretrained_cfg(name)
+        pre = (cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)) if cfg is not None else {}
+    inp["size"] = int(size if size is not None else pre.get("input_size", (3, 224, 224))[-1])
+    if chans:
+        inp["channels"] = int(chans)
+    n_ch = inp.get("channels", 3)
+    for k, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        v = a.get(k) or pre.get(k) or default
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        inp[k] = v * n_ch if len(v) == 1 else v
+    inp["crop_pct"] = float(a.get("crop_pct") or pre.get("crop_pct") or 0.875)
+    interp = a.get("interpolation") or pre.get("interpolation") or "bicubic"
+    if interp not in ("bilinear", "bicubic"):
+        raise RunDirError(f"{path}: interpolation {interp!r} is not supported (bilinear or bicubic)")
+    inp["interpolation"] = interp
+    mode = a.get("crop_mode") or pre.get("crop_mode") or "center"
+    if mode == "squash" and inp["crop_pct"] == 1.0:
+        inp["resize"] = "stretch"
+    elif mode != "center":
+        raise RunDirError(f"{path}: crop_mode {mode!r} with crop_pct {inp['crop_pct']} is not supported (center, "
+                          "or squash with crop_pct 1.0); write a config.yaml with an input section")
+    raw: dict = {"model": {"name": name, "source": "timm"}, "input": inp}
+    if a.get("num_classes") is not None:
+        raw["model"]["num_classes"] = int(a["num_classes"])
+    cls = classes or _timm_classes(path, a)
+    if not cls:
+        n = raw["model"].get("num_classes")
+        raise RunDirError(f"{path}: timm train.py arguments name no classes (class_map is empty and "
+                          f"{a.get('data_dir') or a.get('data') or 'the data folder'}/{a.get('train_split') or 'train'} "
+                          f"is not a folder of class folders here); pass --classes a,b,c"
+                          + (f" ({n} classes, in logit order)" if n else ""))
+    raw["classes"] = list(cls)
+    return raw
+
+
 def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes: list[str] | None = None,
                     source: str | None = None) -> RunConfig:
-    """Resolve a RunConfig from `run_dir/config.{yaml,json}`, with --arch/--classes as overrides/fallbacks."""
+    """Resolve a RunConfig from `run_dir/config.{yaml,json}` (else a timm train.py `args.yaml`), with
+    --arch/--classes as overrides/fallbacks."""
     rd = Path(run_dir) if run_dir is not None else None
     if rd is not None and not rd.is_dir():
         raise RunDirError(f"{rd}: run directory not found")
@@ -111,6 +203,10 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
                 cfg_path = rd / name
                 raw = read_config_file(cfg_path)
                 break
+        else:
+            if (rd / "args.yaml").is_file():
+                cfg_path = rd / "args.yaml"
+                raw = timm_args_config(cfg_path, classes)
     where = str(cfg_path) if cfg_path else "--arch/--classes"
     m = raw.get("model") or {}
     if isinstance(m, str):
@@ -138,7 +234,8 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
                         std=tuple(float(x) for x in inp_raw.get("std", base.std)),
                         resize=str(inp_raw.get("resize", base.resize)),
                         crop_pct=float(inp_raw.get("crop_pct", base.crop_pct)),
-                        channels=int(inp_raw.get("channels", base.channels)))
+                        channels=int(inp_raw.get("channels", base.channels)),
+                        interpolation=str(inp_raw.get("interpolation", base.interpolation)))
     except Exception as e:
         raise RunDirError(f"{where}: invalid input section ({e})") from None
     pos = raw.get("positive_class")

@@ -73,11 +73,13 @@ class ScanResult:
 # ================================================================================================ input helpers
 
 def scan_input_spec(preset: Mapping | None) -> InputSpec:
-    """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct), default 224 stretch."""
+    """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct, interpolation),
+    default 224 stretch."""
     inp = dict((preset or {}).get("input") or {})
     try:
         return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
-                         crop_pct=float(inp.get("crop_pct", 1.0)))
+                         crop_pct=float(inp.get("crop_pct", 1.0)),
+                         interpolation=str(inp.get("interpolation", "bilinear")))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"input: invalid value ({e})") from None
 
@@ -507,8 +509,9 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         positive = positive or run.positive_class or (preset.get("audit") or {}).get("positive")
         if positive is not None and positive not in run.classes:
             raise ConfigError(f"--positive {positive!r}: not among the run's classes {run.classes}")
-        geom = (run.input.size, run.input.resize, run.input.crop_pct)
-        in_loop = geom == (spec.size, spec.resize, spec.crop_pct)  # same grid: predict in the scan's own pass
+        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation)
+        # same grid (same pixels): predict in the scan's own pass
+        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation)
         model.to(dev)
     else:
         positive = positive or (preset.get("audit") or {}).get("positive")

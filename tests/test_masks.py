@@ -173,6 +173,29 @@ def test_file_mask_follows_the_image_geometry_on_a_non_square_image(tmp_path, re
         assert got.shape == (60, 60) and got[:, -1].any() and not got[:, :10].any()
 
 
+@pytest.mark.parametrize("hw", [(120, 200), (201, 130), (97, 333), (150, 150)])
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875, 0.93])
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
+def test_crop_geometry_is_torchvisions_resize_and_centre_crop_pixel_for_pixel(hw, crop_pct, interp):
+    """timm's eval transform (Resize(floor(S / crop_pct)), CenterCrop(S)) on a PIL image, reproduced exactly,
+    so a mask lands on the pixels the model saw (64 / 0.93 = 68.8 resizes to 68, not 69)."""
+    T = pytest.importorskip("torchvision.transforms")
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    size = 64
+    spec = InputSpec(size=size, resize="crop", crop_pct=crop_pct, interpolation=interp)
+    ref = T.Compose([T.Resize(math.floor(size / crop_pct), interpolation=T.InterpolationMode(interp)),
+                     T.CenterCrop(size)])(Image.fromarray(img))
+    assert np.array_equal(image_to_grid(img, spec), np.asarray(ref))
+    # a mask of the image's pixel coordinates lands where the image's pixels did
+    yy, xx = np.mgrid[0:hw[0], 0:hw[1]]
+    idx = mask_to_grid((yy * hw[1] + xx).astype(np.int64), spec)
+    ref_idx = T.Compose([T.Resize(math.floor(size / crop_pct), interpolation=T.InterpolationMode.NEAREST),
+                         T.CenterCrop(size)])(Image.fromarray((yy * hw[1] + xx).astype(np.int32), mode="I"))
+    assert np.abs(idx // hw[1] - np.asarray(ref_idx) // hw[1]).max() <= 1  # nearest-neighbour rounding only
+    assert np.abs(idx % hw[1] - np.asarray(ref_idx) % hw[1]).max() <= 1
+
+
 def test_mask_of_other_size_is_resized_and_warns_only_on_aspect_change(tmp_path):
     m = np.zeros((50, 100), np.uint8)
     m[:, :50] = 255  # left half

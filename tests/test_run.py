@@ -83,6 +83,73 @@ def test_timm_training_checkpoint_loads(tmp_path):
     assert cfg.checkpoint.name == "model_best.pth.tar" and torch.equal(model.fc.weight, ref.fc.weight)
 
 
+def _timm_run(rd, classes=4, **args):
+    """A timm train.py output folder: model_best.pth.tar and args.yaml (its arguments, as train.py dumps them)."""
+    import timm
+    rd.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    m = timm.create_model("resnet18", pretrained=False, num_classes=classes)
+    torch.save({"epoch": 3, "arch": "resnet18", "state_dict": m.state_dict(),
+                "args": argparse.Namespace(model="resnet18")}, rd / "model_best.pth.tar")
+    a = {"model": "resnet18", "num_classes": classes, "img_size": None, "input_size": None, "crop_pct": None,
+         "mean": None, "std": None, "interpolation": "", "class_map": "", "dataset": "", "train_split": "train",
+         "data_dir": None, "lr": 0.1, **args}
+    (rd / "args.yaml").write_text(yaml.safe_dump(a))
+    return m
+
+
+def test_timm_train_output_folder_is_a_run_dir(tmp_path):
+    """args.yaml gives the model, the input (timm's eval geometry: crop with crop_pct) and, from the training
+    folder's class folders in timm's natural order, the classes."""
+    data = tmp_path / "data"
+    for c in ("b", "c10", "a", "c2"):
+        (data / "train" / c).mkdir(parents=True)
+    (data / "train" / "notes.txt").write_text("not a class")
+    ref = _timm_run(tmp_path / "out", img_size=64, crop_pct=0.9, mean=[0.5], std=[0.25, 0.25, 0.25],
+                    interpolation="bilinear", data_dir=str(data))
+    model, cfg = load_run(tmp_path / "out")
+    assert cfg.classes == ["a", "b", "c2", "c10"] and cfg.source == "timm" and cfg.model_name == "resnet18"
+    assert (cfg.input.size, cfg.input.resize, cfg.input.crop_pct) == (64, "crop", 0.9)
+    assert cfg.input.mean == (0.5, 0.5, 0.5) and cfg.input.std == (0.25, 0.25, 0.25)
+    assert cfg.input.interpolation == "bilinear"
+    assert cfg.checkpoint.name == "model_best.pth.tar" and torch.equal(model.fc.weight, ref.fc.weight)
+
+
+def test_timm_args_defaults_come_from_the_pretrained_cfg_and_a_class_map_wins(tmp_path):
+    import timm
+    (tmp_path / "data" / "train" / "zz").mkdir(parents=True)
+    (tmp_path / "data" / "names.txt").write_text("mel\nnv\nbcc\nbkl\n")
+    _timm_run(tmp_path / "out", class_map="names.txt", data_dir=str(tmp_path / "data"))
+    cfg = load_run_config(tmp_path / "out")
+    pre = timm.get_pretrained_cfg("resnet18").to_dict()
+    assert cfg.classes == ["mel", "nv", "bcc", "bkl"]
+    assert cfg.input.size == pre["input_size"][-1] and cfg.input.crop_pct == pytest.approx(pre["crop_pct"])
+    assert cfg.input.mean == pytest.approx(pre["mean"]) and cfg.input.interpolation == pre["interpolation"]
+
+
+def test_timm_args_without_classes_say_what_to_pass(tmp_path):
+    _timm_run(tmp_path / "out", data_dir="/elsewhere/ham")
+    with pytest.raises(RunDirError, match=r"args\.yaml: .*name no classes.*/elsewhere/ham/train.*"
+                                          r"pass --classes a,b,c \(4 classes, in logit order\)") as e:
+        load_run(tmp_path / "out")
+    assert "\n" not in str(e.value)
+    _, cfg = load_run(tmp_path / "out", classes=["w", "x", "y", "z"])
+    assert cfg.classes == ["w", "x", "y", "z"] and cfg.input.resize == "crop"
+    with pytest.raises(RunDirError, match="model.num_classes = 4 but 2 classes"):
+        load_run(tmp_path / "out", classes=["w", "x"])
+
+
+def test_config_yaml_wins_over_timm_args_and_unsupported_crop_mode_is_named(tmp_path):
+    rd = tmp_path / "out"
+    _timm_run(rd, crop_mode="border")
+    with pytest.raises(RunDirError, match=r"args\.yaml: crop_mode 'border'.*not supported"):
+        load_run(rd, classes=list("abcd"))
+    (rd / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "resnet18", "source": "timm"},
+                                                   "classes": list("abcd"), "input": {"size": 32}}))
+    _, cfg = load_run(rd)
+    assert cfg.input.size == 32 and cfg.input.resize == "stretch"
+
+
 def test_weights_only_refuses_code(tmp_path, capsys):
     class Evil:
         def __reduce__(self):
