@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("audit", help="Grad-CAM audit of a trained classifier (run directory)")
-    a.add_argument("--run-dir", help="training run directory (config.yaml + checkpoint)")
+    a.add_argument("--run-dir", help="training run directory (config.yaml, or a timm train.py args.yaml, + checkpoint)")
     a.add_argument("--arch", help="model name when the run dir has no config (e.g. resnet18)")
     a.add_argument("--source", choices=["torchvision", "timm"], help="model library (default: torchvision)")
     a.add_argument("--classes", type=_csv_list, help="comma-separated class names in logit order")

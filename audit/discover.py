@@ -120,7 +120,7 @@ class DiscoverResult:
 # loading
 
 def _load(out_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None, str]:
-    """per_image rows aligned with the cams.npz maps (N×h×w float64) and embeddings (N×K or None)."""
+    """per_image rows aligned with the cams.npz maps (N×h×w float64) and embeddings (N×K float32, or None)."""
     pi, cz = out_dir / "per_image.csv", out_dir / "cams.npz"
     for p in (pi, cz):
         if not p.exists():
@@ -132,7 +132,8 @@ def _load(out_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None, s
     with np.load(cz, allow_pickle=False) as z:
         ids = z["image_id"].astype(str)
         cams = np.asarray(z["cam"], dtype=np.float64)
-        emb = np.asarray(z["embedding"], dtype=np.float64) if "embedding" in z.files else None
+        # float32 as stored: N×K embeddings are the largest array here (K = 1280 for EfficientNet-B0)
+        emb = np.asarray(z["embedding"], dtype=np.float32) if "embedding" in z.files else None
         layer = str(z["layer"]) if "layer" in z.files else ""
     if cams.ndim != 3 or len(cams) != len(ids):
         raise RunDirError(f"{cz}: expected cam of shape N×h×w with one image_id per map, got {cams.shape}")
@@ -296,7 +297,7 @@ def error_slices(emb: np.ndarray, labels_onehot: np.ndarray, probs: np.ndarray, 
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
     n = len(emb)
-    e = np.nan_to_num(np.asarray(emb, dtype=np.float64))
+    e = np.nan_to_num(np.asarray(emb, dtype=np.float32))  # float32: halves the largest copies; PCA keeps it
     sd = e.std(0)
     z = (e - e.mean(0)) / np.where(sd > 0, sd, 1.0)
     d = max(1, min(PCA_DIM, z.shape[1], n - 1))

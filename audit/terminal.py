@@ -1,12 +1,18 @@
 """Rich terminal rendering of an audit summary (reads `summary.json`'s dict; never recomputes anything)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from .stats import small_text
+
+# what an audit may write, in the order the summary lists what is there (--no-report writes no report files)
+OUTPUT_FILES = ("report.html", "GALLERY.md", "gallery/", "plots/", "per_image.csv", "cams.npz", "summary.json",
+                "config.resolved.yaml")
 
 
 def _short(x: float, digits: int = 2) -> str:
@@ -137,9 +143,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             t.add_row(Text(g["name"]), Text(vs), Text(str(g["threshold"])), res[g.get("passed")])
         parts.append(t)
     if out_dir:
-        parts.append(Text(f"Files: {out_dir}/ (report.html, GALLERY.md, gallery/, plots/, per_image.csv, cams.npz, "
-                          "summary.json, config.resolved.yaml)",
-                          style="dim"))
+        files = [f for f in OUTPUT_FILES if (Path(out_dir) / f.rstrip("/")).exists()]
+        parts.append(Text(f"Files: {out_dir}/" + (f" ({', '.join(files)})" if files else ""), style="dim"))
     return Group(*parts)
 
 

@@ -52,6 +52,17 @@ def test_summary_text_at_100_columns():
     assert "ISIC_1" in text and "reports/run_x/" in text
 
 
+def test_files_line_lists_only_what_was_written(tmp_path):
+    """--no-report writes no report.html, gallery or plots: the summary must not point to them."""
+    for f in ("per_image.csv", "summary.json"):
+        (tmp_path / f).write_text("x")
+    (tmp_path / "plots").mkdir()
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, str(tmp_path), con)
+    line = next(ln for ln in con.export_text().splitlines() if ln.startswith("Files:"))
+    assert line.rstrip() == f"Files: {tmp_path}/ (plots/, per_image.csv, summary.json)"
+
+
 def test_discovered_groups_in_words_with_prototypes():
     disc = {"ranking": [
         {"kind": "slice", "id": 3, "rank": 1, "n": 41, "suspicion": 0.62, "reason": "gap", "flag": "worse",
