@@ -104,40 +104,48 @@ def _natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s.lower())]
 
 
-def _timm_classes(path: Path, a: dict) -> list[str] | None:
-    """The class names a timm train.py run used, in logit order, or None when its arguments do not say.
+def _timm_classes(a: dict) -> tuple[list[str] | None, str]:
+    """(the class names a timm train.py run used, in logit order, or None; why not, in words).
 
     From `class_map` (a .txt file, one name per line, resolved as timm does: as given, else under the data
     folder), else from the class folders of `<data_dir>/<train_split>` sorted the way timm's folder reader
-    sorts them (natural order). A .pkl class map is not read (--classes instead)."""
+    sorts them (natural order). A .pkl class map is not unpickled (pass --classes instead)."""
     root = a.get("data_dir") or a.get("data")
     cmap = a.get("class_map")
     if cmap:
         cp = Path(str(cmap))
         if not cp.is_file() and root:
             cp = Path(str(root)) / cp
-        if cp.suffix.lower() != ".txt" or not cp.is_file():
-            return None
+        if cp.suffix.lower() != ".txt":
+            return None, f"class_map {cmap!r} is not a .txt file (a pickle is never unpickled here)"
         try:
             names = [ln.strip() for ln in cp.read_text(encoding="utf-8").splitlines()]
         except OSError:
-            return None
-        return [n for n in names if n] or None
-    if root and not a.get("dataset"):  # "" = timm's image-folder reader
-        split = Path(str(root)) / str(a.get("train_split") or "train")
-        if split.is_dir():
-            names = sorted((p.name for p in split.iterdir() if p.is_dir()), key=_natural_key)
-            return names or None
-    return None
+            return None, f"class_map {cmap!r} is not readable here"
+        names = [n for n in names if n]
+        return (names, "") if names else (None, f"class_map {cmap!r} is empty")
+    split = Path(str(root or "<data_dir>")) / str(a.get("train_split") or "train")
+    if root and not a.get("dataset") and split.is_dir():  # dataset "" = timm's image-folder reader
+        names = sorted((p.name for p in split.iterdir() if p.is_dir()), key=_natural_key)
+        if names:
+            return names, ""
+    return None, f"no class_map, and {split} is not a folder of class folders here"
 
 
 def timm_args_config(path: Path, classes: list[str] | None = None) -> dict:
     """Translate the `args.yaml` timm's train.py writes into the run-config mapping `load_run_config` reads.
 
     model, num_classes, input (size from input_size / img_size, else the model's pretrained config; mean, std,
-    interpolation; resize = crop with crop_pct: timm's own evaluation transform) and classes (see `_timm_classes`; `classes`
-    given on the command line win). RunDirError naming the file and the option when a value is unusable."""
-    a = read_config_file(path)
+    interpolation; resize = crop with crop_pct: timm's own evaluation transform) and classes (see
+    `_timm_classes`; `classes` given on the command line win). RunDirError naming the file and the option when a
+    value is unusable."""
+    try:
+        return _timm_args_config(path, read_config_file(path), classes)
+    except (TypeError, ValueError) as e:  # a number or list of the wrong type
+        raise RunDirError(f"{path}: unusable timm train.py argument ({str(e).splitlines()[0][:200]})") from None
+
+
+def _timm_args_config(path: Path, a: dict, classes: list[str] | None) -> dict:
     name = a.get("model")
     if not name or not isinstance(name, str):
         raise RunDirError(f"{path}: no 'model' (timm train.py arguments expected)")
@@ -177,12 +185,10 @@ def timm_args_config(path: Path, classes: list[str] | None = None) -> dict:
     raw: dict = {"model": {"name": name, "source": "timm"}, "input": inp}
     if a.get("num_classes") is not None:
         raw["model"]["num_classes"] = int(a["num_classes"])
-    cls = classes or _timm_classes(path, a)
+    cls, why = (classes, "") if classes else _timm_classes(a)
     if not cls:
         n = raw["model"].get("num_classes")
-        raise RunDirError(f"{path}: timm train.py arguments name no classes (class_map is empty and "
-                          f"{a.get('data_dir') or a.get('data') or 'the data folder'}/{a.get('train_split') or 'train'} "
-                          f"is not a folder of class folders here); pass --classes a,b,c"
+        raise RunDirError(f"{path}: the timm train.py arguments give no class names ({why}); pass --classes a,b,c"
                           + (f" ({n} classes, in logit order)" if n else ""))
     raw["classes"] = list(cls)
     return raw

@@ -127,10 +127,15 @@ def test_timm_args_defaults_come_from_the_pretrained_cfg_and_a_class_map_wins(tm
     assert cfg.input.mean == pytest.approx(pre["mean"]) and cfg.input.interpolation == pre["interpolation"]
 
 
-def test_timm_args_without_classes_say_what_to_pass(tmp_path):
-    _timm_run(tmp_path / "out", data_dir="/elsewhere/ham")
-    with pytest.raises(RunDirError, match=r"args\.yaml: .*name no classes.*/elsewhere/ham/train.*"
-                                          r"pass --classes a,b,c \(4 classes, in logit order\)") as e:
+@pytest.mark.parametrize("args,why", [
+    ({"data_dir": "/elsewhere/ham"}, r"no class_map, and /elsewhere/ham/train is not a folder of class folders"),
+    ({"class_map": "classes.pkl"}, r"class_map 'classes.pkl' is not a .txt file"),
+    ({"class_map": "missing.txt"}, r"class_map 'missing.txt' is not readable here"),
+], ids=["folder-elsewhere", "pickle", "missing"])
+def test_timm_args_without_classes_say_why_and_what_to_pass(tmp_path, args, why):
+    _timm_run(tmp_path / "out", **args)
+    with pytest.raises(RunDirError, match=r"args\.yaml: the timm train.py arguments give no class names \(" + why
+                       + r".*\); pass --classes a,b,c \(4 classes, in logit order\)") as e:
         load_run(tmp_path / "out")
     assert "\n" not in str(e.value)
     _, cfg = load_run(tmp_path / "out", classes=["w", "x", "y", "z"])
@@ -139,11 +144,15 @@ def test_timm_args_without_classes_say_what_to_pass(tmp_path):
         load_run(tmp_path / "out", classes=["w", "x"])
 
 
-def test_config_yaml_wins_over_timm_args_and_unsupported_crop_mode_is_named(tmp_path):
+def test_config_yaml_wins_over_timm_args_and_unusable_args_are_named(tmp_path):
     rd = tmp_path / "out"
     _timm_run(rd, crop_mode="border")
     with pytest.raises(RunDirError, match=r"args\.yaml: crop_mode 'border'.*not supported"):
         load_run(rd, classes=list("abcd"))
+    _timm_run(rd, img_size="big")
+    with pytest.raises(RunDirError, match=r"args\.yaml: unusable timm train.py argument \(invalid literal"):
+        load_run(rd, classes=list("abcd"))
+    _timm_run(rd)
     (rd / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "resnet18", "source": "timm"},
                                                    "classes": list("abcd"), "input": {"size": 32}}))
     _, cfg = load_run(rd)
