@@ -4,6 +4,11 @@ Grad-CAM (Selvaraju et al., ICCV 2017): for the target layer's activations A ∈
 logit y_c, weights w_k = (1/hw) Σ_ij ∂y_c/∂A_kij and the raw map is ReLU(Σ_k w_k A_k), kept at layer resolution
 (h×w), never min-maxed. Upsampling to the input grid (`upsample`) is a separate step; min-max is for display only.
 
+Layouts (`as_maps`): a CNN layer's N×K×h×w output is used as it is; a channels-last N×h×w×K output (timm Swin,
+some ConvNeXt variants) is permuted; a transformer's N×T×D tokens (timm ViT / DeiT / BEiT / EVA, torchvision
+ViT) drop their class and register tokens and are laid out on the patch grid (N×D×gh×gw), as
+pytorch-grad-cam's `reshape_transform` does for ViTs. Anything else is refused by name, never read as a map.
+
 Cost: one forward per batch. Parameters are frozen for the call and the network input does not need a gradient,
 so the target layer's output is the only tensor in the autograd graph's leaves: the backward runs only through
 the part of the network after the target layer. Hooks are removed and the model's mode and `requires_grad`
@@ -45,26 +50,106 @@ def get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
                      + (" ..." if len(near) > 30 else ""))
 
 
-def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> str:
-    """The last convolutional block: the shallowest-named module producing the last 4-D activation of a forward.
+def _token_grid(model: torch.nn.Module, n_tokens: int) -> tuple[int, int, int] | None:
+    """(prefix tokens, gh, gw) when `n_tokens` tokens are a transformer's class/register tokens followed by its
+    patch grid (timm: `num_prefix_tokens`, `patch_embed.grid_size`; torchvision ViT: one class token,
+    image_size / patch_size), else None."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is not None:
+        prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
+    elif hasattr(model, "conv_proj") and hasattr(model, "class_token") and hasattr(model, "patch_size"):
+        prefix, g = 1, int(model.image_size) // int(model.patch_size)
+        grid = (g, g)
+    else:
+        return None
+    if prefix + int(grid[0]) * int(grid[1]) == n_tokens:
+        return prefix, int(grid[0]), int(grid[1])
+    return None
 
-    ResNet → `layer4`; timm EfficientNet → `bn2` (conv_head + BN + activation); torchvision EfficientNet →
-    `features`. Found with one dry forward on zeros (no gradients), so any CNN of torchvision or timm works.
+
+def _last_block_norm(model: torch.nn.Module) -> str | None:
+    """The input norm of a vision transformer's last block: timm `blocks.<last>.norm1`, torchvision
+    `encoder.layers.<last>.ln_1`; None for other models."""
+    for path, norm in (("blocks", "norm1"), ("encoder.layers", "ln_1")):
+        seq = dict(model.named_modules()).get(path)
+        if isinstance(seq, torch.nn.Sequential) and len(seq):
+            name, last = list(seq.named_children())[-1]
+            if hasattr(last, norm):
+                return f"{path}.{name}.{norm}"
+    return None
+
+
+def _layout(model: torch.nn.Module, shape: Sequence[int], max_side: int | None = None) -> str | None:
+    """How an activation of `shape` maps onto the (square) input: "nchw", "nhwc", "tokens", or None (not a map).
+    max_side: the largest side a map may have (the default-layer search asks for a downsampled map, ≤ S / 2, so
+    that a T×T attention matrix of a small-patch transformer is not taken for one)."""
+    if len(shape) == 4:
+        ok = (lambda side: 1 < side <= max_side) if max_side else (lambda side: side > 1)
+        if shape[2] == shape[3] and ok(shape[2]):
+            return "nchw"
+        if shape[1] == shape[2] and ok(shape[1]) and shape[3] != shape[2]:
+            return "nhwc"
+    if len(shape) == 3 and _token_grid(model, int(shape[1])) is not None:
+        return "tokens"
+    return None
+
+
+def as_maps(model: torch.nn.Module, t: torch.Tensor, layer: str = "") -> torch.Tensor:
+    """The target layer's output as N×K×h×w maps (see the module docstring); LayerError when it is not a map."""
+    kind = _layout(model, t.shape)
+    if kind == "nchw":
+        return t
+    if kind == "nhwc":
+        return t.permute(0, 3, 1, 2)
+    if kind == "tokens":
+        prefix, gh, gw = _token_grid(model, int(t.shape[1]))
+        return t[:, prefix:].reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
+    raise LayerError(f"layer {layer!r} outputs shape {tuple(t.shape)}, which is not a spatial map (N×K×h×w, "
+                     "N×h×w×K, or a transformer's class + patch tokens); choose another --layer")
+
+
+def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> str:
+    """The layer to explain by default, found with one dry forward on zeros (no gradients).
+
+    CNNs: the last convolutional block, the shallowest-named module producing the last spatial map (N×K×h×w, or
+    channels-last N×h×w×K): ResNet → `layer4`; timm EfficientNet → `bn2`; torchvision EfficientNet →
+    `features`; timm Swin → `norm`. A spatial map means h = w on the square input: an attention tensor
+    (N×heads×tokens×dim) is not one.
+    Vision transformers (patch tokens after the last spatial map, which is then only the patch embedding):
+    the input norm of the last block (timm `blocks.<last>.norm1`, torchvision `encoder.layers.<last>.ln_1`),
+    before its attention, as pytorch-grad-cam recommends; after it, a class-token head gives the patch tokens
+    no gradient, and every map would be empty.
     """
     outs: list[tuple[str, torch.Tensor]] = []  # tensors kept alive so that identity comparisons are sound
+    tokens_after = False
 
     def make(name):
         def hook(_m, _i, o):
-            if isinstance(o, torch.Tensor) and o.ndim == 4 and o.shape[-1] > 1 and o.shape[-2] > 1:
+            nonlocal tokens_after
+            if not isinstance(o, torch.Tensor):
+                return
+            kind = _layout(model, o.shape, max_side=int(input_shape[-1]) // 2)
+            if kind in ("nchw", "nhwc"):
                 outs.append((name, o))
+                tokens_after = False
+            elif kind == "tokens" and outs:
+                tokens_after = True
         return hook
 
     p = next(model.parameters(), None)
     x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
                     dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
     traced_forward(model, x, make)
+    if tokens_after:
+        name = _last_block_norm(model)
+        if name is None:
+            raise LayerError("a vision transformer whose last block has no input norm (timm blocks[-1].norm1, "
+                             "torchvision encoder.layers[-1].ln_1): pass --layer (a module whose output is the "
+                             "class + patch tokens, before the last attention)")
+        return name
     if not outs:
-        raise LayerError("no 4-D activation found: the model has no convolutional layer to explain")
+        raise LayerError("no spatial activation found: the model has no convolutional layer or patch tokens "
+                         "to explain")
     last = outs[-1][1]
     names = [n for n, o in outs if o is last]
     return min(names, key=lambda n: (n.count("."), len(n)))
@@ -139,7 +224,8 @@ def resolve_targets(logits: torch.Tensor, rule: str | int | Sequence[int] | torc
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Module,
              target: str | int | Sequence[int] | torch.Tensor = "pred",
              labels: torch.Tensor | None = None, amp: torch.dtype | None = None) -> CamBatch:
-    """Grad-CAM for a batch x (N×C×S×S, on the model's device) at `layer` (module or dotted path).
+    """Grad-CAM for a batch x (N×C×S×S, on the model's device) at `layer` (module or dotted path), on the
+    layer's maps in any layout `as_maps` reads.
 
     Returns raw maps N×h×w (float32, ≥ 0, layer resolution) for the class chosen per image by `target`
     ("pred", "true" with `labels`, a class index, or N indices), with the logits of the same forward.
@@ -164,8 +250,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
             if "A" not in store:
                 raise LayerError(f"layer {layer!r} was not called in the forward pass; choose another --layer")
             A = store["A"]
-            if A.ndim != 4:
-                raise LayerError(f"layer {layer!r} outputs shape {tuple(A.shape)}; Grad-CAM needs N×K×h×w")
+            as_maps(model, A.detach(), str(layer))  # refuses a non-map before the backward
             tgt = resolve_targets(logits.detach(), target, labels)
             sel = logits.gather(1, tgt[:, None]).sum()
             (grads,) = torch.autograd.grad(sel, A)
@@ -173,8 +258,8 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
         handle.remove()
         store.clear()
     with torch.no_grad():
-        a = A.detach().float()
-        w = grads.float().mean(dim=(2, 3), keepdim=True)
+        a = as_maps(model, A.detach(), str(layer)).float()
+        w = as_maps(model, grads, str(layer)).float().mean(dim=(2, 3), keepdim=True)
         cams = F.relu((w * a).sum(1)).float()
         feats = a.mean(dim=(2, 3)).float()
     return CamBatch(logits=logits.detach().float(), cams=cams, target=tgt, features=feats)

@@ -89,6 +89,57 @@ def test_matches_pytorch_grad_cam(name, layers):
         np.testing.assert_allclose(ours_img, theirs, atol=1e-4)
 
 
+def _transformers():
+    """Small random-weight transformers of the three layouts: timm ViT (class + patch tokens), torchvision ViT
+    (its own token layout), timm Swin (channels-last maps)."""
+    import timm
+    from torchvision.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    tv_vit = VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                               num_classes=4)
+    torch.nn.init.normal_(tv_vit.heads.head.weight, std=0.2)  # torchvision starts the head at zero: no gradient
+    return {
+        "timm_vit": (timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=64, depth=2,
+                                       embed_dim=48, num_heads=2), 64, "blocks.1.norm1",
+                     lambda t: t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[2]).transpose(2, 3).transpose(1, 2)),
+        "tv_vit": (tv_vit, 64, "encoder.layers.encoder_layer_1.ln_1",
+                   lambda t: t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[2]).transpose(2, 3).transpose(1, 2)),
+        "timm_swin": (timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=4, img_size=112,
+                                        embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)), 112, "norm",
+                      lambda t: t.permute(0, 3, 1, 2)),
+    }
+
+
+@pytest.mark.parametrize("name", ["timm_vit", "tv_vit", "timm_swin"])
+def test_transformers_default_layer_and_maps_match_pytorch_grad_cam(name):
+    """Token and channels-last layers are laid out on the patch grid as pytorch-grad-cam's reshape_transform
+    does; the default layer is the last block's input norm (ViT) or the last channels-last map (Swin). Before,
+    the default search took a ViT's attention tensor (heads × tokens × dim) for a map."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    model, size, layer, reshape = _transformers()[name]
+    model.eval()
+    assert default_layer(model, (1, 3, size, size)) == layer
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, size, size)
+    targets = [0, 2, 3]
+    ours = grad_cam(model, x, layer, target=targets)
+    assert ours.cams.shape == (3, 4, 4)  # the patch grid (ViTs: 64 / 16) or Swin's last stage (112 / 32, padded)
+    assert float(ours.cams.max()) > 0, "degenerate test: all-zero maps"
+    ours_img = minmax(upsample(minmax(ours.cams), size)).numpy()
+    with pgc.GradCAM(model=model, target_layers=[get_module(model, layer)], reshape_transform=reshape) as ref:
+        theirs = ref(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+    np.testing.assert_allclose(ours_img, theirs, atol=1e-4)
+
+
+def test_a_layer_that_is_no_map_is_refused_by_name():
+    model = _transformers()["timm_vit"][0].eval()
+    with pytest.raises(LayerError, match=r"'blocks\.1\.attn\.k_norm' outputs shape \(1, 2, 17, 24\), which is "
+                                         r"not a spatial map.*choose another --layer"):
+        grad_cam(model, torch.randn(1, 3, 64, 64), "blocks.1.attn.k_norm")
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+
 def test_batched_equals_one_by_one():
     model = _models()["resnet18"].eval()
     torch.manual_seed(2)
