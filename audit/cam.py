@@ -62,8 +62,10 @@ def _token_grid(model: torch.nn.Module, n_tokens: int) -> tuple[int, int, int] |
         grid = (g, g)
     else:
         return None
-    if prefix + int(grid[0]) * int(grid[1]) == n_tokens:
-        return prefix, int(grid[0]), int(grid[1])
+    gh, gw = int(grid[0]), int(grid[1])
+    for k in (prefix, 0):  # CaiT / XCiT add the class token only in their last (class-attention) blocks
+        if k + gh * gw == n_tokens:
+            return k, gh, gw
     return None
 
 
@@ -72,7 +74,7 @@ def _last_block_norm(model: torch.nn.Module) -> str | None:
     `encoder.layers.<last>.ln_1`; None for other models."""
     for path, norm in (("blocks", "norm1"), ("encoder.layers", "ln_1")):
         seq = dict(model.named_modules()).get(path)
-        if isinstance(seq, torch.nn.Sequential) and len(seq):
+        if isinstance(seq, (torch.nn.Sequential, torch.nn.ModuleList)) and len(seq):
             name, last = list(seq.named_children())[-1]
             if hasattr(last, norm):
                 return f"{path}.{name}.{norm}"

@@ -107,10 +107,22 @@ def _transformers():
         "timm_swin": (timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=4, img_size=112,
                                         embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)), 112, "norm",
                       lambda t: t.permute(0, 3, 1, 2)),
+        # four register tokens after the class token (num_prefix_tokens = 5)
+        "timm_vit_registers": (timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=4,
+                                                 img_size=56, depth=2, embed_dim=48, num_heads=2), 56, "blocks.1.norm1",
+                               lambda t: t[:, 5:].reshape(t.shape[0], 4, 4, t.shape[2]).transpose(2, 3).transpose(1, 2)),
+        # EVA-02: its blocks are a ModuleList, not a Sequential
+        "timm_eva": (timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=4, img_size=56, depth=2),
+                     56, "blocks.1.norm1",
+                     lambda t: t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[2]).transpose(2, 3).transpose(1, 2)),
+        # CaiT: patch tokens only (the class token joins in its class-attention blocks)
+        "timm_cait": (timm.create_model("cait_xxs24_224", pretrained=False, num_classes=4, img_size=64, depth=2,
+                                        embed_dim=48, num_heads=2), 64, "blocks.1.norm1",
+                      lambda t: t.reshape(t.shape[0], 4, 4, t.shape[2]).transpose(2, 3).transpose(1, 2)),
     }
 
 
-@pytest.mark.parametrize("name", ["timm_vit", "tv_vit", "timm_swin"])
+@pytest.mark.parametrize("name", ["timm_vit", "tv_vit", "timm_swin", "timm_vit_registers", "timm_eva", "timm_cait"])
 def test_transformers_default_layer_and_maps_match_pytorch_grad_cam(name):
     """Token and channels-last layers are laid out on the patch grid as pytorch-grad-cam's reshape_transform
     does; the default layer is the last block's input norm (ViT) or the last channels-last map (Swin). Before,
