@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cam import get_module, grad_cam, traced_forward, upsample
+from .cam import as_maps, get_module, grad_cam, traced_forward, upsample
 from .errors import LayerError
 from .stats import bootstrap_ci
 
@@ -68,13 +68,14 @@ def _layer_hw(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[int,
 
     def make(_name):
         def hook(_m, _i, o):
-            shape.setdefault("s", tuple(o.shape))
+            if isinstance(o, torch.Tensor) and "s" not in shape:
+                shape["s"] = tuple(as_maps(model, o, layer).shape)  # LayerError when it is no spatial map
         return hook
 
     get_module(model, layer)  # LayerError with the candidates for an unknown name
     traced_forward(model, x[:1], make, names=[layer])
-    if "s" not in shape or len(shape["s"]) != 4:
-        raise LayerError(f"layer {layer!r}: no 4-D output in a forward pass; choose another layer")
+    if "s" not in shape:
+        raise LayerError(f"layer {layer!r}: no tensor output in a forward pass; choose another layer")
     return int(shape["s"][2]), int(shape["s"][3])
 
 

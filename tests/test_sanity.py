@@ -172,3 +172,18 @@ def test_bad_arguments(trained):
     from audit.errors import LayerError
     with pytest.raises(LayerError):
         sanity_check(m, "nope", x)
+
+
+def test_sanity_check_runs_on_a_vision_transformer():
+    """Token layers: the baseline's grid is the patch grid (4×4 for 64 px / patch 16), not the token tensor's
+    shape, and the cascade re-initialises the blocks after the explained norm, then the rest."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=64, depth=2,
+                          embed_dim=32, num_heads=2).eval()
+    x = torch.randn(6, 3, 64, 64)
+    assert tuple(edge_explainer(m, x, "blocks.1.norm1", torch.zeros(6, dtype=torch.long)).shape) == (6, 4, 4)
+    rep = sanity_check(m, "blocks.1.norm1", x, n_boot=50)
+    assert rep["full_randomisation"]["spearman"]["value"] is not None
+    assert rep["steps"][0]["randomised"][0] == "head"
+    json.dumps(rep)
