@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("audit", help="Grad-CAM audit of a trained classifier (run directory)")
-    a.add_argument("--run-dir", help="training run directory (config.yaml, or a timm train.py args.yaml, + checkpoint)")
+    a.add_argument("--run-dir",
+                   help="training run directory (config.yaml, or a timm train.py args.yaml, + checkpoint)")
     a.add_argument("--arch", help="model name when the run dir has no config (e.g. resnet18)")
     a.add_argument("--source", choices=["torchvision", "timm"], help="model library (default: torchvision)")
     a.add_argument("--classes", type=_csv_list, help="comma-separated class names in logit order")
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--split", help="split to audit (default: test when present, else all)")
     a.add_argument("--config", dest="preset", help="YAML preset (configs/*.yaml): regions, gates, options")
     a.add_argument("--out", help="output folder (default: reports/<run-name>/)")
-    a.add_argument("--layer", help="target layer module path (default: the last conv block)")
+    a.add_argument("--layer",
+                   help="target layer module path (default: the last conv block; ViTs: the last block's input norm)")
     a.add_argument("--target", help="class explained: pred (default), true, or a class name")
     a.add_argument("--batch-size", type=int)
     a.add_argument("--device", help="cpu (default), cuda, cuda:N")
