@@ -29,6 +29,8 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 CHECKPOINT_PATTERNS = ("checkpoint.pt", "best.pt", "model.pt", "*.pth", "model_best.pth.tar", "*.pth.tar",
                        "*.safetensors", "*.ckpt")
 STATE_KEYS = ("model", "state_dict", "model_state_dict")
+SINGLE_LOGIT_NOTE = ("one logit z for the second class (sigmoid): read as the logits [-z/2, z/2], whose softmax is "
+                     "[1 - sigmoid(z), sigmoid(z)]; Grad-CAM explains +z (second class) or -z (first), halved")
 STRIP_PREFIXES = ("module.", "model.")
 
 
@@ -46,13 +48,20 @@ class RunConfig:
     run_dir: Path | None = None
     checkpoint: Path | None = None
     checkpoint_sha256: str | None = None
+    single_logit: bool = False  # a binary model with one (sigmoid) output: model.num_classes 1, two classes
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def n_outputs(self) -> int:
+        """The network's own output width: 1 for a single-logit binary model, else the class count."""
+        return 1 if self.single_logit else self.num_classes
+
     def to_dict(self) -> dict:
-        return {"model": {"name": self.model_name, "source": self.source, "num_classes": self.num_classes},
+        return {"model": {"name": self.model_name, "source": self.source, "num_classes": self.num_classes,
+                          "outputs": (SINGLE_LOGIT_NOTE if self.single_logit else "one logit per class, softmax")},
                 "classes": list(self.classes), "input": self.input.to_dict(), "positive_class": self.positive_class,
                 "manifest": str(self.manifest) if self.manifest else None,
                 "run_dir": str(self.run_dir) if self.run_dir else None,
@@ -230,7 +239,11 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     if src not in ("torchvision", "timm"):
         raise RunDirError(f"{where}: model.source must be 'torchvision' or 'timm', got {src!r}")
     n = m.get("num_classes")
-    if n is not None and int(n) != len(cls):
+    single = n is not None and int(n) == 1
+    if single and len(cls) != 2:
+        raise RunDirError(f"{where}: model.num_classes = 1 (a single sigmoid logit) needs exactly two classes "
+                          f"[negative, positive], got {len(cls)}")
+    if n is not None and not single and int(n) != len(cls):
         raise RunDirError(f"{where}: model.num_classes = {n} but {len(cls)} classes are listed")
     inp_raw = raw.get("input") or {}
     base = _default_input(name, src)
@@ -253,18 +266,19 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
         mp = Path(data["manifest"])
         manifest = mp if mp.is_absolute() else (rd / mp if rd else mp)
     return RunConfig(model_name=str(name), source=src, classes=cls, input=inp,
-                     positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd)
+                     positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd,
+                     single_logit=single)
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
-    """An untrained model of the declared architecture with `num_classes` outputs (never downloads weights)."""
+    """An untrained model of the declared architecture with `n_outputs` outputs (never downloads weights)."""
     try:
         if cfg.source == "timm":
             import timm
-            return timm.create_model(cfg.model_name, pretrained=False, num_classes=cfg.num_classes,
+            return timm.create_model(cfg.model_name, pretrained=False, num_classes=cfg.n_outputs,
                                      in_chans=cfg.input.channels)
         import torchvision
-        model = torchvision.models.get_model(cfg.model_name, weights=None, num_classes=cfg.num_classes)
+        model = torchvision.models.get_model(cfg.model_name, weights=None, num_classes=cfg.n_outputs)
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise RunDirError(f"model {cfg.source}:{cfg.model_name}: cannot build ({str(e).splitlines()[0]})") from None
     if cfg.input.channels == 1:
@@ -336,6 +350,16 @@ def _load_failure(path: Path, e: Exception) -> str:
     return f"cannot load checkpoint with weights_only=True ({first[:300]})"
 
 
+def two_class_logits(_module: torch.nn.Module, _inputs, z: torch.Tensor) -> torch.Tensor:
+    """Forward hook on a single-logit binary model: N×1 logit z → N×2 logits [-z/2, z/2].
+
+    softmax([-z/2, z/2]) = [1 - σ(z), σ(z)] exactly, so every softmax-based figure (confidence, thresholds,
+    operating points) is the sigmoid model's own; Grad-CAM of the second class explains +z/2 and of the first
+    −z/2, i.e. pytorch-grad-cam's BinaryClassifierOutputTarget maps at half scale (the same map once normalised).
+    Registered on the model `load_run` builds, never on a caller's model."""
+    return torch.cat([-0.5 * z, 0.5 * z], dim=1)
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -368,15 +392,20 @@ def load_run(run_dir: str | Path | None, arch: str | None = None, classes: list[
         if tuple(v.shape) != tuple(model_sd[k].shape):
             hint = ""
             if v.ndim >= 1 and model_sd[k].ndim >= 1 and v.shape[0] != model_sd[k].shape[0] and v.ndim <= 2:
-                hint = f" (the checkpoint has {v.shape[0]} outputs here; the config lists {cfg.num_classes} classes)"
+                hint = f" (the checkpoint has {v.shape[0]} outputs here; the config lists {cfg.num_classes} classes"
+                hint += (": for a single-logit (sigmoid) binary model set model.num_classes: 1)"
+                         if v.shape[0] == 1 and cfg.num_classes == 2 else ")")
             raise RunDirError(f"{ckpt}: shape mismatch at {k}: checkpoint {tuple(v.shape)} vs model "
                               f"{tuple(model_sd[k].shape)}{hint}")
     model.load_state_dict(sd, strict=True)
     model.eval()
     with torch.no_grad():
         out = model(torch.zeros(1, cfg.input.channels, cfg.input.size, cfg.input.size))
-    if out.ndim != 2 or out.shape[1] != cfg.num_classes:
-        raise RunDirError(f"{ckpt}: the model gives {tuple(out.shape)} logits, but {cfg.num_classes} classes are listed")
+    if out.ndim != 2 or out.shape[1] != cfg.n_outputs:
+        raise RunDirError(f"{ckpt}: the model gives {tuple(out.shape)} logits, but {cfg.n_outputs} are expected "
+                          f"({cfg.num_classes} classes{', single logit' if cfg.single_logit else ''})")
+    if cfg.single_logit:
+        model.register_forward_hook(two_class_logits)
     cfg.checkpoint = ckpt
     cfg.checkpoint_sha256 = file_sha256(ckpt)
     return model, cfg

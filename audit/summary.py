@@ -63,7 +63,8 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
     s: dict = {
         "schema_version": SCHEMA_VERSION,
         "run": {"name": run.run_dir.name if run.run_dir else None, "run_dir": str(run.run_dir) if run.run_dir else None,
-                "model": f"{run.source}:{run.model_name}", "checkpoint": str(run.checkpoint),
+                "model": f"{run.source}:{run.model_name}" + (" (one sigmoid logit)" if run.single_logit else ""),
+                "checkpoint": str(run.checkpoint),
                 "checkpoint_sha256": run.checkpoint_sha256, "classes": run.classes},
         "data": {"manifest": str(manifest), "split": split, "n": n, "n_skipped": n_skipped},
         "cam": {"method": "Grad-CAM (Selvaraju et al. 2017)", "layer": layer, "resolution": list(cam_hw),

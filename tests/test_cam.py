@@ -152,6 +152,28 @@ def test_a_layer_that_is_no_map_is_refused_by_name():
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
 
 
+def test_single_logit_model_matches_binary_target_of_pytorch_grad_cam():
+    """A sigmoid model read through audit.run.two_class_logits: Grad-CAM of the second class explains +z, of the
+    first −z (pytorch-grad-cam's BinaryClassifierOutputTarget), at half scale: equal once normalised."""
+    import torchvision
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    from audit.run import two_class_logits
+    torch.manual_seed(1)  # a seed where both signs give non-empty maps at layer3 (a linear head often empties −z)
+    raw = torchvision.models.resnet18(num_classes=1).eval()
+    x = torch.randn(4, 3, 96, 96)
+    wrapped = torchvision.models.resnet18(num_classes=1).eval()
+    wrapped.load_state_dict(raw.state_dict())
+    wrapped.register_forward_hook(two_class_logits)
+    targets = [1, 0, 1, 0]
+    ours = grad_cam(wrapped, x, "layer3", target=targets)
+    assert ours.logits.shape == (4, 2) and float(ours.cams.amax(dim=(1, 2)).min()) > 1e-3
+    with pgc.GradCAM(model=raw, target_layers=[raw.layer3]) as ref:
+        theirs = ref(input_tensor=x, targets=[BinaryClassifierOutputTarget(t) for t in targets])
+    np.testing.assert_allclose(minmax(upsample(minmax(ours.cams), 96)).numpy(), theirs, atol=1e-4)
+
+
 def test_batched_equals_one_by_one():
     model = _models()["resnet18"].eval()
     torch.manual_seed(2)

@@ -229,3 +229,31 @@ def test_manifest_paths_relative_to_its_folder_from_a_relative_path(tmp_path, mo
     df = load_manifest("runs/data/m.csv", DataSpec(image_root=root))
     assert Path(df["image"][0]).is_file() and Path(df["mask"][0]).is_file()
     assert Path(df["image"][0]).resolve() == (sub / "images" / "a.png").resolve()
+
+
+def test_single_logit_binary_model_reads_as_two_class_softmax(tmp_path):
+    """model.num_classes: 1 with two classes: the sigmoid model's logit z becomes [-z/2, z/2], whose softmax is
+    [1 - sigmoid(z), sigmoid(z)]; a config that lists two classes for a one-output checkpoint says what to set."""
+    rd = tmp_path / "run"
+    rd.mkdir()
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(num_classes=1).eval()
+    torch.save(ref.state_dict(), rd / "checkpoint.pt")
+    cfg_two = {"model": {"name": "resnet18"}, "classes": ["benign", "malignant"], "input": {"size": 64}}
+    (rd / "config.yaml").write_text(yaml.safe_dump(cfg_two))
+    with pytest.raises(RunDirError, match=r"checkpoint \(1, 512\).*for a single-logit \(sigmoid\) binary model set "
+                                          r"model.num_classes: 1"):
+        load_run(rd)
+    (rd / "config.yaml").write_text(yaml.safe_dump({**cfg_two, "model": {"name": "resnet18", "num_classes": 1}}))
+    model, cfg = load_run(rd)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        z = ref(x)[:, 0]
+        p = torch.softmax(model(x), 1)
+    torch.testing.assert_close(p[:, 1], torch.sigmoid(z), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(p[:, 0], 1 - torch.sigmoid(z), rtol=1e-5, atol=1e-6)
+    assert cfg.single_logit and cfg.num_classes == 2 and "sigmoid" in cfg.to_dict()["model"]["outputs"]
+    (rd / "config.yaml").write_text(yaml.safe_dump({**cfg_two, "classes": ["a", "b", "c"],
+                                                    "model": {"name": "resnet18", "num_classes": 1}}))
+    with pytest.raises(RunDirError, match="num_classes = 1 .* needs exactly two classes"):
+        load_run(rd)
