@@ -132,7 +132,15 @@ def _nearest(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit scaled)."""
+    """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit scaled).
+
+    DICOM is refused with a message saying so: its pixel values only become an image through a windowing the
+    auditor cannot know (the one the model was trained with)."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head[128:132] == b"DICM" or str(path).lower().endswith((".dcm", ".dicom")):
+        raise ValueError("a DICOM file: export the images as PNG (16-bit allowed) or JPEG with the windowing the "
+                         "model was trained on; the auditor does not read DICOM")
     with Image.open(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):

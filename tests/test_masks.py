@@ -196,6 +196,14 @@ def test_crop_geometry_is_torchvisions_resize_and_centre_crop_pixel_for_pixel(hw
     assert np.abs(idx % hw[1] - np.asarray(ref_idx) % hw[1]).max() <= 1
 
 
+def test_dicom_is_refused_by_name(tmp_path):
+    from audit.preprocess import load_rgb
+    p = tmp_path / "scan0001"  # no suffix: recognised by the DICM preamble
+    p.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    with pytest.raises(ValueError, match="a DICOM file: export the images as PNG"):
+        load_rgb(p)
+
+
 def test_mask_of_other_size_is_resized_and_warns_only_on_aspect_change(tmp_path):
     m = np.zeros((50, 100), np.uint8)
     m[:, :50] = 255  # left half
