@@ -378,6 +378,8 @@ def small_text(e: dict) -> str:
     m = _SPLIT.search(str(e.get("note") or ""))
     if m:
         n_c, n_i = int(m.group(1)), int(m.group(2))
+        if n_c + n_i == 0:  # no image with a value (e.g. every map all-zero): nothing was split
+            return "small n=0"
         if n_i <= n_c:
             return "no errors" if n_i == 0 else f"small: {n_i} wrong"
         return "none correct" if n_c == 0 else f"small: {n_c} correct"

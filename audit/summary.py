@@ -43,6 +43,16 @@ def add_flags(per_image: pd.DataFrame, kinds: dict[str, str], cfg: AuditConfig) 
     return df
 
 
+def off_target_defined(df: pd.DataFrame, kinds: dict[str, str]) -> np.ndarray:
+    """bool per image: at least one score the off-target flag reads (a target's frac_, an artifact's lift_) is
+    defined. An image without one (an all-zero map, no region present) is neither on nor off target."""
+    cols = [f"frac_{r}" if k == "target" else f"lift_{r}" for r, k in kinds.items()]
+    cols = [c for c in cols if c in df]
+    if not cols:
+        return np.zeros(len(df), bool)
+    return df[cols].notna().any(axis=1).to_numpy()
+
+
 def _est(e) -> dict:
     d = e.to_dict() if hasattr(e, "to_dict") else dict(e)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
@@ -132,7 +142,9 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             keep = t[t["stat"].isin(["median_all", "diff_median", "auroc_error", "spearman_conf_all"])]
             s["by_group"] = {"columns": by_cols, "rows": keep.to_dict("records")}
     if "flag_off_target" in per_image:
-        s["off_target"] = {"rate": rate(per_image["flag_off_target"].sum(), n),
+        ok = off_target_defined(per_image, kinds)
+        s["off_target"] = {"rate": rate(per_image["flag_off_target"].to_numpy()[ok].sum(), ok.sum()),
+                           "n_undefined": int((~ok).sum()),
                            "rule": f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}"}
     return s
 

@@ -68,6 +68,12 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         f"\nGrad-CAM at {s['cam']['layer']} ({'×'.join(map(str, s['cam']['resolution']))}), explaining "
         f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}")
     parts = [head]
+    nz = int(d.get("n_zero_cam") or 0)
+    if nz:
+        parts.append(Text(f"All-zero Grad-CAM maps: {nz} of {d['n']} (no positive evidence at this layer for the "
+                          "explained class; their fractions are undefined and left out)"
+                          + (": choose another --layer" if nz == d["n"] else ""),
+                          style="bold red" if nz == d["n"] else "yellow"))
     if s.get("regions"):
         t = Table(title="Where the evidence lies (share of Grad-CAM mass; 95% CI)", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
@@ -91,9 +97,11 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         parts.append(t)
     hce = s.get("high_conf_errors") or {}
     if hce:
+        ot = s.get("off_target") or {}
+        off = (f" · off-target evidence: {_fmt_est(ot['rate'], pct=True)} of {ot['rate'].get('n')}"
+               if ot else "")
         parts.append(Text(f"High-confidence errors (≥ {hce['threshold']}): {_fmt_est(hce['rate'], pct=True)}"
-                          f" of {d['n']}" + (f" · off-target evidence: {_fmt_est(s['off_target']['rate'], pct=True)}"
-                                             if s.get("off_target") else "")))
+                          f" of {d['n']}" + off))
         if hce.get("top"):
             t = Table(title="Most confident errors", title_justify="left", pad_edge=False)
             for c in ("image", "true", "pred", "conf", "off-target"):

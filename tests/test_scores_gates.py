@@ -94,3 +94,34 @@ def test_by_artifact_from_metadata_flag():
     w, wo = out["ink"]["with"], out["ink"]["without"]
     assert w["n"] == 4 and w["sensitivity"]["value"] == 0.75 and w["specificity"]["value"] is None
     assert wo["n"] == 6 and wo["specificity"]["value"] == 5 / 6 and wo["accuracy"]["value"] == 5 / 6
+
+
+def test_off_target_rate_counts_only_images_where_the_flag_is_defined():
+    """An image whose map is all zero has no fraction and no lift: it is neither on nor off target, so it leaves
+    the rate's n instead of counting as 'on target'."""
+    import numpy as np
+    import pandas as pd
+
+    from audit.config import AuditConfig
+    from audit.preprocess import InputSpec
+    from audit.run import RunConfig
+    from audit.summary import add_flags, build_summary, off_target_defined
+
+    nan = float("nan")
+    df = pd.DataFrame({"image_id": list("abcde"), "label": ["x", "y", "x", "y", "x"], "pred": ["x", "y", "y", "y", "x"],
+                       "correct": [True, True, False, True, True], "confidence": [0.9, 0.8, 0.7, 0.6, 0.95],
+                       "frac_lungs": [0.2, 0.8, nan, 0.7, nan], "lift_lungs": [0.5, 1.5, nan, 1.4, nan],
+                       "frac_text": [0.05, 0.4, nan, 0.05, nan], "lift_text": [1.0, 5.0, nan, 1.0, nan],
+                       "p_x": [0.9, 0.2, 0.3, 0.4, 0.95], "p_y": [0.1, 0.8, 0.7, 0.6, 0.05]})
+    for r in ("lungs", "text"):  # the other per-region columns the summary reads (values immaterial here)
+        df[f"area_{r}"], df[f"fraclayer_{r}"], df[f"hit_{r}"] = 0.3, df[f"frac_{r}"], 1.0
+    kinds = {"lungs": "target", "text": "artifact"}
+    cfg = AuditConfig()
+    df = add_flags(df, kinds, cfg)
+    assert df["flag_off_target"].tolist() == [True, True, False, False, False]
+    assert off_target_defined(df, kinds).tolist() == [True, True, False, True, False]
+    run = RunConfig(model_name="resnet18", source="torchvision", classes=["x", "y"], input=InputSpec())
+    s = build_summary(df, kinds, run, cfg, full=None, split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7),
+                      n_skipped=0, timing={})
+    assert s["off_target"]["rate"]["n"] == 3 and s["off_target"]["n_undefined"] == 2
+    assert s["off_target"]["rate"]["value"] == pytest.approx(2 / 3)

@@ -231,3 +231,6 @@ def test_small_text_names_the_short_group_of_a_correct_vs_wrong_figure():
     row = tidy[tidy.stat == "diff_median"].iloc[0].to_dict()
     assert row["n"] == 40 and small_text(row) == "no errors"   # the tidy rows carry the note
     assert small_text({"too_small": True, "n": float("nan")}) == "small n=?"
+    with pytest.warns(UndefinedMetricWarning):   # every value missing (all-zero maps): nothing was split
+        empty = region_stats(np.full(40, np.nan), np.arange(40) >= 20, conf, n_boot=0)
+    assert small_text(empty["diff_median"].to_dict()) == "small n=0"   # not "no errors": 20 were wrong

@@ -81,3 +81,20 @@ def test_discovered_groups_in_words_with_prototypes():
     con2 = Console(width=100, color_system=None, force_terminal=False, record=True)
     print_summary(SUMMARY, "reports/run_x", con2)
     assert "Discovered groups" not in con2.export_text()
+
+
+def test_all_zero_maps_are_called_out_and_off_target_names_its_n():
+    s = {**SUMMARY, "data": {**SUMMARY["data"], "n_zero_cam": 120},
+         "off_target": {"rate": _est(None, n=0, too_small=True), "n_undefined": 120, "rule": "r"}}
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary(s, None, con)
+    text = con.export_text()
+    assert "All-zero Grad-CAM maps: 120 of 120" in text and "choose another --layer" in text
+    assert "off-target evidence: small n=0 of 0" in text
+    s = {**SUMMARY, "data": {**SUMMARY["data"], "n_zero_cam": 3},
+         "off_target": {"rate": _est(0.25, 0.18, 0.33, n=117), "n_undefined": 3, "rule": "r"}}
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary(s, None, con)
+    text = con.export_text()
+    assert "All-zero Grad-CAM maps: 3 of 120" in text and "choose another" not in text
+    assert "off-target evidence: 25% [18%,33%] of 117" in text

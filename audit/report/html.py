@@ -142,8 +142,11 @@ def _accuracy(inp: ReportInputs) -> str:
     if hce:
         out.append(f" · high-confidence errors (≥ {esc(hce.get('threshold'))}): {esc(fmt_est(hce.get('rate'), pct=True))}")
     if s.get("off_target"):
-        out.append(f" · off-target evidence: {esc(fmt_est(s['off_target'].get('rate'), pct=True))} "
-                   f"({esc(s['off_target'].get('rule', ''))})")
+        ot = s["off_target"]
+        out.append(f" · off-target evidence: {esc(fmt_est(ot.get('rate'), pct=True))} of "
+                   f"{esc((ot.get('rate') or {}).get('n'))} ({esc(ot.get('rule', ''))}"
+                   + (f"; undefined for {esc(ot['n_undefined'])} without a defined score" if ot.get("n_undefined")
+                      else "") + ")")
     out.append("</p>")
     pc = s.get("per_class") or {}
     if pc:
