@@ -1,12 +1,13 @@
 """Load a training run directory: config, checkpoint (weights_only), model (torchvision | timm).
 
 Run directory contract (see README):
-  config.yaml | config.json   model {name, source, num_classes}, classes, input {...}, positive_class, data {manifest}
+  config.yaml | config.json   model {name, source, num_classes, state_key}, classes, input {...}, positive_class,
+                              data {manifest}
   args.yaml                   (without a config) the arguments timm's train.py writes into its output folder
   checkpoint                  first of checkpoint.pt, best.pt, model.pt, *.pth, model_best.pth.tar, *.pth.tar,
                               *.safetensors, *.ckpt
-A checkpoint may be a plain state_dict or hold one under `model`, `state_dict` or `model_state_dict`;
-`module.` and `model.` prefixes are stripped. It is always read with `torch.load(weights_only=True)`; the one
+A checkpoint may be a plain state_dict or hold one under `model`, `state_dict` or `model_state_dict` (or the
+entry `model.state_key` names, e.g. timm's `state_dict_ema`); `module.` and `model.` prefixes are stripped. It is always read with `torch.load(weights_only=True)`; the one
 non-tensor type allowed besides torch's defaults is `argparse.Namespace` (the training arguments that timm's
 CheckpointSaver and many training scripts store beside the weights: plain data, no code).
 """
@@ -49,6 +50,8 @@ class RunConfig:
     checkpoint: Path | None = None
     checkpoint_sha256: str | None = None
     single_logit: bool = False  # a binary model with one (sigmoid) output: model.num_classes 1, two classes
+    state_key: str | None = None  # the checkpoint entry holding the weights (default: model / state_dict / ...)
+    weights_note: str = ""  # what else the checkpoint held that was not audited (e.g. EMA weights)
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +69,8 @@ class RunConfig:
                 "manifest": str(self.manifest) if self.manifest else None,
                 "run_dir": str(self.run_dir) if self.run_dir else None,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "checkpoint_sha256": self.checkpoint_sha256}
+                "checkpoint_sha256": self.checkpoint_sha256, "state_key": self.state_key,
+                "weights_note": self.weights_note or None}
 
 
 def read_config_file(path: Path) -> dict:
@@ -265,9 +269,12 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     if data.get("manifest"):
         mp = Path(data["manifest"])
         manifest = mp if mp.is_absolute() else (rd / mp if rd else mp)
+    key = m.get("state_key")
+    if key is not None and not isinstance(key, str):
+        raise RunDirError(f"{where}: model.state_key must be a string (the checkpoint entry holding the weights)")
     return RunConfig(model_name=str(name), source=src, classes=cls, input=inp,
                      positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd,
-                     single_logit=single)
+                     single_logit=single, state_key=key)
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
@@ -286,13 +293,25 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
     return model
 
 
-def _extract_state_dict(obj, path: Path) -> dict:
+def _extract_state_dict(obj, path: Path, key: str | None = None) -> tuple[dict, str]:
+    """(the weights, a note on other weights the checkpoint holds). With `key`, obj[key]; else the first of
+    STATE_KEYS, recursively, or obj itself when it holds only tensors."""
+    if key is not None:
+        if not (isinstance(obj, dict) and isinstance(obj.get(key), dict)):
+            have = ", ".join(sorted(str(k) for k in obj)[:12]) if isinstance(obj, dict) else type(obj).__name__
+            raise RunDirError(f"{path}: model.state_key {key!r} is not an entry holding weights (entries: {have})")
+        return _extract_state_dict(obj[key], path)[0], ""
     if isinstance(obj, dict):
         for k in STATE_KEYS:
             if k in obj and isinstance(obj[k], dict):
-                return _extract_state_dict(obj[k], path)
+                sd, _ = _extract_state_dict(obj[k], path)
+                others = [o for o in obj if o != k and str(o).startswith(("state_dict", "model"))
+                          and isinstance(obj[o], dict)]
+                note = (f"the checkpoint also holds {', '.join(map(str, others))} (not audited; set model.state_key "
+                        "to audit it)") if others else ""
+                return sd, note
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
+            return obj, ""
     raise RunDirError(f"{path}: not a state_dict (expected tensors, or a dict holding one under "
                       f"{', '.join(STATE_KEYS)})")
 
@@ -313,12 +332,13 @@ def _strip(sd: dict, model_keys: set[str]) -> dict:
     return sd
 
 
-def read_state_dict(path: Path) -> dict:
-    """Tensors of a checkpoint file, read without executing code (weights_only / safetensors)."""
+def read_state_dict(path: Path, key: str | None = None) -> tuple[dict, str]:
+    """(tensors of a checkpoint file, read without executing code (weights_only / safetensors); a note on other
+    weights it holds). key: the entry holding the weights (default: see `_extract_state_dict`)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
-            return load_file(str(path), device="cpu")
+            return load_file(str(path), device="cpu"), ""
         allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
         with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -326,7 +346,7 @@ def read_state_dict(path: Path) -> dict:
         raise RunDirError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)")
     except Exception as e:
         raise RunDirError(f"{path}: {_load_failure(path, e)}") from None
-    return _extract_state_dict(obj, path)
+    return _extract_state_dict(obj, path, key)
 
 
 def _load_failure(path: Path, e: Exception) -> str:
@@ -378,7 +398,7 @@ def load_run(run_dir: str | Path | None, arch: str | None = None, classes: list[
     if not ckpt.is_file():
         raise RunDirError(f"{ckpt}: checkpoint not found")
     model = build_model(cfg)
-    sd = read_state_dict(ckpt)
+    sd, cfg.weights_note = read_state_dict(ckpt, cfg.state_key)
     model_sd = model.state_dict()
     sd = _strip(sd, set(model_sd))
     missing = sorted(set(model_sd) - set(sd))

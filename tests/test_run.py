@@ -257,3 +257,27 @@ def test_single_logit_binary_model_reads_as_two_class_softmax(tmp_path):
                                                     "model": {"name": "resnet18", "num_classes": 1}}))
     with pytest.raises(RunDirError, match="num_classes = 1 .* needs exactly two classes"):
         load_run(rd)
+
+
+def test_ema_weights_beside_the_model_are_named_and_selectable(tmp_path):
+    """timm's CheckpointSaver stores EMA weights under state_dict_ema beside state_dict: the default audits
+    state_dict and says the EMA weights were not audited; model.state_key picks them."""
+    rd = tmp_path / "run"
+    rd.mkdir()
+    torch.manual_seed(0)
+    plain, ema = torchvision.models.resnet18(num_classes=3), torchvision.models.resnet18(num_classes=3)
+    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict(), "epoch": 4},
+               rd / "model_best.pth.tar")
+    cfg = {"model": {"name": "resnet18"}, "classes": ["a", "b", "c"], "input": {"size": 64}}
+    (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    model, run = load_run(rd)
+    assert torch.equal(model.fc.weight, plain.fc.weight)
+    assert "state_dict_ema (not audited; set model.state_key" in run.weights_note
+    (rd / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": {"name": "resnet18", "state_key": "state_dict_ema"}}))
+    model, run = load_run(rd)
+    assert torch.equal(model.fc.weight, ema.fc.weight) and run.weights_note == ""
+    assert run.to_dict()["state_key"] == "state_dict_ema"
+    (rd / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": {"name": "resnet18", "state_key": "ema"}}))
+    with pytest.raises(RunDirError, match=r"model.state_key 'ema' is not an entry holding weights \(entries: epoch, "
+                                          r"state_dict, state_dict_ema\)"):
+        load_run(rd)
