@@ -7,9 +7,10 @@ Run directory contract (see README):
   checkpoint                  first of checkpoint.pt, best.pt, model.pt, *.pth, model_best.pth.tar, *.pth.tar,
                               *.safetensors, *.ckpt
 A checkpoint may be a plain state_dict or hold one under `model`, `state_dict` or `model_state_dict` (or the
-entry `model.state_key` names, e.g. timm's `state_dict_ema`); `module.` and `model.` prefixes are stripped. It is always read with `torch.load(weights_only=True)`; the one
-non-tensor type allowed besides torch's defaults is `argparse.Namespace` (the training arguments that timm's
-CheckpointSaver and many training scripts store beside the weights: plain data, no code).
+entry `model.state_key` names, e.g. timm's `state_dict_ema`); `module.` and `model.` prefixes are stripped. It
+is always read with `torch.load(weights_only=True)`; the one non-tensor type allowed besides torch's defaults
+is `argparse.Namespace` (the training arguments that timm's CheckpointSaver and many training scripts store
+beside the weights: plain data, no code).
 """
 from __future__ import annotations
 
@@ -335,6 +336,8 @@ def _strip(sd: dict, model_keys: set[str]) -> dict:
 def read_state_dict(path: Path, key: str | None = None) -> tuple[dict, str]:
     """(tensors of a checkpoint file, read without executing code (weights_only / safetensors); a note on other
     weights it holds). key: the entry holding the weights (default: see `_extract_state_dict`)."""
+    if path.suffix == ".safetensors" and key is not None:
+        raise RunDirError(f"{path}: model.state_key {key!r}: a .safetensors file holds one set of weights")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
