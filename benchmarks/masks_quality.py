@@ -81,7 +81,11 @@ NOTES = """Notes
   (0.833 / 0.817, 0.779, 0.850 / 0.869); oriented line filters of 5-9 px before the floor (best 0.821 / 0.828,
   0.797, 0.843 / 0.853); hysteresis with a minimum stroke length (≤ 0.820 / 0.823, ≤ 0.833, ≤ 0.843 / 0.889);
   letting dark violet strokes through the hair and blue-darkness exclusions (thick dark purple hatching is
-  missed today) flagged blue-grey lesions and hair (≤ 0.796 / 0.787). Whatever raised the compressed held-out
+  missed today) flagged blue-grey lesions and hair (≤ 0.796 / 0.787), also per thin long component with
+  ink-like median colour ratios (no figure rose); a ratio form of the blue-darkness exclusion (0.75 / 0.74,
+  0.76, 0.76 / 0.83); a local violet-tint tie-break (evidence averaged with σ = 5 px, max − median) for images
+  with nothing above the floor (0.840 / 0.827, 0.837, 0.850 / 0.876: the one variant up on all ISIC figures,
+  still under 0.85 on the 35, and down on HAM through one positive). Whatever raised the compressed held-out
   copies lowered the full-quality HAM10000 rows. On the 35 images, 6 of the 12 positives rank above every
   negative; a faint dotted blue circle (ISIC_0012335) scores just above the noise; the other 5 carry ink that
   is faint or sub-pixel at 224 px (at 448 and 640 px the shipped detector scored lower: 0.774, 0.779), so
