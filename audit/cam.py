@@ -25,8 +25,6 @@ import torch.nn.functional as F
 
 from .errors import LayerError
 
-KNOWN_LAST_LAYERS = ("layer4", "bn2", "conv_head", "features", "stages", "blocks")
-
 
 @dataclass
 class CamBatch:
