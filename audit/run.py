@@ -1,8 +1,8 @@
 """Load a training run directory: config, checkpoint (weights_only), model (torchvision | timm).
 
 Run directory contract (see README):
-  config.yaml | config.json   model {name, source, num_classes, state_key}, classes, input {...}, positive_class,
-                              data {manifest}
+  config.yaml | config.json   model {name, source, num_classes, binary_logit, state_key}, classes, input {...},
+                              positive_class, data {manifest}
   args.yaml                   (without a config) the arguments timm's train.py writes into its output folder
   checkpoint                  first of checkpoint.pt, best.pt, model.pt, *.pth, model_best.pth.tar, *.pth.tar,
                               *.safetensors, *.ckpt
@@ -31,8 +31,8 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 CHECKPOINT_PATTERNS = ("checkpoint.pt", "best.pt", "model.pt", "*.pth", "model_best.pth.tar", "*.pth.tar",
                        "*.safetensors", "*.ckpt")
 STATE_KEYS = ("model", "state_dict", "model_state_dict")
-SINGLE_LOGIT_NOTE = ("one logit z for the second class (sigmoid): read as the logits [-z/2, z/2], whose softmax is "
-                     "[1 - sigmoid(z), sigmoid(z)]; Grad-CAM explains +z (second class) or -z (first), halved")
+BINARY_LOGIT_NOTE = ("sigmoid logit z ({which}) for the second class: read as the logits [-z/2, z/2], whose softmax "
+                     "is [1 - sigmoid(z), sigmoid(z)]; Grad-CAM explains +z (second class) or -z (first), halved")
 STRIP_PREFIXES = ("module.", "model.")
 
 
@@ -50,7 +50,8 @@ class RunConfig:
     run_dir: Path | None = None
     checkpoint: Path | None = None
     checkpoint_sha256: str | None = None
-    single_logit: bool = False  # a binary model with one (sigmoid) output: model.num_classes 1, two classes
+    binary_logit: int | None = None  # audited as binary: this sigmoid output (0 for a one-output model)
+    n_logits: int | None = None  # the network's output count when it differs from the class count
     state_key: str | None = None  # the checkpoint entry holding the weights (default: model / state_dict / ...)
     weights_note: str = ""  # what else the checkpoint held that was not audited (e.g. EMA weights)
 
@@ -59,13 +60,26 @@ class RunConfig:
         return len(self.classes)
 
     @property
+    def single_logit(self) -> bool:
+        """A binary audit of one sigmoid output (see `BinaryLogit`)."""
+        return self.binary_logit is not None
+
+    @property
     def n_outputs(self) -> int:
-        """The network's own output width: 1 for a single-logit binary model, else the class count."""
-        return 1 if self.single_logit else self.num_classes
+        """The network's own output width: `n_logits` for a binary audit of a sigmoid output, else the class
+        count."""
+        return int(self.n_logits or 1) if self.single_logit else self.num_classes
+
+    @property
+    def outputs_text(self) -> str:
+        if not self.single_logit:
+            return "one logit per class, softmax"
+        which = "its only output" if self.n_outputs == 1 else f"output {self.binary_logit} of {self.n_outputs}"
+        return BINARY_LOGIT_NOTE.format(which=which)
 
     def to_dict(self) -> dict:
         return {"model": {"name": self.model_name, "source": self.source, "num_classes": self.num_classes,
-                          "outputs": (SINGLE_LOGIT_NOTE if self.single_logit else "one logit per class, softmax")},
+                          "outputs": self.outputs_text},
                 "classes": list(self.classes), "input": self.input.to_dict(), "positive_class": self.positive_class,
                 "manifest": str(self.manifest) if self.manifest else None,
                 "run_dir": str(self.run_dir) if self.run_dir else None,
@@ -244,11 +258,21 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     if src not in ("torchvision", "timm"):
         raise RunDirError(f"{where}: model.source must be 'torchvision' or 'timm', got {src!r}")
     n = m.get("num_classes")
-    single = n is not None and int(n) == 1
-    if single and len(cls) != 2:
-        raise RunDirError(f"{where}: model.num_classes = 1 (a single sigmoid logit) needs exactly two classes "
-                          f"[negative, positive], got {len(cls)}")
-    if n is not None and not single and int(n) != len(cls):
+    k = m.get("binary_logit")
+    if k is None and n is not None and int(n) == 1:
+        k = 0  # a one-output (sigmoid) binary model
+    if k is not None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise RunDirError(f"{where}: model.binary_logit must be an output index (0, 1, ...), got {k!r}")
+        if n is None and k > 0:
+            raise RunDirError(f"{where}: model.binary_logit = {k} needs model.num_classes (the network's output count)")
+        n_logits = int(n) if n is not None else 1
+        if k >= n_logits:
+            raise RunDirError(f"{where}: model.binary_logit = {k} but the network has {n_logits} outputs")
+        if len(cls) != 2:
+            raise RunDirError(f"{where}: a sigmoid output audited as a binary model (model.num_classes = 1 or "
+                              f"model.binary_logit) needs exactly two classes [negative, positive], got {len(cls)}")
+    elif n is not None and int(n) != len(cls):
         raise RunDirError(f"{where}: model.num_classes = {n} but {len(cls)} classes are listed")
     inp_raw = raw.get("input") or {}
     base = _default_input(name, src)
@@ -275,7 +299,8 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
         raise RunDirError(f"{where}: model.state_key must be a string (the checkpoint entry holding the weights)")
     return RunConfig(model_name=str(name), source=src, classes=cls, input=inp,
                      positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd,
-                     single_logit=single, state_key=key)
+                     binary_logit=k, n_logits=(int(n) if n is not None else 1) if k is not None else None,
+                     state_key=key)
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
@@ -373,14 +398,24 @@ def _load_failure(path: Path, e: Exception) -> str:
     return f"cannot load checkpoint with weights_only=True ({first[:300]})"
 
 
-def two_class_logits(_module: torch.nn.Module, _inputs, z: torch.Tensor) -> torch.Tensor:
-    """Forward hook on a single-logit binary model: N×1 logit z → N×2 logits [-z/2, z/2].
+class BinaryLogit:
+    """Forward hook auditing one sigmoid output as a binary model: N×K logits → N×2 logits [-z/2, z/2], z = the
+    output at `index` (a one-output model: index 0; a multi-label model: the finding audited).
 
     softmax([-z/2, z/2]) = [1 - σ(z), σ(z)] exactly, so every softmax-based figure (confidence, thresholds,
-    operating points) is the sigmoid model's own; Grad-CAM of the second class explains +z/2 and of the first
-    −z/2, i.e. pytorch-grad-cam's BinaryClassifierOutputTarget maps at half scale (the same map once normalised).
+    operating points) is the sigmoid's own; Grad-CAM of the second class explains +z/2 and of the first −z/2,
+    i.e. pytorch-grad-cam's BinaryClassifierOutputTarget maps at half scale (the same map once normalised).
     Registered on the model `load_run` builds, never on a caller's model."""
-    return torch.cat([-0.5 * z, 0.5 * z], dim=1)
+
+    def __init__(self, index: int = 0):
+        self.index = int(index)
+
+    def __call__(self, _module: torch.nn.Module, _inputs, out: torch.Tensor) -> torch.Tensor:
+        z = out[:, self.index:self.index + 1]
+        return torch.cat([-0.5 * z, 0.5 * z], dim=1)
+
+
+two_class_logits = BinaryLogit(0)  # the hook for a one-output (sigmoid) binary model
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -426,9 +461,9 @@ def load_run(run_dir: str | Path | None, arch: str | None = None, classes: list[
         out = model(torch.zeros(1, cfg.input.channels, cfg.input.size, cfg.input.size))
     if out.ndim != 2 or out.shape[1] != cfg.n_outputs:
         raise RunDirError(f"{ckpt}: the model gives {tuple(out.shape)} logits, but {cfg.n_outputs} are expected "
-                          f"({cfg.num_classes} classes{', single logit' if cfg.single_logit else ''})")
+                          f"({cfg.num_classes} classes{', sigmoid outputs' if cfg.single_logit else ''})")
     if cfg.single_logit:
-        model.register_forward_hook(two_class_logits)
+        model.register_forward_hook(BinaryLogit(cfg.binary_logit))
     cfg.checkpoint = ckpt
     cfg.checkpoint_sha256 = file_sha256(ckpt)
     return model, cfg

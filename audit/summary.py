@@ -64,6 +64,13 @@ def rate(k: int, n: int) -> dict:
         return _est(proportion_ci(int(k), int(n)))
 
 
+def _outputs_suffix(run: RunConfig) -> str:
+    """" (one sigmoid logit)" / " (sigmoid output 6 of 14)" for a binary audit of a sigmoid output, else ""."""
+    if not run.single_logit:
+        return ""
+    return " (one sigmoid logit)" if run.n_outputs == 1 else f" (sigmoid output {run.binary_logit} of {run.n_outputs})"
+
+
 def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig, cfg: AuditConfig, *,
                   full: pd.DataFrame | None, split: str, manifest, layer: str, cam_hw: tuple, n_skipped: int,
                   timing: dict, positive: str | None = None, val: tuple | None = None) -> dict:
@@ -73,7 +80,7 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
     s: dict = {
         "schema_version": SCHEMA_VERSION,
         "run": {"name": run.run_dir.name if run.run_dir else None, "run_dir": str(run.run_dir) if run.run_dir else None,
-                "model": f"{run.source}:{run.model_name}" + (" (one sigmoid logit)" if run.single_logit else ""),
+                "model": f"{run.source}:{run.model_name}" + _outputs_suffix(run),
                 "checkpoint": str(run.checkpoint),
                 "checkpoint_sha256": run.checkpoint_sha256, "classes": run.classes,
                 "state_key": run.state_key, "weights_note": run.weights_note or None},

@@ -152,25 +152,26 @@ def test_a_layer_that_is_no_map_is_refused_by_name():
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
 
 
-def test_single_logit_model_matches_binary_target_of_pytorch_grad_cam():
-    """A sigmoid model read through audit.run.two_class_logits: Grad-CAM of the second class explains +z, of the
-    first −z (pytorch-grad-cam's BinaryClassifierOutputTarget), at half scale: equal once normalised."""
+@pytest.mark.parametrize("n_out,k,seed", [(1, 0, 1), (4, 2, 5)], ids=["one-output", "multi-label-output-2"])
+def test_sigmoid_output_audited_as_binary_matches_pytorch_grad_cam(n_out, k, seed):
+    """A sigmoid output read through audit.run.BinaryLogit: Grad-CAM of the second class explains +z, of the
+    first −z (pytorch-grad-cam's BinaryClassifierOutputTarget, or ±output k of a multi-label model), at half
+    scale: equal once normalised."""
     import torchvision
     pgc = pytest.importorskip("pytorch_grad_cam")
-    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-    from audit.run import two_class_logits
-    torch.manual_seed(1)  # a seed where both signs give non-empty maps at layer3 (a linear head often empties −z)
-    raw = torchvision.models.resnet18(num_classes=1).eval()
+    from audit.run import BinaryLogit
+    torch.manual_seed(seed)  # seeds where both signs give non-empty maps at layer3 (a linear head often empties −z)
+    raw = torchvision.models.resnet18(num_classes=n_out).eval()
     x = torch.randn(4, 3, 96, 96)
-    wrapped = torchvision.models.resnet18(num_classes=1).eval()
+    wrapped = torchvision.models.resnet18(num_classes=n_out).eval()
     wrapped.load_state_dict(raw.state_dict())
-    wrapped.register_forward_hook(two_class_logits)
+    wrapped.register_forward_hook(BinaryLogit(k))
     targets = [1, 0, 1, 0]
     ours = grad_cam(wrapped, x, "layer3", target=targets)
-    assert ours.logits.shape == (4, 2) and float(ours.cams.amax(dim=(1, 2)).min()) > 1e-3
+    assert ours.logits.shape == (4, 2) and float(ours.cams.amax(dim=(1, 2)).min()) > 1e-4
     with pgc.GradCAM(model=raw, target_layers=[raw.layer3]) as ref:
-        theirs = ref(input_tensor=x, targets=[BinaryClassifierOutputTarget(t) for t in targets])
+        theirs = ref(input_tensor=x, targets=[(lambda o, s=(1 if t else -1): s * o[k]) for t in targets])
     np.testing.assert_allclose(minmax(upsample(minmax(ours.cams), 96)).numpy(), theirs, atol=1e-4)
 
 

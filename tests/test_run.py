@@ -281,3 +281,28 @@ def test_ema_weights_beside_the_model_are_named_and_selectable(tmp_path):
     with pytest.raises(RunDirError, match=r"model.state_key 'ema' is not an entry holding weights \(entries: epoch, "
                                           r"state_dict, state_dict_ema\)"):
         load_run(rd)
+
+
+def test_one_output_of_a_multi_label_model_audited_as_binary(tmp_path):
+    """CheXNet-style models give one sigmoid per finding: model.binary_logit picks the finding audited, read as
+    [-z/2, z/2] (softmax = [1 - sigmoid(z), sigmoid(z)]); its index is checked against the output count."""
+    rd = tmp_path / "run"
+    rd.mkdir()
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(num_classes=5).eval()
+    torch.save(ref.state_dict(), rd / "checkpoint.pt")
+    base = {"classes": ["no_effusion", "effusion"], "input": {"size": 64}}
+    (rd / "config.yaml").write_text(yaml.safe_dump({**base, "model": {"name": "resnet18", "num_classes": 5,
+                                                                       "binary_logit": 3}}))
+    model, cfg = load_run(rd)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.softmax(model(x), 1)[:, 1], torch.sigmoid(ref(x)[:, 3]), rtol=1e-5,
+                                   atol=1e-6)
+    assert cfg.n_outputs == 5 and cfg.num_classes == 2 and "output 3 of 5" in cfg.to_dict()["model"]["outputs"]
+    for model_cfg, match in (({"num_classes": 5, "binary_logit": 5}, "binary_logit = 5 but the network has 5 outputs"),
+                             ({"binary_logit": 2}, "binary_logit = 2 needs model.num_classes"),
+                             ({"num_classes": 5, "binary_logit": "3"}, "must be an output index")):
+        (rd / "config.yaml").write_text(yaml.safe_dump({**base, "model": {"name": "resnet18", **model_cfg}}))
+        with pytest.raises(RunDirError, match=match):
+            load_run(rd)
