@@ -70,8 +70,9 @@ def _token_grid(model: torch.nn.Module, n_tokens: int) -> tuple[int, int, int] |
 def _last_block_norm(model: torch.nn.Module) -> str | None:
     """The input norm of a vision transformer's last block: timm `blocks.<last>.norm1`, torchvision
     `encoder.layers.<last>.ln_1`; None for other models."""
+    mods = dict(model.named_modules())
     for path, norm in (("blocks", "norm1"), ("encoder.layers", "ln_1")):
-        seq = dict(model.named_modules()).get(path)
+        seq = mods.get(path)
         if isinstance(seq, (torch.nn.Sequential, torch.nn.ModuleList)) and len(seq):
             name, last = list(seq.named_children())[-1]
             if hasattr(last, norm):
@@ -250,7 +251,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
             if "A" not in store:
                 raise LayerError(f"layer {layer!r} was not called in the forward pass; choose another --layer")
             A = store["A"]
-            as_maps(model, A.detach(), str(layer))  # refuses a non-map before the backward
+            maps = as_maps(model, A.detach(), str(layer))  # refuses a non-map before the backward
             tgt = resolve_targets(logits.detach(), target, labels)
             sel = logits.gather(1, tgt[:, None]).sum()
             (grads,) = torch.autograd.grad(sel, A)
@@ -258,7 +259,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
         handle.remove()
         store.clear()
     with torch.no_grad():
-        a = as_maps(model, A.detach(), str(layer)).float()
+        a = maps.float()
         w = as_maps(model, grads, str(layer)).float().mean(dim=(2, 3), keepdim=True)
         cams = F.relu((w * a).sum(1)).float()
         feats = a.mean(dim=(2, 3)).float()

@@ -111,20 +111,25 @@ def find_checkpoint(run_dir: Path) -> Path:
     raise RunDirError(f"{run_dir}: no checkpoint found (expected one of {', '.join(CHECKPOINT_PATTERNS)})")
 
 
+def _timm_pretrained_cfg(model_name: str) -> dict:
+    """timm's pretrained config of a model name as a dict ({} for an unknown name: create_model reports it)."""
+    try:
+        import timm
+        cfg = timm.get_pretrained_cfg(model_name)
+    except Exception:
+        return {}
+    if cfg is None:
+        return {}
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
 def _default_input(model_name: str, source: str) -> InputSpec:
-    """timm's pretrained cfg for timm models (mean, std, size, crop), ImageNet at 224 otherwise."""
-    if source == "timm":
-        try:
-            import timm
-            cfg = timm.get_pretrained_cfg(model_name)
-            if cfg is not None:
-                c = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-                size = int(c.get("input_size", (3, 224, 224))[-1])
-                return InputSpec(size=size, mean=tuple(c.get("mean", IMAGENET_MEAN)),
-                                 std=tuple(c.get("std", IMAGENET_STD)))
-        except Exception:  # unknown name is reported later by create_model
-            pass
-    return InputSpec()
+    """timm's pretrained cfg for timm models (mean, std, size), ImageNet at 224 otherwise."""
+    c = _timm_pretrained_cfg(model_name) if source == "timm" else {}
+    if not c:
+        return InputSpec()
+    return InputSpec(size=int(c.get("input_size", (3, 224, 224))[-1]), mean=tuple(c.get("mean", IMAGENET_MEAN)),
+                     std=tuple(c.get("std", IMAGENET_STD)))
 
 
 def _natural_key(s: str) -> list:
@@ -186,11 +191,7 @@ def _timm_args_config(path: Path, a: dict, classes: list[str] | None) -> dict:
         chans, size = size[0], size[2]
     elif a.get("img_size") is not None:
         size = a["img_size"]
-    pre: dict = {}
-    with contextlib.suppress(Exception):  # an unknown name is reported later, by create_model
-        import timm
-        cfg = timm.get_pretrained_cfg(name)
-        pre = (cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)) if cfg is not None else {}
+    pre = _timm_pretrained_cfg(name)
     inp["size"] = int(size if size is not None else pre.get("input_size", (3, 224, 224))[-1])
     if chans:
         inp["channels"] = int(chans)
@@ -258,7 +259,7 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     if src not in ("torchvision", "timm"):
         raise RunDirError(f"{where}: model.source must be 'torchvision' or 'timm', got {src!r}")
     n = m.get("num_classes")
-    k = m.get("binary_logit")
+    k, n_logits = m.get("binary_logit"), None
     if k is None and n is not None and int(n) == 1:
         k = 0  # a one-output (sigmoid) binary model
     if k is not None:
@@ -299,8 +300,7 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
         raise RunDirError(f"{where}: model.state_key must be a string (the checkpoint entry holding the weights)")
     return RunConfig(model_name=str(name), source=src, classes=cls, input=inp,
                      positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd,
-                     binary_logit=k, n_logits=(int(n) if n is not None else 1) if k is not None else None,
-                     state_key=key)
+                     binary_logit=k, n_logits=n_logits, state_key=key)
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
