@@ -136,9 +136,11 @@ def cmd_audit(args) -> int:
                                          "positive", "by", "seed", "n_boot", "high_conf", "counterfactual", "amp",
                                          "cache", "discover", "sanity", "channels_last", "fold_bn")}
     cfg = resolve_config(cli, args.preset)
+    from audit.errors import ConfigError
     if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
-        from audit.errors import ConfigError
         raise ConfigError("audit: pass --run-dir RUN (or --checkpoint with --arch and --classes)")
+    if args.gallery_n is not None and args.gallery_n < 0:  # checked before the model runs, not after
+        raise ConfigError(f"--gallery-n: expected an integer ≥ 0 (images per gallery group), got {args.gallery_n}")
     rank = _init_distributed(cfg.device)
     res = _audit_with_progress(cfg, args.quiet or args.json or rank > 0)
     if rank > 0:
@@ -211,17 +213,25 @@ def cmd_demo(args) -> int:
 
 
 def cmd_masks(args) -> int:
+    from audit.errors import ConfigError
     from audit.manifest import DataSpec, load_manifest
-    from audit.preprocess import InputSpec
+    from audit.scan import scan_input_spec
     from masks.export import export_masks
     from masks.presets import load_preset
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit: expected a positive integer, got {args.limit}")
     preset = load_preset(args.config)
-    inp = preset.get("input") or {}
-    spec = InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
-                     crop_pct=float(inp.get("crop_pct", 1.0)))
+    spec = scan_input_spec(preset)
     df = load_manifest(args.data, DataSpec.from_dict(preset.get("data")), require_label=False)
     table = export_masks(preset, df, Path(args.out), spec, limit=args.limit)
-    _console().print(f"wrote masks for {len(table)} images to {args.out}/ (regions.csv, contact_sheet.png)")
+    failed = int((table["status"] != "ok").sum()) if "status" in table else 0
+    if len(table) and failed == len(table):
+        from audit.errors import ManifestError
+        raise ManifestError(f"{args.data}: none of the {failed} images could be read (first: "
+                            f"{table['status'].iloc[0]}); regions.csv in {args.out}/ records each")
+    note = f"; {failed} unreadable (status column of regions.csv)" if failed else ""
+    _console().print(f"wrote masks for {len(table) - failed} of {len(table)} images to {args.out}/ "
+                     f"(regions.csv, contact_sheet.png){note}")
     return EXIT_OK
 
 

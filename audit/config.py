@@ -63,25 +63,13 @@ class AuditConfig:
 AUDIT_KEYS = {f.name for f in fields(AuditConfig)} - {"regions", "data_spec", "gates"}
 
 
-def load_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config preset not found")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: does not parse as YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
-    return d
-
-
 def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
     """Merge CLI options (None = not given) over the preset's `audit:` section over the defaults."""
     merged: dict = {}
     pre: dict = {}
     if preset:
-        pre = load_yaml(preset)
+        from masks.presets import load_preset
+        pre = load_preset(preset)
         section = pre.get("audit") or {}
         unknown = set(section) - AUDIT_KEYS
         if unknown:
@@ -110,6 +98,8 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError(f"--limit: expected a positive integer, got {cfg.limit}")
+    if cfg.n_boot < 1:
+        raise ConfigError(f"--n-boot: expected a positive integer (bootstrap resamples per CI), got {cfg.n_boot}")
     if not 0 < cfg.high_conf <= 1:
         raise ConfigError(f"--high-conf: expected a probability in (0, 1], got {cfg.high_conf}")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda") and cfg.device != "mps":

@@ -248,6 +248,7 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
         m = {"name": m}
     if not isinstance(m, dict):
         raise RunDirError(f"{where}: 'model' must be a mapping {{name, source, num_classes}}")
+    _known_keys(m, MODEL_KEYS, "model", where)
     name = arch or m.get("name")
     src = source or m.get("source") or "torchvision"
     cls = classes or raw.get("classes")
@@ -276,6 +277,9 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     elif n is not None and int(n) != len(cls):
         raise RunDirError(f"{where}: model.num_classes = {n} but {len(cls)} classes are listed")
     inp_raw = raw.get("input") or {}
+    if not isinstance(inp_raw, dict):
+        raise RunDirError(f"{where}: 'input' must be a mapping of {list(INPUT_KEYS)}")
+    _known_keys(inp_raw, INPUT_KEYS, "input", where)
     base = _default_input(name, src)
     try:
         inp = InputSpec(size=int(inp_raw.get("size", base.size)),
@@ -301,6 +305,18 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     return RunConfig(model_name=str(name), source=src, classes=cls, input=inp,
                      positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd,
                      binary_logit=k, n_logits=n_logits, state_key=key)
+
+
+#: The keys of a run config's `model:` and `input:` sections. Other top-level keys (a training script's own
+#: settings) are left alone, but a misspelt key in these two would silently change what is audited.
+MODEL_KEYS = ("name", "source", "num_classes", "binary_logit", "state_key")
+INPUT_KEYS = ("size", "mean", "std", "resize", "crop_pct", "channels", "interpolation")
+
+
+def _known_keys(section: dict, known: tuple[str, ...], name: str, where: str) -> None:
+    unknown = [str(k) for k in section if k not in known]
+    if unknown:
+        raise RunDirError(f"{where}: unknown key(s) in {name}: {unknown}; expected some of {list(known)}")
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:

@@ -6,6 +6,7 @@ below `min_n` is reported as too small, not as a number.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -20,6 +21,44 @@ from .thresholds import isic_metrics, operating_points
 
 SCHEMA_VERSION = "1.0"  # docs/summary_schema.md; bump the major on a breaking change
 
+
+
+def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, top: int = 3) -> dict[str, int]:
+    """{reason: images} for the images whose fraction for `region` is undefined (`missing`: bool per row), most
+    frequent first, at most `top` reasons (the rest as "other"). A reason is the region's note in
+    `region_notes` without the image's id and paths ("mask file not found", "not detected"), else "all-zero
+    map" (the region is there but the map holds no evidence), else "no region"."""
+    n = len(per_image)
+    notes = per_image["region_notes"].to_numpy(dtype=object) if "region_notes" in per_image else np.full(n, "")
+    ids = per_image["image_id"].astype(str).to_numpy() if "image_id" in per_image else np.full(n, "")
+    zero = per_image["cam_sum"].to_numpy(dtype=float) <= 0 if "cam_sum" in per_image else np.zeros(n, bool)
+    counts: dict[str, int] = {}
+    for note, iid, z in zip(notes[missing], ids[missing], zero[missing]):
+        why = ""
+        for part in (note.split("; ") if isinstance(note, str) else []):
+            if part.startswith(f"{region}: ") or part.startswith("_regions: "):
+                why = _general_reason(part.split(": ", 1)[1], iid)
+                break
+        if not why or why in ("file", "geometry"):
+            why = "all-zero map" if z else "no region"
+        counts[why] = counts.get(why, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    out = dict(ranked[:top])
+    if len(ranked) > top:
+        out["other"] = sum(v for _, v in ranked[top:])
+    return out
+
+
+def _general_reason(note: str, image_id: str) -> str:
+    """A per-image note without its image-specific head: leading segments that are the image id, a path, the
+    region's name or the provider kind ("heuristic") are dropped ("x/m.png: mask file not found" → "mask file
+    not found"); "" when nothing is left."""
+    segs = note.split(": ")
+    i = 0
+    while i < len(segs) and (segs[i] == image_id or "/" in segs[i] or "\\" in segs[i] or segs[i] == "heuristic"
+                             or segs[i].startswith("region '") or re.search(r"\.[A-Za-z]{2,5}$", segs[i])):
+        i += 1
+    return ": ".join(segs[i:])[:120]
 
 def add_flags(per_image: pd.DataFrame, kinds: dict[str, str], cfg: AuditConfig) -> pd.DataFrame:
     """flag_high_conf_error: wrong with confidence ≥ cfg.high_conf. flag_off_target: the target fraction is below
@@ -125,6 +164,8 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
                 "pointing_game": rate(np.nansum(hit), np.isfinite(hit).sum()),
                 "stats": {k: _est(v) for k, v in st.items()},
             }
+            if not valid.all():
+                s["regions"][r]["missing_reasons"] = missing_reasons(per_image, r, ~valid)
     hce = per_image[per_image["flag_high_conf_error"]] if "flag_high_conf_error" in per_image else per_image.iloc[:0]
     top = hce.sort_values("confidence", ascending=False).head(10)
     s["high_conf_errors"] = {

@@ -97,11 +97,20 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                       _fmt_est(st["spearman_conf_all"], compact=True), _fmt_est(st["auroc_error"], compact=True),
                       style=style)
         parts.append(t)
+        undef = [(r, e) for r, e in s["regions"].items() if e.get("missing_reasons")]
+        if undef:
+            # why a region's n is short of the audit's: an absent artifact is expected, a lost mask is not
+            alarming = any(e["kind"] == "target" or set(e["missing_reasons"]) - {"not detected", "no region"}
+                           for _, e in undef)
+            parts.append(Text("Undefined fractions (left out, not counted as 0): " + " · ".join(
+                f"{r} {e['n_missing']} of {e['n_present'] + e['n_missing']} (" + ", ".join(
+                    f"{why} {k}" for why, k in list(e["missing_reasons"].items())[:2]) + ")" for r, e in undef),
+                style="yellow" if alarming else "dim"))
     hce = s.get("high_conf_errors") or {}
     if hce:
         ot = s.get("off_target") or {}
         off = (f" · off-target evidence: {_fmt_est(ot['rate'], pct=True)} of {ot['rate'].get('n')}"
-               if ot else "")
+               if ot and s.get("regions") else "")  # no regions configured: no notion of off-target
         parts.append(Text(f"High-confidence errors (≥ {hce['threshold']}): {_fmt_est(hce['rate'], pct=True)}"
                           f" of {d['n']}" + off))
         if hce.get("top"):

@@ -9,12 +9,17 @@ from audit.errors import ConfigError
 
 from .registry import build_regions
 
+#: The sections a preset may hold: `regions` (this package), `input` (the grid for `masks` / `scan`; an audit
+#: takes its input from the run), `data` (manifest columns), `audit` (AuditConfig options), `gates`, `scan`.
+SECTIONS = ("regions", "input", "data", "audit", "gates", "scan")
+
 
 def load_preset(path: str | Path) -> dict:
     """Parse a preset YAML into a dict and validate its ``regions:`` section.
 
     Raises ConfigError (one line naming the file) when the file is missing, is not valid YAML, is not a
-    mapping, or names an unknown region / option.
+    mapping, has a top-level section other than `SECTIONS` (a misspelt or mis-indented section would otherwise
+    be ignored without a word), or names an unknown region / option.
     """
     p = Path(path)
     if not p.is_file():
@@ -32,6 +37,9 @@ def load_preset(path: str | Path) -> dict:
         cfg = {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(cfg).__name__}")
+    unknown = [k for k in cfg if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{p}: unknown top-level section(s) {unknown}; expected some of {list(SECTIONS)}")
     try:
         build_regions(cfg.get("regions"))
     except ConfigError as e:

@@ -73,10 +73,14 @@ def _bad_manifest(tiny_run, text):
     (["--run-dir", "{run}", "--data", "{tmp}/none.csv"], "manifest not found"),
     (["--run-dir", "{run}", "--data", "{nolabel}"], "missing column 'label'"),
     (["--run-dir", "{run}", "--data", "{badlabel}"], "holds 'zebra', not among the run's classes"),
-    (["--run-dir", "{run}", "--config", "{badyaml}"], "does not parse as YAML"),
+    (["--run-dir", "{run}", "--config", "{badyaml}"], "invalid YAML"),
     (["--run-dir", "{run}", "--by", "nope"], "--by column 'nope' not found"),
+    (["--run-dir", "{run}", "--n-boot", "0"], "--n-boot: expected a positive integer"),
+    (["--run-dir", "{run}", "--gallery-n", "-1"], "--gallery-n: expected an integer ≥ 0"),
+    (["--run-dir", "{run}", "--config", "{topkey}"], "unknown top-level section(s) ['gate']"),
     (["--run-dir", "{run}", "--device", "cuda:0"], None),
-], ids=["run-dir", "layer", "target", "split", "manifest", "no-label", "bad-label", "bad-yaml", "by", "device"])
+], ids=["run-dir", "layer", "target", "split", "manifest", "no-label", "bad-label", "bad-yaml", "by", "n-boot",
+        "gallery-n", "preset-section", "device"])
 def test_bad_input_exit_2(tiny_run, tmp_path, capsys, args, match):
     import torch
     if match is None:
@@ -88,13 +92,41 @@ def test_bad_input_exit_2(tiny_run, tmp_path, capsys, args, match):
     badlabel.write_text("image,label\nimages/img000.png,zebra\n")
     badyaml = tmp_path / "bad.yaml"
     badyaml.write_text("regions: [unclosed\n")
-    fmt = {"tmp": tmp_path, "run": tiny_run, "nolabel": nolabel, "badlabel": badlabel, "badyaml": badyaml}
+    topkey = tmp_path / "topkey.yaml"
+    topkey.write_text("gate:\n  max_artifact_lift: 2.0\n")  # misspelt: the gates would silently not be checked
+    fmt = {"tmp": tmp_path, "run": tiny_run, "nolabel": nolabel, "badlabel": badlabel, "badyaml": badyaml,
+           "topkey": topkey}
     argv = ["audit", *[a.format(**fmt) for a in args], "--out", str(tmp_path / "o"), "--workers", "0", "--quiet"]
     rc = cli.main(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("error: ") and "\n" not in err and match in err, err
     assert "Traceback" not in err
+
+
+def test_masks_command_counts_failures_and_refuses_bad_input(tmp_path, capsys):
+    """`cli.py masks`: a bad --limit is one line and exit 2; an unreadable image is counted in the summary
+    line; when no image can be read the run exits 2 but regions.csv (with each image's reason) is kept."""
+    from PIL import Image
+    Image.fromarray(np.full((40, 60, 3), 180, np.uint8)).save(tmp_path / "a.png")
+    ok = tmp_path / "ok.csv"
+    ok.write_text("image,label\na.png,x\ngone.png,x\n")
+    gone = tmp_path / "gone.csv"
+    gone.write_text("image,label\ngone.png,x\n")
+    preset = str(ROOT / "configs" / "isic.yaml")
+    base = ["masks", "--config", preset, "--out"]
+    assert cli.main([*base, str(tmp_path / "o0"), "--data", str(ok), "--limit", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --limit: expected a positive integer, got 0"
+    with pytest.warns(UserWarning, match="unreadable image"):
+        assert cli.main([*base, str(tmp_path / "o1"), "--data", str(ok)]) == 0
+    out = " ".join(capsys.readouterr().err.split())  # the status line goes to stderr, as progress does
+    assert "wrote masks for 1 of 2 images" in out and "1 unreadable" in out
+    with pytest.warns(UserWarning, match="unreadable image"):
+        assert cli.main([*base, str(tmp_path / "o2"), "--data", str(gone)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "none of the 1 images could be read" in err and "\n" not in err
+    assert "unreadable" in pd.read_csv(tmp_path / "o2" / "regions.csv")["status"][0]
 
 
 def test_cli_subprocess_exit_code_and_json(tiny_run, tmp_path):

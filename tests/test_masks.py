@@ -281,6 +281,11 @@ def test_load_preset_errors_name_the_file(tmp_path):
         load_preset(unk)
     with pytest.raises(ConfigError, match="not found"):
         load_preset(tmp_path / "absent.yaml")
+    # a mis-indented region lands at the top level: refused by name, not ignored (it would scan nothing)
+    top = tmp_path / "top.yaml"
+    top.write_text("regions:\n  ink: {}\nborder:\n  width: 0.1\n")
+    with pytest.raises(ConfigError, match=r"top.yaml: unknown top-level section\(s\) \['border'\]"):
+        load_preset(top)
 
 
 # ------------------------------------------------------------------------------------------ export

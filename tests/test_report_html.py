@@ -217,3 +217,14 @@ def test_by_artifact_without_positive_class_shows_accuracy_only(plain_inputs):
                                        "without": {"n": 3, "accuracy": _est(None, None, None, 3, True)}}}}
     rows = _rows(_page(plain_inputs, extra), "With vs without each artifact")
     assert rows == [["ruler", "with", "12", "50% [25%, 75%]"], ["ruler", "without", "3", "small n=3"]]
+
+
+def test_missing_region_reasons_are_listed_and_escaped(plain_inputs):
+    regs = {r: dict(e) for r, e in plain_inputs.summary["regions"].items()}
+    first = next(iter(regs))
+    regs[first]["missing_reasons"] = {"mask file not found": 3, "<all-zero> map": 1}
+    page = _page(plain_inputs, {"regions": regs})
+    sec = page.split("<h2>Where the evidence lies</h2>", 1)[1].split("<h2>", 1)[0]
+    assert (f"Undefined on some images (left out of the statistics, not counted as 0): <b>{first}</b>: "
+            "mask file not found (3), &lt;all-zero&gt; map (1).") in sec
+    assert "Undefined on some images" not in _page(plain_inputs, {})

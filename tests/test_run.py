@@ -204,14 +204,31 @@ def test_unreadable_checkpoint_says_why_in_one_line(tmp_path, content, match):
         "model: {name: resnet18, num_classes: 4}\nclasses: [a, b, c]\n")), "num_classes = 4"),
     (lambda rd: (_make(rd, lambda sd: sd), (rd / "config.yaml").write_text(
         "model: {name: resnet18}\nclasses: [a, b, c]\npositive_class: mel\n")), "positive_class 'mel'"),
+    # a misspelt key in model: or input: would silently change what is audited (here: the crop geometry)
+    (lambda rd: (_make(rd, lambda sd: sd), (rd / "config.yaml").write_text(
+        "model: {name: resnet18}\nclasses: [a, b, c]\ninput: {size: 224, crop_percent: 0.875}\n")),
+     r"unknown key\(s\) in input: \['crop_percent'\]"),
+    (lambda rd: (_make(rd, lambda sd: sd), (rd / "config.yaml").write_text(
+        "model: {name: resnet18, stat_key: ema}\nclasses: [a, b, c]\nlr: 0.1\n")),
+     r"unknown key\(s\) in model: \['stat_key'\]"),
 ], ids=["missing-dir", "no-checkpoint", "missing-keys", "arch-mismatch", "class-count", "bad-yaml",
-        "num-classes", "positive"])
+        "num-classes", "positive", "input-key", "model-key"])
 def test_bad_run_dirs(tmp_path, setup, match):
     rd = tmp_path / "run"
     setup(rd)
     with pytest.raises(RunDirError, match=match) as e:
         load_run(rd)
     assert "\n" not in str(e.value)
+
+
+def test_training_settings_beside_the_model_are_left_alone(tmp_path):
+    """Top-level keys other than the auditor's (a training script's own settings) do not stop the load; only
+    the model: and input: sections are checked key by key (test_bad_run_dirs)."""
+    rd = tmp_path / "run"
+    _make(rd, lambda sd: sd, cfg=False)
+    (rd / "config.yaml").write_text("model: {name: resnet18}\nclasses: [a, b, c]\ninput: {size: 64}\n"
+                                    "lr: 0.1\nepochs: 30\noptimizer: {name: sgd}\n")
+    assert load_run(rd)[1].input.size == 64
 
 
 @pytest.mark.parametrize("image_root", [None, "imgs", "ABS"])

@@ -98,3 +98,35 @@ def test_all_zero_maps_are_called_out_and_off_target_names_its_n():
     text = con.export_text()
     assert "All-zero Grad-CAM maps: 3 of 120" in text and "choose another" not in text
     assert "off-target evidence: 25% [18%,33%] of 117" in text
+
+
+def test_missing_regions_say_why_and_how_many():
+    """Why a region's n falls short of the audit's: a lost lung mask is called out (yellow), an artifact that is
+    simply absent is not; both give counts out of the audited images."""
+    import numpy as np
+    import pandas as pd
+
+    from audit.summary import missing_reasons
+    df = pd.DataFrame({
+        "image_id": ["a", "b", "c", "d", "e"],
+        "cam_sum": [1.0, 1.0, 0.0, 1.0, 1.0],
+        "region_notes": ["lungs: x/a_mask.png: mask file not found; ink: heuristic: not detected",
+                         "lungs: y/b.png: mask file not found; ink: heuristic: not detected",
+                         "lungs: file; ink: heuristic",
+                         "lungs: d.png: mask is empty (all zero); ink: heuristic: not detected",
+                         "lungs: file; ink: heuristic"]})
+    lungs_missing = np.array([True, True, True, True, False])
+    assert missing_reasons(df, "lungs", lungs_missing) == {"mask file not found": 2, "all-zero map": 1,
+                                                           "mask is empty (all zero)": 1}
+    assert missing_reasons(df, "lungs", lungs_missing, top=1) == {"mask file not found": 2, "other": 2}
+    assert missing_reasons(df, "ink", np.array([True, True, False, True, False])) == {"not detected": 3}
+    regions = {
+        "lungs": {**SUMMARY["regions"]["lesion"], "n_present": 1, "n_missing": 4,
+                  "missing_reasons": missing_reasons(df, "lungs", lungs_missing)},
+        "ink": {**SUMMARY["regions"]["ruler"], "n_present": 2, "n_missing": 3,
+                "missing_reasons": {"not detected": 3}}}
+    con = Console(width=300, color_system=None, force_terminal=False, record=True)
+    print_summary({**SUMMARY, "regions": regions}, None, con)
+    text = con.export_text()
+    assert ("Undefined fractions (left out, not counted as 0): lungs 4 of 5 (mask file not found 2, all-zero map 1)"
+            " · ink 3 of 5 (not detected 3)") in text

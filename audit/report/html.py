@@ -177,7 +177,18 @@ def _regions(inp: ReportInputs) -> str:
     return ("<h2>Where the evidence lies</h2><p>Share of Grad-CAM mass in each region (median over images, "
             "bootstrap 95% CI). Lift = share of evidence ÷ share of area (1 = no preference).</p>"
             + _table(["region", "kind", "n present / missing", "median frac", "median lift", "median area",
-                      "correct − wrong", "ρ(conf)", "AUROC err", "pointing game"], rows, left=2))
+                      "correct − wrong", "ρ(conf)", "AUROC err", "pointing game"], rows, left=2)
+            + _missing_note(regs))
+
+
+def _missing_note(regs: dict) -> str:
+    """Why regions are missing on some images (summary `missing_reasons`): their fractions are left out."""
+    items = [f"<b>{esc(r)}</b>: " + ", ".join(f"{esc(why)} ({esc(k)})" for why, k in e["missing_reasons"].items())
+             for r, e in regs.items() if e.get("missing_reasons")]
+    if not items:
+        return ""
+    return ("<p class=\"note\">Undefined on some images (left out of the statistics, not counted as 0): "
+            + "; ".join(items) + ".</p>")
 
 
 def _gates(inp: ReportInputs) -> str:
