@@ -70,11 +70,7 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
     if preset:
         from masks.presets import load_preset
         pre = load_preset(preset)
-        section = pre.get("audit") or {}
-        unknown = set(section) - AUDIT_KEYS
-        if unknown:
-            raise ConfigError(f"{preset}: unknown key(s) in audit: {sorted(unknown)}")
-        merged.update(section)
+        merged.update(pre.get("audit") or {})  # its keys were checked by load_preset
         merged["regions"] = pre.get("regions") or {}
         merged["data_spec"] = pre.get("data") or {}
         merged["gates"] = pre.get("gates") or {}

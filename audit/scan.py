@@ -76,6 +76,10 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
     """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct, interpolation),
     default 224 stretch."""
     inp = dict((preset or {}).get("input") or {})
+    from .run import INPUT_KEYS
+    unknown = [str(k) for k in inp if k not in INPUT_KEYS]
+    if unknown:
+        raise ConfigError(f"input: unknown key(s) {unknown}; expected some of {list(INPUT_KEYS)}")
     try:
         return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
                          crop_pct=float(inp.get("crop_pct", 1.0)),

@@ -19,7 +19,7 @@ def load_preset(path: str | Path) -> dict:
 
     Raises ConfigError (one line naming the file) when the file is missing, is not valid YAML, is not a
     mapping, has a top-level section other than `SECTIONS` (a misspelt or mis-indented section would otherwise
-    be ignored without a word), or names an unknown region / option.
+    be ignored without a word), or names an unknown region, option, data / input / scan / audit key or gate.
     """
     p = Path(path)
     if not p.is_file():
@@ -41,7 +41,30 @@ def load_preset(path: str | Path) -> dict:
     if unknown:
         raise ConfigError(f"{p}: unknown top-level section(s) {unknown}; expected some of {list(SECTIONS)}")
     try:
-        build_regions(cfg.get("regions"))
+        _check_sections(cfg)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
     return cfg
+
+
+def _check_sections(cfg: dict) -> None:
+    """Every section checked key by key, whichever command reads the preset (a typo in `gates:` fails `scan`
+    too, so that a preset that scans also audits)."""
+    from audit.config import AUDIT_KEYS
+    from audit.gates import evaluate_gates
+    from audit.manifest import DataSpec
+    from audit.scan import _scan_options, scan_input_spec
+    build_regions(cfg.get("regions"))
+    DataSpec.from_dict(cfg.get("data"))
+    scan_input_spec(cfg)
+    _scan_options(cfg)
+    audit = cfg.get("audit") or {}
+    if not isinstance(audit, dict):
+        raise ConfigError(f"audit: expected a mapping of options, got {type(audit).__name__}")
+    unknown = sorted(set(audit) - AUDIT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in audit: {unknown}")
+    gates = cfg.get("gates") or {}
+    if not isinstance(gates, dict):
+        raise ConfigError(f"gates: expected a mapping of gate name → threshold, got {type(gates).__name__}")
+    evaluate_gates(gates, {})

@@ -288,6 +288,25 @@ def test_load_preset_errors_name_the_file(tmp_path):
         load_preset(top)
 
 
+@pytest.mark.parametrize("text,match", [
+    ("data:\n  colums: {label: dx}\n", r"data: unknown key\(s\) \['colums'\]"),
+    ("input:\n  siz: 100\n", r"input: unknown key\(s\) \['siz'\]"),
+    ("input:\n  resize: squeeze\n", "input.resize: expected 'stretch' or 'crop'"),
+    ("scan:\n  min_nn: 3\n", r"scan: unknown key\(s\) \['min_nn'\]"),
+    ("audit:\n  n_bot: 3\n", r"unknown key\(s\) in audit: \['n_bot'\]"),
+    ("gates:\n  max_artifact_lif: 2\n", "gates.max_artifact_lif: unknown gate"),
+    ("gates: [1]\n", "gates: expected a mapping"),
+], ids=["data", "input-key", "input-value", "scan", "audit", "gate-name", "gates-list"])
+def test_every_preset_section_is_checked_on_load(tmp_path, text, match):
+    """A typo in any section fails whichever command loads the preset (scan and masks as well as audit), with
+    the file's name, instead of being ignored there."""
+    p = tmp_path / "p.yaml"
+    p.write_text("regions:\n  ink: {}\n" + text)
+    with pytest.raises(ConfigError, match="p.yaml: " + match) as e:
+        load_preset(p)
+    assert "\n" not in str(e.value)
+
+
 # ------------------------------------------------------------------------------------------ export
 
 def test_export_writes_pngs_contact_sheet_and_csv(tmp_path):
