@@ -130,3 +130,23 @@ def test_missing_regions_say_why_and_how_many():
     text = con.export_text()
     assert ("Undefined fractions (left out, not counted as 0): lungs 4 of 5 (mask file not found 2, all-zero map 1)"
             " · ink 3 of 5 (not detected 3)") in text
+
+
+def test_missing_regions_line_is_loud_only_for_lost_masks():
+    from rich.text import Text
+
+    from audit.terminal import summary_renderable
+
+    def style(regions):
+        parts = summary_renderable({**SUMMARY, "regions": regions}).renderables
+        line = [p for p in parts if isinstance(p, Text) and p.plain.startswith("Undefined fractions")]
+        return line[0].style if line else None
+
+    art = {**SUMMARY["regions"]["ruler"], "n_missing": 5}
+    absent = {"ink": {**art, "missing_reasons": {"not detected": 4, "no region": 1}},
+              "patch": {**art, "missing_reasons": {"no mask file for this image (column 'artifact_mask' empty)": 5}}}
+    assert style(absent) == "dim"                                       # artifacts simply not there
+    assert style({**absent, "ruler": {**art, "missing_reasons": {"mask file not found": 5}}}) == "yellow"
+    assert style({"lesion": {**SUMMARY["regions"]["lesion"], "n_missing": 1,
+                             "missing_reasons": {"not detected": 1}}}) == "yellow"   # a target region lost
+    assert style(SUMMARY["regions"]) is None
