@@ -10,7 +10,7 @@ flag columns over every image, in DataLoader workers, and reports:
   other) the odds ratio with Fisher's exact test (`scipy.stats.fisher_exact`, two-sided) and a Woolf logit
   95 % CI; when a cell of the 2×2 table is zero, 0.5 is added to every cell (Haldane–Anscombe) for the
   estimate and the CI. Over all classes: Pearson's χ² (no continuity correction) and Cramér's V =
-  sqrt(χ² / (n·(min(r, c) − 1))). Associations are listed strongest first (the CI bound nearer OR = 1, on the
+  sqrt(χ² / (n·(min(r, c) − 1))), its p by Monte Carlo when the table is sparse. Associations are listed strongest first (the CI bound nearer OR = 1, on the
   log scale, then |log OR|), each also in words;
 * split leakage: the same id (`id_col`, e.g. lesion_id / patient id) in more than one split, and near-duplicate
   images across splits by a 64-bit DCT perceptual hash (Hamming distance ≤ `phash_threshold`, default 6);
@@ -243,25 +243,53 @@ def odds_ratio_2x2(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> dict:
             "corrected": corrected}
 
 
-def cramers_v(table) -> dict:
+def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
     """Cramér's V of an r×c contingency table with Pearson's χ² (scipy.stats.chi2_contingency, correction=False).
 
     V = sqrt(χ² / (n·(min(r, c) − 1))). Rows/columns with zero totals are dropped first; fewer than 2 left →
-    undefined (value NaN, note). Returns {value, chi2, p, dof, n, note}; note warns when more than 20 % of the
-    expected counts are below 5 (the χ² p is then approximate).
+    undefined (value NaN, note). Returns {value, chi2, p, p_method, dof, n, note}. When more than 20 % of the
+    expected counts are below 5, the χ² distribution does not hold (a group of 2 can give p = 1e-28): p is then
+    the Monte Carlo p of the same statistic over `n_mc` tables with the observed margins (the exact conditional
+    test, as R's chisq.test(simulate.p.value = TRUE); Hope 1968), p_method "monte carlo", and the note says so.
     """
     from scipy.stats import chi2_contingency
     t = np.asarray(table, dtype=np.float64)
     t = t[t.sum(1) > 0][:, t.sum(0) > 0] if t.size else t
     n = int(t.sum())
     if t.ndim != 2 or min(t.shape) < 2:
-        return {"value": NAN, "chi2": NAN, "p": NAN, "dof": 0, "n": n,
+        return {"value": NAN, "chi2": NAN, "p": NAN, "p_method": "", "dof": 0, "n": n,
                 "note": "undefined: fewer than two non-empty rows or columns"}
     chi2, p, dof, exp = chi2_contingency(t, correction=False)
     v = math.sqrt(chi2 / (n * (min(t.shape) - 1)))
     low = int((exp < 5).sum())
-    note = f"χ² approximate: {low} of {exp.size} expected counts < 5" if low > 0.2 * exp.size else ""
-    return {"value": float(v), "chi2": float(chi2), "p": float(p), "dof": int(dof), "n": n, "note": note}
+    note, method = "", "chi2"
+    if low > 0.2 * exp.size:
+        p, method = monte_carlo_chi2_p(t, chi2, exp, n_mc, seed), "monte carlo"
+        note = (f"{low} of {exp.size} expected counts < 5: p by Monte Carlo over {n_mc} tables with the same "
+                "margins (the χ² approximation does not hold)")
+    return {"value": float(v), "chi2": float(chi2), "p": float(p), "p_method": method, "dof": int(dof), "n": n,
+            "note": note}
+
+
+def monte_carlo_chi2_p(t: np.ndarray, chi2: float, exp: np.ndarray, n_mc: int, seed: int) -> float:
+    """P(χ² ≥ observed) over random tables with the margins of `t` (r×c counts): the column labels of the n
+    observations are permuted against their row labels, which draws tables from the exact conditional
+    (multivariate hypergeometric) distribution; p = (1 + #{χ²* ≥ χ²}) / (1 + n_mc) (Davison & Hinkley 1997)."""
+    r, c = t.shape
+    counts = t.astype(np.int64).ravel()
+    rows = np.repeat(np.repeat(np.arange(r), c), counts)
+    cols = np.repeat(np.tile(np.arange(c), r), counts).astype(np.int16)
+    rng = np.random.default_rng(seed)
+    ge, done, chunk = 0, 0, max(1, min(n_mc, 2_000_000 // max(len(cols), 1)))
+    while done < n_mc:
+        b = min(chunk, n_mc - done)
+        perm = rng.permuted(np.broadcast_to(cols, (b, len(cols))), axis=1)
+        idx = rows[None, :] * c + perm + (np.arange(b) * r * c)[:, None]
+        tabs = np.bincount(idx.ravel(), minlength=b * r * c).reshape(b, r, c)
+        stat = ((tabs - exp) ** 2 / exp).sum(axis=(1, 2))
+        ge += int((stat >= chi2 * (1 - 1e-9)).sum())
+        done += b
+    return (1 + ge) / (1 + n_mc)
 
 
 def _prev(k: int, n: int, min_n: int, alpha: float) -> dict:
@@ -720,7 +748,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             "prevalence": "Wilson score 95% CI; groups with n < min_n are too small (value null)",
             "odds_ratio": "one class vs the rest (binary label: positive/minority class vs the other); Woolf logit "
                           "CI, Haldane-Anscombe +0.5 to every cell when one is zero; Fisher exact two-sided p",
-            "association": "Pearson chi-square without continuity correction; Cramér's V = sqrt(chi2/(n(min(r,c)-1)))",
+            "association": "Pearson chi-square without continuity correction; Cramér's V = sqrt(chi2/(n(min(r,c)-1))); "
+                           "p by Monte Carlo (4000 tables, same margins) when > 20% of expected counts < 5",
             "ranking": "strongest first: the CI bound nearer OR = 1 on the log scale, then |log OR|",
             "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; near-"
                      f"duplicate when Hamming distance <= {int(phash_threshold)} of 64 bits"},
@@ -796,6 +825,17 @@ def _fp(p) -> str:
     return "—" if p is None else f"{p:.2g}"
 
 
+def _fv(cv: dict) -> str:
+    """Cramér's V with its p for the terminal; "*" marks a Monte Carlo p (sparse table, see `cramers_v`)."""
+    if cv.get("value") is None:
+        return "n/a"
+    return f"{cv['value']:.2f} ({_fp(cv['p'])}{'*' if cv.get('p_method') == 'monte carlo' else ''})"
+
+
+_MC_NOTE = ("* p by Monte Carlo over tables with the same margins: too many expected counts < 5 for the χ² "
+            "approximation (V itself is inflated by small groups)")
+
+
 def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     """A rich Group of the scan's tables (reads scan.json's dict; recomputes nothing)."""
     from rich.console import Group
@@ -818,8 +858,10 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         cv = e["label_association"]
         t.add_row(Text(a), e["source"], f"{e['n_present']}/{e['n_known']}", _fe(e["prevalence"]),
                   *(_fe(e["by_label"].get(c)) for c in classes),
-                  "n/a" if cv["value"] is None else f"{cv['value']:.2f} ({_fp(cv['p'])})")
+                  _fv(cv))
     parts.append(t)
+    if any(e["label_association"].get("p_method") == "monte carlo" for e in s["artifacts"].values()):
+        parts.append(Text(_MC_NOTE, style="dim"))
     if hidden:
         parts.append(Text(f"labels not shown as columns: {', '.join(hidden[:8])}{' …' if len(hidden) > 8 else ''}"
                           f" (n < {min_n} or beyond 6 columns; all of them are in scan.json)", style="dim"))
@@ -845,17 +887,28 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         parts.append(Text(f"{len(small)} class comparison(s) too small (n < {s['options']['min_n']}): "
                           + ", ".join(sorted({e['class'] for e in small})), style="dim"))
     for col, per_a in (s.get("by") or {}).items():
-        groups = sorted({g for e in per_a.values() for g in e["groups"]})[:10]
+        # groups as rows (a metadata column can have many values), largest first; artifacts as columns
+        sizes: dict = {}
+        for e in per_a.values():
+            for g, est in e["groups"].items():
+                sizes[g] = max(sizes.get(g, 0), int((est or {}).get("n") or 0))
+        groups = sorted(sizes, key=lambda g: (-sizes[g], str(g)))
+        shown = groups[:max_rows]
         t = Table(title=f"Prevalence by {col}", title_justify="left", pad_edge=False)
-        t.add_column("artifact", no_wrap=True)
-        for g in groups:
-            t.add_column(g, justify="right")
-        t.add_column("V (p)", justify="right")
-        for a, e in per_a.items():
-            cv = e["association"]
-            t.add_row(Text(a), *(_fe(e["groups"].get(g)) for g in groups),
-                      "n/a" if cv["value"] is None else f"{cv['value']:.2f} ({_fp(cv['p'])})")
+        t.add_column(col, no_wrap=True)
+        t.add_column("n", justify="right")
+        for a in per_a:
+            t.add_column(a, justify="right", no_wrap=True)
+        for g in shown:
+            t.add_row(Text(str(g)), str(sizes[g]), *(_fe(e["groups"].get(g)) for e in per_a.values()))
+        t.add_row(Text("Cramér's V (p)", style="bold"), "", *(_fv(e["association"]) for e in per_a.values()))
         parts.append(t)
+        if len(groups) > len(shown):
+            rest = groups[len(shown):]
+            parts.append(Text(f"{len(rest)} smaller {col} group(s) not shown ({sum(sizes[g] for g in rest)} images; "
+                              "all in scan.json): " + ", ".join(map(str, rest)), style="dim"))
+        if any(e["association"].get("p_method") == "monte carlo" for e in per_a.values()):
+            parts.append(Text(_MC_NOTE, style="dim"))
     lk = s["leakage"]
     ids = lk["ids"]
     if ids.get("checked"):

@@ -116,12 +116,46 @@ def test_cramers_v_against_hand_computation(ink_scan):
     cv = res.summary["artifacts"]["ink"]["label_association"]
     assert cv["chi2"] == pytest.approx(chi2)
     assert cv["value"] == pytest.approx(math.sqrt(chi2 / n))
-    assert cv["p"] == pytest.approx(scipy.stats.chi2.sf(chi2, 1))
+    # expected counts 4.5 / 5.5: too sparse for the χ² distribution → the exact conditional p, by Monte Carlo
+    assert cv["p_method"] == "monte carlo" and "Monte Carlo" in cv["note"]
+    exact = _exact_conditional_p(np.array([[a, b], [c, d]]))
+    assert abs(cv["p"] - exact) < 4 * math.sqrt(exact * (1 - exact) / 4000) + 1 / 4001
+    assert cv["p"] != pytest.approx(scipy.stats.chi2.sf(chi2, 1), rel=0.2)  # the approximation was far off
     # 3 × 2 by hand: V = sqrt(χ² / (n (min(r, c) − 1)))
     t = np.array([[5, 5], [2, 8], [9, 1]])
     exp = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
     x2 = ((t - exp) ** 2 / exp).sum()
     assert cramers_v(t)["value"] == pytest.approx(math.sqrt(x2 / t.sum()))
+
+
+def _exact_conditional_p(t: np.ndarray) -> float:
+    """P(χ² ≥ observed) over every r×2 table with the margins of t, each weighted by its multivariate
+    hypergeometric probability: the exact test the Monte Carlo p estimates."""
+    import itertools
+    rows, k, n = t.sum(1), int(t[:, 0].sum()), int(t.sum())
+    exp = rows[:, None] * t.sum(0)[None, :] / n
+    stat = lambda x: ((x - exp) ** 2 / exp).sum()
+    obs, p = stat(t), 0.0
+    for col in itertools.product(*(range(int(r) + 1) for r in rows)):
+        if sum(col) == k:
+            x = np.array([[ci, r - ci] for ci, r in zip(col, rows)])
+            if stat(x) >= obs * (1 - 1e-9):
+                p += math.prod(math.comb(int(r), ci) for ci, r in zip(col, rows)) / math.comb(n, k)
+    return p
+
+
+@pytest.mark.parametrize("t", [[[2, 0], [3, 14], [1, 30], [0, 25]], [[3, 1], [1, 4], [0, 3]], [[1, 9], [0, 12]]])
+def test_sparse_table_p_is_the_exact_conditional_test(t):
+    """A group of 2 images, both with the artifact, gives a χ² p of 3e-6 here; the Monte Carlo p matches
+    exact enumeration within its sampling error, is seeded, and a well-filled table keeps the χ² p."""
+    t = np.array(t)
+    cv, exact = cramers_v(t), _exact_conditional_p(t)
+    assert cv["p_method"] == "monte carlo"
+    assert abs(cv["p"] - exact) < 4 * math.sqrt(exact * (1 - exact) / 4000) + 1 / 4001, (cv["p"], exact)
+    assert cramers_v(t)["p"] == cv["p"]                                   # seeded: the same p on a re-run
+    full = np.array([[30, 20], [25, 40], [50, 35]])
+    cf = cramers_v(full)
+    assert cf["p_method"] == "chi2" and cf["p"] == pytest.approx(scipy.stats.chi2_contingency(full, False)[1])
 
 
 def test_odds_ratio_zero_cell_uses_haldane_anscombe():
@@ -241,6 +275,29 @@ def test_render_scan_text(ink_scan):
     text = con.export_text()
     assert "Artifact prevalence" in text and "ink" in text and "36.0" in text
     assert "Prevalence by site" in text and "Split leakage by lesion_id: 0 of 20" in text
+    by = text.split("Prevalence by site", 1)[1].split("Split leakage", 1)[0]
+    rows = [ln for ln in by.splitlines() if ln.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["a", "b", "Cramér's V (p)"]   # groups as rows
+
+
+def test_by_table_lists_groups_largest_first_and_counts_the_hidden():
+    from audit.scan import scan_renderable
+    est = lambda n: {"value": 0.5, "lo": 0.3, "hi": 0.7, "n": n, "too_small": n < 10, "k": n // 2}
+    sizes = {f"g{i:02d}": 100 - 5 * i for i in range(15)}
+    s = {"data": {"n_scanned": 1, "n_rows": 1, "n_skipped": 0, "label_counts": {}, "classes": []},
+         "options": {"min_n": 10}, "artifacts": {}, "associations": [],
+         "by": {"site": {"ink": {"groups": {g: est(n) for g, n in sorted(sizes.items(), reverse=True)},
+                                 "association": {"value": 0.3, "p": 0.01, "p_method": "monte carlo"}}}},
+         "leakage": {"ids": {"checked": False, "note": "n/a"},
+                     "near_duplicates": {"scope": "", "threshold": 6, "bits": 64, "n_pairs": 0, "pairs": []}}}
+    con = Console(width=100, color_system=None, record=True, file=open("/dev/null", "w"))
+    con.print(scan_renderable(s, max_rows=12))
+    text = con.export_text()
+    rows = [ln.split("│")[1].strip() for ln in text.splitlines() if ln.startswith("│")]
+    assert rows == [f"g{i:02d}" for i in range(12)] + ["Cramér's V (p)"]
+    flat = " ".join(text.split())
+    assert "3 smaller site group(s) not shown (105 images; all in scan.json): g12, g13, g14" in flat
+    assert "0.30 (0.01*)" in text and "* p by Monte Carlo" in flat
 
 
 def test_workers_give_the_same_table(tmp_path):
