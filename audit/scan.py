@@ -10,8 +10,8 @@ flag columns over every image, in DataLoader workers, and reports:
   other) the odds ratio with Fisher's exact test (`scipy.stats.fisher_exact`, two-sided) and a Woolf logit
   95 % CI; when a cell of the 2×2 table is zero, 0.5 is added to every cell (Haldane–Anscombe) for the
   estimate and the CI. Over all classes: Pearson's χ² (no continuity correction) and Cramér's V =
-  sqrt(χ² / (n·(min(r, c) − 1))), its p by Monte Carlo when the table is sparse. Associations are listed strongest first (the CI bound nearer OR = 1, on the
-  log scale, then |log OR|), each also in words;
+  sqrt(χ² / (n·(min(r, c) − 1))), its p by Monte Carlo when the table is sparse. Associations are listed
+  strongest first (the CI bound nearer OR = 1, on the log scale, then |log OR|), each also in words;
 * split leakage: the same id (`id_col`, e.g. lesion_id / patient id) in more than one split, and near-duplicate
   images across splits by a 64-bit DCT perceptual hash (Hamming distance ≤ `phash_threshold`, default 6);
 * with `run_dir`: the model's accuracy and the positive class's sensitivity / specificity with vs without each

@@ -22,7 +22,6 @@ from .thresholds import isic_metrics, operating_points
 SCHEMA_VERSION = "1.0"  # docs/summary_schema.md; bump the major on a breaking change
 
 
-
 def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, top: int = 3) -> dict[str, int]:
     """{reason: images} for the images whose fraction for `region` is undefined (`missing`: bool per row), most
     frequent first, at most `top` reasons (the rest as "other"). A reason is the region's note in
@@ -50,15 +49,16 @@ def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, t
 
 
 def _general_reason(note: str, image_id: str) -> str:
-    """A per-image note without its image-specific head: leading segments that are the image id, a path, the
-    region's name or the provider kind ("heuristic") are dropped ("x/m.png: mask file not found" → "mask file
-    not found"); "" when nothing is left."""
+    """A per-image note without its image-specific head: leading segments that are the image id, a path, a
+    "region '<name>'" prefix or the provider kind ("heuristic") are dropped ("x/m.png: mask file not found"
+    → "mask file not found"); "" when nothing is left."""
     segs = note.split(": ")
     i = 0
     while i < len(segs) and (segs[i] == image_id or "/" in segs[i] or "\\" in segs[i] or segs[i] == "heuristic"
                              or segs[i].startswith("region '") or re.search(r"\.[A-Za-z]{2,5}$", segs[i])):
         i += 1
     return ": ".join(segs[i:])[:120]
+
 
 def add_flags(per_image: pd.DataFrame, kinds: dict[str, str], cfg: AuditConfig) -> pd.DataFrame:
     """flag_high_conf_error: wrong with confidence ≥ cfg.high_conf. flag_off_target: the target fraction is below
