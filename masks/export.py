@@ -59,8 +59,9 @@ def export_masks(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: Inpu
 
     preset: the parsed preset (``load_preset``); its ``regions:`` section is used. manifest: canonical rows
     (``audit.manifest.load_manifest``). progress: called as progress(done, total) after each image.
-    An unreadable image is recorded (status "unreadable image: ...") with a MaskWarning, never raised.
-    Returns the regions.csv table.
+    An unreadable image is recorded (status "unreadable image: ...") with a MaskWarning, never raised. An
+    interrupted run (Ctrl-C, a failing provider outside the registry's guard) still writes regions.csv and the
+    contact sheet for the images done. Returns the regions.csv table.
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit: expected a positive integer or None, got {limit!r}")
@@ -71,42 +72,45 @@ def export_masks(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: Inpu
     colors = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(rs.names)}
     rows, thumbs = [], []
     total = len(df)
-    for i, row in enumerate(df.to_dict("records")):
-        iid = str(row.get("image_id", i))
-        rec: dict = {"image_id": iid}
-        try:
-            img = load_rgb(row["image"])
-        except Exception as e:  # unreadable image: record and go on
-            msg = f"unreadable image: {type(e).__name__}: {e}"
-            warnings.warn(f"{iid}: {msg}", MaskWarning, stacklevel=2)
-            rec["status"] = msg
-            for n in rs.names:
-                rec.update({f"{n}_area": math.nan, f"{n}_score": math.nan, f"{n}_present": None, f"{n}_note": msg})
+    try:
+        for i, row in enumerate(df.to_dict("records")):
+            iid = str(row.get("image_id", i))
+            rec: dict = {"image_id": iid}
+            try:
+                img = load_rgb(row["image"])
+            except Exception as e:  # unreadable image: record and go on
+                msg = f"unreadable image: {type(e).__name__}: {e}"
+                warnings.warn(f"{iid}: {msg}", MaskWarning, stacklevel=2)
+                rec["status"] = msg
+                for n in rs.names:
+                    rec.update({f"{n}_area": math.nan, f"{n}_score": math.nan, f"{n}_present": None,
+                                f"{n}_note": msg})
+                rows.append(rec)
+                if progress:
+                    progress(i + 1, total)
+                continue
+            grid = image_to_grid(img, spec)
+            res = rs.compute(grid, row, spec, img.shape[:2])
+            d = out_dir / _safe(iid)
+            d.mkdir(parents=True, exist_ok=True)
+            rec["status"] = "ok"
+            for n, r in res.items():
+                if r.mask is not None:
+                    Image.fromarray(r.mask.astype(np.uint8) * 255).save(d / f"{n}.png")
+                rec[f"{n}_area"] = float(r.mask.mean()) if r.mask is not None else math.nan
+                rec[f"{n}_score"] = r.score
+                rec[f"{n}_present"] = r.present
+                rec[f"{n}_note"] = r.note
             rows.append(rec)
+            if len(thumbs) < MAX_SHEET:
+                ov = Image.fromarray(overlay(grid, res, colors)).resize((THUMB, THUMB), Image.NEAREST)
+                thumbs.append((iid, ov))
             if progress:
                 progress(i + 1, total)
-            continue
-        grid = image_to_grid(img, spec)
-        res = rs.compute(grid, row, spec, img.shape[:2])
-        d = out_dir / _safe(iid)
-        d.mkdir(parents=True, exist_ok=True)
-        rec["status"] = "ok"
-        for n, r in res.items():
-            if r.mask is not None:
-                Image.fromarray(r.mask.astype(np.uint8) * 255).save(d / f"{n}.png")
-            rec[f"{n}_area"] = float(r.mask.mean()) if r.mask is not None else math.nan
-            rec[f"{n}_score"] = r.score
-            rec[f"{n}_present"] = r.present
-            rec[f"{n}_note"] = r.note
-        rows.append(rec)
-        if len(thumbs) < MAX_SHEET:
-            ov = Image.fromarray(overlay(grid, res, colors)).resize((THUMB, THUMB), Image.NEAREST)
-            thumbs.append((iid, ov))
-        if progress:
-            progress(i + 1, total)
-    table = pd.DataFrame(rows)
-    table.to_csv(out_dir / "regions.csv", index=False)
-    contact_sheet(thumbs, colors).save(out_dir / "contact_sheet.png")
+    finally:  # interrupted or failed: what was computed is still written
+        table = pd.DataFrame(rows)
+        table.to_csv(out_dir / "regions.csv", index=False)
+        contact_sheet(thumbs, colors).save(out_dir / "contact_sheet.png")
     return table
 
 

@@ -337,3 +337,11 @@ def test_export_writes_pngs_contact_sheet_and_csv(tmp_path):
     assert math.isnan(csv.loc[3, "lesion_area"]) and "unreadable" in csv.loc[3, "status"]
     assert "ink_score" in csv.columns and not math.isnan(csv.loc[0, "ink_score"])
     assert len(export_masks(preset, df.iloc[:3], tmp_path / "o2", InputSpec(size=50), limit=2)) == 2
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        export_masks(preset, df.iloc[:3], tmp_path / "o3", InputSpec(size=50), progress=stop_after_two)
+    assert list(pd.read_csv(tmp_path / "o3" / "regions.csv")["image_id"]) == ["i0", "i1"]  # nothing done is lost
+    assert (tmp_path / "o3" / "contact_sheet.png").is_file()
