@@ -23,7 +23,8 @@ Files written to `out_dir`: scan.csv (one row per readable image: detector score
 `present_<a>` True/False/empty = unknown, `phash` as 16 hex digits, and model columns with `run_dir`),
 scan.json (strict JSON, NaN → null, `schema_version`), contact_<artifact>.png (the top-scoring images per
 artifact, the region outlined), near_duplicates.csv and leaking_ids.csv (when any), errors.csv (unreadable
-images, skipped and counted). `render_scan(result, console)` prints the rich tables.
+images, skipped and counted); an interrupted scan leaves scan.partial.csv (the rows scanned until then).
+`render_scan(result, console)` prints the rich tables.
 """
 from __future__ import annotations
 
@@ -565,69 +566,75 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     n_warn = 0
     loader = make_loader(rows, spec, batch_size, int(workers), rs.compute if len(rs) else None)
     done = 0
-    for batch in loader:
-        for i, err in batch["failed"]:
-            errors.append((str(recs[i]["image_id"]), str(recs[i]["image"]), err))
-        done += len(batch["failed"])
-        if batch["img"] is not None:
-            idx = batch["idx"]
-            hs = phash_images(batch["img"])
-            if in_loop:
-                with torch.no_grad():
-                    pr = torch.softmax(model(normalize(batch["img"].to(dev), run.input)).float(), 1).cpu().numpy()
-            for j, i in enumerate(idx):
-                r = recs[i]
-                rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
-                for c in [id_col, *by]:
-                    if c is not None and c not in rec:
-                        rec[c] = r[c]
-                rec["phash"] = f"{int(hs[j]):016x}"
-                masks = batch["masks"][j] if "masks" in batch else {}
-                notes = batch["notes"][j] if "notes" in batch else {}
-                n_warn += len(batch["warnings"][j]) if "warnings" in batch else 0
-                for a in region_names:
-                    if sources[a] == "file":
-                        pres = _file_presence(a, masks, notes)
-                        score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
-                    else:
-                        pres = batch["present"][j].get(a)
-                        score = batch["scores"][j].get(a, NAN)
-                    rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
-                for c in flag_cols:
-                    v = flags[c].iloc[i]
-                    rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
-                    rec[f"present_{c}"] = None if v is pd.NA else bool(v)
-                if notes:
-                    rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
-                for c, v in r.items():  # the manifest's metadata, after the scan's own columns
-                    if c not in rec and f"present_{c}" not in rec or c in flag_cols:
-                        rec.setdefault(c, v)
+    try:
+        for batch in loader:
+            for i, err in batch["failed"]:
+                errors.append((str(recs[i]["image_id"]), str(recs[i]["image"]), err))
+            done += len(batch["failed"])
+            if batch["img"] is not None:
+                idx = batch["idx"]
+                hs = phash_images(batch["img"])
                 if in_loop:
-                    probs_rows.append((i, pr[j]))
-                # contact sheets: keep the top_k scores per artifact, thumbnails made only for entrants
-                for a in sources:
-                    s = rec[f"score_{a}"]
-                    if top_k == 0 or s is None or not np.isfinite(s):
-                        continue
-                    key = (float(s), -len(records))
-                    hp = heaps[a]
-                    if len(hp) < top_k or key > hp[0][:2]:
-                        grid = batch["img"][j].numpy()
-                        m = masks.get(a)
-                        ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, colors)
-                        th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
-                        cap = f"{'*' if rec[f'present_{a}'] else ' '}{s:.3g} {r['image_id']}"
-                        item = (key[0], key[1], cap, th)
-                        if len(hp) < top_k:
-                            heapq.heappush(hp, item)
+                    with torch.no_grad():
+                        pr = torch.softmax(model(normalize(batch["img"].to(dev), run.input)).float(), 1).cpu().numpy()
+                for j, i in enumerate(idx):
+                    r = recs[i]
+                    rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
+                    for c in [id_col, *by]:
+                        if c is not None and c not in rec:
+                            rec[c] = r[c]
+                    rec["phash"] = f"{int(hs[j]):016x}"
+                    masks = batch["masks"][j] if "masks" in batch else {}
+                    notes = batch["notes"][j] if "notes" in batch else {}
+                    n_warn += len(batch["warnings"][j]) if "warnings" in batch else 0
+                    for a in region_names:
+                        if sources[a] == "file":
+                            pres = _file_presence(a, masks, notes)
+                            score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
                         else:
-                            heapq.heapreplace(hp, item)
-                records.append(rec)
-                row_pos.append(i)
-                hashes.append(hs[j])
-            done += len(idx)
-        if progress:
-            progress(done, len(rows))
+                            pres = batch["present"][j].get(a)
+                            score = batch["scores"][j].get(a, NAN)
+                        rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
+                    for c in flag_cols:
+                        v = flags[c].iloc[i]
+                        rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
+                        rec[f"present_{c}"] = None if v is pd.NA else bool(v)
+                    if notes:
+                        rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
+                    for c, v in r.items():  # the manifest's metadata, after the scan's own columns
+                        if c not in rec and f"present_{c}" not in rec or c in flag_cols:
+                            rec.setdefault(c, v)
+                    if in_loop:
+                        probs_rows.append((i, pr[j]))
+                    # contact sheets: keep the top_k scores per artifact, thumbnails made only for entrants
+                    for a in sources:
+                        s = rec[f"score_{a}"]
+                        if top_k == 0 or s is None or not np.isfinite(s):
+                            continue
+                        key = (float(s), -len(records))
+                        hp = heaps[a]
+                        if len(hp) < top_k or key > hp[0][:2]:
+                            grid = batch["img"][j].numpy()
+                            m = masks.get(a)
+                            ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, colors)
+                            th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
+                            cap = f"{'*' if rec[f'present_{a}'] else ' '}{s:.3g} {r['image_id']}"
+                            item = (key[0], key[1], cap, th)
+                            if len(hp) < top_k:
+                                heapq.heappush(hp, item)
+                            else:
+                                heapq.heapreplace(hp, item)
+                    records.append(rec)
+                    row_pos.append(i)
+                    hashes.append(hs[j])
+                done += len(idx)
+            if progress:
+                progress(done, len(rows))
+    except BaseException:  # interrupted (Ctrl-C) or failed: the rows scanned so far are kept
+        if records:
+            pd.DataFrame.from_records(records).to_csv(out_dir / "scan.partial.csv", index=False)
+        raise
+    (out_dir / "scan.partial.csv").unlink(missing_ok=True)  # a finished scan replaces an interrupted one
     t_pass = time.perf_counter() - t0
 
     if not records:

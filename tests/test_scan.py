@@ -300,6 +300,20 @@ def test_by_table_lists_groups_largest_first_and_counts_the_hidden():
     assert "0.30 (0.01*)" in text and "* p by Monte Carlo" in flat
 
 
+def test_interrupted_scan_keeps_the_rows_scanned(tmp_path):
+    df = make_set(tmp_path)
+
+    def stop(done, total):
+        if done >= 8:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, batch_size=4, progress=stop)
+    part = pd.read_csv(tmp_path / "o" / "scan.partial.csv")
+    assert list(part["image_id"]) == list(df["image_id"][:8]) and "score_ink" in part
+    run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, batch_size=4)
+    assert not (tmp_path / "o" / "scan.partial.csv").exists() and (tmp_path / "o" / "scan.csv").exists()
+
+
 def test_workers_give_the_same_table(tmp_path):
     df = make_set(tmp_path)
     a = run_scan({"regions": {"ink": {}}}, df, tmp_path / "a", SPEC, workers=0).per_image
