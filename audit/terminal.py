@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .stats import small_text
+from .thresholds import fmt_threshold
 
 # what an audit may write, in the order the summary lists what is there (--no-report writes no report files)
 OUTPUT_FILES = ("report.html", "GALLERY.md", "gallery/", "plots/", "per_image.csv", "cams.npz", "summary.json",
@@ -130,7 +131,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             t.add_column(c, justify="right", no_wrap=True)
         for p in op["points"]:
             thr = p.get("threshold")
-            t.add_row(f"{p['target_sensitivity']:.2f}", "n/a" if thr is None else f"{thr:.3f}",
+            t.add_row(f"{p['target_sensitivity']:.2f}", fmt_threshold(thr),
                       *(_fmt_est(p.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
         top1 = op.get("top1") or {}
         if top1:

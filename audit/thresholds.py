@@ -33,7 +33,7 @@ from .errors import UndefinedMetricWarning
 from .stats import (NAN, Estimate, _as_bool_1d, _as_float_1d, _counts, _index_chunks, _percentile_ci,
                     _same_length, proportion_ci)
 
-__all__ = ["tune_threshold", "operating_points", "balanced_accuracy", "per_class_auc",
+__all__ = ["fmt_threshold", "tune_threshold", "operating_points", "balanced_accuracy", "per_class_auc",
            "partial_auc_above_sensitivity", "auc_above_sensitivity", "isic_metrics", "TUNING_VALIDATION", "TUNING_CROSS_FIT"]
 
 TUNING_VALIDATION = "validation split"
@@ -46,6 +46,23 @@ def _undefined(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # operating points
+
+def fmt_threshold(t) -> str:
+    """A probability threshold for people: 3 decimals in [0.001, 0.999]; nearer 0 or 1 the distance to it in
+    scientific notation ("1 − 4.2e-04"), so that thresholds tuned on a saturated model do not all read 1.000
+    while their sensitivities differ; "n/a" for None / NaN."""
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not np.isfinite(t):
+        return "n/a"
+    if 0.999 < t < 1.0:
+        return f"1 − {1.0 - t:.1e}"
+    if 0.0 < t < 0.001:
+        return f"{t:.1e}"
+    return f"{t:.3f}"
+
 
 def tune_threshold(p_pos_val, y_pos_val, target_sensitivity: float) -> float:
     """The largest threshold t with sensitivity(p ≥ t) ≥ target on the given (validation) data.

@@ -49,6 +49,7 @@ def test_summary_text_at_100_columns():
     assert "max_artifact_lift[ruler]" in text  # markup-like names shown verbatim
     assert "Sign-off gates: FAIL" in text and "FAIL" in text and "pass" in text
     assert "Operating points for mel (thresholds tuned on: validation split)" in text
+    assert " 0.210 " in text                   # the tuned threshold
     assert "ISIC_1" in text and "reports/run_x/" in text
 
 

@@ -231,3 +231,12 @@ def test_isic_metrics_bundle():
     with pytest.warns(UndefinedMetricWarning, match="DF"):
         again = isic_metrics(y, probs, classes, n_boot=200, min_n=max(10, n_df + 1))
     assert str(again) == str(r)                                   # seeded: identical, NaNs included
+
+
+@pytest.mark.parametrize("t,text", [(0.5, "0.500"), (0.21, "0.210"), (0.9996, "1 − 4.0e-04"), (0.99996, "1 − 4.0e-05"),
+                                    (1.0, "1.000"), (0.0004, "4.0e-04"), (0.0, "0.000"), (None, "n/a"),
+                                    (float("nan"), "n/a")])
+def test_threshold_text_keeps_thresholds_near_one_apart(t, text):
+    """Thresholds tuned on a saturated model (0.9996 vs 0.99996) must not both print as 1.000."""
+    from audit.thresholds import fmt_threshold
+    assert fmt_threshold(t) == text

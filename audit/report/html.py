@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..stats import small_text
+from ..thresholds import fmt_threshold
 from .gallery import GalleryGroup, words_for
 from .inputs import ReportInputs
 
@@ -218,7 +219,7 @@ def _operating_points(inp: ReportInputs) -> str:
         op = op[inp.positive]
     rows = []
     for p in op.get("points") or []:
-        rows.append([_c(_num(p.get("target_sensitivity"))), _c(_num(p.get("threshold"), 3)),
+        rows.append([_c(_num(p.get("target_sensitivity"))), _c(fmt_threshold(p.get("threshold"))),
                      _c(fmt_est(p.get("sensitivity"), pct=True)), _c(fmt_est(p.get("specificity"), pct=True)),
                      _c(fmt_est(p.get("ppv"), pct=True)), _c(fmt_est(p.get("npv"), pct=True)),
                      _c(" / ".join(str(p.get(k, "?")) for k in ("tp", "fn", "tn", "fp")))])
