@@ -79,24 +79,30 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                           style="bold red" if nz == d["n"] else "yellow"))
     if s.get("regions"):
         t = Table(title="Where the evidence lies (share of Grad-CAM mass; 95% CI)", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-        for col, j in (("region", "left"), ("kind", "left"), ("n", "right"), ("median frac", "right"),
-                       ("lift", "right"), ("correct − wrong", "right"), ("ρ(conf)", "right"), ("AUROC err", "right")):
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+        for col, j in (("region", "left"), ("n", "right"), ("median frac", "right"), ("lift", "right"),
+                       ("correct − wrong", "right"), ("ρ(conf)", "right"), ("AUROC err", "right")):
             t.add_column(col, justify=j, no_wrap=True)
-        for r, e in s["regions"].items():
-            st = e["stats"]
-            le = e.get("lift") or {}
-            lift = None if le.get("too_small") else (le.get("value") if le else e.get("median_lift"))
-            style = ""
-            if e["kind"] == "artifact" and lift is not None and lift > 2:
-                style = "bold red"
-            elif e["kind"] == "target":
-                med = st["median_all"].get("value")
-                style = "green" if med is not None and med >= 0.5 else "yellow"
-            t.add_row(Text(r), e["kind"], str(e["n_present"]), _fmt_est(st["median_all"], compact=True),
-                      ("small" if le.get("too_small") else "—") if lift is None else f"{lift:.1f}×", _fmt_est(st["diff_median"], compact=True),
-                      _fmt_est(st["spearman_conf_all"], compact=True), _fmt_est(st["auroc_error"], compact=True),
-                      style=style)
+        # the kind as a heading row above its regions, not a column: the CIs need the width at 100 columns
+        for kind in ("target", "artifact", *sorted({e["kind"] for e in s["regions"].values()} - {"target", "artifact"})):
+            rows = [(r, e) for r, e in s["regions"].items() if e["kind"] == kind]
+            if not rows:
+                continue
+            t.add_row(Text(f"{kind}s", style="bold"))
+            for r, e in rows:
+                st = e["stats"]
+                le = e.get("lift") or {}
+                lift = None if le.get("too_small") else (le.get("value") if le else e.get("median_lift"))
+                style = ""
+                if kind == "artifact" and lift is not None and lift > 2:
+                    style = "bold red"
+                elif kind == "target":
+                    med = st["median_all"].get("value")
+                    style = "green" if med is not None and med >= 0.5 else "yellow"
+                t.add_row(Text(r), str(e["n_present"]), _fmt_est(st["median_all"], compact=True),
+                          ("small" if le.get("too_small") else "—") if lift is None else f"{lift:.1f}×",
+                          _fmt_est(st["diff_median"], compact=True), _fmt_est(st["spearman_conf_all"], compact=True),
+                          _fmt_est(st["auroc_error"], compact=True), style=style)
         parts.append(t)
         undef = [(r, e) for r, e in s["regions"].items() if e.get("missing_reasons")]
         if undef:

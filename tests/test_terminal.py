@@ -151,3 +151,18 @@ def test_missing_regions_line_is_loud_only_for_lost_masks():
     assert style({"lesion": {**SUMMARY["regions"]["lesion"], "n_missing": 1,
                              "missing_reasons": {"not detected": 1}}}) == "yellow"   # a target region lost
     assert style(SUMMARY["regions"]) is None
+
+
+def test_region_table_fits_100_columns_without_cutting_cis():
+    """Negative estimates with negative CI bounds in every column, and the longest built-in region name: the
+    table fits a 100-column terminal with no cell cut short ("…")."""
+    neg = _est(-0.72, -0.76, -0.66, 722)
+    regions = {name: {"kind": kind, "n_present": 722, "median_lift": 2.3, "lift": _est(2.3, 2.2, 2.4, 722),
+                      "stats": {"median_all": _est(0.31, 0.29, 0.33, 722), "diff_median": _est(-0.04, -0.05, -0.01),
+                                "spearman_conf_all": neg, "auroc_error": _est(0.56, 0.45, 0.65)}}
+               for name, kind in (("lesion", "target"), ("dark_corners", "artifact"), ("gel_border", "artifact"))}
+    con = Console(width=100, color_system=None, force_terminal=False, record=True)
+    print_summary({**SUMMARY, "regions": regions}, None, con)
+    table = con.export_text().split("Where the evidence lies", 1)[1].split("High-confidence", 1)[0]
+    assert "…" not in table and "-.72 [-.76,-.66]" in table and "-.04 [-.05,-.01]" in table
+    assert "correct − wrong" in table and "AUROC err" in table
