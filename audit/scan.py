@@ -845,6 +845,7 @@ _MC_NOTE = ("* p by Monte Carlo over tables with the same margins: too many expe
 
 def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     """A rich Group of the scan's tables (reads scan.json's dict; recomputes nothing)."""
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -857,15 +858,16 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     big = [c for c in d["classes"] if d["label_counts"][c] >= min_n]
     classes = big[:6]
     hidden = [c for c in d["classes"] if c not in classes]
-    t = Table(title="Artifact prevalence (95% Wilson CI, %)", title_justify="left", pad_edge=False)
-    for c, j in (("artifact", "left"), ("source", "left"), ("present", "right"), ("overall", "right"),
+    t = Table(title="Artifact prevalence (95% Wilson CI, %)", title_justify="left", pad_edge=False,
+              box=box.SIMPLE_HEAD, padding=(0, 1))
+    # two lines a row: the estimate over its CI, the artifact over its source (detector, file, flag)
+    for c, j in (("artifact", "left"), ("present", "right"), ("overall", "right"),
                  *((f"{c}", "right") for c in classes), ("Cramér's V (p)", "right")):
-        t.add_column(c, justify=j, no_wrap=c in ("artifact", "source"))
+        t.add_column(c, justify=j, no_wrap=c == "artifact", min_width=9 if c not in ("artifact", "present") else None)
     for a, e in s["artifacts"].items():
-        cv = e["label_association"]
-        t.add_row(Text(a), e["source"], f"{e['n_present']}/{e['n_known']}", _fe(e["prevalence"]),
-                  *(_fe(e["by_label"].get(c)) for c in classes),
-                  _fv(cv))
+        t.add_row(Text.assemble(a, "\n", (e["source"], "dim")), f"{e['n_present']}/{e['n_known']}",
+                  _fe(e["prevalence"]), *(_fe(e["by_label"].get(c)) for c in classes),
+                  _fv(e["label_association"]))
     parts.append(t)
     if any(e["label_association"].get("p_method") == "monte carlo" for e in s["artifacts"].values()):
         parts.append(Text(_MC_NOTE, style="dim"))
@@ -901,7 +903,8 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
                 sizes[g] = max(sizes.get(g, 0), int((est or {}).get("n") or 0))
         groups = sorted(sizes, key=lambda g: (-sizes[g], str(g)))
         shown = groups[:max_rows]
-        t = Table(title=f"Prevalence by {col}", title_justify="left", pad_edge=False)
+        t = Table(title=f"Prevalence by {col}", title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD,
+                  padding=(0, 1))
         t.add_column(col, no_wrap=True)
         t.add_column("n", justify="right")
         for a in per_a:

@@ -275,9 +275,15 @@ def test_render_scan_text(ink_scan):
     text = con.export_text()
     assert "Artifact prevalence" in text and "ink" in text and "36.0" in text
     assert "Prevalence by site" in text and "Split leakage by lesion_id: 0 of 20" in text
-    by = text.split("Prevalence by site", 1)[1].split("Split leakage", 1)[0]
-    rows = [ln for ln in by.splitlines() if ln.startswith("│")]
-    assert [r.split("│")[1].strip() for r in rows] == ["a", "b", "Cramér's V (p)"]   # groups as rows
+    by = text.split("Prevalence by site", 1)[1].split("Split leakage", 1)[0].split("\n* p by Monte", 1)[0]
+    assert _first_cells(by) == ["a", "b", "Cramér's V (p)"]   # groups as rows
+
+
+def _first_cells(block: str) -> list[str]:
+    """The first cell of each body row of a rich SIMPLE_HEAD table (the lines after its ─ rule)."""
+    lines = block.splitlines()
+    rule = next(i for i, ln in enumerate(lines) if ln.strip() and set(ln.strip()) == {"─"})
+    return [ln.strip().split("  ")[0] for ln in lines[rule + 1:] if ln.strip()]
 
 
 def test_by_table_lists_groups_largest_first_and_counts_the_hidden():
@@ -293,8 +299,8 @@ def test_by_table_lists_groups_largest_first_and_counts_the_hidden():
     con = Console(width=100, color_system=None, record=True, file=open("/dev/null", "w"))
     con.print(scan_renderable(s, max_rows=12))
     text = con.export_text()
-    rows = [ln.split("│")[1].strip() for ln in text.splitlines() if ln.startswith("│")]
-    assert rows == [f"g{i:02d}" for i in range(12)] + ["Cramér's V (p)"]
+    by = text.split("Prevalence by site", 1)[1].split("\n3 smaller site group", 1)[0]
+    assert _first_cells(by) == [f"g{i:02d}" for i in range(12)] + ["Cramér's V (p)"]
     flat = " ".join(text.split())
     assert "3 smaller site group(s) not shown (105 images; all in scan.json): g12, g13, g14" in flat
     assert "0.30 (0.01*)" in text and "* p by Monte Carlo" in flat
