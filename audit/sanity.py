@@ -348,10 +348,17 @@ def sanity_check(model: torch.nn.Module, layer: str, images: torch.Tensor,
     rep["head_randomisation"] = {"unit": casc[0]["unit"], "spearman": casc[0]["spearman"],
                                  "ssim": casc[0]["ssim"]} if casc else None
     rho_full = full["spearman"]["value"] if full else None
+    est = full["spearman"] if full else None
     if rho_full is None and not casc:
-        ind = [s["spearman"]["value"] for s in rep["steps"] if s["spearman"]["value"] is not None]
-        rho_full = min(ind) if ind else None  # independent only: the most disruptive single unit
+        ind = [s["spearman"] for s in rep["steps"] if s["spearman"]["value"] is not None]
+        est = min(ind, key=lambda e: e["value"]) if ind else None  # independent only: the most disruptive unit
+        rho_full = est["value"] if est else None
     rep["gate_value"] = rho_full
+    ci = ""
+    if est is not None and est.get("lo") is not None and est.get("hi") is not None:
+        ci = f" [95% CI {est['lo']:.2f}, {est['hi']:.2f}], n = {est.get('n')} images"
+    elif est is not None:
+        ci = f", n = {est.get('n')} images"
     if rho_full is None:
         rep["verdict"] = "undefined"
         rep["verdict_text"] = ("no correlation could be computed (all maps constant or all-zero): the maps carry no "
@@ -359,13 +366,13 @@ def sanity_check(model: torch.nn.Module, layer: str, images: torch.Tensor,
     elif rho_full > threshold:
         rep["verdict"] = "fail"
         rep["verdict_text"] = (f"the maps barely change when the model's learned weights are destroyed (mean "
-                               f"Spearman ρ = {rho_full:.2f} > {threshold:.2f} under "
+                               f"Spearman ρ = {rho_full:.2f}{ci} > {threshold:.2f} under "
                                f"{'full randomisation' if casc else 'the most disruptive single re-initialisation'}"
                                "): they reflect the input more than the model, so region fractions computed from "
                                "them say little about what the model uses")
     else:
         rep["verdict"] = "pass"
-        rep["verdict_text"] = (f"the maps depend on the learned weights (mean Spearman ρ = {rho_full:.2f} ≤ "
+        rep["verdict_text"] = (f"the maps depend on the learned weights (mean Spearman ρ = {rho_full:.2f}{ci} ≤ "
                                f"{threshold:.2f} under {'full randomisation' if casc else 'randomisation'})")
     rep["timing_s"] = round(time.perf_counter() - t0, 3)
     return rep

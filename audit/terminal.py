@@ -107,7 +107,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         undef = [(r, e) for r, e in s["regions"].items() if e.get("missing_reasons")]
         if undef:
             # why a region's n is short of the audit's: an absent artifact is expected, a lost mask is not
-            absent = ("not detected", "no region", "no mask file for this image")  # an artifact not there
+            absent = ("not detected", "no region", "no mask file for this image",  # an artifact not there
+                      "no pixel with value", "mask is empty")
             alarming = any(e["kind"] == "target" or any(not why.startswith(absent) for why in e["missing_reasons"])
                            for _, e in undef)
             parts.append(Text("Undefined fractions (left out, not counted as 0): " + " · ".join(

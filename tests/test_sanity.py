@@ -94,6 +94,9 @@ def test_gradcam_of_trained_model_fails_to_survive_randomisation(trained, report
     assert rep["verdict"] == "pass" and rep["gate_value"] < 0.5
     sp = rep["full_randomisation"]["spearman"]
     assert sp["lo"] <= sp["value"] <= sp["hi"] and sp["n"] == len(x)
+    # the verdict in words carries the estimate's CI and n, as every dataset-level figure does
+    assert f"ρ = {sp['value']:.2f} [95% CI {sp['lo']:.2f}, {sp['hi']:.2f}], n = {len(x)} images ≤ 0.50" \
+        in rep["verdict_text"]
 
 
 def test_batchnorm_reinit_is_finite():

@@ -145,7 +145,8 @@ def test_missing_regions_line_is_loud_only_for_lost_masks():
 
     art = {**SUMMARY["regions"]["ruler"], "n_missing": 5}
     absent = {"ink": {**art, "missing_reasons": {"not detected": 4, "no region": 1}},
-              "patch": {**art, "missing_reasons": {"no mask file for this image (column 'artifact_mask' empty)": 5}}}
+              "patch": {**art, "missing_reasons": {"no mask file for this image (column 'artifact_mask' empty)": 5}},
+              "text": {**art, "missing_reasons": {"no pixel with value [127]": 3}}}
     assert style(absent) == "dim"                                       # artifacts simply not there
     assert style({**absent, "ruler": {**art, "missing_reasons": {"mask file not found": 5}}}) == "yellow"
     assert style({"lesion": {**SUMMARY["regions"]["lesion"], "n_missing": 1,
