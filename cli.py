@@ -198,16 +198,18 @@ def cmd_demo(args) -> int:
         console.print(Rule(f"{v} model"))
         print_summary(res.summary, str(res.out_dir), console)
         verdicts[v] = res.summary
-    console.print(Rule("demo: shortcut vs clean"))
+    console.print(Rule("demo: shortcut vs clean (95% CIs; n = images in the test split)"))
+    from audit.terminal import _fmt_est
     for v, s in verdicts.items():
         r = s.get("regions", {})
+
         def med(name):
-            e = r.get(name, {}).get("stats", {}).get("median_all", {})
-            return "n/a" if not e or e.get("value") is None else f"{e['value']:.2f}"
-        flips = (s.get("counterfactual") or {}).get("regions", {}).get("text", {}).get("flip_rate") or {}
-        fr = "n/a" if flips.get("value") is None else f"{100 * flips['value']:.0f}%"
-        console.print(f"{v:9s} accuracy {s['accuracy']['value']:.2f} · median evidence in lungs {med('lungs')}"
-                      f" · on the marker {med('text')} · predictions flipped by removing the marker {fr}"
+            return _fmt_est(r.get(name, {}).get("stats", {}).get("median_all"))
+        flips = (s.get("counterfactual") or {}).get("regions", {}).get("text", {})
+        console.print(f"{v:9s} accuracy {_fmt_est(s['accuracy'], pct=True)} (n={s['data']['n']}) · median evidence "
+                      f"in lungs {med('lungs')} · on the marker {med('text')} (n={r.get('text', {}).get('n_present', 0)})"
+                      " · predictions flipped by removing "
+                      f"the marker {_fmt_est(flips.get('flip_rate'), pct=True)} (n={flips.get('n', 0)})"
                       f" · gates: {s.get('verdict', 'n/a').upper()}")
     return EXIT_OK
 

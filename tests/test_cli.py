@@ -150,6 +150,10 @@ def test_demo_reduced(tmp_path):
     # the marker is independent of the label in the test split: the shortcut model pays for having used it
     assert s["shortcut"]["accuracy"]["value"] < s["clean"]["accuracy"]["value"]
     assert s["shortcut"]["verdict"] == "fail"
+    # the closing comparison gives every figure with its CI and n (here the accuracy, read back from the summary)
+    acc = s["shortcut"]["accuracy"]
+    line = " ".join(r.stdout.split()).split("shortcut accuracy", 1)[1]
+    assert line.startswith(f" {100 * acc['value']:.0f}% [{100 * acc['lo']:.0f}%,{100 * acc['hi']:.0f}%] (n=64)")
     assert "shortcut vs clean" in r.stdout
 
 
