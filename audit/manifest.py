@@ -129,9 +129,17 @@ def select_split(df: pd.DataFrame, split: str | None, csv_path) -> pd.DataFrame:
     return df[df["split"] == split].reset_index(drop=True)
 
 
-def default_split(df: pd.DataFrame) -> str:
-    """'test' when the manifest has a test split, else 'all'."""
-    return "test" if (df["split"] == "test").any() else "all"
+def default_split(df: pd.DataFrame, csv_path=None) -> str:
+    """'test' when the manifest has a test split; 'all' when it has no splits at all. A manifest with splits
+    but none named 'test' is a ManifestError asking for --split: auditing every row by default would mix
+    training images, whose figures are optimistic, into a sign-off."""
+    present = sorted(str(x) for x in df["split"].dropna().unique())
+    if "test" in present:
+        return "test"
+    if not present:
+        return "all"
+    raise ManifestError(f"{csv_path}: column 'split' holds {present} but no 'test': pass --split NAME to audit one "
+                        "of them, or --split all for every row (training images included)")
 
 
 def _fmt(pattern: str, row: dict, csv_path: Path) -> str:

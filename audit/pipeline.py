@@ -65,7 +65,7 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
     spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
     spec_d.update(cfg.data_spec or {})
     full = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes)
-    split = cfg.split or default_split(full)
+    split = cfg.split or default_split(full, path)
     rows = select_split(full, split, path)
     if cfg.limit:
         rows = rows.iloc[: cfg.limit].reset_index(drop=True)

@@ -231,6 +231,21 @@ def test_training_settings_beside_the_model_are_left_alone(tmp_path):
     assert load_run(rd)[1].input.size == 64
 
 
+def test_default_split_never_falls_back_to_training_images():
+    """test when present; every row when there are no splits; splits without 'test' ask for --split (auditing
+    them all by default would put training images, with optimistic figures, into a sign-off)."""
+    import pandas as pd
+
+    from audit.errors import ManifestError
+    from audit.manifest import default_split
+    assert default_split(pd.DataFrame({"split": ["train", "test", None]})) == "test"
+    assert default_split(pd.DataFrame({"split": [pd.NA, pd.NA]})) == "all"
+    with pytest.raises(ManifestError, match=r"m.csv: column 'split' holds \['Test', 'train'\] but no 'test': "
+                                            r"pass --split NAME") as e:
+        default_split(pd.DataFrame({"split": ["train", "Test", None]}), "m.csv")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("image_root", [None, "imgs", "ABS"])
 def test_manifest_paths_relative_to_its_folder_from_a_relative_path(tmp_path, monkeypatch, image_root):
     """A manifest given by a relative path (as `python cli.py demo` does) resolves its relative image and mask
