@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--classes", type=_csv_list, help="comma-separated class names in logit order")
     a.add_argument("--checkpoint", help="checkpoint file (default: found in the run dir)")
     a.add_argument("--data", help="manifest CSV (overrides the run's data.manifest)")
-    a.add_argument("--split", help="split to audit (default: test when present, else all)")
+    a.add_argument("--split", help="split to audit, or all (default: test; every row when the manifest has no splits)")
     a.add_argument("--config", dest="preset", help="YAML preset (configs/*.yaml): regions, gates, options")
     a.add_argument("--out", help="output folder (default: reports/<run-name>/)")
     a.add_argument("--layer",
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     di = sub.add_parser("discover", help="explanation clusters and error slices of an audit (reuses its outputs)")
     di.add_argument("--run-dir", help="training run directory (audited first when --out holds no audit)")
     di.add_argument("--data", help="manifest CSV (overrides the run's)")
-    di.add_argument("--split", help="split to audit (default: test when present, else all)")
+    di.add_argument("--split", help="split to audit, or all (default: test; every row when the manifest has no splits)")
     di.add_argument("--config", dest="preset", help="YAML preset (regions give each group's evidence shares)")
     di.add_argument("--k", type=int, help="clusters per predicted class (default: eigengap)")
     di.add_argument("--out", help="audit folder (default reports/<run-name>/)")
