@@ -57,6 +57,10 @@ def resolve_target(rule: str, classes: list[str]) -> str | int:
     raise ConfigError(f"--target {rule!r}: expected 'pred', 'true' or one of the classes {classes}")
 
 
+#: Split names read as the validation split that operating-point thresholds are tuned on (the first present).
+VALIDATION_SPLITS = ("val", "valid", "validation")
+
+
 def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame, str, Path]:
     """(full manifest, audited rows, split name, manifest path)."""
     path = Path(cfg.data) if cfg.data else run.manifest
@@ -238,9 +242,10 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         (out / "errors.csv").unlink()
     t_write = time.perf_counter() - tw
     val_probs = None
-    if positive is not None and split != "val" and (full["split"] == "val").any():
+    val_name = next((v for v in VALIDATION_SPLITS if v != split and (full["split"] == v).any()), None)
+    if positive is not None and val_name is not None:
         tv = time.perf_counter()
-        val_rows = full[full["split"] == "val"].reset_index(drop=True)
+        val_rows = full[full["split"] == val_name].reset_index(drop=True)
         val_probs = (val_rows["label"].to_numpy(), predict_probs(cam_model, val_rows, spec, device, cfg))
         t_val = time.perf_counter() - tv
     else:
@@ -252,6 +257,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                                     "writing_s": t_write, "decode_in_workers_s": t_decode,
                                     "regions_in_workers_s": t_regions},
                             positive=positive, val=val_probs)
+    if val_probs is not None and isinstance(summary.get("operating_points"), dict):
+        summary["operating_points"]["validation_split"] = val_name
     if cfg.counterfactual and artifact_regions:
         cfr = counterfactual_rates(per_image, artifact_regions, min_n=cfg.min_n, n_boot=cfg.n_boot, seed=cfg.seed)
         cfr["method"] = method_description("median", 2, 3)

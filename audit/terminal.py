@@ -132,7 +132,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             parts.append(t)
     op = s.get("operating_points")
     if op and op.get("points"):
-        t = Table(title=f"Operating points for {op.get('positive_class')} (thresholds tuned on: {op.get('tuning')})",
+        tuned = (op.get("tuning") or "?") + (f" '{op['validation_split']}'" if op.get("validation_split") else "")
+        t = Table(title=f"Operating points for {op.get('positive_class')} (thresholds tuned on: {tuned})",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for c in ("target sens", "threshold", "sensitivity", "specificity", "PPV", "NPV"):
             t.add_column(c, justify="right", no_wrap=True)

@@ -146,7 +146,8 @@ def operating_points(p_pos_audit, y_pos_audit, p_pos_val=None, y_pos_val=None,
                                      "fold_thresholds": None, **_rates(cm, alpha)})
     else:
         k = min(int(cross_fit_folds), n_pos)
-        msg = ("no validation split: thresholds are tuned by cross-fitting on the audited split "
+        msg = ("no validation split (none named val, valid or validation): thresholds are tuned by cross-fitting on "
+               "the audited split "
                f"({k}-fold stratified; each fold scored with the threshold tuned on the others); "
                "less biased than tuning and scoring on the same images, noisier than a held-out validation split")
         result["tuning"], result["warning"] = TUNING_CROSS_FIT, msg

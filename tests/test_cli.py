@@ -157,6 +157,19 @@ def test_demo_reduced(tmp_path):
     assert "shortcut vs clean" in r.stdout
 
 
+def test_validation_split_named_validation_tunes_the_thresholds(tiny_run, tmp_path, capsys):
+    m = tiny_run.parent / "data" / "manifest.csv"
+    df = pd.read_csv(m)
+    df["split"] = df["split"].replace({"val": "validation"})
+    df.to_csv(tiny_run.parent / "data" / "m2.csv", index=False)
+    out = tmp_path / "o"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(tiny_run.parent / "data" / "m2.csv"),
+                     "--out", str(out), "--workers", "0", "--n-boot", "20", "--positive", "a", "--no-report"]) == 0
+    op = json.loads((out / "summary.json").read_text())["operating_points"]
+    assert op["tuning"] == "validation split" and op["validation_split"] == "validation" and op["warning"] is None
+    assert "thresholds tuned on: validation split 'validation'" in " ".join(capsys.readouterr().out.split())
+
+
 def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("regions:\n  border: {width: 0.1}\n  corners: {size: 0.2}\n"
@@ -170,6 +183,7 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
                 "flag_high_conf_error"):
         assert col in df, col
     assert s["operating_points"]["tuning"] == "validation split" and s["operating_points"]["positive_class"] == "a"
+    assert s["operating_points"]["validation_split"] == "val"
     assert {g["name"] for g in s["gates"]} == {"max_artifact_lift[border]", "max_artifact_lift[corners]",
                                               "min_accuracy"}
     acc_gate = next(g for g in s["gates"] if g["name"] == "min_accuracy")

@@ -232,7 +232,7 @@ def _operating_points(inp: ReportInputs) -> str:
     if not rows:
         return ""
     head = (f"<h2>Operating points for {esc(inp.positive or 'the positive class')}</h2><p>Thresholds tuned by "
-            f"{esc(op.get('tuning', '?'))}; n = {esc(op.get('n', '?'))} ({esc(op.get('n_pos', '?'))} positive). "
+            f"{esc(op.get('tuning', '?'))}{esc(' ' + repr(op['validation_split']) if op.get('validation_split') else '')}; n = {esc(op.get('n', '?'))} ({esc(op.get('n_pos', '?'))} positive). "
             "Predicted positive when P ≥ threshold.</p>")
     if op.get("warning"):
         head += f'<p class="note">{esc(op["warning"])}</p>'
