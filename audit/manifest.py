@@ -24,25 +24,30 @@ class DataSpec:
 
     image_pattern / mask_pattern: format strings over the row's columns, used when the column is absent
     (relative to the CSV's folder unless absolute). image_root: folder that relative paths are relative to
-    (default: the CSV's folder).
+    (default: the CSV's folder). label_index: the labels are class indices 0..k−1 in the run's class order
+    (mapped to the class names when the run's classes are known).
     """
 
     columns: dict = field(default_factory=dict)
     image_pattern: str | None = None
     mask_pattern: str | None = None
     image_root: str | None = None
+    label_index: bool = False
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DataSpec":
         d = dict(d or {})
         d.pop("manifest", None)
-        unknown = set(d) - {"columns", "image_pattern", "mask_pattern", "image_root"}
+        unknown = set(d) - {"columns", "image_pattern", "mask_pattern", "image_root", "label_index"}
+        from .errors import ConfigError
         if unknown:
-            from .errors import ConfigError
             raise ConfigError(f"data: unknown key(s) {sorted(unknown)}; expected columns, image_pattern, "
-                              "mask_pattern, image_root, manifest")
+                              "mask_pattern, image_root, label_index, manifest")
+        if not isinstance(d.get("label_index", False), bool):
+            raise ConfigError(f"data.label_index: expected true or false, got {d['label_index']!r}")
         return cls(columns=dict(d.get("columns") or {}), image_pattern=d.get("image_pattern"),
-                   mask_pattern=d.get("mask_pattern"), image_root=d.get("image_root"))
+                   mask_pattern=d.get("mask_pattern"), image_root=d.get("image_root"),
+                   label_index=bool(d.get("label_index", False)))
 
 
 def _resolve(root: Path, p) -> str | None:
@@ -108,15 +113,34 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
         raise ManifestError(f"{csv_path}: column 'image_id' is not unique (e.g. {dup!r})")
     if "split" not in df.columns:
         df["split"] = pd.NA
+    if classes is not None and spec.label_index and "label" in df.columns:
+        df["label"] = _labels_from_indices(df["label"], classes, csv_path)
     if classes is not None and require_label:
         bad = ~df["label"].isin(classes)
         if bad.any():
             i = int(bad.to_numpy().argmax())
+            hint = ""
+            idx = pd.to_numeric(df["label"], errors="coerce")
+            if idx.notna().all() and (idx % 1 == 0).all() and idx.between(0, len(classes) - 1).all():
+                hint = (f"; the labels look like class indices 0..{len(classes) - 1}: set data.label_index: true "
+                        "(read in the run's class order) or write the class names")
             raise ManifestError(f"{csv_path}: column 'label' row {i + 2} holds {df['label'].iloc[i]!r}, "
-                                f"not among the run's classes {classes}")
+                                f"not among the run's classes {classes}{hint}")
     df = select_split(df, split, csv_path)
     cols = list(CANONICAL) + [c for c in df.columns if c not in CANONICAL]
     return df[cols].reset_index(drop=True)
+
+
+def _labels_from_indices(labels: pd.Series, classes: list[str], csv_path) -> pd.Series:
+    """Class indices 0..k−1 (as read: strings) → the run's class names; ManifestError naming the first row that
+    is not such an index."""
+    idx = pd.to_numeric(labels, errors="coerce")
+    ok = idx.notna() & (idx % 1 == 0) & idx.between(0, len(classes) - 1)
+    if not ok.all():
+        i = int((~ok).to_numpy().argmax())
+        raise ManifestError(f"{csv_path}: column 'label' row {i + 2} holds {labels.iloc[i]!r}; data.label_index "
+                            f"expects class indices 0..{len(classes) - 1}")
+    return pd.Series([classes[int(v)] for v in idx], index=labels.index, dtype=object)
 
 
 def select_split(df: pd.DataFrame, split: str | None, csv_path) -> pd.DataFrame:

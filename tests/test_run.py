@@ -246,6 +246,24 @@ def test_default_split_never_falls_back_to_training_images():
     assert "\n" not in str(e.value)
 
 
+def test_integer_labels_read_as_class_indices_only_when_asked(tmp_path):
+    from audit.errors import ConfigError, ManifestError
+    from audit.manifest import DataSpec, load_manifest
+    m = tmp_path / "m.csv"
+    m.write_text("image,label\na.png,1\nb.png,0\nc.png,1\n")
+    classes = ["benign", "malignant"]
+    with pytest.raises(ManifestError, match=r"holds '1', not among the run's classes .*look like class indices "
+                                            r"0\.\.1: set data.label_index: true"):
+        load_manifest(m, DataSpec(), classes=classes)
+    df = load_manifest(m, DataSpec.from_dict({"label_index": True}), classes=classes)
+    assert list(df["label"]) == ["malignant", "benign", "malignant"]
+    m.write_text("image,label\na.png,1\nb.png,2\n")
+    with pytest.raises(ManifestError, match=r"row 3 holds '2'; data.label_index expects class indices 0\.\.1"):
+        load_manifest(m, DataSpec(label_index=True), classes=classes)
+    with pytest.raises(ConfigError, match="data.label_index: expected true or false"):
+        DataSpec.from_dict({"label_index": "yes"})
+
+
 @pytest.mark.parametrize("image_root", [None, "imgs", "ABS"])
 def test_manifest_paths_relative_to_its_folder_from_a_relative_path(tmp_path, monkeypatch, image_root):
     """A manifest given by a relative path (as `python cli.py demo` does) resolves its relative image and mask
