@@ -257,6 +257,9 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     if not cls or not isinstance(cls, list):
         raise RunDirError(f"{where}: no class list (set classes: [...] in config.yaml or pass --classes a,b,c)")
     cls = [str(c) for c in cls]
+    dup = sorted({c for c in cls if cls.count(c) > 1})
+    if dup:
+        raise RunDirError(f"{where}: class names must be unique (logit order), repeated: {dup}")
     if src not in ("torchvision", "timm"):
         raise RunDirError(f"{where}: model.source must be 'torchvision' or 'timm', got {src!r}")
     n = m.get("num_classes")

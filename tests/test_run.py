@@ -211,8 +211,10 @@ def test_unreadable_checkpoint_says_why_in_one_line(tmp_path, content, match):
     (lambda rd: (_make(rd, lambda sd: sd), (rd / "config.yaml").write_text(
         "model: {name: resnet18, stat_key: ema}\nclasses: [a, b, c]\nlr: 0.1\n")),
      r"unknown key\(s\) in model: \['stat_key'\]"),
+    (lambda rd: (_make(rd, lambda sd: sd), (rd / "config.yaml").write_text(
+        "model: {name: resnet18}\nclasses: [a, b, a]\n")), r"class names must be unique .* repeated: \['a'\]"),
 ], ids=["missing-dir", "no-checkpoint", "missing-keys", "arch-mismatch", "class-count", "bad-yaml",
-        "num-classes", "positive", "input-key", "model-key"])
+        "num-classes", "positive", "input-key", "model-key", "duplicate-class"])
 def test_bad_run_dirs(tmp_path, setup, match):
     rd = tmp_path / "run"
     setup(rd)
