@@ -206,8 +206,9 @@ def cmd_demo(args) -> int:
         def med(name):
             return _fmt_est(r.get(name, {}).get("stats", {}).get("median_all"))
         flips = (s.get("counterfactual") or {}).get("regions", {}).get("text", {})
+        n_marker = r.get("text", {}).get("n_present", 0)
         console.print(f"{v:9s} accuracy {_fmt_est(s['accuracy'], pct=True)} (n={s['data']['n']}) · median evidence "
-                      f"in lungs {med('lungs')} · on the marker {med('text')} (n={r.get('text', {}).get('n_present', 0)})"
+                      f"in lungs {med('lungs')} · on the marker {med('text')} (n={n_marker})"
                       " · predictions flipped by removing "
                       f"the marker {_fmt_est(flips.get('flip_rate'), pct=True)} (n={flips.get('n', 0)})"
                       f" · gates: {s.get('verdict', 'n/a').upper()}")

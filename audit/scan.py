@@ -755,8 +755,9 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             "prevalence": "Wilson score 95% CI; groups with n < min_n are too small (value null)",
             "odds_ratio": "one class vs the rest (binary label: positive/minority class vs the other); Woolf logit "
                           "CI, Haldane-Anscombe +0.5 to every cell when one is zero; Fisher exact two-sided p",
-            "association": "Pearson chi-square without continuity correction; Cramér's V = sqrt(chi2/(n(min(r,c)-1))); "
-                           "p by Monte Carlo (4000 tables, same margins) when > 20% of expected counts < 5",
+            "association": "Pearson chi-square without continuity correction; Cramér's V = "
+                           "sqrt(chi2/(n(min(r,c)-1))); p by Monte Carlo (4000 tables, same margins) when > 20% of "
+                           "expected counts < 5",
             "ranking": "strongest first: the CI bound nearer OR = 1 on the log scale, then |log OR|",
             "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; near-"
                      f"duplicate when Hamming distance <= {int(phash_threshold)} of 64 bits"},

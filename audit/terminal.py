@@ -84,7 +84,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                        ("correct − wrong", "right"), ("ρ(conf)", "right"), ("AUROC err", "right")):
             t.add_column(col, justify=j, no_wrap=True)
         # the kind as a heading row above its regions, not a column: the CIs need the width at 100 columns
-        for kind in ("target", "artifact", *sorted({e["kind"] for e in s["regions"].values()} - {"target", "artifact"})):
+        other = sorted({e["kind"] for e in s["regions"].values()} - {"target", "artifact"})
+        for kind in ("target", "artifact", *other):
             rows = [(r, e) for r, e in s["regions"].items() if e["kind"] == kind]
             if not rows:
                 continue

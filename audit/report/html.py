@@ -231,9 +231,10 @@ def _operating_points(inp: ReportInputs) -> str:
                      _c(" / ".join(str(top1.get(k, "?")) for k in ("tp", "fn", "tn", "fp")))])
     if not rows:
         return ""
+    split = f" '{op['validation_split']}'" if op.get("validation_split") else ""
     head = (f"<h2>Operating points for {esc(inp.positive or 'the positive class')}</h2><p>Thresholds tuned by "
-            f"{esc(op.get('tuning', '?'))}{esc(' ' + repr(op['validation_split']) if op.get('validation_split') else '')}; n = {esc(op.get('n', '?'))} ({esc(op.get('n_pos', '?'))} positive). "
-            "Predicted positive when P ≥ threshold.</p>")
+            f"{esc(op.get('tuning', '?'))}{esc(split)}; n = {esc(op.get('n', '?'))} ({esc(op.get('n_pos', '?'))} "
+            "positive). Predicted positive when P ≥ threshold.</p>")
     if op.get("warning"):
         head += f'<p class="note">{esc(op["warning"])}</p>'
     return head + _table(["target sensitivity", "threshold", "sensitivity", "specificity", "PPV", "NPV",

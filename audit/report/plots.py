@@ -174,7 +174,8 @@ def _op_points(summary: dict, positive: str | None) -> tuple[list[dict], str]:
         sens, spec = _val(p.get("sensitivity")), _val(p.get("specificity"))
         if math.isfinite(sens) and math.isfinite(spec):
             t, thr = _val(p.get("target_sensitivity")), _val(p.get("threshold"))
-            lab = (f"target sens {t:.2f}" if math.isfinite(t) else "point") + (f" (t = {fmt_threshold(thr)})" if math.isfinite(thr) else "")
+            lab = ((f"target sens {t:.2f}" if math.isfinite(t) else "point")
+                   + (f" (t = {fmt_threshold(thr)})" if math.isfinite(thr) else ""))
             pts.append({"label": lab, "fpr": 1 - spec, "tpr": sens})
     top1 = op.get("top1")
     if isinstance(top1, dict):
