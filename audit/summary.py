@@ -236,10 +236,14 @@ def _by_artifact(df: pd.DataFrame, kinds: dict, run: RunConfig, positive: str | 
         if vals and vals <= {0, 1} and df[col].notna().all():
             flags[col] = col
     for r, col in flags.items():
-        pres = pd.to_numeric(df[col], errors="coerce").fillna(0).astype(bool).to_numpy() if r == col else \
-            df[col].astype("boolean").fillna(False).to_numpy(dtype=bool)
-        entry = {}
-        for name, m in (("with", pres), ("without", ~pres)):
+        if r == col:
+            pres = pd.to_numeric(df[col], errors="coerce").fillna(0).astype(bool).to_numpy()
+            known = np.ones(len(df), bool)
+        else:  # a detector that failed on an image leaves its presence unknown: in neither stratum
+            b = df[col].astype("boolean")
+            known, pres = b.notna().to_numpy(), b.fillna(False).to_numpy(dtype=bool)
+        entry = {"n_unknown": int((~known).sum())}
+        for name, m in (("with", known & pres), ("without", known & ~pres)):
             sub = df[m]
             e = {"n": int(m.sum()), "accuracy": rate(sub["correct"].astype(bool).sum(), len(sub))}
             if positive is not None:

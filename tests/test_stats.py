@@ -234,3 +234,19 @@ def test_small_text_names_the_short_group_of_a_correct_vs_wrong_figure():
     with pytest.warns(UndefinedMetricWarning):   # every value missing (all-zero maps): nothing was split
         empty = region_stats(np.full(40, np.nan), np.arange(40) >= 20, conf, n_boot=0)
     assert small_text(empty["diff_median"].to_dict()) == "small n=0"   # not "no errors": 20 were wrong
+
+
+def test_by_artifact_leaves_unknown_presence_out_of_both_strata():
+    """An image whose detector failed (presence NA) is neither 'with' nor 'without' the artifact."""
+    import pandas as pd
+
+    from audit.config import AuditConfig
+    from audit.summary import _by_artifact
+    df = pd.DataFrame({"label": ["a", "b", "a", "b", "a"], "pred": ["a", "a", "a", "b", "b"],
+                       "correct": [True, False, True, True, False],
+                       "present_ink": pd.array([True, True, None, False, False], dtype="boolean")})
+    out = _by_artifact(df, {"ink": "artifact"}, None, "a", AuditConfig())["ink"]
+    assert out["n_unknown"] == 1 and out["with"]["n"] == 2 and out["without"]["n"] == 2
+    assert out["with"]["accuracy"]["value"] == pytest.approx(0.5)        # rows 0, 1
+    assert out["without"]["accuracy"]["value"] == pytest.approx(0.5)     # rows 3, 4
+    assert out["with"]["sensitivity"]["value"] == pytest.approx(1.0)     # row 0: a predicted a

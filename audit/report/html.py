@@ -326,8 +326,11 @@ def _by_artifact(inp: ReportInputs) -> str:
     if sens:
         head += ["sensitivity", "specificity"]
         what += f" and top-1 sensitivity / specificity for {esc(inp.positive or 'the positive class')}"
+    unknown = [f"{esc(a)} ({esc(e['n_unknown'])})" for a, e in ba.items() if isinstance(e, dict) and e.get("n_unknown")]
+    note = (f'<p class="note">Presence unknown (detector failed; in neither subset): {", ".join(unknown)}.</p>'
+            if unknown else "")
     return (f"<h2>With vs without each artifact</h2><p>{what} on the images with vs without each detected artifact "
-            "or 0/1 metadata flag (Wilson 95% CI).</p>" + _table(head, rows, left=2))
+            "or 0/1 metadata flag (Wilson 95% CI).</p>" + _table(head, rows, left=2) + note)
 
 
 BY_GROUP_STATS = {"median_all": "median frac", "diff_median": "correct − wrong", "spearman_conf_all": "ρ(conf)",
