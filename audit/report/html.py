@@ -106,6 +106,11 @@ def _table(head: list[str], rows: list[list[tuple[str, str]]], left: int = 1) ->
     return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _p_text(p) -> str:
+    """A p-value: 3 decimals, "< 0.001" below that (never "0.000")."""
+    return "< 0.001" if float(p) < 0.001 else f"{float(p):.3f}"
+
+
 def _c(x, cls: str = "") -> tuple[str, str]:
     return esc(x), cls
 
@@ -354,7 +359,7 @@ def _by_group(inp: ReportInputs) -> str:
         p = r.get("p")
         rows.append([_c(region), _c(_label(r.get("group_col"))), _c(_label(r.get("group"))),
                      _c(f"{BY_GROUP_STATS[stat]} ({stat})" if stat in BY_GROUP_STATS else stat),
-                     _c(value), _c(_count(r.get("n"))), _c(_num(p, 3) if _finite(p) else "")])
+                     _c(value), _c(_count(r.get("n"))), _c(_p_text(p) if _finite(p) else "")])
     cols = bg.get("columns") or []
     by = ", ".join(str(c) for c in cols) if isinstance(cols, list) else str(cols)
     return ("<h2>Evidence by group</h2><p>Region statistics within each group"
