@@ -264,3 +264,22 @@ def test_render_is_fast(out_dir):
     t = time.perf_counter()
     render_reports(out_dir)
     assert time.perf_counter() - t < 10
+
+
+def test_saturated_confidences_get_a_logit_axis(out_dir):
+    """A saturated model's confidences (0.99999…, some exactly 1.0 in float32) would all sit at "1.0000" on a
+    linear axis; they get a logit axis with the 1.0s drawn just inside it, and the plot still renders."""
+    import pandas as pd
+
+    from audit.report.plots import confidence_axis
+    sat = pd.Series([0.999991, 0.9999999, 1.0, 0.99997, float("nan")])
+    drawn, logit = confidence_axis(sat)
+    assert logit and drawn.iloc[2] == pytest.approx(1 - 1e-7) and drawn.iloc[0] == sat.iloc[0]
+    plain = pd.Series([0.55, 0.91, 0.999, 0.62])
+    drawn, logit = confidence_axis(plain)
+    assert not logit and drawn.equals(plain)
+    pi = pd.read_csv(out_dir / "per_image.csv")
+    pi["confidence"] = 1.0 - np.linspace(0, 1e-6, len(pi))
+    pi.to_csv(out_dir / "per_image.csv", index=False)
+    p = render_reports(out_dir)["plot_fraction_vs_confidence"]
+    assert np.asarray(Image.open(p).convert("L")).std() > 5

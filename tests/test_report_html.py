@@ -231,3 +231,12 @@ def test_missing_region_reasons_are_listed_and_escaped(plain_inputs):
     assert (f"Undefined on some images (left out of the statistics, not counted as 0): <b>{first}</b>: "
             "mask file not found (3), &lt;all-zero&gt; map (1).") in sec
     assert "Undefined on some images" not in _page(plain_inputs, {})
+
+
+def test_discover_method_reads_as_lines_not_a_dict(plain_inputs):
+    d = {"method": {"clusters": "SpRAy-style <spectral>", "slices": "Domino-style"},
+         "ranking": [{"kind": "slice", "id": 1, "n": 12, "suspicion": 0.4, "text": "slice 1: 12 images"}]}
+    page = _page(plain_inputs, {"discover": d})
+    sec = page.split("<h2>Discovered groups (no masks needed)</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<b>clusters</b>: SpRAy-style &lt;spectral&gt;<br><b>slices</b>: Domino-style" in sec
+    assert "{&#x27;" not in sec and "<li>slice 1: 12 images</li>" in sec

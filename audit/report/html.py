@@ -106,6 +106,14 @@ def _table(head: list[str], rows: list[list[tuple[str, str]]], left: int = 1) ->
     return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _method_text(m) -> str:
+    """A method description for the page: a {part: text} mapping (discover's) as "<b>part</b>: text" lines,
+    anything else as escaped text."""
+    if isinstance(m, dict):
+        return "<br>".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in m.items())
+    return esc("" if m is None else m)
+
+
 def _p_text(p) -> str:
     """A p-value: 3 decimals, "< 0.001" below that (never "0.000")."""
     return "< 0.001" if float(p) < 0.001 else f"{float(p):.3f}"
@@ -383,7 +391,7 @@ def _discover(inp: ReportInputs) -> str:
                         f'suspicion {r["suspicion"]:.2f})</figcaption></figure>')
     grid = f'<div class="grid">{"".join(figs)}</div>' if figs else ""
     return ("<h2>Discovered groups (no masks needed)</h2>"
-            f"<p class=\"meta\">{esc(str(d.get('method', '')))}</p><ol>{items}</ol>{grid}"
+            f"<p class=\"meta\">{_method_text(d.get('method'))}</p><ol>{items}</ol>{grid}"
             "<p class=\"meta\">Prototypes (the images nearest each group's centre) are in the gallery below.</p>")
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from ..thresholds import fmt_threshold
 from .inputs import ReportInputs
@@ -21,8 +22,8 @@ from .inputs import ReportInputs
 OUTCOME_COLOURS = {"correct": "#2a9d8f", "wrong": "#e76f51"}
 DPI = 100
 
-__all__ = ["make_plots", "reliability_bins", "region_fractions", "fraction_vs_confidence", "reliability",
-           "roc", "counterfactual"]
+__all__ = ["make_plots", "reliability_bins", "region_fractions", "fraction_vs_confidence", "confidence_axis",
+           "reliability", "roc", "counterfactual"]
 
 
 def _fig(w: float, h: float) -> Figure:
@@ -82,6 +83,15 @@ def region_fractions(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     return _save(fig, path), ""
 
 
+def confidence_axis(conf: pd.Series) -> tuple[pd.Series, bool]:
+    """(confidences to draw, logit axis?). A saturated model (median confidence > 0.99) is drawn on a logit
+    axis: on a linear one every point sits at "1.0000" under an offset label. Confidences of exactly 0 or 1
+    (float rounding) are then drawn at 1e-7 from the edge."""
+    cf = conf[np.isfinite(conf)]
+    logit = bool(len(cf)) and float(np.median(cf)) > 0.99
+    return (conf.clip(1e-7, 1 - 1e-7) if logit else conf), logit
+
+
 def fraction_vs_confidence(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     """One scatter per region: top-1 confidence (x) vs the region's evidence fraction (y), coloured by outcome."""
     df = inp.per_image
@@ -92,7 +102,7 @@ def fraction_vs_confidence(inp: ReportInputs, path: Path) -> tuple[Path | None, 
     rows = -(-len(regs) // cols)
     fig = _fig(4.0 * cols, 3.4 * rows)
     out = _outcome(df)
-    conf = df["confidence"].astype(float)
+    conf, logit = confidence_axis(df["confidence"].astype(float))
     for i, r in enumerate(regs):
         ax = fig.add_subplot(rows, cols, i + 1)
         f = df[f"frac_{r}"].astype(float)
@@ -105,7 +115,13 @@ def fraction_vs_confidence(inp: ReportInputs, path: Path) -> tuple[Path | None, 
         rho = _val((((inp.summary.get("regions") or {}).get(r) or {}).get("stats") or {}).get("spearman_conf_all"))
         ax.set_title(f"{r} ({inp.kinds[r]}), n = {int(ok.sum())}" + (f", ρ = {rho:.2f}" if math.isfinite(rho) else ""),
                      fontsize=10)
-        ax.set_xlabel("top-1 confidence")
+        if logit:
+            ax.set_xscale("logit")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a narrow logit range
+            ax.set_xlabel("top-1 confidence (logit scale)")
+        else:
+            ax.ticklabel_format(axis="x", useOffset=False)
+            ax.set_xlabel("top-1 confidence")
         ax.set_ylabel(f"fraction in {r}")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8, loc="best")
