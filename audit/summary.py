@@ -22,6 +22,10 @@ from .thresholds import isic_metrics, operating_points
 SCHEMA_VERSION = "1.0"  # docs/summary_schema.md; bump the major on a breaking change
 
 
+#: Reasons (their beginnings) that mean an artifact is simply not on the image, not that a mask was lost.
+ABSENT_REASONS = ("not detected", "no region", "no mask file for this image", "no pixel with value", "mask is empty")
+
+
 def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, top: int = 3) -> dict[str, int]:
     """{reason: images} for the images whose fraction for `region` is undefined (`missing`: bool per row), most
     frequent first, at most `top` reasons (the rest as "other"). A reason is the region's note in
@@ -36,7 +40,7 @@ def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, t
         why = ""
         for part in (note.split("; ") if isinstance(note, str) else []):
             if part.startswith(f"{region}: ") or part.startswith("_regions: "):
-                why = _general_reason(part.split(": ", 1)[1], iid)
+                why = general_reason(part.split(": ", 1)[1], iid)
                 break
         if not why or why in ("file", "geometry"):
             why = "all-zero map" if z else "no region"
@@ -48,7 +52,7 @@ def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, t
     return out
 
 
-def _general_reason(note: str, image_id: str) -> str:
+def general_reason(note: str, image_id: str) -> str:
     """A per-image note without its image-specific head: leading segments that are the image id, a path, a
     "region '<name>'" prefix or the provider kind ("heuristic") are dropped ("x/m.png: mask file not found"
     → "mask file not found"); "" when nothing is left."""

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .stats import small_text
+from .summary import ABSENT_REASONS
 from .thresholds import fmt_threshold
 
 # what an audit may write, in the order the summary lists what is there (--no-report writes no report files)
@@ -108,9 +109,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         undef = [(r, e) for r, e in s["regions"].items() if e.get("missing_reasons")]
         if undef:
             # why a region's n is short of the audit's: an absent artifact is expected, a lost mask is not
-            absent = ("not detected", "no region", "no mask file for this image",  # an artifact not there
-                      "no pixel with value", "mask is empty")
-            alarming = any(e["kind"] == "target" or any(not why.startswith(absent) for why in e["missing_reasons"])
+            alarming = any(e["kind"] == "target" or any(not why.startswith(ABSENT_REASONS)
+                                                        for why in e["missing_reasons"])
                            for _, e in undef)
             parts.append(Text("Undefined fractions (left out, not counted as 0): " + " · ".join(
                 f"{r} {e['n_missing']} of {e['n_present'] + e['n_missing']} (" + ", ".join(

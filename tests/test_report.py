@@ -283,3 +283,18 @@ def test_saturated_confidences_get_a_logit_axis(out_dir):
     pi.to_csv(out_dir / "per_image.csv", index=False)
     p = render_reports(out_dir)["plot_fraction_vs_confidence"]
     assert np.asarray(Image.open(p).convert("L")).std() > 5
+
+
+def test_gallery_note_names_lost_masks_not_absent_artifacts(out_dir):
+    """An artifact that is simply not on the image gets no note under its overlay; a target whose mask file is
+    gone is named with the reason."""
+    import pandas as pd
+
+    from audit.report.inputs import read_out_dir
+    inp = read_out_dir(out_dir)
+    inp.region_cfg, inp._regions = {"lesion": {"source": "file"}, "ink": {}}, None
+    row = pd.read_csv(out_dir / "per_image.csv").iloc[0].to_dict()
+    row["mask"] = str(out_dir / "no_such_mask.png")
+    grid, masks, note = inp.load(row)
+    assert grid is not None and masks["lesion"] is None and masks["ink"] is None   # a flat test image: no ink
+    assert note == "lesion missing (mask file not found)"

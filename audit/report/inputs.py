@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from audit.errors import RunDirError
+from audit.summary import ABSENT_REASONS, general_reason
 from audit.preprocess import InputSpec, image_to_grid, load_rgb
 
 REQUIRED = ("per_image.csv", "cams.npz", "summary.json", "config.resolved.yaml")
@@ -97,7 +98,10 @@ class ReportInputs:
             for r, rr in res.items():
                 masks[r] = rr.mask
                 if rr.mask is None:
-                    notes.append(f"{r} missing")
+                    why = general_reason(rr.note or "", str(row.get("image_id", "")))
+                    if rs.kinds.get(r) == "artifact" and (rr.present is False or why.startswith(ABSENT_REASONS)):
+                        continue  # the artifact is not on this image: nothing to note
+                    notes.append(f"{r} missing" + (f" ({why})" if why else ""))
         return grid, masks, "; ".join(notes)
 
 
