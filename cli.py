@@ -95,18 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", help="training run: model metrics with vs without each artifact")
     s.add_argument("--positive", help="safety-critical class (default: the run's positive_class)")
     s.add_argument("--out", default="reports/scan", help="output folder (default reports/scan/)")
-    s.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)))
+    s.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
+                   help="DataLoader worker processes (0 = in the main process; default: cores − 1, at most 4)")
     s.add_argument("--limit", type=int, help="scan only the first N images")
     s.add_argument("--phash-threshold", type=int, default=6,
                    help="near-duplicate: Hamming distance <= this (of 64 bits)")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     s.add_argument("--json", action="store_true", help="print scan.json to stdout")
 
     m = sub.add_parser("masks", help="write region masks, a contact sheet and regions.csv for a manifest")
-    m.add_argument("--config", required=True, help="YAML preset (configs/*.yaml)")
+    m.add_argument("--config", required=True, help="YAML preset (configs/*.yaml): regions and the input grid")
     m.add_argument("--data", required=True, help="manifest CSV")
     m.add_argument("--out", required=True, help="output folder")
-    m.add_argument("--limit", type=int)
+    m.add_argument("--limit", type=int, help="only the first N images")
     return p
 
 
