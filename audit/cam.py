@@ -156,6 +156,36 @@ def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 22
     return min(names, key=lambda n: (n.count("."), len(n)))
 
 
+def share_after(model: torch.nn.Module, layer: str, input_shape: Sequence[int] = (1, 3, 224, 224)) -> float:
+    """Share of the model's parameters in leaf modules that run after `layer` has produced its output (one dry
+    forward on zeros), in [0, 1]. Near 0 for a CNN's last block (only the head follows); near 1 when the layer
+    is a stem and the network then works on something that is not a spatial map (a token model that `as_maps`
+    does not recognise, e.g. LeViT): Grad-CAM there says little about the decision."""
+    mods = dict(model.named_modules())
+    leaves = [n for n, m in mods.items() if n and not any(True for _ in m.children())]
+    order: list[str] = []
+    done_at: list[int] = []
+
+    def make(name):
+        def hook(_m, _i, _o):  # fires when the module's forward is done (a container's after its children's)
+            if name in leaf_set:
+                order.append(name)
+            if name == layer:
+                done_at.append(len(order))
+        return hook
+
+    leaf_set = set(leaves)
+    p = next(model.parameters(), None)
+    x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
+                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    traced_forward(model, x, make, names=sorted(leaf_set | {layer}))
+    total = sum(q.numel() for q in model.parameters())
+    if not done_at or total == 0:
+        return float("nan")
+    after = set(order[done_at[-1]:]) - set(order[:done_at[-1]])
+    return sum(q.numel() for n in after for q in mods[n].parameters(recurse=False)) / total
+
+
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """eval mode for the duration; every submodule's own train/eval flag restored after (mixed modes included)."""

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .cache import OutputCache
-from .cam import default_layer, eval_mode, get_module, grad_cam
+from .cam import default_layer, eval_mode, get_module, grad_cam, share_after
 from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
@@ -59,6 +59,20 @@ def resolve_target(rule: str, classes: list[str]) -> str | int:
 
 #: Split names read as the validation split that operating-point thresholds are tuned on (the first present).
 VALIDATION_SPLITS = ("val", "valid", "validation")
+
+
+def early_layer_note(model: torch.nn.Module, layer: str, cam_hw, spec) -> str | None:
+    """A warning when the default layer is an early one (maps at ≥ 1/16 of the input side) with most of the
+    network after it: the model's later layers are not spatial maps the auditor recognises (e.g. LeViT's
+    tokens), so the maps show the stem's response, not the decision's support. None otherwise."""
+    if not cam_hw or max(cam_hw) * 16 < spec.size:
+        return None
+    share = share_after(model, layer, (1, spec.channels, spec.size, spec.size))
+    if not share > 0.5:
+        return None
+    return (f"the default layer {layer} ({cam_hw[0]}×{cam_hw[1]} at {spec.size} px) is an early one: "
+            f"{100 * share:.0f}% of the model's parameters run after it, on activations that are not spatial maps "
+            "the auditor recognises; its maps say little about the decision: choose a later --layer")
 
 
 def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame, str, Path]:
@@ -259,6 +273,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                             positive=positive, val=val_probs)
     if val_probs is not None and isinstance(summary.get("operating_points"), dict):
         summary["operating_points"]["validation_split"] = val_name
+    note = early_layer_note(model, layer, cam_hw, spec) if not cfg.layer else None
+    if note:
+        summary["cam"]["note"] = note
     if cfg.counterfactual and artifact_regions:
         cfr = counterfactual_rates(per_image, artifact_regions, min_n=cfg.min_n, n_boot=cfg.n_boot, seed=cfg.seed)
         cfr["method"] = method_description("median", 2, 3)

@@ -70,6 +70,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         f"\nGrad-CAM at {s['cam']['layer']} ({'×'.join(map(str, s['cam']['resolution']))}), explaining "
         f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}")
     parts = [head]
+    if (s.get("cam") or {}).get("note"):
+        parts.append(Text(f"Layer: {s['cam']['note']}", style="bold yellow"))
     if s["run"].get("weights_note"):
         parts.append(Text(f"Weights: {s['run']['weights_note']}", style="yellow"))
     nz = int(d.get("n_zero_cam") or 0)

@@ -244,3 +244,37 @@ def test_amp_bf16_maps_match_fp32():
     assert low.cams.dtype == torch.float32 and torch.equal(low.target, ref.target)
     diff = (minmax(upsample(low.cams, 96)) - minmax(upsample(ref.cams, 96))).abs().max()
     assert float(diff) < 0.1
+
+
+class _StemThenTokens(nn.Module):
+    """A LeViT-like toy: a stride-16 conv stem (the last 4-D map), then an MLP over the flattened tokens that
+    holds most of the parameters; the auditor does not recognise these tokens as a map."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 16, stride=16)
+        self.mixer = nn.Sequential(nn.Linear(16, 1024), nn.GELU(), nn.Linear(1024, 16))
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)           # N × 196 × 16 at 224 px
+        return self.head(self.mixer(t).mean(1))
+
+
+def test_an_early_default_layer_is_called_out():
+    """The default layer of a stem-then-tokens model is the stem: most parameters run after it and the audit
+    says so; a ResNet's last block has only the head after it and gets no note."""
+    import torchvision
+
+    from audit.cam import share_after
+    from audit.pipeline import early_layer_note
+    from audit.preprocess import InputSpec
+    m = _StemThenTokens()
+    assert default_layer(m) == "stem"
+    mlp, total = sum(p.numel() for p in m.mixer.parameters()) + 34, sum(p.numel() for p in m.parameters())
+    assert share_after(m, "stem") == pytest.approx(mlp / total)          # mixer + head (16·2 + 2 = 34)
+    note = early_layer_note(m, "stem", (14, 14), InputSpec(size=224))
+    assert note.startswith("the default layer stem (14×14 at 224 px) is an early one: 73% of the model's")
+    r18 = torchvision.models.resnet18(num_classes=2)
+    assert share_after(r18, "layer4") == pytest.approx(1026 / sum(p.numel() for p in r18.parameters()))
+    assert early_layer_note(r18, "layer4", (7, 7), InputSpec(size=224)) is None

@@ -167,3 +167,13 @@ def test_region_table_fits_100_columns_without_cutting_cis():
     table = con.export_text().split("Where the evidence lies", 1)[1].split("High-confidence", 1)[0]
     assert "…" not in table and "-.72 [-.76,-.66]" in table and "-.04 [-.05,-.01]" in table
     assert "correct − wrong" in table and "AUROC err" in table
+
+
+def test_early_layer_note_is_shown():
+    s = {**SUMMARY, "cam": {**SUMMARY["cam"], "note": "the default layer stem (14×14 at 224 px) is an early one"}}
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary(s, None, con)
+    assert "Layer: the default layer stem (14×14 at 224 px) is an early one" in con.export_text()
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, None, con)
+    assert "Layer:" not in con.export_text()
