@@ -132,7 +132,8 @@ def _nearest(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit scaled).
+    """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit scaled by the
+    image's maximum, 32-bit float taken as [0, 1] when it lies there, else stretched from its own range).
 
     DICOM is refused with a message saying so: its pixel values only become an image through a windowing the
     auditor cannot know (the one the model was trained with)."""
@@ -148,6 +149,14 @@ def load_rgb(path: str | Path) -> np.ndarray:
             hi = a.max() if a.max() > 0 else 1.0
             a = (a / hi * 255.0).round().astype(np.uint8)
             return np.repeat(a[..., None], 3, axis=2)
+        if im.mode == "F":  # 32-bit float (TIFF): PIL's own conversion clips to 0..255 and gives a black image
+            a = np.asarray(im, dtype=np.float64)
+            if not np.isfinite(a).all():
+                raise ValueError("a float image holding NaN or infinite values")
+            lo, hi = float(a.min()), float(a.max())
+            if not (lo >= 0.0 and hi <= 1.0):  # not already in [0, 1]: its own range is stretched to it
+                a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+            return np.repeat((a * 255.0).round().astype(np.uint8)[..., None], 3, axis=2)
         return np.asarray(im.convert("RGB"))
 
 

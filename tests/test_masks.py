@@ -204,6 +204,25 @@ def test_dicom_is_refused_by_name(tmp_path):
         load_rgb(p)
 
 
+def test_float_and_16_bit_images_are_not_black(tmp_path):
+    """PIL's own conversion clips a float image in [0, 1] to 0/1 (black); 16-bit scales by the maximum."""
+    from audit.preprocess import load_rgb
+    a = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif")
+    rgb = load_rgb(tmp_path / "f.tif")
+    assert rgb.shape == (16, 16, 3) and rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255
+    assert rgb[..., 0] == pytest.approx(np.round(a * 255), abs=0)                # [0, 1] kept as is
+    Image.fromarray(a * 3000 - 1000, mode="F").save(tmp_path / "hu.tif")      # its own range: stretched
+    assert load_rgb(tmp_path / "hu.tif")[..., 1] == pytest.approx(np.round(a * 255), abs=1)
+    b = a.copy()
+    b[0, 0] = np.nan
+    Image.fromarray(b, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_rgb(tmp_path / "nan.tif")
+    Image.fromarray((a * 4095).astype(np.uint16)).save(tmp_path / "u16.png")
+    assert load_rgb(tmp_path / "u16.png")[-1, -1, 2] == 255
+
+
 def test_mask_of_other_size_is_resized_and_warns_only_on_aspect_change(tmp_path):
     m = np.zeros((50, 100), np.uint8)
     m[:, :50] = 255  # left half
