@@ -163,6 +163,7 @@ def share_after(model: torch.nn.Module, layer: str, input_shape: Sequence[int] =
     does not recognise, e.g. LeViT): Grad-CAM there says little about the decision."""
     mods = dict(model.named_modules())
     leaves = [n for n, m in mods.items() if n and not any(True for _ in m.children())]
+    leaf_set = set(leaves)
     order: list[str] = []
     done_at: list[int] = []
 
@@ -174,7 +175,6 @@ def share_after(model: torch.nn.Module, layer: str, input_shape: Sequence[int] =
                 done_at.append(len(order))
         return hook
 
-    leaf_set = set(leaves)
     p = next(model.parameters(), None)
     x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
                     dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)

@@ -120,8 +120,7 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
         if bad.any():
             i = int(bad.to_numpy().argmax())
             hint = ""
-            idx = pd.to_numeric(df["label"], errors="coerce")
-            if idx.notna().all() and (idx % 1 == 0).all() and idx.between(0, len(classes) - 1).all():
+            if _class_indices(df["label"], len(classes))[1].all():
                 hint = (f"; the labels look like class indices 0..{len(classes) - 1}: set data.label_index: true "
                         "(read in the run's class order) or write the class names")
             raise ManifestError(f"{csv_path}: column 'label' row {i + 2} holds {df['label'].iloc[i]!r}, "
@@ -131,11 +130,16 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
     return df[cols].reset_index(drop=True)
 
 
+def _class_indices(labels: pd.Series, k: int) -> tuple[pd.Series, pd.Series]:
+    """(labels as numbers, bool: the label is an integer class index 0..k−1)."""
+    idx = pd.to_numeric(labels, errors="coerce")
+    return idx, idx.notna() & (idx % 1 == 0) & idx.between(0, k - 1)
+
+
 def _labels_from_indices(labels: pd.Series, classes: list[str], csv_path) -> pd.Series:
     """Class indices 0..k−1 (as read: strings) → the run's class names; ManifestError naming the first row that
     is not such an index."""
-    idx = pd.to_numeric(labels, errors="coerce")
-    ok = idx.notna() & (idx % 1 == 0) & idx.between(0, len(classes) - 1)
+    idx, ok = _class_indices(labels, len(classes))
     if not ok.all():
         i = int((~ok).to_numpy().argmax())
         raise ManifestError(f"{csv_path}: column 'label' row {i + 2} holds {labels.iloc[i]!r}; data.label_index "

@@ -249,7 +249,7 @@ def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
 
     V = sqrt(χ² / (n·(min(r, c) − 1))). Rows/columns with zero totals are dropped first; fewer than 2 left →
     undefined (value NaN, note). Returns {value, chi2, p, p_method, dof, n, note}. When more than 20 % of the
-    expected counts are below 5, the χ² distribution does not hold (a group of 2 can give p = 1e-28): p is then
+    expected counts are below 5, the χ² distribution does not hold (a small group can make the χ² p far too small): p is then
     the Monte Carlo p of the same statistic over `n_mc` tables with the observed margins (the exact conditional
     test, as R's chisq.test(simulate.p.value = TRUE); Hope 1968), p_method "monte carlo", and the note says so.
     """
