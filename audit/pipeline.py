@@ -164,6 +164,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             t_model += time.perf_counter() - tm
             cache.put(ids, res)
         probs = torch.softmax(res.logits, 1).cpu().numpy()
+        margins = top2_margin(res.logits)
         ts = time.perf_counter()
         with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
             warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -182,7 +183,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             p = probs[j]
             pred = int(p.argmax())
             rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
-                   "pred": run.classes[pred], "confidence": float(p[pred]),
+                   "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
                    "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
                    "cam_sum": float(res.cams[j].sum())}
             for c, k in cls_idx.items():
@@ -308,6 +309,16 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     model.cpu()
     cam_model.cpu()
     return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
+
+
+def top2_margin(logits: torch.Tensor) -> np.ndarray:
+    """N×C logits → N float64: top-1 minus top-2 logit, i.e. log(p1 / p2) of the softmax (≥ 0; NaN for one class).
+    Unlike the top-1 probability it does not saturate at 1.0 in float32, so confident cases can be ranked."""
+    z = logits.detach().double()
+    if z.shape[1] < 2:
+        return np.full(z.shape[0], np.nan)
+    top = z.topk(2, dim=1).values
+    return (top[:, 0] - top[:, 1]).cpu().numpy()
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -26,6 +26,13 @@ SCHEMA_VERSION = "1.0"  # docs/summary_schema.md; bump the major on a breaking c
 ABSENT_REASONS = ("not detected", "no region", "no mask file for this image", "no pixel with value", "mask is empty")
 
 
+def most_confident_first(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows by top-1 probability, highest first; ties (many saturate at 1.0 in float32) by the logit margin
+    (`margin`, when present), then by image_id, so the order is deterministic."""
+    keys = ["confidence"] + (["margin"] if "margin" in df else [])
+    return df.assign(_id=df["image_id"].astype(str)).sort_values(
+        keys + ["_id"], ascending=[False] * len(keys) + [True], kind="mergesort", na_position="last").drop(columns="_id")
+
 def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, top: int = 3) -> dict[str, int]:
     """{reason: images} for the images whose fraction for `region` is undefined (`missing`: bool per row), most
     frequent first, at most `top` reasons (the rest as "other"). A reason is the region's note in
@@ -171,7 +178,7 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             if not valid.all():
                 s["regions"][r]["missing_reasons"] = missing_reasons(per_image, r, ~valid)
     hce = per_image[per_image["flag_high_conf_error"]] if "flag_high_conf_error" in per_image else per_image.iloc[:0]
-    top = hce.sort_values("confidence", ascending=False).head(10)
+    top = most_confident_first(hce).head(10)
     s["high_conf_errors"] = {
         "threshold": cfg.high_conf, "rate": rate(len(hce), n),
         "top": [{"image_id": r.image_id, "label": r.label, "pred": r.pred, "confidence": round(float(r.confidence), 4),

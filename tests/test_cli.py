@@ -31,6 +31,8 @@ def test_audit_end_to_end(tiny_run, tmp_path):
         assert col in df
     np.testing.assert_allclose(df[["p_a", "p_b", "p_c"]].sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(df[["p_a", "p_b", "p_c"]].max(axis=1), df["confidence"], atol=1e-6)
+    p = np.sort(df[["p_a", "p_b", "p_c"]].to_numpy(), axis=1)  # margin = top-1 − top-2 logit = log(p1 / p2)
+    np.testing.assert_allclose(df["margin"], np.log(p[:, -1] / p[:, -2]), rtol=1e-4, atol=1e-5)
     z = np.load(out / "cams.npz")
     assert z["cam"].shape == (4, 2, 2) and z["cam"].dtype == np.float32  # resnet18 layer4 at 64 px
     assert list(z["image_id"]) == list(df["image_id"].astype(str)) and str(z["layer"]) == "layer4"

@@ -14,6 +14,7 @@ from PIL import Image
 from audit.errors import RunDirError
 from audit.report import overlay_image, read_out_dir, render_reports
 from audit.report.gallery import Words, caption, reading, select_candidates
+from audit.summary import most_confident_first
 from audit.report.overlay import ARTIFACT_RGB, TARGET_RGB, display_cam, outline
 from audit.report.plots import reliability_bins
 from test_report_fixtures import build_out_dir
@@ -118,6 +119,21 @@ def test_readings_and_captions():
     assert reading(row2, None, {}, w) == "nevus read as bcc; uncertain"
 
 
+def test_reading_names_a_counterfactual_flip():
+    kinds = {"lesion": "target", "ruler": "artifact", "ink": "artifact"}
+    w = Words(high_conf=0.9, low_conf=0.6, artifact_lift=3.0)
+    row = {"label": "benign", "pred": "melanoma", "correct": False, "confidence": 0.95, "frac_outside_lesion": 0.6,
+           "cf_flip_ruler": 1.0, "cf_pred_ruler": 0, "cf_flip_ink": 0.0, "cf_pred_ink": 1}
+    assert reading(row, "melanoma", kinds, w, ["benign", "melanoma"]) == (
+        "false-positive melanoma; 60% of the evidence outside the lesion; read as benign without the ruler; confident")
+    # not tested (NaN, −1) or unchanged: nothing said; no class list: the class is not guessed
+    quiet = dict(row, cf_flip_ruler=float("nan"), cf_pred_ruler=-1)
+    assert "without" not in reading(quiet, "melanoma", kinds, w, ["benign", "melanoma"])
+    assert "read as another class without the ruler" in reading(row, "melanoma", kinds, w)
+    assert caption(row, "melanoma", kinds, ["benign", "melanoma"]) == \
+        "Pred melanoma (0.95) · True benign · P(melanoma)=n/a · in-lesion n/a · w/o ruler: benign"
+
+
 def test_select_candidates_ranks_and_seeds():
     df = pd.DataFrame({"image_id": list("abcdef"), "label": ["p", "p", "n", "n", "p", "n"],
                        "pred": ["n", "n", "p", "n", "p", "n"], "confidence": [0.7, 0.9, 0.95, 0.8, 0.9, 0.6],
@@ -131,6 +147,15 @@ def test_select_candidates_ranks_and_seeds():
     assert list(select_candidates(df, "p", seed=0)["random_correct"]["image_id"]) == \
         list(c["random_correct"]["image_id"])
     assert select_candidates(df, None)["false_negatives"].empty
+
+
+def test_saturated_confidences_are_ranked_by_logit_margin():
+    """Float32 softmax rounds many confident cases to exactly 1.0; the margin (log p1/p2) still orders them."""
+    df = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "label": ["n"] * 4, "pred": ["p"] * 4,
+                       "confidence": [1.0, 1.0, 0.99, 1.0], "margin": [17.0, 19.5, 4.6, float("nan")],
+                       "correct": [False] * 4})
+    assert list(select_candidates(df, "p")["confident_errors"]["image_id"]) == ["b", "a", "d", "c"]
+    assert list(most_confident_first(df.drop(columns="margin"))["image_id"]) == ["a", "b", "d", "c"]
 
 
 EXPECTED_ROWS = [

@@ -358,3 +358,17 @@ def test_one_output_of_a_multi_label_model_audited_as_binary(tmp_path):
         (rd / "config.yaml").write_text(yaml.safe_dump({**base, "model": {"name": "resnet18", **model_cfg}}))
         with pytest.raises(RunDirError, match=match):
             load_run(rd)
+
+
+def test_top2_margin_is_log_odds_of_the_top_two():
+    import numpy as np
+    from audit.pipeline import top2_margin
+    from audit.run import two_class_logits
+    z = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [40.0, 0.0, -3.0]])
+    np.testing.assert_allclose(top2_margin(z), [1.0, 0.0, 40.0])
+    p = torch.softmax(z[:1].double(), 1)[0]
+    assert top2_margin(z)[0] == pytest.approx(float(torch.log(p[0] / p[2])))
+    # a sigmoid output read as [-z/2, z/2]: the margin is |z|, the logit itself
+    two = two_class_logits(None, None, torch.tensor([[3.0], [-5.0]]))
+    np.testing.assert_allclose(top2_margin(two), [3.0, 5.0])
+    assert np.isnan(top2_margin(torch.zeros(2, 1))).all()

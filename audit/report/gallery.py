@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..summary import most_confident_first
 from .inputs import ReportInputs, fnum
 from .overlay import overlay_image
 
@@ -89,28 +90,25 @@ class Words:
         return (f'"confident" = top-1 probability ≥ {self.high_conf:.2f}; "uncertain" = < {self.low_conf:.2f}; '
                 f'"moderately confident" in between. An artifact region is named when its lift (share of the '
                 f'evidence ÷ share of the area) exceeds {self.artifact_lift:g}. "Outside the <target>" = '
-                f"share of the Grad-CAM mass outside that target region.")
+                f"share of the Grad-CAM mass outside that target region. \"Read as X without the <artifact>\" "
+                f"(with the counterfactual check): the prediction became X when that region was filled in. Ties "
+                f"in confidence are ranked by the logit margin.")
 
 
 def words_for(inp: ReportInputs) -> Words:
     return Words(high_conf=float(inp.option("high_conf", 0.9)), artifact_lift=float(inp.option("artifact_lift", 3.0)))
 
 
-def _sorted(df: pd.DataFrame, by: str = "confidence") -> pd.DataFrame:
-    return df.assign(_id=df["image_id"].astype(str)).sort_values(
-        [by, "_id"], ascending=[False, True], kind="mergesort").drop(columns="_id")
-
-
 def select_candidates(df: pd.DataFrame, positive: str | None, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Every group's ranked candidates (all of them; the gallery takes the first N readable ones)."""
     correct = df["correct"].astype(bool)
-    out = {"confident_errors": _sorted(df[~correct])}
+    out = {"confident_errors": most_confident_first(df[~correct])}
     if positive is not None:
-        out["false_negatives"] = _sorted(df[(df["label"].astype(str) == positive) & (df["pred"].astype(str) != positive)])
+        out["false_negatives"] = most_confident_first(df[(df["label"].astype(str) == positive) & (df["pred"].astype(str) != positive)])
     else:
         out["false_negatives"] = df.iloc[:0]
     off = df["flag_off_target"].astype(bool) if "flag_off_target" in df else pd.Series(False, index=df.index)
-    out["off_target_correct"] = _sorted(df[correct & off])
+    out["off_target_correct"] = most_confident_first(df[correct & off])
     pool = df[correct].assign(_id=df["image_id"].astype(str)).sort_values("_id", kind="mergesort").drop(columns="_id")
     order = np.random.default_rng(seed).permutation(len(pool))
     out["random_correct"] = pool.iloc[order]
@@ -152,9 +150,23 @@ def outside_frac(row: dict, target: str) -> float:
     return 1.0 - f if math.isfinite(f) else math.nan
 
 
-def reading(row: dict, positive: str | None, kinds: dict[str, str], words: Words) -> str:
+def counterfactual_flips(row: dict, kinds: dict[str, str], classes: list[str] | None) -> list[tuple[str, str]]:
+    """(artifact, class it was read as once filled in) for each artifact whose removal changed the prediction."""
+    out = []
+    for r, kind in kinds.items():
+        if kind == "artifact" and fnum(row.get(f"cf_flip_{r}")) == 1.0:
+            k = fnum(row.get(f"cf_pred_{r}"))
+            out.append((r, classes[int(k)] if classes and math.isfinite(k) and 0 <= k < len(classes)
+                        else "another class"))
+    return out
+
+
+def reading(row: dict, positive: str | None, kinds: dict[str, str], words: Words,
+            classes: list[str] | None = None) -> str:
     """A one-line reading of one case from its numbers, e.g.
-    "false-negative melanoma; 78% of the evidence outside the lesion; confident"."""
+    "false-negative melanoma; 78% of the evidence outside the lesion; read as nevus without the ruler; confident".
+    "without the <artifact>" comes from the counterfactual check (`cf_flip_<r>` = 1: the prediction changed when
+    that region was filled in); `classes` names its `cf_pred_<r>` index."""
     label, pred = str(row.get("label")), str(row.get("pred"))
     if bool(row.get("correct")):
         parts = [f"correct {pred}"]
@@ -174,12 +186,14 @@ def reading(row: dict, positive: str | None, kinds: dict[str, str], words: Words
             lift, frac = fnum(row.get(f"lift_{r}")), fnum(row.get(f"frac_{r}"))
             if math.isfinite(lift) and lift > words.artifact_lift and math.isfinite(frac):
                 parts.append(f"{100 * frac:.0f}% on the {r} ({lift:.1f}× its area)")
+    parts += [f"read as {other} without the {r}" for r, other in counterfactual_flips(row, kinds, classes)]
     parts.append(words.confidence_word(fnum(row.get("confidence"))))
     return "; ".join(parts)
 
 
-def caption(row: dict, positive: str | None, kinds: dict[str, str]) -> str:
-    """"Pred X (p) · True Y · P(pos)=… · in-<target> …%" for an overlay's strip."""
+def caption(row: dict, positive: str | None, kinds: dict[str, str], classes: list[str] | None = None) -> str:
+    """"Pred X (p) · True Y · P(pos)=… · in-<target> …% · w/o <artifact>: Z" for an overlay's strip (the last
+    for each artifact whose removal changed the prediction)."""
     parts = [f"Pred {row.get('pred')} ({fnum(row.get('confidence')):.2f})", f"True {row.get('label')}"]
     if positive is not None:
         p = fnum(row.get(f"p_{positive}"))
@@ -188,6 +202,7 @@ def caption(row: dict, positive: str | None, kinds: dict[str, str]) -> str:
         if kind == "target":
             f = fnum(row.get(f"frac_{r}"))
             parts.append(f"in-{r} {100 * f:.0f}%" if math.isfinite(f) else f"in-{r} n/a")
+    parts += [f"w/o {r}: {other}" for r, other in counterfactual_flips(row, kinds, classes)]
     return " · ".join(parts)
 
 
@@ -229,7 +244,7 @@ def build_gallery(inp: ReportInputs, n_per_group: int = 8, blocky: bool = False,
             if grid is None:
                 g.skipped.append((iid, note))
                 continue
-            cap = caption(row, inp.positive, inp.kinds)
+            cap = caption(row, inp.positive, inp.kinds, inp.classes)
             im = overlay_image(grid, inp.cams[inp.cam_index[iid]], masks, inp.kinds, cap, blocky=blocky)
             rank = len(g.items) + 1
             folder.mkdir(parents=True, exist_ok=True)
@@ -239,7 +254,7 @@ def build_gallery(inp: ReportInputs, n_per_group: int = 8, blocky: bool = False,
                 rank=rank, image_id=iid, path=path, truth=str(row["label"]), pred=str(row["pred"]),
                 confidence=fnum(row["confidence"]),
                 p_pos=fnum(row.get(f"p_{inp.positive}")) if inp.positive else math.nan,
-                top3=top_k(row, inp.classes), caption=cap, reading=reading(row, inp.positive, inp.kinds, words),
+                top3=top_k(row, inp.classes), caption=cap, reading=reading(row, inp.positive, inp.kinds, words, inp.classes),
                 note=note))
             if progress:
                 progress()
