@@ -102,6 +102,10 @@ def prepare_scan(data: str | Path, config: str | Path, label_col: str | None = N
     if label_col:
         data_d["columns"] = {**dict(data_d.get("columns") or {}), "label": label_col}
     manifest = load_manifest(data, DataSpec.from_dict(data_d), require_label=False)
+    if "label" not in manifest.columns or manifest["label"].notna().sum() == 0:
+        cols = [c for c in manifest.columns if not str(c).startswith("_") and c not in ("image_id", "label", "split")]
+        raise ManifestError(f"{data}: no label column among {cols}; name one with --label-col COL "
+                            "(or the preset's data.columns: {label: COL})")
     return preset, manifest, scan_input_spec(preset)
 
 
@@ -844,6 +848,16 @@ _MC_NOTE = ("* p by Monte Carlo over tables with the same margins: too many expe
             "approximation (V itself is inflated by small groups)")
 
 
+def _lab(label) -> str:
+    """A class label as printed in a comma-separated list: quoted when it holds a comma itself."""
+    s = str(label)
+    return repr(s) if "," in s else s
+
+
+def _in_split(split: str, nd: dict) -> str:
+    return "" if nd["scope"].endswith("(no splits)") else f" ({split})"
+
+
 def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     """A rich Group of the scan's tables (reads scan.json's dict; recomputes nothing)."""
     from rich import box
@@ -854,7 +868,7 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     d = s["data"]
     parts = [Text.assemble(("Dataset scan ", "bold"), f"· {d['n_scanned']} of {d['n_rows']} images",
                            (f" · skipped {d['n_skipped']} unreadable (errors.csv)" if d["n_skipped"] else ""),
-                           " · labels " + ", ".join(f"{k} {v}" for k, v in d["label_counts"].items()))]
+                           " · labels " + ", ".join(f"{_lab(k)} {v}" for k, v in d["label_counts"].items()))]
     min_n = s["options"]["min_n"]
     big = [c for c in d["classes"] if d["label_counts"][c] >= min_n]
     classes = big[:6]
@@ -873,7 +887,8 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     if any(e["label_association"].get("p_method") == "monte carlo" for e in s["artifacts"].values()):
         parts.append(Text(_MC_NOTE, style="dim"))
     if hidden:
-        parts.append(Text(f"labels not shown as columns: {', '.join(hidden[:8])}{' …' if len(hidden) > 8 else ''}"
+        parts.append(Text(f"labels not shown as columns: {', '.join(map(_lab, hidden[:8]))}"
+                          f"{' …' if len(hidden) > 8 else ''}"
                           f" (n < {min_n} or beyond 6 columns; all of them are in scan.json)", style="dim"))
     assoc = [e for e in s["associations"] if not e["too_small"] and e["odds_ratio"]["value"] is not None]
     if assoc:
@@ -894,8 +909,12 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         parts.append(Text("\n".join("• " + e["text"] for e in assoc[:3])))
     small = [e for e in s["associations"] if e["too_small"]]
     if small:
-        parts.append(Text(f"{len(small)} class comparison(s) too small (n < {s['options']['min_n']}): "
-                          + ", ".join(sorted({e['class'] for e in small})), style="dim"))
+        per_art: dict = {}
+        for e in small:
+            per_art.setdefault(e["artifact"], []).append(e["class"])
+        parts.append(Text(f"{len(small)} class comparison(s) too small (< {s['options']['min_n']} images in the "
+                          "class or in the rest, of those whose artifact is known): " + "; ".join(f"{a}: {', '.join(map(_lab, sorted(cs)))}"
+                                                              for a, cs in per_art.items()), style="dim"))
     for col, per_a in (s.get("by") or {}).items():
         # groups as rows (a metadata column can have many values), largest first; artifacts as columns
         sizes: dict = {}
@@ -932,8 +951,8 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     nd = lk["near_duplicates"]
     parts.append(Text(f"Near-duplicate images {nd['scope']} (pHash, Hamming ≤ {nd['threshold']} of {nd['bits']} "
                       f"bits): {nd['n_pairs']} pair(s)"
-                      + "".join(f"\n  {p['image_id_a']} ({p['split_a']}) ~ {p['image_id_b']} ({p['split_b']}): "
-                                f"{p['distance']}" for p in nd["pairs"][:5]),
+                      + "".join(f"\n  {p['image_id_a']}{_in_split(p['split_a'], nd)} ~ {p['image_id_b']}"
+                                f"{_in_split(p['split_b'], nd)}: Hamming {p['distance']}" for p in nd["pairs"][:5]),
                       style="bold red" if nd["n_pairs"] else "green"))
     mo = s.get("model")
     if mo:

@@ -115,8 +115,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                                                         for why in e["missing_reasons"])
                            for _, e in undef)
             parts.append(Text("Undefined fractions (left out, not counted as 0): " + " · ".join(
-                f"{r} {e['n_missing']} of {e['n_present'] + e['n_missing']} (" + ", ".join(
-                    f"{why} {k}" for why, k in list(e["missing_reasons"].items())[:2]) + ")" for r, e in undef),
+                f"{r} {e['n_missing']} of {e['n_present'] + e['n_missing']} [" + "; ".join(
+                    f"{why}: {k}" for why, k in list(e["missing_reasons"].items())[:2]) + "]" for r, e in undef),
                 style="yellow" if alarming else "dim"))
     hce = s.get("high_conf_errors") or {}
     if hce:
@@ -170,7 +170,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         for g in s["gates"]:
             v = g.get("value")
             ci = g.get("ci")
-            vs = "n/a" if v is None else f"{v:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and None not in ci else "")
+            vs = "n/a" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
             res = {True: Text("pass", "green"), False: Text("FAIL", "bold red"), None: Text("undefined", "yellow")}
             t.add_row(Text(g["name"]), Text(vs), Text(str(g["threshold"])), res[g.get("passed")])
         parts.append(t)

@@ -310,6 +310,30 @@ def test_by_table_lists_groups_largest_first_and_counts_the_hidden():
     assert "0.30 (0.01*)" in text and "* p by Monte Carlo" in flat
 
 
+def test_scan_text_quotes_comma_labels_groups_small_comparisons_and_omits_absent_splits():
+    from audit.scan import scan_renderable
+    small = lambda a, c: {"artifact": a, "class": c, "too_small": True}
+    pair = {"image_id_a": "x1", "split_a": "<missing>", "image_id_b": "x2", "split_b": "<missing>", "distance": 4}
+    s = {"data": {"n_scanned": 12, "n_rows": 12, "n_skipped": 0, "label_counts": {"ARDS": 4, "COVID-19, ARDS": 8},
+                  "classes": ["ARDS", "COVID-19, ARDS"]},
+         "options": {"min_n": 10}, "artifacts": {},
+         "associations": [small("device", "ARDS"), small("device", "COVID-19, ARDS"), small("text", "ARDS")],
+         "leakage": {"ids": {"checked": False, "note": "n/a"},
+                     "near_duplicates": {"scope": "within the set (no splits)", "threshold": 6, "bits": 64,
+                                         "n_pairs": 1, "pairs": [pair]}}}
+    con = Console(width=300, color_system=None, record=True, file=open("/dev/null", "w"))
+    con.print(scan_renderable(s))
+    text = con.export_text()
+    assert "labels ARDS 4, 'COVID-19, ARDS' 8" in text
+    assert "3 class comparison(s) too small (< 10 images in the class or in the rest, of those whose artifact is " \
+           "known): device: ARDS, 'COVID-19, ARDS'; text: ARDS" in text
+    assert "\n  x1 ~ x2: Hamming 4" in text and "<missing>" not in text
+    s["leakage"]["near_duplicates"].update(scope="across splits", pairs=[dict(pair, split_a="train", split_b="test")])
+    con = Console(width=300, color_system=None, record=True, file=open("/dev/null", "w"))
+    con.print(scan_renderable(s))
+    assert "x1 (train) ~ x2 (test): Hamming 4" in con.export_text()
+
+
 def test_interrupted_scan_keeps_the_rows_scanned(tmp_path):
     df = make_set(tmp_path)
 
@@ -354,6 +378,21 @@ def test_no_label_and_nothing_to_scan(tmp_path):
     with pytest.raises(ConfigError, match="nothing to scan"):
         run_scan({"regions": {"border": {}}}, df, tmp_path / "o", SPEC)
     assert scan_input_spec({"input": {"size": 96}}).size == 96
+
+
+
+def test_prepare_scan_names_the_file_and_its_columns_without_a_label(tmp_path):
+    from audit.scan import prepare_scan
+    make_set(tmp_path, n_mel=1, n_nv=1, ink_mel=0, ink_nv=0)
+    csv = tmp_path / "m.csv"
+    pd.read_csv(csv).rename(columns={"label": "dx"}).to_csv(csv, index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions: {ink: {}}\n")
+    with pytest.raises(ManifestError) as ei:
+        prepare_scan(csv, preset)
+    msg = str(ei.value)
+    assert msg.startswith(f"{csv}: no label column") and "'dx'" in msg and "'label'" not in msg and "\n" not in msg
+    assert set(prepare_scan(csv, preset, label_col="dx")[1]["label"]) == {"mel", "nv"}
 
 
 # ------------------------------------------------------------------------------------------------ with a model

@@ -48,6 +48,7 @@ def test_summary_text_at_100_columns():
     assert "small n=7" in text                 # a small group is called small, not given a number
     assert "max_artifact_lift[ruler]" in text  # markup-like names shown verbatim
     assert "Sign-off gates: FAIL" in text and "FAIL" in text and "pass" in text
+    assert "4.200 [3.000, 5.500]" in text and "0.610 [0.580, 0.640]" in text  # as in report.html: 3 decimals
     assert "Operating points for mel (thresholds tuned on: validation split)" in text
     assert " 0.210 " in text                   # the tuned threshold
     assert "ISIC_1" in text and "reports/run_x/" in text
@@ -129,8 +130,8 @@ def test_missing_regions_say_why_and_how_many():
     con = Console(width=300, color_system=None, force_terminal=False, record=True)
     print_summary({**SUMMARY, "regions": regions}, None, con)
     text = con.export_text()
-    assert ("Undefined fractions (left out, not counted as 0): lungs 4 of 5 (mask file not found 2, all-zero map 1)"
-            " · ink 3 of 5 (not detected 3)") in text
+    assert ("Undefined fractions (left out, not counted as 0): lungs 4 of 5 [mask file not found: 2; all-zero map: 1]"
+            " · ink 3 of 5 [not detected: 3]") in text
 
 
 def test_missing_regions_line_is_loud_only_for_lost_masks():
