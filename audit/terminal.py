@@ -136,7 +136,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     op = s.get("operating_points")
     if op and op.get("points"):
         tuned = (op.get("tuning") or "?") + (f" '{op['validation_split']}'" if op.get("validation_split") else "")
-        t = Table(title=f"Operating points for {op.get('positive_class')} (thresholds tuned on: {tuned})",
+        ns = f"; n = {op['n']}, {op['n_pos']} positive" if op.get("n") is not None and op.get("n_pos") is not None else ""
+        t = Table(title=f"Operating points for {op.get('positive_class')} (thresholds tuned on: {tuned}{ns})",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for c in ("target sens", "threshold", "sensitivity", "specificity", "PPV", "NPV"):
             t.add_column(c, justify="right", no_wrap=True)

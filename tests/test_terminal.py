@@ -26,7 +26,7 @@ SUMMARY = {
     },
     "high_conf_errors": {"threshold": 0.9, "rate": _est(0.05, 0.02, 0.1), "top": [
         {"image_id": "ISIC_1", "label": "mel", "pred": "nv", "confidence": 0.97, "off_target": True}]},
-    "operating_points": {"positive_class": "mel", "tuning": "validation split", "points": [
+    "operating_points": {"positive_class": "mel", "tuning": "validation split", "n": 120, "n_pos": 25, "points": [
         {"target_sensitivity": 0.9, "threshold": 0.21, "sensitivity": _est(0.88, 0.7, 0.96, 25),
          "specificity": _est(0.7, 0.6, 0.78, 95), "ppv": _est(0.44, 0.3, 0.58, 50), "npv": _est(0.96, 0.9, 0.99, 70)}]},
     "gates": [{"name": "max_artifact_lift[ruler]", "value": 4.2, "ci": [3.0, 5.5], "threshold": 2.0, "passed": False},
@@ -49,7 +49,7 @@ def test_summary_text_at_100_columns():
     assert "max_artifact_lift[ruler]" in text  # markup-like names shown verbatim
     assert "Sign-off gates: FAIL" in text and "FAIL" in text and "pass" in text
     assert "4.200 [3.000, 5.500]" in text and "0.610 [0.580, 0.640]" in text  # as in report.html: 3 decimals
-    assert "Operating points for mel (thresholds tuned on: validation split)" in text
+    assert "Operating points for mel (thresholds tuned on: validation split; n = 120, 25 positive)" in text
     assert " 0.210 " in text                   # the tuned threshold
     assert "ISIC_1" in text and "reports/run_x/" in text
 
