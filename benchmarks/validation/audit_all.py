@@ -55,12 +55,14 @@ def main(argv=None) -> int:
             if (out / "summary.json").exists() and not a.force and name in done:
                 continue
             cmd = [sys.executable, "cli.py", "audit", *args, "--out", str(out)]
+            cached = (out / "cache").is_dir() and any((out / "cache").iterdir())  # model outputs reused, not timed
             t0 = time.perf_counter()
             rc = subprocess.call(cmd, cwd=REPO)
             dt = time.perf_counter() - t0
             print(f"{name}: exit {rc} ({dt:.0f}s)", flush=True)
             done = json.loads(log_p.read_text()) if log_p.exists() else {}  # merge with concurrent writers
-            done[name] = {"command": " ".join(["python", *cmd[1:]]), "exit_code": rc, "seconds": round(dt, 1)}
+            done[name] = {"command": " ".join(["python", *cmd[1:]]), "exit_code": rc, "seconds": round(dt, 1),
+                          "cache_reused": cached}
             log_p.write_text(json.dumps(done, indent=2))
     return 0
 

@@ -425,7 +425,8 @@ def render(work: Path) -> str:
           "python benchmarks/validation/report.py         # writes this file", "```", "", "Audit commands as run:", "",
           "```bash"]
     for n, c in cmds.items():
-        L += [f"{c['command']}    # exit {c['exit_code']}, {c['seconds']} s"]
+        L += [f"{c['command']}    # exit {c['exit_code']}, {c['seconds']} s"
+              + (" (model outputs from <out>/cache/ of an earlier run)" if c.get("cache_reused") else "")]
     L += ["```", ""]
     L += ["## Limits", "",
           "- Small inputs and few CPU epochs: the models are weak (see the val AUCs), trained to compare a clean "
