@@ -15,7 +15,7 @@ import pandas as pd
 from .config import AuditConfig
 from .errors import UndefinedMetricWarning
 from .run import RunConfig
-from .stats import bootstrap_ci, grouped_region_stats, proportion_ci, region_stats
+from .stats import bootstrap_ci, expected_calibration_error, grouped_region_stats, proportion_ci, region_stats
 from .thresholds import isic_metrics, operating_points
 
 
@@ -144,6 +144,12 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
         "high_conf_errors": {},
         "timing": {k: round(v, 3) for k, v in timing.items()},
     }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        s["calibration"] = {"ece": expected_calibration_error(conf, correct, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                              min_n=cfg.min_n).to_dict(),
+                            "n_bins": 10, "method": "ECE of the top-1 confidence, 10 equal-width bins "
+                            "(Guo et al. 2017); percentile bootstrap CI; biased upward at small n"}
     for c in run.classes:
         m = (per_image["label"] == c).to_numpy()
         entry = {"n": int(m.sum()), "recall": rate(correct[m].sum(), m.sum()),

@@ -68,7 +68,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         ("Audit ", "bold"), (str(s["run"].get("name")), "bold cyan"), f" · {s['run']['model']} · data {d['manifest']}",
         f" · split {d['split']} · n={d['n']}", (f" · skipped {d['n_skipped']}" if d["n_skipped"] else ""),
         f"\nGrad-CAM at {s['cam']['layer']} ({'×'.join(map(str, s['cam']['resolution']))}), explaining "
-        f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}")
+        f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}"
+        + (f" · ECE {_fmt_est(ece)}" if (ece := (s.get("calibration") or {}).get("ece")) else ""))
     parts = [head]
     if (s.get("cam") or {}).get("note"):
         parts.append(Text(f"Layer: {s['cam']['note']}", style="bold yellow"))

@@ -38,6 +38,7 @@ def test_audit_end_to_end(tiny_run, tmp_path):
     assert list(z["image_id"]) == list(df["image_id"].astype(str)) and str(z["layer"]) == "layer4"
     s = json.loads((out / "summary.json").read_text())
     assert s["data"]["n"] == 4 and s["data"]["n_skipped"] == 0 and s["cam"]["layer"] == "layer4"
+    assert s["calibration"]["ece"]["n"] == 4 and s["calibration"]["ece"]["too_small"]  # 4 images < min_n 10
     assert (out / "config.resolved.yaml").exists() and not (out / "errors.csv").exists()
 
 

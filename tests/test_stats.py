@@ -250,3 +250,26 @@ def test_by_artifact_leaves_unknown_presence_out_of_both_strata():
     assert out["with"]["accuracy"]["value"] == pytest.approx(0.5)        # rows 0, 1
     assert out["without"]["accuracy"]["value"] == pytest.approx(0.5)     # rows 3, 4
     assert out["with"]["sensitivity"]["value"] == pytest.approx(1.0)     # row 0: a predicted a
+
+
+def test_expected_calibration_error_known_answer_and_agreement_with_the_plot():
+    from audit.report.plots import reliability_bins
+    from audit.stats import expected_calibration_error
+    conf = np.array([0.95, 0.95, 0.65, 0.65, 0.65, 0.65, 1.0] * 2)
+    correct = np.array([True, False, True, True, True, False, True] * 2)
+    e = expected_calibration_error(conf, correct, n_boot=200, seed=1, min_n=10)
+    want = 4 / 7 * abs(0.75 - 0.65) + 3 / 7 * abs(2 / 3 - 2.9 / 3)  # bins 6 and 9, by hand
+    assert e.value == pytest.approx(want, rel=1e-12) and e.n == 14 and not e.too_small
+    assert e.lo <= e.value <= e.hi
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        c = rng.uniform(0.3, 1.0, 200)
+        k = rng.random(200) < c ** 2
+        c[:3] = [0.0, 1.0, np.nan]  # edges and an undefined confidence (left out)
+        got = expected_calibration_error(c, k, n_boot=50, min_n=10)
+        assert got.value == pytest.approx(reliability_bins(c, k)[1], rel=1e-12) and got.n == 199
+    # a perfectly calibrated bin reads 0; too few images: NaN, called small, with a warning
+    assert expected_calibration_error(np.full(10, 0.8), np.arange(10) < 8, n_boot=20).value == pytest.approx(0)
+    with pytest.warns(UndefinedMetricWarning):
+        small = expected_calibration_error(conf[:5], correct[:5], min_n=10)
+    assert small.too_small and math.isnan(small.value) and small.n == 5

@@ -154,6 +154,10 @@ def _header(inp: ReportInputs) -> str:
 def _accuracy(inp: ReportInputs) -> str:
     s = inp.summary
     out = [f"<h2>Accuracy</h2><p>Top-1 accuracy {esc(fmt_est(s.get('accuracy'), pct=True))} (Wilson 95% CI)"]
+    cal = s.get("calibration") or {}
+    if cal.get("ece"):
+        out.append(f" · expected calibration error {esc(fmt_est(cal['ece'], digits=3))} "
+                   f"(n = {esc(cal['ece'].get('n'))}, {esc(cal.get('n_bins', '?'))} equal-width bins)")
     hce = s.get("high_conf_errors") or {}
     if hce:
         out.append(f" · high-confidence errors (≥ {esc(hce.get('threshold'))}): {esc(fmt_est(hce.get('rate'), pct=True))}")

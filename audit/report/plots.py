@@ -173,7 +173,10 @@ def reliability(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("top-1 confidence (10 equal-width bins)")
     ax.set_ylabel("accuracy in bin")
-    ax.set_title(f"Reliability diagram, ECE = {ece:.3f} (n = {n})", fontsize=10)
+    e = (inp.summary.get("calibration") or {}).get("ece") or {}
+    ci = (f" [{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("value") is not None and e.get("lo") is not None
+          and math.isfinite(e["lo"]) else "")
+    ax.set_title(f"Reliability diagram, ECE = {ece:.3f}{ci} (n = {n})", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path), ""
 
