@@ -329,3 +329,20 @@ def test_detectors_are_scale_relative():
     rs = build_regions({"ruler": {}, "dark_corners": {}})
     r_big = rs.compute(big, {"image_id": "b"}, spec, big.shape[:2])
     assert r_big["ruler"].present and not r_big["dark_corners"].present
+
+
+def test_auroc_ceiling_of_the_benchmark_matches_the_best_reranking():
+    """benchmarks/masks_quality.py states the highest AUROC reachable while the positives scoring 0 stay at 0."""
+    import sys
+    from pathlib import Path
+
+    from sklearn.metrics import roc_auc_score
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from masks_quality import auroc_ceiling
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = np.r_[np.ones(7, int), np.zeros(11, int)]
+        s = np.where(rng.random(18) < 0.5, 0.0, rng.random(18))
+        best = np.where((y == 1) & (s > 0), 2.0, s)  # every positive that scores > 0 above every negative
+        assert auroc_ceiling(y, s) == pytest.approx(roc_auc_score(y, best))
+        assert auroc_ceiling(y, s) >= roc_auc_score(y, s) - 1e-12
