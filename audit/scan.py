@@ -912,9 +912,9 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         per_art: dict = {}
         for e in small:
             per_art.setdefault(e["artifact"], []).append(e["class"])
+        which = "; ".join(f"{a}: {', '.join(map(_lab, sorted(cs)))}" for a, cs in per_art.items())
         parts.append(Text(f"{len(small)} class comparison(s) too small (< {s['options']['min_n']} images in the "
-                          "class or in the rest, of those whose artifact is known): " + "; ".join(f"{a}: {', '.join(map(_lab, sorted(cs)))}"
-                                                              for a, cs in per_art.items()), style="dim"))
+                          f"class or in the rest, of those whose artifact is known): {which}", style="dim"))
     for col, per_a in (s.get("by") or {}).items():
         # groups as rows (a metadata column can have many values), largest first; artifacts as columns
         sizes: dict = {}

@@ -15,7 +15,8 @@ import pandas as pd
 from .config import AuditConfig
 from .errors import UndefinedMetricWarning
 from .run import RunConfig
-from .stats import bootstrap_ci, expected_calibration_error, grouped_region_stats, proportion_ci, region_stats
+from .stats import (bootstrap_ci, ece_if_calibrated, expected_calibration_error, grouped_region_stats,
+                    proportion_ci, region_stats)
 from .thresholds import isic_metrics, operating_points
 
 
@@ -32,6 +33,7 @@ def most_confident_first(df: pd.DataFrame) -> pd.DataFrame:
     keys = ["confidence"] + (["margin"] if "margin" in df else [])
     return df.assign(_id=df["image_id"].astype(str)).sort_values(
         keys + ["_id"], ascending=[False] * len(keys) + [True], kind="mergesort", na_position="last").drop(columns="_id")
+
 
 def missing_reasons(per_image: pd.DataFrame, region: str, missing: np.ndarray, top: int = 3) -> dict[str, int]:
     """{reason: images} for the images whose fraction for `region` is undefined (`missing`: bool per row), most
@@ -148,8 +150,11 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         s["calibration"] = {"ece": expected_calibration_error(conf, correct, n_boot=cfg.n_boot, seed=cfg.seed,
                                                               min_n=cfg.min_n).to_dict(),
+                            "ece_if_calibrated": ece_if_calibrated(conf, seed=cfg.seed),
                             "n_bins": 10, "method": "ECE of the top-1 confidence, 10 equal-width bins "
-                            "(Guo et al. 2017); percentile bootstrap CI; biased upward at small n"}
+                            "(Guo et al. 2017); percentile bootstrap CI; biased upward at small n: "
+                            "ece_if_calibrated is what a perfectly calibrated model with these confidences "
+                            "would read on average (200 draws)"}
     for c in run.classes:
         m = (per_image["label"] == c).to_numpy()
         entry = {"n": int(m.sum()), "recall": rate(correct[m].sum(), m.sum()),

@@ -1,6 +1,8 @@
 """Rich terminal rendering of an audit summary (reads `summary.json`'s dict; never recomputes anything)."""
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from rich import box
@@ -62,6 +64,16 @@ def discover_renderable(d: dict, out_dir: str | None = None, n: int = 3):
     return Group(*lines)
 
 
+def _ece_text(cal: dict) -> str:
+    """" · ECE 0.08 [0.06,0.11] (0.04 if calibrated)": the estimate beside the floor a calibrated model reads."""
+    e = cal.get("ece")
+    if not e:
+        return ""
+    floor = cal.get("ece_if_calibrated")
+    ok = not e.get("too_small") and isinstance(floor, (int, float)) and math.isfinite(floor)
+    return f" · ECE {_fmt_est(e)}" + (f" ({floor:.2f} if calibrated)" if ok else "")
+
+
 def summary_renderable(s: dict, out_dir: str | None = None):
     d, acc = s["data"], s["accuracy"]
     head = Text.assemble(
@@ -69,7 +81,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         f" · split {d['split']} · n={d['n']}", (f" · skipped {d['n_skipped']}" if d["n_skipped"] else ""),
         f"\nGrad-CAM at {s['cam']['layer']} ({'×'.join(map(str, s['cam']['resolution']))}), explaining "
         f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}"
-        + (f" · ECE {_fmt_est(ece)}" if (ece := (s.get("calibration") or {}).get("ece")) else ""))
+        + _ece_text(s.get("calibration") or {}))
     parts = [head]
     if (s.get("cam") or {}).get("note"):
         parts.append(Text(f"Layer: {s['cam']['note']}", style="bold yellow"))

@@ -243,9 +243,11 @@ def test_discover_method_reads_as_lines_not_a_dict(plain_inputs):
 
 
 def test_accuracy_section_gives_the_calibration_error_with_its_ci_and_n(plain_inputs):
-    cal = {"calibration": {"ece": _est(0.083, 0.061, 0.11, 120), "n_bins": 10, "method": "…"}}
+    cal = {"calibration": {"ece": _est(0.083, 0.061, 0.11, 120), "ece_if_calibrated": 0.0412, "n_bins": 10,
+                           "method": "…"}}
     page = _page(plain_inputs, cal)
     sec = page.split("<h2>Accuracy</h2>", 1)[1].split("<h2>", 1)[0]
-    assert "expected calibration error 0.083 [0.061, 0.110] (n = 120, 10 equal-width bins)" in sec
+    assert ("expected calibration error 0.083 [0.061, 0.110] (n = 120, 10 equal-width bins; a perfectly "
+            "calibrated model with these confidences would read 0.041 on average)") in sec
     small = {"calibration": {"ece": _est(None, None, None, 4, True), "n_bins": 10, "method": ""}}
     assert "expected calibration error small n=4" in _page(plain_inputs, small)

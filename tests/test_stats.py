@@ -273,3 +273,17 @@ def test_expected_calibration_error_known_answer_and_agreement_with_the_plot():
     with pytest.warns(UndefinedMetricWarning):
         small = expected_calibration_error(conf[:5], correct[:5], min_n=10)
     assert small.too_small and math.isnan(small.value) and small.n == 5
+
+
+def test_ece_floor_of_a_calibrated_model_is_the_plug_in_bias():
+    """A model whose confidences are its true accuracies still reads ECE > 0 at small n; the floor measures it."""
+    from audit.stats import _ece_rows, ece_if_calibrated
+    rng = np.random.default_rng(0)
+    c = rng.uniform(0.5, 1.0, (2000, 50))
+    sim = _ece_rows(c, (rng.random(c.shape) < c).astype(float), 10).mean()
+    assert 0.08 < sim < 0.12                     # the docstring's "about 0.10 at n = 50"
+    conf = rng.uniform(0.5, 1.0, 50)
+    assert 0.06 < ece_if_calibrated(conf, n_sim=400) < 0.14
+    assert ece_if_calibrated(np.full(400, 1.0)) == 0.0   # always right at confidence 1: no noise at all
+    assert ece_if_calibrated(rng.uniform(0.5, 1, 5000)) < 0.02
+    assert math.isnan(ece_if_calibrated(np.array([np.nan])))

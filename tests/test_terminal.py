@@ -26,7 +26,7 @@ SUMMARY = {
     },
     "high_conf_errors": {"threshold": 0.9, "rate": _est(0.05, 0.02, 0.1), "top": [
         {"image_id": "ISIC_1", "label": "mel", "pred": "nv", "confidence": 0.97, "off_target": True}]},
-    "calibration": {"ece": _est(0.083, 0.061, 0.11, 120), "n_bins": 10},
+    "calibration": {"ece": _est(0.083, 0.061, 0.11, 120), "ece_if_calibrated": 0.041, "n_bins": 10},
     "operating_points": {"positive_class": "mel", "tuning": "validation split", "n": 120, "n_pos": 25, "points": [
         {"target_sensitivity": 0.9, "threshold": 0.21, "sensitivity": _est(0.88, 0.7, 0.96, 25),
          "specificity": _est(0.7, 0.6, 0.78, 95), "ppv": _est(0.44, 0.3, 0.58, 50), "npv": _est(0.96, 0.9, 0.99, 70)}]},
@@ -44,7 +44,7 @@ def test_summary_text_at_100_columns():
     assert all(len(line) <= 100 for line in text.splitlines())
     assert "\x1b[" not in text  # no colour codes when there is no terminal
     assert "n=120" in text and "skipped 3" in text and "accuracy 80% [72%,86%]" in text
-    assert "ECE 0.08 [0.06,0.11]" in text
+    assert "ECE 0.08 [0.06,0.11] (0.04 if calibrated)" in " ".join(text.split())
     assert ".61 [.58,.64]" in text             # the lesion's median fraction with its CI, on one line
     assert ".96 [.90,.99]" in text             # NPV not truncated
     assert "small n=7" in text                 # a small group is called small, not given a number

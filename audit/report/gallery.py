@@ -104,7 +104,8 @@ def select_candidates(df: pd.DataFrame, positive: str | None, seed: int = 0) -> 
     correct = df["correct"].astype(bool)
     out = {"confident_errors": most_confident_first(df[~correct])}
     if positive is not None:
-        out["false_negatives"] = most_confident_first(df[(df["label"].astype(str) == positive) & (df["pred"].astype(str) != positive)])
+        missed = (df["label"].astype(str) == positive) & (df["pred"].astype(str) != positive)
+        out["false_negatives"] = most_confident_first(df[missed])
     else:
         out["false_negatives"] = df.iloc[:0]
     off = df["flag_off_target"].astype(bool) if "flag_off_target" in df else pd.Series(False, index=df.index)
@@ -254,7 +255,8 @@ def build_gallery(inp: ReportInputs, n_per_group: int = 8, blocky: bool = False,
                 rank=rank, image_id=iid, path=path, truth=str(row["label"]), pred=str(row["pred"]),
                 confidence=fnum(row["confidence"]),
                 p_pos=fnum(row.get(f"p_{inp.positive}")) if inp.positive else math.nan,
-                top3=top_k(row, inp.classes), caption=cap, reading=reading(row, inp.positive, inp.kinds, words, inp.classes),
+                top3=top_k(row, inp.classes), caption=cap,
+                reading=reading(row, inp.positive, inp.kinds, words, inp.classes),
                 note=note))
             if progress:
                 progress()

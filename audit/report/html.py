@@ -156,8 +156,12 @@ def _accuracy(inp: ReportInputs) -> str:
     out = [f"<h2>Accuracy</h2><p>Top-1 accuracy {esc(fmt_est(s.get('accuracy'), pct=True))} (Wilson 95% CI)"]
     cal = s.get("calibration") or {}
     if cal.get("ece"):
+        floor = cal.get("ece_if_calibrated")
+        floor_s = (f"; a perfectly calibrated model with these confidences would read {floor:.3f} on average"
+                   if isinstance(floor, (int, float)) and math.isfinite(floor) and not cal["ece"].get("too_small")
+                   else "")
         out.append(f" · expected calibration error {esc(fmt_est(cal['ece'], digits=3))} "
-                   f"(n = {esc(cal['ece'].get('n'))}, {esc(cal.get('n_bins', '?'))} equal-width bins)")
+                   f"(n = {esc(cal['ece'].get('n'))}, {esc(cal.get('n_bins', '?'))} equal-width bins{floor_s})")
     hce = s.get("high_conf_errors") or {}
     if hce:
         out.append(f" · high-confidence errors (≥ {esc(hce.get('threshold'))}): {esc(fmt_est(hce.get('rate'), pct=True))}")
