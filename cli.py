@@ -288,6 +288,13 @@ def cmd_scan(args) -> int:
     return EXIT_OK
 
 
+INTERRUPTED = {  # what an interrupted command leaves behind (nothing computed is lost)
+    "audit": "interrupted: the rows audited so far are in <out>/per_image.partial.csv; the model outputs computed "
+             "are kept in <out>/cache/, so the same command resumes without recomputing them",
+    "scan": "interrupted: the rows scanned so far are in <out>/scan.partial.csv",
+    "masks": "interrupted: regions.csv and the contact sheet hold the images done",
+}
+
 COMMANDS = {"audit": cmd_audit, "demo": cmd_demo, "masks": cmd_masks, "scan": cmd_scan,
             "discover": cmd_discover}
 
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(INTERRUPTED.get(args.command, "interrupted"), file=sys.stderr)
         return 130
 
 

@@ -139,82 +139,89 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     t_model = t_cf = t_score = t_decode = t_regions = 0.0
     artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
     done = 0
-    for batch in loader:
-        t_decode += batch["t_decode"]
-        t_regions += batch["t_regions"]
-        for i, err in batch["failed"]:
-            r = rows.iloc[i]
-            errors.append((int(r["_row"]), r["image_id"], r["image"], err))
-        done += len(batch["failed"])
-        if batch["img"] is None:
+    partial = out / ("per_image.partial.csv" if world == 1 else f"per_image.partial.rank{rank}.csv")
+    try:
+        for batch in loader:
+            t_decode += batch["t_decode"]
+            t_regions += batch["t_regions"]
+            for i, err in batch["failed"]:
+                r = rows.iloc[i]
+                errors.append((int(r["_row"]), r["image_id"], r["image"], err))
+            done += len(batch["failed"])
+            if batch["img"] is None:
+                if progress:
+                    progress(done, len(rows))
+                continue
+            idx = batch["idx"]
+            recs = dict(zip(idx, rows.iloc[list(idx)].to_dict("records")))  # this batch's manifest rows only
+            x = normalize(batch["img"].to(device, non_blocking=True), spec)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            labels = torch.tensor([cls_idx.get(recs[i]["label"], -1) for i in idx], device=device)
+            ids = [recs[i]["image_id"] for i in idx]
+            res = cache.get(ids, device)
+            if res is None or (target_rule == "true" and not _targets_match(res.target, labels)):
+                tm = time.perf_counter()
+                res = grad_cam(cam_model, x, layer, target_rule, labels, amp=amp)
+                t_model += time.perf_counter() - tm
+                cache.put(ids, res)
+            probs = torch.softmax(res.logits, 1).cpu().numpy()
+            margins = top2_margin(res.logits)
+            ts = time.perf_counter()
+            with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                sc = score_batch(res.cams, batch.get("masks") or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
+            t_score += time.perf_counter() - ts
+            tgt = res.target.cpu().numpy()
+            cf = {}
+            if cfg.counterfactual and artifact_regions:
+                tc = time.perf_counter()
+                cf = counterfactual_batch(cam_model, batch["img"], batch.get("masks") or [{} for _ in idx],
+                                          artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
+                t_cf += time.perf_counter() - tc
+            batch_records = []
+            for j, i in enumerate(idx):
+                r = recs[i]
+                p = probs[j]
+                pred = int(p.argmax())
+                rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
+                       "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
+                       "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
+                       "cam_sum": float(res.cams[j].sum())}
+                for c, k in cls_idx.items():
+                    rec[f"p_{c}"] = float(p[k])
+                for col in region_cols:
+                    rec[col] = float(sc[col][j]) if col in sc else float("nan")
+                for col, v in cf.items():
+                    rec[col] = v[j].item() if hasattr(v[j], "item") else v[j]
+                if "scores" in batch:
+                    for reg, sc_ in batch["scores"][j].items():
+                        rec[f"score_{reg}"] = sc_
+                    for reg, pr in batch["present"][j].items():
+                        rec[f"present_{reg}"] = pr
+                    # mask warnings raised in the workers (empty, all-ones, unreadable, resized with another aspect)
+                    notes = [f"{k}: {v}" for k, v in batch["notes"][j].items()]
+                    notes += [w for w in batch["warnings"][j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
+                    if notes:
+                        rec["region_notes"] = "; ".join(notes)
+                for col, v in r.items():
+                    if col not in rec:
+                        rec[col] = v
+                batch_records.append(rec)
+            # one small DataFrame per batch: a dict per image would cost ~8 KB each at the end of a long run
+            records.append(pd.DataFrame.from_records(batch_records))
+            cams_spill.append(res.cams.cpu().numpy())
+            emb_spill.append(res.features.cpu().numpy())
+            tgt_all.append(tgt)
+            done += len(idx)
+            release_freed_heap()  # else glibc keeps the freed activation buffers and the resident set creeps up with N
             if progress:
                 progress(done, len(rows))
-            continue
-        idx = batch["idx"]
-        recs = dict(zip(idx, rows.iloc[list(idx)].to_dict("records")))  # this batch's manifest rows only
-        x = normalize(batch["img"].to(device, non_blocking=True), spec)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        labels = torch.tensor([cls_idx.get(recs[i]["label"], -1) for i in idx], device=device)
-        ids = [recs[i]["image_id"] for i in idx]
-        res = cache.get(ids, device)
-        if res is None or (target_rule == "true" and not _targets_match(res.target, labels)):
-            tm = time.perf_counter()
-            res = grad_cam(cam_model, x, layer, target_rule, labels, amp=amp)
-            t_model += time.perf_counter() - tm
-            cache.put(ids, res)
-        probs = torch.softmax(res.logits, 1).cpu().numpy()
-        margins = top2_margin(res.logits)
-        ts = time.perf_counter()
-        with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
-            warnings.simplefilter("ignore", UndefinedMetricWarning)
-            sc = score_batch(res.cams, batch.get("masks") or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
-        t_score += time.perf_counter() - ts
-        tgt = res.target.cpu().numpy()
-        cf = {}
-        if cfg.counterfactual and artifact_regions:
-            tc = time.perf_counter()
-            cf = counterfactual_batch(cam_model, batch["img"], batch.get("masks") or [{} for _ in idx],
-                                      artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
-            t_cf += time.perf_counter() - tc
-        batch_records = []
-        for j, i in enumerate(idx):
-            r = recs[i]
-            p = probs[j]
-            pred = int(p.argmax())
-            rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
-                   "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
-                   "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
-                   "cam_sum": float(res.cams[j].sum())}
-            for c, k in cls_idx.items():
-                rec[f"p_{c}"] = float(p[k])
-            for col in region_cols:
-                rec[col] = float(sc[col][j]) if col in sc else float("nan")
-            for col, v in cf.items():
-                rec[col] = v[j].item() if hasattr(v[j], "item") else v[j]
-            if "scores" in batch:
-                for reg, sc_ in batch["scores"][j].items():
-                    rec[f"score_{reg}"] = sc_
-                for reg, pr in batch["present"][j].items():
-                    rec[f"present_{reg}"] = pr
-                # mask warnings raised in the workers (empty, all-ones, unreadable, resized with another aspect)
-                notes = [f"{k}: {v}" for k, v in batch["notes"][j].items()]
-                notes += [w for w in batch["warnings"][j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
-                if notes:
-                    rec["region_notes"] = "; ".join(notes)
-            for col, v in r.items():
-                if col not in rec:
-                    rec[col] = v
-            batch_records.append(rec)
-        # one small DataFrame per batch: a dict per image would cost ~8 KB each at the end of a long run
-        records.append(pd.DataFrame.from_records(batch_records))
-        cams_spill.append(res.cams.cpu().numpy())
-        emb_spill.append(res.features.cpu().numpy())
-        tgt_all.append(tgt)
-        done += len(idx)
-        release_freed_heap()  # else glibc keeps the freed activation buffers and the resident set creeps up with N
-        if progress:
-            progress(done, len(rows))
+    except BaseException:  # interrupted (Ctrl-C) or failed: the rows audited so far are kept
+        if records:
+            _concat(records).drop(columns="_row", errors="ignore").to_csv(partial, index=False)
+        raise
+    partial.unlink(missing_ok=True)  # a finished audit replaces an interrupted one
     tgt_np = np.concatenate(tgt_all).astype(np.int64) if tgt_all else np.zeros(0, np.int64)
     cams_out, emb_out = cams_spill, emb_spill  # on disk; under torchrun rank 0 holds the gathered arrays
     if world > 1:

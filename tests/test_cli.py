@@ -260,3 +260,34 @@ def test_mask_warnings_reach_per_image(tiny_run, tmp_path):
     df = pd.read_csv(out / "per_image.csv")
     assert df["frac_lungs"].notna().all()
     assert df["region_notes"].str.contains("aspect ratio differs").all(), df["region_notes"].tolist()
+
+
+def test_interrupted_audit_keeps_its_rows_and_resumes_from_the_cache(tiny_run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first batch: per_image.partial.csv holds those rows, the model outputs stay in the cache,
+    and the rerun reads them instead of recomputing, then removes the partial file."""
+    from audit.config import resolve_config
+    from audit.pipeline import run_audit
+    cfg = resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o"), "workers": 0, "n_boot": 20,
+                          "batch_size": 2, "split": "all"})
+
+    def stop(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(cfg, progress=stop)
+    part = pd.read_csv(tmp_path / "o" / "per_image.partial.csv")
+    assert len(part) == 2 and "_row" not in part and {"pred", "confidence", "margin"} <= set(part.columns)
+    assert not (tmp_path / "o" / "summary.json").exists()
+    res = run_audit(cfg)
+    assert res.summary["cache"]["from_cache"] == 2 and res.summary["cache"]["computed"] == 4
+    assert not (tmp_path / "o" / "per_image.partial.csv").exists()
+    full = pd.read_csv(tmp_path / "o" / "per_image.csv").set_index("image_id")
+    np.testing.assert_allclose(full.loc[part["image_id"], "confidence"], part["confidence"], rtol=1e-6)
+    # the CLI says where things are
+    import audit.pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(audit.pipeline, "run_audit", interrupted)
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--out", str(tmp_path / "o2"), "--quiet"]) == 130
+    assert "per_image.partial.csv" in capsys.readouterr().err
