@@ -363,7 +363,7 @@ def _associations(labels: np.ndarray, pres: np.ndarray, artifact: str, classes: 
             vs_w = vs if other is not None else "the other classes"
             e["text"] = (f"{artifact} in {_pct(a / n1)} of {cls} ({a}/{n1}) vs {_pct(c / n0)} of {vs_w} "
                          f"({c}/{n0}): OR {_fmt_or(o['value'])} "
-                         f"[{_fmt_or(o['lo'])}, {_fmt_or(o['hi'])}], Fisher p = {o['p']:.2g}")
+                         f"[{_fmt_or(o['lo'])}, {_fmt_or(o['hi'])}], Fisher p {'' if o['p'] <= 0 else '= '}{_fp(o['p'])}")
         out.append(e)
     return out
 
@@ -475,17 +475,6 @@ def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, wo
         raise ConfigError(f"scan.top_k: expected an integer ≥ 0, got {top_k!r}")
 
 
-def _file_presence(name: str, masks: dict, notes: dict) -> bool | None:
-    """A `source: file` region: True when the mask has the region, False when the file lacks its values,
-    None (unknown) when there is no usable file."""
-    if name in masks:
-        return True
-    note = notes.get(name, "")
-    if "no pixel with value" in note or "mask is empty (all zero)" in note:
-        return False
-    return None
-
-
 def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpec, by: Sequence[str] = (),
              id_col: str | None = None, flag_cols: Sequence[str] = (), run_dir: str | None = None,
              positive: str | None = None, workers: int = 0, limit: int | None = None, phash_threshold: int = 6,
@@ -592,11 +581,10 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                     notes = batch["notes"][j] if "notes" in batch else {}
                     n_warn += len(batch["warnings"][j]) if "warnings" in batch else 0
                     for a in region_names:
+                        pres = batch["present"][j].get(a)  # a file region's presence is what its file says
                         if sources[a] == "file":
-                            pres = _file_presence(a, masks, notes)
                             score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
                         else:
-                            pres = batch["present"][j].get(a)
                             score = batch["scores"][j].get(a, NAN)
                         rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
                     for c in flag_cols:
@@ -834,7 +822,10 @@ def _fe(e: dict | None, pct: bool = True) -> str:
 
 
 def _fp(p) -> str:
-    return "—" if p is None else f"{p:.2g}"
+    """A p-value: 2 significant digits; one that underflowed to 0 in float64 reads "< 1e-300", not "0"."""
+    if p is None:
+        return "—"
+    return "< 1e-300" if p <= 0 else f"{p:.2g}"
 
 
 def _fv(cv: dict) -> str:

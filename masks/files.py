@@ -91,11 +91,13 @@ def file_region(cfg, row: Mapping, spec: InputSpec, src_hw: tuple[int, int], cac
     ident = _row_id(row)
     name = cfg.name
 
-    def missing(reason: str, warn: bool = True):
+    artifact = cfg.kind == "artifact"
+
+    def missing(reason: str, warn: bool = True, absent: bool = False):
         msg = f"{ident}: region {name!r}: {reason}"
         if warn:
             warnings.warn(msg, MaskWarning, stacklevel=3)
-        return RegionResult(None, math.nan, None, reason)
+        return RegionResult(None, math.nan, False if absent and artifact else None, reason)
 
     try:
         path = mask_path(cfg.file, row)
@@ -103,6 +105,9 @@ def file_region(cfg, row: Mapping, spec: InputSpec, src_hw: tuple[int, int], cac
         return missing(str(e))
     if path is None:
         col = cfg.file.get("column", "mask")
+        if cfg.file.get("absent_when_empty"):
+            return missing(f"no mask file for this image (column {col!r} empty: artifact absent)", warn=False,
+                           absent=True)
         return missing(f"no mask file for this image (column {col!r} empty)", warn=False)
     cache = {} if cache is None else cache
     key = ("file", path)
@@ -125,16 +130,16 @@ def file_region(cfg, row: Mapping, spec: InputSpec, src_hw: tuple[int, int], cac
                           f"(aspect ratio differs); resized with nearest neighbour", MaskWarning, stacklevel=2)
     if raw.min() == raw.max():
         what = "empty (all zero)" if raw.max() == 0 else f"constant (every pixel {raw.max()})"
-        return missing(f"{path}: mask is {what}")
+        return missing(f"{path}: mask is {what}", absent=raw.max() == 0)
     reg = region_from_array(raw, cfg.file)
     n = int(reg.sum())
     if n == 0:
         # a multi-valued file simply lacking this value (e.g. no device) is a normal absence for an artifact
         sel = cfg.file.get("values", f"> {cfg.file.get('threshold', 127)}")
-        return missing(f"{path}: no pixel with value {sel}", warn=cfg.kind == "target")
+        return missing(f"{path}: no pixel with value {sel}", warn=cfg.kind == "target", absent=True)
     if n == reg.size:
         return missing(f"{path}: mask covers the whole image (all ones)")
     g = mask_to_grid(reg, spec, (sh, sw))
     if not g.any():
         return missing(f"{path}: region lies outside the model's field of view (empty after crop)")
-    return RegionResult(g.astype(bool, copy=False), math.nan, None, "file")
+    return RegionResult(g.astype(bool, copy=False), math.nan, True if artifact else None, "file")

@@ -47,7 +47,7 @@ from audit.preprocess import InputSpec
 
 KINDS = ("target", "artifact")
 SOURCES = ("file", "heuristic")
-FILE_KEYS = ("column", "pattern", "root", "values", "threshold")
+FILE_KEYS = ("column", "pattern", "root", "values", "threshold", "absent_when_empty")
 COMMON_KEYS = ("source", "fallback")
 
 
@@ -57,7 +57,10 @@ class RegionResult:
 
     mask: bool S×S on the model grid, or None when the region is missing (NaN downstream; see ``note``).
     score: image-level detector score (higher = more likely present); NaN when the provider is not a detector.
-    present: the detector's decision (True/False); None for files and geometry.
+    present: whether the artifact is on the image (True/False): a detector's decision, or for an artifact file
+      region what its file says (a region pixel: True; the file lacks the region's values or is all zero: False;
+      no file for the image: False with ``absent_when_empty``, else None); None when unknown, for targets and
+      for geometry.
     note: where the mask came from ("file", "heuristic", "geometry") or why it is missing.
     """
 
@@ -181,6 +184,8 @@ def _region_config(name: str, opts: Any) -> RegionConfig:
         if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)):
             raise ConfigError(f"regions.{name}.values: expected a list of pixel values, got {file['values']!r}")
         file["values"] = [int(x) for x in v]
+    if "absent_when_empty" in file and not isinstance(file["absent_when_empty"], bool):
+        raise ConfigError(f"regions.{name}.absent_when_empty: expected true or false, got {file['absent_when_empty']!r}")
     if "threshold" in file and not isinstance(file["threshold"], (int, float)):
         raise ConfigError(f"regions.{name}.threshold: expected a number, got {file['threshold']!r}")
     unknown = sorted(set(opts) - set(e.params))

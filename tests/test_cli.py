@@ -291,3 +291,26 @@ def test_interrupted_audit_keeps_its_rows_and_resumes_from_the_cache(tiny_run, t
     monkeypatch.setattr(audit.pipeline, "run_audit", interrupted)
     assert cli.main(["audit", "--run-dir", str(tiny_run), "--out", str(tmp_path / "o2"), "--quiet"]) == 130
     assert "per_image.partial.csv" in capsys.readouterr().err
+
+
+def test_audit_splits_by_a_file_artifact_whose_absence_is_known(tiny_run, tmp_path):
+    """with vs without a file region: images with an artifact mask, and (absent_when_empty) those without one."""
+    from PIL import Image
+
+    from audit.config import resolve_config
+    from audit.pipeline import run_audit
+    man = tiny_run.parent / "data" / "manifest.csv"
+    df = pd.read_csv(man)
+    m = np.zeros((64, 64), np.uint8)
+    m[:8, :8] = 255
+    Image.fromarray(m).save(tmp_path / "sq.png")
+    df["sq_mask"] = [str(tmp_path / "sq.png"), None, str(tmp_path / "sq.png"), None, None, None]
+    df.to_csv(man, index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  patches: {source: file, column: sq_mask, absent_when_empty: true}\n")
+    res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o"), "workers": 0,
+                                    "n_boot": 20, "split": "all"}, str(preset)))
+    ba = res.summary["by_artifact"]["patches"]
+    assert (ba["with"]["n"], ba["without"]["n"], ba["n_unknown"]) == (2, 4, 0)
+    assert res.per_image["present_patches"].tolist() == [True, False, True, False, False, False]
+    assert res.summary["regions"]["patches"]["n_missing"] == 4  # no mask: the fraction stays undefined, not 0

@@ -268,6 +268,33 @@ def test_no_mask_in_row_is_missing_and_fallback_uses_the_heuristic(tmp_path):
     assert r.mask is not None and r.note.startswith("heuristic") and "cannot read" in r.note
 
 
+def test_artifact_file_region_says_whether_the_artifact_is_there(tmp_path):
+    """An artifact file region's presence is what its file says; no file is unknown unless absent_when_empty."""
+    two = np.zeros((30, 30), np.uint8)
+    two[5:10, 5:10] = 127
+    two[20:25, 20:25] = 255
+    _png(tmp_path / "dev.png", two)
+    lung_only = np.where(two == 127, 0, two)
+    _png(tmp_path / "nodev.png", lung_only)
+    _png(tmp_path / "zero.png", np.zeros((30, 30)))
+    img, spec = np.zeros((30, 30, 3), np.uint8), InputSpec(size=30)
+
+    def present(opts, mask, kind="device"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MaskWarning)
+            return build_regions({kind: opts}).compute(img, _row(mask=mask), spec, (30, 30))[kind].present
+    dev = {"source": "file", "values": [127]}
+    assert present(dev, str(tmp_path / "dev.png")) is True
+    assert present(dev, str(tmp_path / "nodev.png")) is False          # the file lacks the value: absent
+    assert present(dev, str(tmp_path / "zero.png")) is False           # an all-zero artifact mask: absent
+    assert present(dev, str(tmp_path / "missing.png")) is None         # a named file that is not there: unknown
+    assert present(dev, None) is None                                  # no file for the image: unknown ...
+    assert present({**dev, "absent_when_empty": True}, None) is False  # ... unless the preset says it means absent
+    assert present({"source": "file"}, str(tmp_path / "dev.png"), kind="lesion") is None  # targets: no presence
+    with pytest.raises(ConfigError, match="absent_when_empty: expected true or false"):
+        build_regions({"device": {**dev, "absent_when_empty": "yes"}})
+
+
 def test_compute_validates_grid_image():
     rs = build_regions({"border": {}})
     with pytest.raises(ValueError, match="S×S×3"):

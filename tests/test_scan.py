@@ -334,6 +334,36 @@ def test_scan_text_quotes_comma_labels_groups_small_comparisons_and_omits_absent
     assert "x1 (train) ~ x2 (test): Hamming 4" in con.export_text()
 
 
+@pytest.mark.filterwarnings("ignore::audit.errors.UndefinedMetricWarning")  # V undefined: one label known
+@pytest.mark.parametrize("absent_when_empty", [False, True])
+def test_file_region_presence_in_the_scan(tmp_path, absent_when_empty):
+    """Images 0-3 carry a mask with the artifact, 4-5 an all-zero mask, the rest no mask file (empty column)."""
+    df = make_set(tmp_path, n_mel=10, n_nv=10, ink_mel=0, ink_nv=0)
+    paths = []
+    for k in range(20):
+        if k >= 6:
+            paths.append(None)
+            continue
+        m = np.zeros((S, S), np.uint8)
+        if k < 4:
+            m[:16, :32] = 255  # 512 of 16,384 pixels
+        p = tmp_path / f"patch{k}.png"
+        Image.fromarray(m).save(p)
+        paths.append(str(p))
+    df = df.assign(patch_mask=paths)
+    opts = {"source": "file", "column": "patch_mask", "absent_when_empty": absent_when_empty}
+    res = run_scan({"regions": {"patches": opts}}, df, tmp_path / "o", SPEC)
+    pi = res.per_image
+    assert pi["present_patches"].iloc[:6].tolist() == [True] * 4 + [False] * 2
+    np.testing.assert_allclose(pi["score_patches"].iloc[:6], [512 / S ** 2] * 4 + [0, 0])
+    e = res.summary["artifacts"]["patches"]
+    if absent_when_empty:
+        assert pi["present_patches"].iloc[6:].eq(False).all() and (e["n_known"], e["n_present"]) == (20, 4)
+    else:
+        assert pi["present_patches"].iloc[6:].isna().all() and (e["n_known"], e["n_present"]) == (6, 4)
+        assert e["n_unknown"] == 14
+
+
 def test_interrupted_scan_keeps_the_rows_scanned(tmp_path):
     df = make_set(tmp_path)
 
@@ -431,3 +461,13 @@ def test_model_metrics_with_and_without_artifact(tiny_run, tmp_path):
                     min_n=2, n_boot=50)
     assert res2.summary["model"]["inference"].startswith("separate")
     np.testing.assert_allclose(res2.per_image["p_mel"], res.per_image["p_mel"], atol=1e-5)
+
+
+def test_p_values_that_underflow_do_not_read_zero():
+    from audit.scan import _associations, _fp, _fv
+    assert _fp(0.0) == "< 1e-300" and _fp(3.14e-6) == "3.1e-06" and _fp(None) == "—"
+    assert _fv({"value": 0.7, "p": 0.0}) == "0.70 (< 1e-300)"
+    lab = np.array(["mel"] * 500 + ["nv"] * 4000)
+    pres = np.array([True] * 480 + [False] * 20 + [True] * 100 + [False] * 3900)
+    e = _associations(lab, pres, "ink", ["mel", "nv"], "mel", min_n=10, alpha=0.05)[0]
+    assert e["odds_ratio"]["p"] == 0.0 and "Fisher p < 1e-300" in e["text"]
