@@ -190,10 +190,13 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
                 s["regions"][r]["missing_reasons"] = missing_reasons(per_image, r, ~valid)
     hce = per_image[per_image["flag_high_conf_error"]] if "flag_high_conf_error" in per_image else per_image.iloc[:0]
     top = most_confident_first(hce).head(10)
+    cf_regions = [a for a, k in kinds.items() if k == "artifact" and f"cf_flip_{a}" in per_image]
     s["high_conf_errors"] = {
         "threshold": cfg.high_conf, "rate": rate(len(hce), n),
-        "top": [{"image_id": r.image_id, "label": r.label, "pred": r.pred, "confidence": round(float(r.confidence), 4),
-                 "off_target": bool(getattr(r, "flag_off_target", False))} for r in top.itertuples()],
+        "top": [{"image_id": r["image_id"], "label": r["label"], "pred": r["pred"],
+                 "confidence": round(float(r["confidence"]), 4), "off_target": bool(r.get("flag_off_target", False)),
+                 **({"flips_without": [a for a in cf_regions if r.get(f"cf_flip_{a}") == 1.0]} if cf_regions else {})}
+                for r in top.to_dict("records")],
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)

@@ -140,11 +140,13 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                           f" of {d['n']}" + off))
         if hce.get("top"):
             t = Table(title="Most confident errors", title_justify="left", pad_edge=False)
-            for c in ("image", "true", "pred", "conf", "off-target"):
-                t.add_column(c, no_wrap=True)
+            cf = any("flips_without" in r for r in hce["top"])  # the counterfactual check ran
+            for c in ("image", "true", "pred", "conf", "off-target", *(["flips without"] if cf else [])):
+                t.add_column(c, no_wrap=c != "flips without")
             for r in hce["top"][:5]:
                 t.add_row(Text(str(r["image_id"])), Text(str(r["label"])), Text(str(r["pred"])), f"{r['confidence']:.2f}",
-                          "yes" if r["off_target"] else "")
+                          "yes" if r["off_target"] else "",
+                          *([Text(", ".join(r.get("flips_without") or []) or "—")] if cf else []))
             parts.append(t)
     op = s.get("operating_points")
     if op and op.get("points"):

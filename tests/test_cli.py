@@ -179,9 +179,15 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
                       "gates: {max_artifact_lift: 100.0, min_accuracy: 0.99}\n")
     out = tmp_path / "o"
     rc = cli.main(["audit", "--run-dir", str(tiny_run), "--config", str(preset), "--out", str(out), "--workers", "0",
-                   "--quiet", "--n-boot", "20", "--counterfactual", "--positive", "a", "--by", "site"])
+                   "--quiet", "--n-boot", "20", "--counterfactual", "--positive", "a", "--by", "site",
+                   "--high-conf", "0.01"])
     s = json.loads((out / "summary.json").read_text())
     df = pd.read_csv(out / "per_image.csv")
+    top = s["high_conf_errors"]["top"]  # every error counts at --high-conf 0.01 (3 classes: top-1 ≥ 1/3)
+    assert len(top) == (~df["correct"]).sum() > 0
+    for e in top:
+        row = df.set_index("image_id").loc[e["image_id"]]
+        assert e["flips_without"] == [a for a in ("border", "corners") if row[f"cf_flip_{a}"] == 1]
     for col in ("frac_border", "lift_corners", "cf_delta_border", "cf_flip_corners", "flag_off_target",
                 "flag_high_conf_error"):
         assert col in df, col

@@ -25,7 +25,8 @@ SUMMARY = {
                             "auroc_error": _est(None, n=7, too_small=True)}},
     },
     "high_conf_errors": {"threshold": 0.9, "rate": _est(0.05, 0.02, 0.1), "top": [
-        {"image_id": "ISIC_1", "label": "mel", "pred": "nv", "confidence": 0.97, "off_target": True}]},
+        {"image_id": "ISIC_1", "label": "mel", "pred": "nv", "confidence": 0.97, "off_target": True,
+         "flips_without": ["ruler"]}]},
     "calibration": {"ece": _est(0.083, 0.061, 0.11, 120), "ece_if_calibrated": 0.041, "n_bins": 10},
     "operating_points": {"positive_class": "mel", "tuning": "validation split", "n": 120, "n_pos": 25, "points": [
         {"target_sensitivity": 0.9, "threshold": 0.21, "sensitivity": _est(0.88, 0.7, 0.96, 25),
@@ -54,6 +55,7 @@ def test_summary_text_at_100_columns():
     assert "Operating points for mel (thresholds tuned on: validation split; n = 120, 25 positive)" in text
     assert " 0.210 " in text                   # the tuned threshold
     assert "ISIC_1" in text and "reports/run_x/" in text
+    assert "flips without" in text and next(ln for ln in text.splitlines() if "ISIC_1" in ln).rstrip(" │").endswith("ruler")
 
 
 def test_files_line_lists_only_what_was_written(tmp_path):
