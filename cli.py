@@ -246,6 +246,12 @@ def cmd_discover(args) -> int:
     from audit.errors import ConfigError
     if not args.out and not args.run_dir:
         raise ConfigError("discover: pass --run-dir RUN or --out AUDIT_DIR (a folder holding cams.npz)")
+    for opt, v in (("--k", args.k), ("--min-n", args.min_n)):  # before any audit runs
+        if v is not None and v < 1:
+            raise ConfigError(f"{opt}: expected a positive integer, got {v}"
+                              + (" (leave --k out to choose it by the eigengap)" if opt == "--k" else ""))
+    if not 0 <= args.seed < 2 ** 32:
+        raise ConfigError(f"--seed: expected an integer in [0, 2^32), got {args.seed}")
     out = Path(args.out) if args.out else Path("reports") / Path(args.run_dir).name
     if not (out / "cams.npz").exists():
         if not args.run_dir:

@@ -96,6 +96,8 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"--limit: expected a positive integer, got {cfg.limit}")
     if cfg.n_boot < 1:
         raise ConfigError(f"--n-boot: expected a positive integer (bootstrap resamples per CI), got {cfg.n_boot}")
+    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2 ** 32:
+        raise ConfigError(f"--seed: expected an integer in [0, 2^32), got {cfg.seed!r}")
     if not 0 < cfg.high_conf <= 1:
         raise ConfigError(f"--high-conf: expected a probability in (0, 1], got {cfg.high_conf}")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda") and cfg.device != "mps":

@@ -242,7 +242,9 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
             if (rd / "args.yaml").is_file():
                 cfg_path = rd / "args.yaml"
                 raw = timm_args_config(cfg_path, classes)
-    where = str(cfg_path) if cfg_path else "--arch/--classes"
+    where = str(cfg_path) if cfg_path else (
+        f"{rd}: no config.yaml, config.json or timm args.yaml; --arch/--classes" if rd is not None
+        else "--arch/--classes")
     m = raw.get("model") or {}
     if isinstance(m, str):
         m = {"name": m}

@@ -70,6 +70,7 @@ def _bad_manifest(tiny_run, text):
 
 @pytest.mark.parametrize("args,match", [
     (["--run-dir", "{tmp}/nope"], "run directory not found"),
+    (["--run-dir", "{tmp}"], "no config.yaml, config.json or timm args.yaml"),
     (["--run-dir", "{run}", "--layer", "layer9"], "--layer 'layer9': no such module"),
     (["--run-dir", "{run}", "--target", "zebra"], "--target 'zebra'"),
     (["--run-dir", "{run}", "--split", "holdout"], "--split 'holdout' not found"),
@@ -80,10 +81,11 @@ def _bad_manifest(tiny_run, text):
     (["--run-dir", "{run}", "--by", "nope"], "--by column 'nope' not found"),
     (["--run-dir", "{run}", "--n-boot", "0"], "--n-boot: expected a positive integer"),
     (["--run-dir", "{run}", "--gallery-n", "-1"], "--gallery-n: expected an integer ≥ 0"),
+    (["--run-dir", "{run}", "--seed", "-1"], "--seed: expected an integer in [0, 2^32)"),
     (["--run-dir", "{run}", "--config", "{topkey}"], "unknown top-level section(s) ['gate']"),
     (["--run-dir", "{run}", "--device", "cuda:0"], None),
-], ids=["run-dir", "layer", "target", "split", "manifest", "no-label", "bad-label", "bad-yaml", "by", "n-boot",
-        "gallery-n", "preset-section", "device"])
+], ids=["run-dir", "no-config", "layer", "target", "split", "manifest", "no-label", "bad-label", "bad-yaml", "by", "n-boot",
+        "gallery-n", "seed", "preset-section", "device"])
 def test_bad_input_exit_2(tiny_run, tmp_path, capsys, args, match):
     import torch
     if match is None:
@@ -105,6 +107,14 @@ def test_bad_input_exit_2(tiny_run, tmp_path, capsys, args, match):
     assert rc == 2
     assert err.startswith("error: ") and "\n" not in err and match in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("opt,val", [("--k", "0"), ("--min-n", "-3"), ("--seed", "-1")])
+def test_discover_refuses_bad_numbers_before_any_work(tiny_run, tmp_path, capsys, opt, val):
+    rc = cli.main(["discover", "--run-dir", str(tiny_run), "--out", str(tmp_path / "o"), opt, val, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {opt}: expected") and val in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # refused before the audit it would have run
 
 
 def test_masks_command_counts_failures_and_refuses_bad_input(tmp_path, capsys):
