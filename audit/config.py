@@ -54,13 +54,44 @@ class AuditConfig:
     # from the preset
     regions: dict = field(default_factory=dict)
     data_spec: dict = field(default_factory=dict)
+    preset_input: dict = field(default_factory=dict)  # the preset's grid for scan/masks; the audit uses the run's
     gates: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-AUDIT_KEYS = {f.name for f in fields(AuditConfig)} - {"regions", "data_spec", "gates"}
+AUDIT_KEYS = {f.name for f in fields(AuditConfig)} - {"regions", "data_spec", "gates", "preset_input"}
+
+
+_TYPES = {f.name: str(f.type) for f in fields(AuditConfig)}
+
+
+def _typed(key: str, v, preset: str | Path | None = None) -> object:
+    """A preset's `audit.<key>` value checked against the field's type (ints stay ints; a float field takes an
+    int); one line naming the file and the key otherwise."""
+    t = _TYPES.get(key, "")
+    optional = t.endswith("| None")
+    base = t.replace(" | None", "")
+    if v is None and optional:
+        return v
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    if base == "str" and num(v):  # a class named 1 written unquoted: the name is the text
+        v = str(v)
+    if base == "list[str]" and isinstance(v, list) and all(num(x) or isinstance(x, str) for x in v):
+        v = [str(x) for x in v]
+    ok, what = {
+        "int": (isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "float": (num(v), "a number"),
+        "bool": (isinstance(v, bool), "true or false"),
+        "str": (isinstance(v, str), "a string"),
+        "list[str]": (isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+        "list[float]": (isinstance(v, list) and all(num(x) for x in v), "a list of numbers"),
+    }.get(base, (True, ""))
+    if not ok:
+        raise ConfigError(f"{preset + ': ' if preset else ''}audit.{key}: expected {what}"
+                          f"{' or null' if optional else ''}, got {v!r}")
+    return float(v) if base == "float" else v
 
 
 def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
@@ -70,9 +101,11 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
     if preset:
         from masks.presets import load_preset
         pre = load_preset(preset)
-        merged.update(pre.get("audit") or {})  # its keys were checked by load_preset
+        merged.update({k: _typed(k, v, str(preset)) for k, v in (pre.get("audit") or {}).items()})  # keys checked by
+        # load_preset; values here, since YAML hands over whatever was written ("n_boot: many")
         merged["regions"] = pre.get("regions") or {}
         merged["data_spec"] = pre.get("data") or {}
+        merged["preset_input"] = pre.get("input") or {}
         merged["gates"] = pre.get("gates") or {}
         merged["preset"] = str(preset)
     for k, v in cli.items():
@@ -98,6 +131,9 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"--n-boot: expected a positive integer (bootstrap resamples per CI), got {cfg.n_boot}")
     if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2 ** 32:
         raise ConfigError(f"--seed: expected an integer in [0, 2^32), got {cfg.seed!r}")
+    if not cfg.sensitivities or not all(0 < float(x) <= 1 for x in cfg.sensitivities):
+        raise ConfigError(f"{cfg.preset + ': ' if cfg.preset else ''}audit.sensitivities: expected target "
+                          f"sensitivities in (0, 1], got {cfg.sensitivities!r}")
     if not 0 < cfg.high_conf <= 1:
         raise ConfigError(f"--high-conf: expected a probability in (0, 1], got {cfg.high_conf}")
     if cfg.device != "cpu" and not cfg.device.startswith("cuda") and cfg.device != "mps":

@@ -24,6 +24,36 @@ KNOWN = ("min_median_target_frac", "max_artifact_lift", "max_high_conf_error_rat
          "min_accuracy", "max_sanity_correlation")
 
 
+RANGES = {"min_median_target_frac": (0.0, 1.0), "max_artifact_lift": (0.0, float("inf")),
+          "max_high_conf_error_rate": (0.0, 1.0), "max_counterfactual_flip_rate": (0.0, 1.0),
+          "min_accuracy": (0.0, 1.0), "max_sanity_correlation": (-1.0, 1.0), "min_sensitivity_at_": (0.0, 1.0)}
+
+
+def _check_threshold(name: str, t) -> float:
+    """The gate's threshold as a float, refused (one line naming the gate) when it is not a number or lies
+    outside what its figure can take (a share in [0, 1], a lift ≥ 0, a correlation in [−1, 1]): such a gate
+    would pass or fail every model whatever it does."""
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ConfigError(f"gates.{name}: expected a number, got {t!r}") from None
+    key = "min_sensitivity_at_" if name.startswith("min_sensitivity_at_") else name
+    lo, hi = RANGES.get(key, (-float("inf"), float("inf")))
+    if not (lo <= t <= hi):  # NaN fails too
+        want = f"≥ {lo:g}" if hi == float("inf") else f"in [{lo:g}, {hi:g}]"
+        raise ConfigError(f"gates.{name}: expected a threshold {want}, got {t!r}")
+    if key == "min_sensitivity_at_":
+        s = name[len(key):]
+        try:
+            ok = 0.0 < float(s) < 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"gates.{name}: expected min_sensitivity_at_<s> with s a target sensitivity in "
+                              f"(0, 1), e.g. min_sensitivity_at_0.90; got {s!r}")
+    return t
+
+
 def _entry(name, est, threshold, higher_is_better, note=""):
     v = None if est is None else est.get("value")
     ci = None if est is None or est.get("lo") is None else [est.get("lo"), est.get("hi")]
@@ -38,10 +68,10 @@ def evaluate_gates(gates: dict, summary: dict) -> tuple[list[dict], str]:
     """(entries, verdict). verdict: "pass" when every gate passed, else "fail"; "none" when no gate is set."""
     out: list[dict] = []
     for name, t in (gates or {}).items():
-        try:
-            t = float(t)
-        except (TypeError, ValueError):
-            raise ConfigError(f"gates.{name}: expected a number, got {t!r}") from None
+        if name not in KNOWN and not name.startswith("min_sensitivity_at_"):
+            raise ConfigError(f"gates.{name}: unknown gate; expected one of {', '.join(KNOWN)}, "
+                              "min_sensitivity_at_<s>")
+        t = _check_threshold(name, t)
         regions = summary.get("regions", {})
         if name == "min_median_target_frac":
             targets = {r: e for r, e in regions.items() if e["kind"] == "target"}

@@ -61,6 +61,20 @@ def resolve_target(rule: str, classes: list[str]) -> str | int:
 VALIDATION_SPLITS = ("val", "valid", "validation")
 
 
+def grid_note(preset_input: dict, spec) -> str | None:
+    """A note when the preset's `input:` grid (which scan and masks use) differs from the model's own
+    preprocessing, which the audit always uses: the preset's values are not applied. None when they agree."""
+    if not preset_input:
+        return None
+    ours = {"size": spec.size, "resize": spec.resize, "crop_pct": spec.crop_pct, "interpolation": spec.interpolation}
+    diff = {k: v for k, v in preset_input.items() if k in ours and v != ours[k]}
+    if not diff:
+        return None
+    return ("the preset's input (" + ", ".join(f"{k} {v}" for k, v in diff.items()) + ") is not used: the audit "
+            "applies the model's own preprocessing (" + ", ".join(f"{k} {ours[k]}" for k in diff) + "); the "
+            "preset's grid applies to scan and masks")
+
+
 def early_layer_note(model: torch.nn.Module, layer: str, cam_hw, spec) -> str | None:
     """A warning when the default layer is an early one (maps at ≥ 1/16 of the input side) with most of the
     network after it: the model's later layers are not spatial maps the auditor recognises (e.g. LeViT's
@@ -281,6 +295,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                             positive=positive, val=val_probs)
     if val_probs is not None and isinstance(summary.get("operating_points"), dict):
         summary["operating_points"]["validation_split"] = val_name
+    grid = grid_note(cfg.preset_input, spec)
+    if grid:
+        summary["data"]["grid_note"] = grid
     note = early_layer_note(model, layer, cam_hw, spec) if not cfg.layer else None
     if note:
         summary["cam"]["note"] = note

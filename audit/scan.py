@@ -73,6 +73,9 @@ class ScanResult:
 
 # ================================================================================================ input helpers
 
+PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation")
+
+
 def scan_input_spec(preset: Mapping | None) -> InputSpec:
     """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct, interpolation),
     default 224 stretch."""
@@ -80,7 +83,11 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
     from .run import INPUT_KEYS
     unknown = [str(k) for k in inp if k not in INPUT_KEYS]
     if unknown:
-        raise ConfigError(f"input: unknown key(s) {unknown}; expected some of {list(INPUT_KEYS)}")
+        raise ConfigError(f"input: unknown key(s) {unknown}; expected some of {list(PRESET_INPUT_KEYS)}")
+    model_only = [str(k) for k in inp if k not in PRESET_INPUT_KEYS]
+    if model_only:  # accepted and ignored, they would look as if they changed something
+        raise ConfigError(f"input: {model_only} belong to the run's config.yaml (the model's own preprocessing); "
+                          f"a preset's input sets the grid of scan and masks: {list(PRESET_INPUT_KEYS)}")
     try:
         return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
                          crop_pct=float(inp.get("crop_pct", 1.0)),
@@ -116,6 +123,16 @@ def _scan_options(preset: Mapping) -> dict:
     unknown = sorted(set(sec) - set(SCAN_KEYS))
     if unknown:
         raise ConfigError(f"scan: unknown key(s) {unknown}; expected {list(SCAN_KEYS)}")
+    for k in ("min_n", "top_k"):
+        v = sec.get(k)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ConfigError(f"scan.{k}: expected a positive integer, got {v!r}")
+    for k in ("flag_cols", "by"):
+        v = sec.get(k)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            raise ConfigError(f"scan.{k}: expected a list of column names, got {v!r}")
+    if sec.get("id_col") is not None and not isinstance(sec["id_col"], str):
+        raise ConfigError(f"scan.id_col: expected a column name, got {sec['id_col']!r}")
     return dict(sec)
 
 

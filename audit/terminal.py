@@ -83,6 +83,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}"
         + _ece_text(s.get("calibration") or {}))
     parts = [head]
+    if d.get("grid_note"):
+        parts.append(Text(f"Grid: {d['grid_note']}", style="dim"))
     if (s.get("cam") or {}).get("note"):
         parts.append(Text(f"Layer: {s['cam']['note']}", style="bold yellow"))
     if s["run"].get("weights_note"):

@@ -192,6 +192,11 @@ def _region_config(name: str, opts: Any) -> RegionConfig:
     if unknown:
         raise ConfigError(f"regions.{name}: unknown option(s) {unknown}; expected {sorted(COMMON_KEYS + FILE_KEYS)}"
                           f" or the provider's parameters {sorted(e.params)}")
+    for k, v in opts.items():  # a number where the provider's default is one (else every image fails alike)
+        d = e.params.get(k)
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"regions.{name}.{k}: expected a number ≥ 0 (default {d}), got {v!r}")
     params = {**e.params, **opts}
     return RegionConfig(name, e.kind, source, fallback, file, params)
 

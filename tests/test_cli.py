@@ -330,3 +330,25 @@ def test_audit_splits_by_a_file_artifact_whose_absence_is_known(tiny_run, tmp_pa
     assert (ba["with"]["n"], ba["without"]["n"], ba["n_unknown"]) == (2, 4, 0)
     assert res.per_image["present_patches"].tolist() == [True, False, True, False, False, False]
     assert res.summary["regions"]["patches"]["n_missing"] == 4  # no mask: the fraction stays undefined, not 0
+
+
+def test_preset_grid_that_differs_from_the_model_is_named_not_applied(tiny_run, tmp_path):
+    from audit.config import resolve_config
+    from audit.pipeline import run_audit
+    from audit.scan import scan_input_spec
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 224, resize: stretch}\nregions: {border: {}}\n")
+    res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o"), "workers": 0,
+                                    "n_boot": 20}, str(preset)))
+    assert res.summary["data"]["grid_note"] == ("the preset's input (size 224) is not used: the audit applies the "
+                                                "model's own preprocessing (size 64); the preset's grid applies to "
+                                                "scan and masks")
+    assert np.load(tmp_path / "o" / "cams.npz")["cam"].shape[1:] == (2, 2)  # 64 px input, not 224
+    same = tmp_path / "same.yaml"
+    same.write_text("input: {size: 64}\n")
+    res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o2"), "workers": 0,
+                                    "n_boot": 20}, str(same)))
+    assert "grid_note" not in res.summary["data"]
+    from audit.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"\['mean'\] belong to the run's config.yaml"):
+        scan_input_spec({"input": {"mean": [0.5, 0.5, 0.5]}})

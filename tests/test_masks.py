@@ -62,6 +62,11 @@ def test_unknown_kind_and_unknown_region_are_loud():
         build_regions({"lungs": {"source": "file", "values": "lots"}})
     with pytest.raises(ConfigError, match="need source: file"):
         build_regions({"text": {"values": [1]}})
+    # a provider's numeric parameter must be a number: "abc" used to fail every image alike, the audit went on
+    for bad in ("abc", -0.1, float("nan"), True, [0.1]):
+        with pytest.raises(ConfigError, match=r"regions\.border\.width: expected a number ≥ 0 \(default 0\.08\)"):
+            build_regions({"border": {"width": bad}})
+    assert build_regions({"border": {"width": 3}}).configs[0].params["width"] == 3  # pixels
 
 
 def test_regionset_kinds_and_pickle():

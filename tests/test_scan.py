@@ -471,3 +471,16 @@ def test_p_values_that_underflow_do_not_read_zero():
     pres = np.array([True] * 480 + [False] * 20 + [True] * 100 + [False] * 3900)
     e = _associations(lab, pres, "ink", ["mel", "nv"], "mel", min_n=10, alpha=0.05)[0]
     assert e["odds_ratio"]["p"] == 0.0 and "Fisher p < 1e-300" in e["text"]
+
+
+@pytest.mark.parametrize("sec,words", [({"min_n": "lots"}, "scan.min_n: expected a positive integer"),
+                                       ({"top_k": 0}, "scan.top_k: expected a positive integer"),
+                                       ({"by": "site"}, "scan.by: expected a list of column names"),
+                                       ({"id_col": 3}, "scan.id_col: expected a column name")])
+def test_scan_section_values_are_checked(tmp_path, sec, words):
+    from masks.presets import load_preset
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"regions": {"ink": {}}, "scan": sec}))
+    with pytest.raises(ConfigError) as ei:
+        load_preset(p)
+    assert str(ei.value).startswith(f"{p}: ") and words in str(ei.value)

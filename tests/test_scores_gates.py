@@ -81,6 +81,22 @@ def test_gates_verdicts():
         evaluate_gates({"min_accuracy": "high"}, _summary())
 
 
+
+@pytest.mark.parametrize("gates,words", [
+    ({"max_artifact_lift": -1}, "gates.max_artifact_lift: expected a threshold ≥ 0, got -1.0"),
+    ({"min_sensitivity_at_0.90": 1.5}, "gates.min_sensitivity_at_0.90: expected a threshold in [0, 1], got 1.5"),
+    ({"min_median_target_frac": float("nan")}, "gates.min_median_target_frac: expected a threshold in [0, 1]"),
+    ({"max_sanity_correlation": -2}, "expected a threshold in [-1, 1]"),
+    ({"min_sensitivity_at_high": 0.8}, "s a target sensitivity in (0, 1)"),
+    ({"min_sensitivity_at_1.2": 0.8}, "got '1.2'"),
+])
+def test_gate_thresholds_a_model_could_never_meet_or_miss_are_refused(gates, words):
+    with pytest.raises(ConfigError) as ei:
+        evaluate_gates(gates, {})
+    assert words in str(ei.value)
+    evaluate_gates({"max_artifact_lift": 0, "min_accuracy": 1, "max_sanity_correlation": -1}, {})  # edges allowed
+
+
 def test_by_artifact_from_metadata_flag():
     import pandas as pd
 
@@ -125,3 +141,33 @@ def test_off_target_rate_counts_only_images_where_the_flag_is_defined():
                       n_skipped=0, timing={})
     assert s["off_target"]["rate"]["n"] == 3 and s["off_target"]["n_undefined"] == 2
     assert s["off_target"]["rate"]["value"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("audit:\n  n_boot: many\n", "audit.n_boot: expected an integer, got 'many'"),
+    ("audit:\n  counterfactual: yes please\n", "audit.counterfactual: expected true or false"),
+    ("audit:\n  high_conf: [0.9]\n", "audit.high_conf: expected a number"),
+    ("audit:\n  by: site\n", "audit.by: expected a list of strings"),
+    ("audit:\n  limit: 2.5\n", "audit.limit: expected an integer or null"),
+    ("audit:\n  sensitivities: [0.9, 90]\n", "audit.sensitivities: expected target sensitivities in (0, 1]"),
+])
+def test_preset_audit_values_are_type_checked(tmp_path, text, words):
+    from audit.config import resolve_config
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        resolve_config({}, p)
+    assert str(ei.value).startswith(f"{p}: ") and words in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_preset_audit_values_that_are_fine():
+    import tempfile
+    from pathlib import Path
+
+    from audit.config import resolve_config
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "p.yaml"
+        p.write_text("audit:\n  high_conf: 1\n  positive: 1\n  n_boot: 50\n  limit: null\n  sensitivities: [0.9, 1]\n")
+        cfg = resolve_config({}, p)
+    assert cfg.high_conf == 1.0 and isinstance(cfg.high_conf, float) and cfg.positive == "1"
+    assert cfg.n_boot == 50 and cfg.limit is None and cfg.sensitivities == [0.9, 1]

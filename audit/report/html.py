@@ -140,6 +140,8 @@ def _header(inp: ReportInputs) -> str:
              + (f" · positive class <b>{esc(inp.positive)}</b>" if inp.positive else ""),
              f"<br>rendered {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
              f"{esc(inp.out_dir)}</p>"]
+    if data.get("grid_note"):
+        parts.append(f'<p class="meta">Grid: {esc(data["grid_note"])}</p>')
     if cam.get("note"):
         parts.append(f'<p class="note">Layer: {esc(cam["note"])}</p>')
     v = s.get("verdict")
