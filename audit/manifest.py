@@ -45,6 +45,13 @@ class DataSpec:
                               "mask_pattern, image_root, label_index, manifest")
         if not isinstance(d.get("label_index", False), bool):
             raise ConfigError(f"data.label_index: expected true or false, got {d['label_index']!r}")
+        cols = d.get("columns") or {}
+        if not isinstance(cols, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in cols.items()):
+            raise ConfigError(f"data.columns: expected a mapping of canonical name → the CSV's column (e.g. "
+                              f"{{label: dx}}), got {cols!r}")
+        for k in ("image_pattern", "mask_pattern", "image_root"):
+            if d.get(k) is not None and not isinstance(d[k], str):
+                raise ConfigError(f"data.{k}: expected a string, got {d[k]!r}")
         return cls(columns=dict(d.get("columns") or {}), image_pattern=d.get("image_pattern"),
                    mask_pattern=d.get("mask_pattern"), image_root=d.get("image_root"),
                    label_index=bool(d.get("label_index", False)))

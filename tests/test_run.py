@@ -264,6 +264,11 @@ def test_integer_labels_read_as_class_indices_only_when_asked(tmp_path):
         load_manifest(m, DataSpec(label_index=True), classes=classes)
     with pytest.raises(ConfigError, match="data.label_index: expected true or false"):
         DataSpec.from_dict({"label_index": "yes"})
+    with pytest.raises(ConfigError, match=r"data.columns: expected a mapping of canonical name"):
+        DataSpec.from_dict({"columns": ["a", "b"]})  # was a ValueError traceback from dict()
+    with pytest.raises(ConfigError, match="data.image_pattern: expected a string"):
+        DataSpec.from_dict({"image_pattern": ["images/{image_id}.jpg"]})
+    assert DataSpec.from_dict({"columns": {"label": "dx"}}).columns == {"label": "dx"}
 
 
 @pytest.mark.parametrize("image_root", [None, "imgs", "ABS"])
