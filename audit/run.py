@@ -265,6 +265,9 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     if src not in ("torchvision", "timm"):
         raise RunDirError(f"{where}: model.source must be 'torchvision' or 'timm', got {src!r}")
     n = m.get("num_classes")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise RunDirError(f"{where}: model.num_classes must be a positive integer (the network's output count), "
+                          f"got {n!r}")
     k, n_logits = m.get("binary_logit"), None
     if k is None and n is not None and int(n) == 1:
         k = 0  # a one-output (sigmoid) binary model

@@ -359,7 +359,9 @@ def test_one_output_of_a_multi_label_model_audited_as_binary(tmp_path):
     assert cfg.n_outputs == 5 and cfg.num_classes == 2 and "output 3 of 5" in cfg.to_dict()["model"]["outputs"]
     for model_cfg, match in (({"num_classes": 5, "binary_logit": 5}, "binary_logit = 5 but the network has 5 outputs"),
                              ({"binary_logit": 2}, "binary_logit = 2 needs model.num_classes"),
-                             ({"num_classes": 5, "binary_logit": "3"}, "must be an output index")):
+                             ({"num_classes": 5, "binary_logit": "3"}, "must be an output index"),
+                             ({"num_classes": "two"}, "model.num_classes must be a positive integer"),
+                             ({"num_classes": 0}, "model.num_classes must be a positive integer")):
         (rd / "config.yaml").write_text(yaml.safe_dump({**base, "model": {"name": "resnet18", **model_cfg}}))
         with pytest.raises(RunDirError, match=match):
             load_run(rd)
