@@ -82,6 +82,12 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
         raise ManifestError(f"{csv_path}: cannot parse CSV ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if df.empty:
         raise ManifestError(f"{csv_path}: manifest has no rows")
+    if len(df.columns) == 1:  # a manifest of one column is almost always another delimiter
+        head = str(df.columns[0])
+        sep = next((name for ch, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")) if ch in head), None)
+        if sep:
+            raise ManifestError(f"{csv_path}: one column {head!r}: the file seems separated by {sep}; save it "
+                                "comma-separated (columns image,label[,split,mask])")
     for canon, src in spec.columns.items():
         if canon not in CANONICAL:
             raise ManifestError(f"{csv_path}: data.columns maps unknown field {canon!r}; expected one of {CANONICAL}")

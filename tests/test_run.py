@@ -379,3 +379,16 @@ def test_top2_margin_is_log_odds_of_the_top_two():
     two = two_class_logits(None, None, torch.tensor([[3.0], [-5.0]]))
     np.testing.assert_allclose(top2_margin(two), [3.0, 5.0])
     assert np.isnan(top2_margin(torch.zeros(2, 1))).all()
+
+
+@pytest.mark.parametrize("sep,name", [(";", "semicolons"), ("\t", "tabs")])
+def test_manifest_with_another_delimiter_is_named(tmp_path, sep, name):
+    from audit.errors import ManifestError
+    from audit.manifest import load_manifest
+    m = tmp_path / "m.csv"
+    m.write_text(sep.join(["image", "label"]) + "\n" + sep.join(["a.png", "x"]) + "\n")
+    with pytest.raises(ManifestError, match=f"seems separated by {name}"):
+        load_manifest(m)
+    m.write_text("image\na.png\n")  # one genuine column: the usual missing-label message
+    with pytest.raises(ManifestError, match="missing column 'label'"):
+        load_manifest(m)
