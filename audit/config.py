@@ -67,7 +67,7 @@ AUDIT_KEYS = {f.name for f in fields(AuditConfig)} - {"regions", "data_spec", "g
 _TYPES = {f.name: str(f.type) for f in fields(AuditConfig)}
 
 
-def _typed(key: str, v, preset: str | Path | None = None) -> object:
+def audit_value(key: str, v, preset: str | Path | None = None) -> object:
     """A preset's `audit.<key>` value checked against the field's type (ints stay ints; a float field takes an
     int); one line naming the file and the key otherwise."""
     t = _TYPES.get(key, "")
@@ -101,8 +101,8 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
     if preset:
         from masks.presets import load_preset
         pre = load_preset(preset)
-        merged.update({k: _typed(k, v, str(preset)) for k, v in (pre.get("audit") or {}).items()})  # keys checked by
-        # load_preset; values here, since YAML hands over whatever was written ("n_boot: many")
+        # keys and values were checked by load_preset; audit_value also coerces (an int to a float field)
+        merged.update({k: audit_value(k, v, str(preset)) for k, v in (pre.get("audit") or {}).items()})
         merged["regions"] = pre.get("regions") or {}
         merged["data_spec"] = pre.get("data") or {}
         merged["preset_input"] = pre.get("input") or {}

@@ -50,7 +50,7 @@ def load_preset(path: str | Path) -> dict:
 def _check_sections(cfg: dict) -> None:
     """Every section checked key by key, whichever command reads the preset (a typo in `gates:` fails `scan`
     too, so that a preset that scans also audits)."""
-    from audit.config import AUDIT_KEYS, _typed
+    from audit.config import AUDIT_KEYS, audit_value
     from audit.gates import evaluate_gates
     from audit.manifest import DataSpec
     from audit.scan import _scan_options, scan_input_spec
@@ -65,7 +65,7 @@ def _check_sections(cfg: dict) -> None:
     if unknown:
         raise ConfigError(f"unknown key(s) in audit: {unknown}")
     for k, v in audit.items():
-        _typed(k, v)
+        audit_value(k, v)
     gates = cfg.get("gates") or {}
     if not isinstance(gates, dict):
         raise ConfigError(f"gates: expected a mapping of gate name → threshold, got {type(gates).__name__}")
