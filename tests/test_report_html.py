@@ -251,3 +251,13 @@ def test_accuracy_section_gives_the_calibration_error_with_its_ci_and_n(plain_in
             "calibrated model with these confidences would read 0.041 on average)") in sec
     small = {"calibration": {"ece": _est(None, None, None, 4, True), "n_bins": 10, "method": ""}}
     assert "expected calibration error small n=4" in _page(plain_inputs, small)
+
+
+def test_region_table_gives_the_lift_with_its_ci(plain_inputs):
+    regs = {r: dict(e) for r, e in plain_inputs.summary["regions"].items()}
+    regs["ruler"]["lift"] = _est(5.0, 3.94, 6.61, 4)
+    page = _page(plain_inputs, {"regions": regs})
+    rows = {row[0]: row for row in _rows(page, "Where the evidence lies")}
+    assert rows["ruler"][4] == "5.0× [3.9, 6.6]"
+    assert rows["lesion"][4] == "1.5×"  # no estimate with a CI in the summary: the point alone, no "[nan, nan]"
+    assert "median lift [95% CI]" in page

@@ -196,15 +196,25 @@ def _regions(inp: ReportInputs) -> str:
         elif e.get("kind") == "target" and med is not None:
             cls = "pass" if med >= 0.5 else "undef"
         rows.append([_c(r), _c(e.get("kind", "?")), _c(f"{e.get('n_present', '?')} / {e.get('n_missing', 0)}"),
-                     _c(fmt_est(st.get("median_all")), cls), _c("—" if lift is None else f"{lift:.1f}×"),
+                     _c(fmt_est(st.get("median_all")), cls), _c(_lift_text(e)),
                      _c(_num(e.get("median_area"))), _c(fmt_est(st.get("diff_median"))),
                      _c(fmt_est(st.get("spearman_conf_all"))), _c(fmt_est(st.get("auroc_error"))),
                      _c(fmt_est(e.get("pointing_game"), pct=True))])
     return ("<h2>Where the evidence lies</h2><p>Share of Grad-CAM mass in each region (median over images, "
             "bootstrap 95% CI). Lift = share of evidence ÷ share of area (1 = no preference).</p>"
-            + _table(["region", "kind", "n present / missing", "median frac", "median lift", "median area",
+            + _table(["region", "kind", "n present / missing", "median frac", "median lift [95% CI]", "median area",
                       "correct − wrong", "ρ(conf)", "AUROC err", "pointing game"], rows, left=2)
             + _missing_note(regs))
+
+
+def _lift_text(e: dict) -> str:
+    """"3.1× [2.9, 3.2]": the median lift with its bootstrap CI (the figure max_artifact_lift gates)."""
+    lift, est = e.get("median_lift"), e.get("lift") or {}
+    if lift is None:
+        return "—"
+    lo, hi = est.get("lo"), est.get("hi")
+    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi))
+    return f"{lift:.1f}×" + (f" [{lo:.1f}, {hi:.1f}]" if ok else "")
 
 
 def _missing_note(regs: dict) -> str:
