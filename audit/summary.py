@@ -219,8 +219,18 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
         ok = off_target_defined(per_image, kinds)
         s["off_target"] = {"rate": rate(per_image["flag_off_target"].to_numpy()[ok].sum(), ok.sum()),
                            "n_undefined": int((~ok).sum()),
-                           "rule": f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}"}
+                           "rule": f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}",
+                           "artifact_lift": cfg.artifact_lift}
     return s
+
+
+def lift_alarm(s: dict) -> float:
+    """The lift above which a region's median lift is shown as an alarm: the max_artifact_lift gate when one
+    is set (the figure then fails a gate), else the off-target rule's artifact lift (default 3)."""
+    for g in s.get("gates") or []:
+        if str(g.get("name", "")).startswith("max_artifact_lift") and g.get("threshold") is not None:
+            return float(g["threshold"])
+    return float((s.get("off_target") or {}).get("artifact_lift", 3.0))
 
 
 def _jsonable(o):

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .stats import small_text
-from .summary import ABSENT_REASONS
+from .summary import ABSENT_REASONS, lift_alarm
 from .thresholds import fmt_threshold
 
 # what an audit may write, in the order the summary lists what is there (--no-report writes no report files)
@@ -101,6 +101,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         for col, j in (("region", "left"), ("n", "right"), ("median frac", "right"), ("lift", "right"),
                        ("correct − wrong", "right"), ("ρ(conf)", "right"), ("AUROC err", "right")):
             t.add_column(col, justify=j, no_wrap=True)
+        alarm = lift_alarm(s)
         # the kind as a heading row above its regions, not a column: the CIs need the width at 100 columns
         other = sorted({e["kind"] for e in s["regions"].values()} - {"target", "artifact"})
         for kind in ("target", "artifact", *other):
@@ -113,7 +114,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                 le = e.get("lift") or {}
                 lift = None if le.get("too_small") else (le.get("value") if le else e.get("median_lift"))
                 style = ""
-                if kind == "artifact" and lift is not None and lift > 2:
+                if kind == "artifact" and lift is not None and lift > alarm:
                     style = "bold red"
                 elif kind == "target":
                     med = st["median_all"].get("value")

@@ -261,3 +261,19 @@ def test_region_table_gives_the_lift_with_its_ci(plain_inputs):
     assert rows["ruler"][4] == "5.0× [3.9, 6.6]"
     assert rows["lesion"][4] == "1.5×"  # no estimate with a CI in the summary: the point alone, no "[nan, nan]"
     assert "median lift [95% CI]" in page
+
+
+def test_lift_alarm_follows_the_gate_else_the_off_target_rule(plain_inputs):
+    from audit.summary import lift_alarm
+    gate = {"name": "max_artifact_lift[ruler]", "threshold": 6.0}
+    assert lift_alarm({"gates": [gate], "off_target": {"artifact_lift": 3.0}}) == 6.0
+    assert lift_alarm({"gates": [], "off_target": {"artifact_lift": 4.0}}) == 4.0
+    assert lift_alarm({}) == 3.0
+
+    def ruler_cell(extra):
+        page = _page(plain_inputs, extra)
+        sec = page.split("<h2>Where the evidence lies</h2>", 1)[1].split("<h2>", 1)[0]
+        row = next(tr for tr in re.findall(r"<tr>(.*?)</tr>", sec) if ">ruler<" in tr)
+        return re.findall(r"<td([^>]*)>", row)[3]  # the median-frac cell carries the colour
+    assert "fail" in ruler_cell({"gates": [dict(gate, threshold=2.0)]})    # lift 5.0 fails a gate of 2
+    assert "fail" not in ruler_cell({"gates": [gate]})                    # ... not one of 6

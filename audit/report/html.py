@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..stats import small_text
+from ..summary import lift_alarm
 from ..thresholds import fmt_threshold
 from .gallery import GalleryGroup, words_for
 from .inputs import ReportInputs
@@ -186,12 +187,13 @@ def _regions(inp: ReportInputs) -> str:
     if not regs:
         return "<h2>Where the evidence lies</h2><p class=\"note\">No regions configured.</p>"
     rows = []
+    alarm = lift_alarm(inp.summary)
     for r, e in regs.items():
         st = e.get("stats") or {}
         lift = e.get("median_lift")
         med = (st.get("median_all") or {}).get("value")
         cls = ""
-        if e.get("kind") == "artifact" and lift is not None and lift > 2:
+        if e.get("kind") == "artifact" and lift is not None and lift > alarm:
             cls = "fail"
         elif e.get("kind") == "target" and med is not None:
             cls = "pass" if med >= 0.5 else "undef"
