@@ -220,8 +220,17 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
         s["off_target"] = {"rate": rate(per_image["flag_off_target"].to_numpy()[ok].sum(), ok.sum()),
                            "n_undefined": int((~ok).sum()),
                            "rule": f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}",
-                           "artifact_lift": cfg.artifact_lift}
+                           "artifact_lift": cfg.artifact_lift, "target_frac": cfg.off_target_frac}
     return s
+
+
+def target_floor(s: dict) -> float:
+    """The median target fraction below which a target region is shown as a concern: the
+    min_median_target_frac gate when one is set, else the off-target rule's target fraction (default 0.5)."""
+    for g in s.get("gates") or []:
+        if str(g.get("name", "")).startswith("min_median_target_frac") and g.get("threshold") is not None:
+            return float(g["threshold"])
+    return float((s.get("off_target") or {}).get("target_frac", 0.5))
 
 
 def lift_alarm(s: dict) -> float:

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .stats import small_text
-from .summary import ABSENT_REASONS, lift_alarm
+from .summary import ABSENT_REASONS, lift_alarm, target_floor
 from .thresholds import fmt_threshold
 
 # what an audit may write, in the order the summary lists what is there (--no-report writes no report files)
@@ -101,7 +101,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         for col, j in (("region", "left"), ("n", "right"), ("median frac", "right"), ("lift", "right"),
                        ("correct − wrong", "right"), ("ρ(conf)", "right"), ("AUROC err", "right")):
             t.add_column(col, justify=j, no_wrap=True)
-        alarm = lift_alarm(s)
+        alarm, floor = lift_alarm(s), target_floor(s)
         # the kind as a heading row above its regions, not a column: the CIs need the width at 100 columns
         other = sorted({e["kind"] for e in s["regions"].values()} - {"target", "artifact"})
         for kind in ("target", "artifact", *other):
@@ -118,7 +118,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                     style = "bold red"
                 elif kind == "target":
                     med = st["median_all"].get("value")
-                    style = "green" if med is not None and med >= 0.5 else "yellow"
+                    style = "green" if med is not None and med >= floor else "yellow"
                 t.add_row(Text(r), str(e["n_present"]), _fmt_est(st["median_all"], compact=True),
                           ("small" if le.get("too_small") else "—") if lift is None else f"{lift:.1f}×",
                           _fmt_est(st["diff_median"], compact=True), _fmt_est(st["spearman_conf_all"], compact=True),

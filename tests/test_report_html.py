@@ -269,6 +269,9 @@ def test_lift_alarm_follows_the_gate_else_the_off_target_rule(plain_inputs):
     assert lift_alarm({"gates": [gate], "off_target": {"artifact_lift": 3.0}}) == 6.0
     assert lift_alarm({"gates": [], "off_target": {"artifact_lift": 4.0}}) == 4.0
     assert lift_alarm({}) == 3.0
+    from audit.summary import target_floor
+    assert target_floor({"gates": [{"name": "min_median_target_frac[lesion]", "threshold": 0.3}]}) == 0.3
+    assert target_floor({"off_target": {"target_frac": 0.4}}) == 0.4 and target_floor({}) == 0.5
 
     def ruler_cell(extra):
         page = _page(plain_inputs, extra)
@@ -277,3 +280,9 @@ def test_lift_alarm_follows_the_gate_else_the_off_target_rule(plain_inputs):
         return re.findall(r"<td([^>]*)>", row)[3]  # the median-frac cell carries the colour
     assert "fail" in ruler_cell({"gates": [dict(gate, threshold=2.0)]})    # lift 5.0 fails a gate of 2
     assert "fail" not in ruler_cell({"gates": [gate]})                    # ... not one of 6
+
+    def lesion_cell(extra):  # the fixture's lesion median is 0.22
+        sec = _page(plain_inputs, extra).split("<h2>Where the evidence lies</h2>", 1)[1].split("<h2>", 1)[0]
+        return re.findall(r"<td([^>]*)>", next(tr for tr in re.findall(r"<tr>(.*?)</tr>", sec) if ">lesion<" in tr))[3]
+    assert "undef" in lesion_cell({"gates": []})                                             # under the default 0.5
+    assert "pass" in lesion_cell({"gates": [{"name": "min_median_target_frac[lesion]", "threshold": 0.2}]})

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..stats import small_text
-from ..summary import lift_alarm
+from ..summary import lift_alarm, target_floor
 from ..thresholds import fmt_threshold
 from .gallery import GalleryGroup, words_for
 from .inputs import ReportInputs
@@ -187,7 +187,7 @@ def _regions(inp: ReportInputs) -> str:
     if not regs:
         return "<h2>Where the evidence lies</h2><p class=\"note\">No regions configured.</p>"
     rows = []
-    alarm = lift_alarm(inp.summary)
+    alarm, floor = lift_alarm(inp.summary), target_floor(inp.summary)
     for r, e in regs.items():
         st = e.get("stats") or {}
         lift = e.get("median_lift")
@@ -196,7 +196,7 @@ def _regions(inp: ReportInputs) -> str:
         if e.get("kind") == "artifact" and lift is not None and lift > alarm:
             cls = "fail"
         elif e.get("kind") == "target" and med is not None:
-            cls = "pass" if med >= 0.5 else "undef"
+            cls = "pass" if med >= floor else "undef"
         rows.append([_c(r), _c(e.get("kind", "?")), _c(f"{e.get('n_present', '?')} / {e.get('n_missing', 0)}"),
                      _c(fmt_est(st.get("median_all")), cls), _c(_lift_text(e)),
                      _c(_num(e.get("median_area"))), _c(fmt_est(st.get("diff_median"))),
