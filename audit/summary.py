@@ -224,22 +224,24 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
     return s
 
 
+def _gate_or_rule(s: dict, gate: str, rule_key: str, default: float) -> float:
+    """The threshold of `gate` when the audit set it, else the off-target rule's `rule_key` value."""
+    for g in s.get("gates") or []:
+        if str(g.get("name", "")).startswith(gate) and g.get("threshold") is not None:
+            return float(g["threshold"])
+    return float((s.get("off_target") or {}).get(rule_key, default))
+
+
 def target_floor(s: dict) -> float:
     """The median target fraction below which a target region is shown as a concern: the
     min_median_target_frac gate when one is set, else the off-target rule's target fraction (default 0.5)."""
-    for g in s.get("gates") or []:
-        if str(g.get("name", "")).startswith("min_median_target_frac") and g.get("threshold") is not None:
-            return float(g["threshold"])
-    return float((s.get("off_target") or {}).get("target_frac", 0.5))
+    return _gate_or_rule(s, "min_median_target_frac", "target_frac", 0.5)
 
 
 def lift_alarm(s: dict) -> float:
     """The lift above which a region's median lift is shown as an alarm: the max_artifact_lift gate when one
     is set (the figure then fails a gate), else the off-target rule's artifact lift (default 3)."""
-    for g in s.get("gates") or []:
-        if str(g.get("name", "")).startswith("max_artifact_lift") and g.get("threshold") is not None:
-            return float(g["threshold"])
-    return float((s.get("off_target") or {}).get("artifact_lift", 3.0))
+    return _gate_or_rule(s, "max_artifact_lift", "artifact_lift", 3.0)
 
 
 def _jsonable(o):
