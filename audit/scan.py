@@ -116,6 +116,16 @@ def prepare_scan(data: str | Path, config: str | Path, label_col: str | None = N
     return preset, manifest, scan_input_spec(preset)
 
 
+INT_OPTIONS = {"min_n": 1, "top_k": 0}  # smallest value of each integer option (top_k 0: no contact sheets)
+
+
+def _check_int_option(key: str, v) -> None:
+    lo = INT_OPTIONS[key]
+    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo):
+        raise ConfigError(f"scan.{key}: expected " + ("a positive integer" if lo == 1 else f"an integer ≥ {lo}")
+                          + f", got {v!r}")
+
+
 def _scan_options(preset: Mapping) -> dict:
     sec = preset.get("scan") or {}
     if not isinstance(sec, Mapping):
@@ -123,10 +133,9 @@ def _scan_options(preset: Mapping) -> dict:
     unknown = sorted(set(sec) - set(SCAN_KEYS))
     if unknown:
         raise ConfigError(f"scan: unknown key(s) {unknown}; expected {list(SCAN_KEYS)}")
-    for k in ("min_n", "top_k"):
-        v = sec.get(k)
-        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            raise ConfigError(f"scan.{k}: expected a positive integer, got {v!r}")
+    for k, v in sec.items():
+        if k in INT_OPTIONS:
+            _check_int_option(k, v)
     for k in ("flag_cols", "by"):
         v = sec.get(k)
         if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
@@ -486,10 +495,8 @@ def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, wo
         raise ConfigError(f"--workers: expected an integer ≥ 0, got {workers!r}")
     if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
         raise ConfigError(f"--limit: expected a positive integer, got {limit!r}")
-    if not (isinstance(min_n, (int, np.integer)) and min_n >= 1):
-        raise ConfigError(f"scan.min_n: expected a positive integer, got {min_n!r}")
-    if not (isinstance(top_k, (int, np.integer)) and top_k >= 0):
-        raise ConfigError(f"scan.top_k: expected an integer ≥ 0, got {top_k!r}")
+    _check_int_option("min_n", min_n)
+    _check_int_option("top_k", top_k)
 
 
 def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpec, by: Sequence[str] = (),
@@ -524,7 +531,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     by = list(by or opts.get("by") or [])
     flag_cols = list(flag_cols or opts.get("flag_cols") or [])
     id_col = id_col or opts.get("id_col")
-    min_n = int(min_n if min_n is not None else opts.get("min_n", 10))
+    min_n = int(min_n if min_n is not None else opts.get("min_n", 10))  # preset values checked by _scan_options
     top_k = int(top_k if top_k is not None else opts.get("top_k", 16))
     _validate(manifest, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k)
     rs, sources, skipped = _artifact_plan(preset, flag_cols)

@@ -474,7 +474,7 @@ def test_p_values_that_underflow_do_not_read_zero():
 
 
 @pytest.mark.parametrize("sec,words", [({"min_n": "lots"}, "scan.min_n: expected a positive integer"),
-                                       ({"top_k": 0}, "scan.top_k: expected a positive integer"),
+                                       ({"top_k": -1}, "scan.top_k: expected an integer ≥ 0"),
                                        ({"by": "site"}, "scan.by: expected a list of column names"),
                                        ({"id_col": 3}, "scan.id_col: expected a column name")])
 def test_scan_section_values_are_checked(tmp_path, sec, words):
@@ -484,3 +484,11 @@ def test_scan_section_values_are_checked(tmp_path, sec, words):
     with pytest.raises(ConfigError) as ei:
         load_preset(p)
     assert str(ei.value).startswith(f"{p}: ") and words in str(ei.value)
+
+
+def test_scan_top_k_zero_is_allowed(tmp_path):
+    """top_k: 0 turns the contact sheets off (the preset check must not refuse what the scan supports)."""
+    from masks.presets import load_preset
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"regions": {"ink": {}}, "scan": {"top_k": 0, "min_n": 3}}))
+    assert load_preset(p)["scan"]["top_k"] == 0
