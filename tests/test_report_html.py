@@ -260,6 +260,9 @@ def test_region_table_gives_the_lift_with_its_ci(plain_inputs):
     rows = {row[0]: row for row in _rows(page, "Where the evidence lies")}
     assert rows["ruler"][4] == "5.0× [3.9, 6.6]"
     assert rows["lesion"][4] == "1.5×"  # no estimate with a CI in the summary: the point alone, no "[nan, nan]"
+    regs["ruler"]["lift"] = _est(None, None, None, 4, True)
+    rows = {row[0]: row for row in _rows(_page(plain_inputs, {"regions": regs}), "Where the evidence lies")}
+    assert rows["ruler"][4] == "small n=4"  # as the terminal says it
     assert "median lift [95% CI]" in page
 
 

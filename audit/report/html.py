@@ -212,6 +212,8 @@ def _regions(inp: ReportInputs) -> str:
 def _lift_text(e: dict) -> str:
     """"3.1× [2.9, 3.2]": the median lift with its bootstrap CI (the figure max_artifact_lift gates)."""
     lift, est = e.get("median_lift"), e.get("lift") or {}
+    if est.get("too_small"):  # as the terminal: a small group is called small, not given a number
+        return small_text(est)
     if lift is None:
         return "—"
     lo, hi = est.get("lo"), est.get("hi")
