@@ -91,9 +91,10 @@ SUSPICION_PARTS = ("gap", "off_target", "artifact", "location")
 FLAG_WHERE = 0.5  # `where` (the largest of off_target, artifact, location) at which a group is flagged off-target
 
 # per_image.csv columns that are not metadata (produced by the pipeline or identify the image)
-_NOT_META = {"image_id", "image", "mask", "label", "split", "pred", "confidence", "correct", "explained", "cam_sum",
+_NOT_META = {"image_id", "image", "mask", "label", "split", "pred", "confidence", "margin", "correct", "explained",
+             "cam_sum",
              "region_notes", "off_target_regions", "flag_high_conf_error", "flag_off_target", "path"}
-_GENERATED_PREFIXES = ("p_", "frac_", "area_", "lift_", "hit_", "fraclayer_", "score_", "present_", "cf_",
+_GENERATED_PREFIXES = ("p_", "logodds_", "frac_", "area_", "lift_", "hit_", "fraclayer_", "score_", "present_", "cf_",
                        "flip_", "counterfactual_")
 _MAX_LEVELS = 20
 

@@ -181,6 +181,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                 cache.put(ids, res)
             probs = torch.softmax(res.logits, 1).cpu().numpy()
             margins = top2_margin(res.logits)
+            lodds = log_odds(res.logits)
             ts = time.perf_counter()
             with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -204,6 +205,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                        "cam_sum": float(res.cams[j].sum())}
                 for c, k in cls_idx.items():
                     rec[f"p_{c}"] = float(p[k])
+                for c, k in cls_idx.items():
+                    rec[f"logodds_{c}"] = float(lodds[j, k])
                 for col in region_cols:
                     rec[col] = float(sc[col][j]) if col in sc else float("nan")
                 for col, v in cf.items():
@@ -282,7 +285,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     if positive is not None and val_name is not None:
         tv = time.perf_counter()
         val_rows = full[full["split"] == val_name].reset_index(drop=True)
-        val_probs = (val_rows["label"].to_numpy(), predict_probs(cam_model, val_rows, spec, device, cfg))
+        val_probs = (val_rows["label"].to_numpy(), log_odds(predict_logits(cam_model, val_rows, spec, device, cfg)))
         t_val = time.perf_counter() - tv
     else:
         t_val = 0.0
@@ -343,6 +346,27 @@ def top2_margin(logits: torch.Tensor) -> np.ndarray:
         return np.full(z.shape[0], np.nan)
     top = z.topk(2, dim=1).values
     return (top[:, 0] - top[:, 1]).cpu().numpy()
+
+
+def log_odds(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """N×C logits → N×C float64 log-odds of each class under the softmax, log p_c / (1 − p_c) =
+    z_c − logsumexp_{k≠c} z_k (NaN rows stay NaN; one class → NaN).
+
+    A strictly increasing function of p_c that, unlike the float32 softmax, does not saturate: a confident model
+    has many images at p = 1.0 exactly, and a threshold or ROC on those ties ranks them as equal. For a sigmoid
+    output audited as binary ([−z/2, z/2], `BinaryLogit`) it is z itself."""
+    z = torch.as_tensor(logits).detach().double().cpu()
+    n, c = z.shape
+    if c < 2:
+        return np.full((n, c), np.nan)
+    out = torch.empty(n, c, dtype=torch.float64)
+    step = max(1, (1 << 22) // (c * c))      # rows per chunk: the n×C×C "all but one" tensor stays ≤ 32 MB
+    diag = torch.arange(c)
+    for i in range(0, n, step):
+        others = z[i:i + step, None, :].expand(-1, c, c).clone()
+        others[:, diag, diag] = -torch.inf
+        out[i:i + step] = z[i:i + step] - torch.logsumexp(others, dim=2)
+    return out.numpy()
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -424,19 +448,25 @@ def model_for_cam(model: torch.nn.Module, cfg: AuditConfig, layer: str, spec: In
     return cam_model, line
 
 
-def predict_probs(model: torch.nn.Module, rows: pd.DataFrame, spec, device, cfg: AuditConfig) -> np.ndarray:
-    """Softmax probabilities (N×C, NaN rows for unreadable images) of a plain no-grad pass, in eval mode."""
+def predict_logits(model: torch.nn.Module, rows: pd.DataFrame, spec, device, cfg: AuditConfig) -> np.ndarray:
+    """Logits (N×C float64, NaN rows for unreadable images) of a plain no-grad pass, in eval mode."""
     from .data import make_loader
     out = np.full((len(rows), 0), np.nan)
     with eval_mode(model), torch.no_grad():
         for batch in make_loader(rows, spec, cfg.batch_size, cfg.workers, None):
             if batch["img"] is None:
                 continue
-            p = torch.softmax(model(normalize(batch["img"].to(device), spec)).float(), 1).cpu().numpy()
+            z = model(normalize(batch["img"].to(device), spec)).double().cpu().numpy()
             if out.shape[1] == 0:
-                out = np.full((len(rows), p.shape[1]), np.nan)
-            out[batch["idx"]] = p
+                out = np.full((len(rows), z.shape[1]), np.nan)
+            out[batch["idx"]] = z
     return out
+
+
+def predict_probs(model: torch.nn.Module, rows: pd.DataFrame, spec, device, cfg: AuditConfig) -> np.ndarray:
+    """Softmax probabilities (N×C, NaN rows for unreadable images) of a plain no-grad pass, in eval mode."""
+    z = torch.from_numpy(predict_logits(model, rows, spec, device, cfg))
+    return torch.softmax(z, 1).float().numpy() if z.shape[1] else z.numpy()
 
 
 def _json_default(o):

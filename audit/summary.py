@@ -17,7 +17,7 @@ from .errors import UndefinedMetricWarning
 from .run import RunConfig
 from .stats import (bootstrap_ci, ece_if_calibrated, expected_calibration_error, grouped_region_stats,
                     proportion_ci, region_stats)
-from .thresholds import isic_metrics, operating_points
+from .thresholds import class_score, isic_metrics, operating_points, prob_from_logodds
 
 
 SCHEMA_VERSION = "1.0"  # docs/summary_schema.md; bump the major on a breaking change
@@ -204,7 +204,7 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             s["operating_points"] = _operating_points(per_image, run, positive, val, cfg)
         if len(run.classes) >= 3 and n >= cfg.min_n:
             y = per_image["label"].map({c: i for i, c in enumerate(run.classes)}).to_numpy()
-            P = per_image[[f"p_{c}" for c in run.classes]].to_numpy(dtype=float)
+            P = np.column_stack([class_score(per_image, c)[0] for c in run.classes])  # AUCs rank log-odds
             s["isic_metrics"] = _jsonable(isic_metrics(y, P, run.classes, n_boot=cfg.n_boot, seed=cfg.seed,
                                                        min_n=cfg.min_n))
         s["by_artifact"] = _by_artifact(per_image, kinds, run, positive, cfg)
@@ -255,21 +255,33 @@ def _jsonable(o):
 
 
 def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg: AuditConfig) -> dict:
-    """Thresholds on P(positive) tuned on the validation split (else cross-fitted on the audited one)."""
-    p = df[f"p_{positive}"].to_numpy(dtype=float)
+    """Thresholds on P(positive) tuned on the validation split (else cross-fitted on the audited one).
+
+    Tuned and applied on the log-odds of P(positive) from the logits (`class_score`), which rank the images a
+    float32 softmax has saturated at 1.0; `threshold` is reported as a probability (σ of `threshold_logodds`).
+    val: (labels (m,), log-odds (m, C)) of the validation split, or None."""
+    score, kind = class_score(df, positive)
     y = (df["label"] == positive).to_numpy()
     top1 = (df["pred"] == positive).to_numpy()
     kw = {}
     if val is not None:
-        vlab, vp = val
-        ok = np.isfinite(vp).all(1) if vp.size else np.zeros(len(vlab), bool)
+        vlab, vs = val
+        ok = np.isfinite(vs).all(1) if vs.size else np.zeros(len(vlab), bool)
         if ok.any():
-            kw = {"p_pos_val": vp[ok, run.classes.index(positive)], "y_pos_val": vlab[ok] == positive}
+            kw = {"p_pos_val": vs[ok, run.classes.index(positive)], "y_pos_val": vlab[ok] == positive}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        res = operating_points(p, y, targets=tuple(cfg.sensitivities), y_pred_top1_pos=top1, seed=cfg.seed, **kw)
+        res = operating_points(score, y, targets=tuple(cfg.sensitivities), y_pred_top1_pos=top1, seed=cfg.seed, **kw)
+    if kind == "logodds":
+        for pt in res["points"]:
+            pt["threshold_logodds"] = pt["threshold"]
+            pt["threshold"] = prob_from_logodds(pt["threshold"])
+            if pt["fold_thresholds"]:
+                pt["fold_thresholds"] = [prob_from_logodds(t) for t in pt["fold_thresholds"]]
     res = _jsonable(res)
     res["positive_class"] = positive
+    res["score"] = ("log-odds of P(positive) from the logits (float64): ranks images whose float32 probability "
+                    "is 1.0" if kind == "logodds" else "P(positive) (per_image.csv has no logodds column)")
     return res
 
 

@@ -161,7 +161,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             t.add_column(c, justify="right", no_wrap=True)
         for p in op["points"]:
             thr = p.get("threshold")
-            t.add_row(f"{p['target_sensitivity']:.2f}", fmt_threshold(thr),
+            t.add_row(f"{p['target_sensitivity']:.2f}", fmt_threshold(thr, p.get("threshold_logodds")),
                       *(_fmt_est(p.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
         top1 = op.get("top1") or {}
         if top1:

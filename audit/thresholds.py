@@ -21,6 +21,7 @@ ISIC metrics:
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence
 
@@ -33,7 +34,7 @@ from .errors import UndefinedMetricWarning
 from .stats import (NAN, Estimate, _as_bool_1d, _as_float_1d, _counts, _index_chunks, _percentile_ci,
                     _same_length, proportion_ci)
 
-__all__ = ["fmt_threshold", "tune_threshold", "operating_points", "balanced_accuracy", "per_class_auc",
+__all__ = ["class_score", "prob_from_logodds", "fmt_threshold", "tune_threshold", "operating_points", "balanced_accuracy", "per_class_auc",
            "partial_auc_above_sensitivity", "auc_above_sensitivity", "isic_metrics", "TUNING_VALIDATION", "TUNING_CROSS_FIT"]
 
 TUNING_VALIDATION = "validation split"
@@ -47,16 +48,39 @@ def _undefined(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # operating points
 
-def fmt_threshold(t) -> str:
+def class_score(df, cls: str) -> tuple[np.ndarray, str]:
+    """The per-image score ranked for class `cls` in a per_image table: its log-odds column `logodds_<cls>` (float64,
+    from the logits: does not saturate) when present, else the probability `p_<cls>` (audits written before the
+    column existed). Returns (scores (n,) float64, "logodds" | "probability"); KeyError when neither is there."""
+    if f"logodds_{cls}" in df:
+        return np.asarray(df[f"logodds_{cls}"], dtype=np.float64), "logodds"
+    return np.asarray(df[f"p_{cls}"], dtype=np.float64), "probability"
+
+
+def prob_from_logodds(t) -> float:
+    """σ(t) = 1 / (1 + e^−t) in float64 (NaN stays NaN)."""
+    t = float(t)
+    return float(np.exp(-np.logaddexp(0.0, -t))) if np.isfinite(t) else (t if np.isnan(t) else float(t > 0))
+
+
+def fmt_threshold(t, logodds=None) -> str:
     """A probability threshold for people: 3 decimals in [0.001, 0.999]; nearer 0 or 1 the distance to it in
     scientific notation ("1 − 4.2e-04"), so that thresholds tuned on a saturated model do not all read 1.000
-    while their sensitivities differ; "n/a" for None / NaN."""
+    while their sensitivities differ; "n/a" for None / NaN. With `logodds` (the same threshold as log p/(1−p))
+    the distance comes from it, exact where the probability itself has rounded to 1.0 ("1 − 3.1e-19")."""
     try:
         t = float(t)
     except (TypeError, ValueError):
         return "n/a"
     if not np.isfinite(t):
         return "n/a"
+    try:
+        lo = float(logodds) if logodds is not None else math.nan
+    except (TypeError, ValueError):
+        lo = math.nan
+    if math.isfinite(lo) and abs(lo) > math.log(999.0):     # p > 0.999 or p < 0.001
+        tail = float(np.exp(-np.logaddexp(0.0, abs(lo))))        # min(p, 1 − p) without cancellation
+        return f"1 − {tail:.1e}" if lo > 0 else f"{tail:.1e}"
     if 0.999 < t < 1.0:
         return f"1 − {1.0 - t:.1e}"
     if 0.0 < t < 0.001:
@@ -391,7 +415,8 @@ def isic_metrics(y_true_idx, probs, classes: Sequence[str], n_boot: int = 1000, 
                  min_tpr: float = 0.80, min_n: int = 10, alpha: float = 0.05) -> dict:
     """The ISIC challenge classification metrics with bootstrap CIs (images resampled jointly for all of them).
 
-    y_true_idx: (n,) int class indices; probs: (n, C) class probabilities (prediction = argmax); classes: C names.
+    y_true_idx: (n,) int class indices; probs: (n, C) class probabilities, or any per-class scores strictly
+    increasing in them such as the log-odds (prediction = argmax; the AUCs only rank); classes: C names.
     Returns a JSON-able dict:
       n, classes, min_tpr, n_per_class {class: int};
       balanced_accuracy: Estimate dict (value = `balanced_accuracy`, percentile bootstrap CI);

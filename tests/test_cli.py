@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ def test_audit_end_to_end(tiny_run, tmp_path):
     np.testing.assert_allclose(df[["p_a", "p_b", "p_c"]].max(axis=1), df["confidence"], atol=1e-6)
     p = np.sort(df[["p_a", "p_b", "p_c"]].to_numpy(), axis=1)  # margin = top-1 − top-2 logit = log(p1 / p2)
     np.testing.assert_allclose(df["margin"], np.log(p[:, -1] / p[:, -2]), rtol=1e-4, atol=1e-5)
+    for c in "abc":  # log-odds from the logits (float64), the softmax's where it is not saturated
+        np.testing.assert_allclose(df[f"logodds_{c}"], np.log(df[f"p_{c}"] / (1 - df[f"p_{c}"])), rtol=1e-4, atol=1e-5)
     z = np.load(out / "cams.npz")
     assert z["cam"].shape == (4, 2, 2) and z["cam"].dtype == np.float32  # resnet18 layer4 at 64 px
     assert list(z["image_id"]) == list(df["image_id"].astype(str)) and str(z["layer"]) == "layer4"
@@ -177,9 +180,20 @@ def test_validation_split_named_validation_tunes_the_thresholds(tiny_run, tmp_pa
     df.to_csv(tiny_run.parent / "data" / "m2.csv", index=False)
     out = tmp_path / "o"
     assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(tiny_run.parent / "data" / "m2.csv"),
-                     "--out", str(out), "--workers", "0", "--n-boot", "20", "--positive", "a", "--no-report"]) == 0
-    op = json.loads((out / "summary.json").read_text())["operating_points"]
+                     "--out", str(out), "--workers", "0", "--n-boot", "20", "--positive", "b", "--no-report"]) == 0
+    op = json.loads((out / "summary.json").read_text())["operating_points"]  # 'b': the validation split holds one
     assert op["tuning"] == "validation split" and op["validation_split"] == "validation" and op["warning"] is None
+    # tuned on the validation images' log-odds (one positive: every target's threshold is its log-odds, as the
+    # audit of that split reports it), reported as a probability
+    out_val = tmp_path / "v"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(tiny_run.parent / "data" / "m2.csv"),
+                     "--out", str(out_val), "--workers", "0", "--n-boot", "20", "--split", "validation", "--quiet",
+                     "--no-report"]) == 0
+    val_lo = pd.read_csv(out_val / "per_image.csv").query("label == 'b'")["logodds_b"]
+    assert len(val_lo) == 1
+    for pt in op["points"]:
+        assert pt["threshold_logodds"] == pytest.approx(float(val_lo.iloc[0]), abs=1e-5)
+        assert pt["threshold"] == pytest.approx(1 / (1 + math.exp(-pt["threshold_logodds"])))
     assert "thresholds tuned on: validation split 'validation'" in " ".join(capsys.readouterr().out.split())
 
 

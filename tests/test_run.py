@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,24 @@ def test_manifest_with_another_delimiter_is_named(tmp_path, sep, name):
     m.write_text("image\na.png\n")  # one genuine column: the usual missing-label message
     with pytest.raises(ManifestError, match="missing column 'label'"):
         load_manifest(m)
+
+
+def test_log_odds_ranks_what_the_float32_softmax_saturates():
+    """log p_c/(1 − p_c) = z_c − logsumexp_{k≠c} z_k, in float64: equal to the softmax's where p is not saturated,
+    exact where float32 p has rounded to 1.0, and the logit itself for a sigmoid output read as [−z/2, z/2]."""
+    import numpy as np
+    from audit.pipeline import log_odds
+    from audit.run import two_class_logits
+    z = torch.tensor([[2.0, 0.0, 1.0], [0.5, -0.3, 0.1], [40.0, 0.0, -1.0], [60.0, 0.0, -1.0]])
+    p = torch.softmax(z[:2].double(), 1).numpy()
+    np.testing.assert_allclose(log_odds(z)[:2], np.log(p / (1 - p)), rtol=1e-12)
+    assert (torch.softmax(z[2:], 1)[:, 0] == 1.0).all()               # tied at 1.0 in float32 ...
+    lo = log_odds(z)[2:, 0]
+    np.testing.assert_allclose(lo, [40.0 - math.log(1 + math.exp(-1.0)), 60.0 - math.log(1 + math.exp(-1.0))])
+    assert lo[1] - lo[0] == pytest.approx(20.0)                        # ... 20 nats apart in log-odds
+    np.testing.assert_allclose(log_odds(two_class_logits(None, None, torch.tensor([[3.0], [-55.0]])))[:, 1],
+                               [3.0, -55.0])
+    many = torch.randn(100, 300, generator=torch.Generator().manual_seed(0)) * 5   # 3 row chunks of 46
+    q = torch.softmax(many.double(), 1).numpy()
+    np.testing.assert_allclose(log_odds(many), np.log(q / (1 - q)), rtol=1e-9, atol=1e-9)
+    assert np.isnan(log_odds(torch.zeros(2, 1))).all()

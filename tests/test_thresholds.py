@@ -240,3 +240,43 @@ def test_threshold_text_keeps_thresholds_near_one_apart(t, text):
     """Thresholds tuned on a saturated model (0.9996 vs 0.99996) must not both print as 1.000."""
     from audit.thresholds import fmt_threshold
     assert fmt_threshold(t) == text
+
+
+@pytest.mark.parametrize("logodds,text", [(20.0, "1 − 2.1e-09"), (165.4, "1 − 1.5e-72"), (-20.0, "2.1e-09"),
+                                          (0.0, "0.500"), (None, "1.000"), (float("nan"), "1.000")])
+def test_threshold_text_from_log_odds_where_the_probability_has_rounded_to_one(logodds, text):
+    """σ(20) and σ(165) are both 1.0 in float64 or nearly: the log-odds keep them apart (1 − σ(t) = σ(−t))."""
+    from audit.thresholds import fmt_threshold, prob_from_logodds
+    p = prob_from_logodds(logodds) if logodds is not None and math.isfinite(logodds) else 1.0
+    assert fmt_threshold(p, logodds) == text
+
+
+def test_operating_points_tuned_on_log_odds_where_probabilities_tie_at_one():
+    """Every positive and three negatives have P = 1.0 in float32: on probabilities the 0.6 and 0.8 targets get
+    one threshold (1.0) and one result; on the log-odds (`logodds_mel`) they are tuned apart (hand-computed)."""
+    import pandas as pd
+    from audit.config import AuditConfig
+    from audit.preprocess import InputSpec
+    from audit.run import RunConfig
+    from audit.summary import _operating_points
+    lo_pos, lo_neg = [45.0, 35.0, 25.0, 15.0], [38.0, 22.0, 18.0, -3.0, -5.0]
+    lo = np.array(lo_pos + lo_neg)
+    df = pd.DataFrame({"label": ["mel"] * 4 + ["nv"] * 5, "pred": ["mel"] * 7 + ["nv"] * 2,
+                       "p_mel": np.where(lo > 17, 1.0, 1 / (1 + np.exp(-lo))), "logodds_mel": lo})
+    df["logodds_nv"] = -df["logodds_mel"]
+    run = RunConfig(model_name="resnet18", source="torchvision", classes=["mel", "nv"], input=InputSpec())
+    cfg = AuditConfig(sensitivities=[0.6, 0.8])
+    val_lo = np.array([50.0, 40.0, 30.0, 20.0, 10.0, 35.0, -2.0])      # 5 positives, then 2 negatives
+    val = (np.array(["mel"] * 5 + ["nv"] * 2), np.column_stack([val_lo, -val_lo]))
+    res = _operating_points(df, run, "mel", val, cfg)
+    (p60, p80) = res["points"]
+    # target 0.6 of 5 positives: k = 3 → t = 30; target 0.8: k = 4 → t = 20
+    assert p60["threshold_logodds"] == 30.0 and p80["threshold_logodds"] == 20.0
+    assert p80["threshold"] == pytest.approx(1 / (1 + math.exp(-20.0)), rel=1e-15)
+    assert (p60["tp"], p60["fp"], p60["fn"], p60["tn"]) == (2, 1, 2, 4)   # ≥ 30: 45, 35 | 38
+    assert (p80["tp"], p80["fp"], p80["fn"], p80["tn"]) == (3, 2, 1, 3)   # ≥ 20: 45, 35, 25 | 38, 22
+    assert res["score"].startswith("log-odds")
+    # the same table without the log-odds columns: both targets collapse onto P ≥ 1.0
+    old = _operating_points(df.drop(columns=["logodds_mel", "logodds_nv"]), run, "mel", None, cfg)
+    assert old["points"][0]["tp"] == old["points"][1]["tp"] and "threshold_logodds" not in old["points"][0]
+    assert old["score"].startswith("P(positive)")

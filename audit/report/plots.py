@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from ..thresholds import fmt_threshold
+from ..thresholds import class_score, fmt_threshold
 from .inputs import ReportInputs
 
 OUTCOME_COLOURS = {"correct": "#2a9d8f", "wrong": "#e76f51"}
@@ -194,7 +194,7 @@ def _op_points(summary: dict, positive: str | None) -> tuple[list[dict], str]:
         if math.isfinite(sens) and math.isfinite(spec):
             t, thr = _val(p.get("target_sensitivity")), _val(p.get("threshold"))
             lab = ((f"target sens {t:.2f}" if math.isfinite(t) else "point")
-                   + (f" (t = {fmt_threshold(thr)})" if math.isfinite(thr) else ""))
+                   + (f" (t = {fmt_threshold(thr, p.get('threshold_logodds'))})" if math.isfinite(thr) else ""))
             pts.append({"label": lab, "fpr": 1 - spec, "tpr": sens})
     top1 = op.get("top1")
     if isinstance(top1, dict):
@@ -212,7 +212,7 @@ def roc(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
         return None, "ROC: no positive class configured"
     if f"p_{pos}" not in df:
         return None, f"ROC: column p_{pos} not in per_image.csv"
-    score = df[f"p_{pos}"].to_numpy(float)
+    score = class_score(df, pos)[0]  # log-odds: the images at P = 1.0 in float32 are still ranked
     y = (df["label"].astype(str) == pos).to_numpy()
     ok = np.isfinite(score)
     score, y = score[ok], y[ok]
