@@ -266,7 +266,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         cams_out, emb_out = cams_out[order], emb_out[order]
     cam_hw = tuple(cams_out.shape[1:])
     ids_all = per_image["image_id"].tolist()
-    from .summary import add_flags, build_summary, clean_json
+    from .summary import add_flags, build_summary, clean_json, hidden_shortcuts
     per_image = add_flags(per_image, kinds, cfg)
     tw = time.perf_counter()
     per_image.to_csv(out / "per_image.csv", index=False)
@@ -323,6 +323,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         summary["timing"]["sanity_s"] = round(time.perf_counter() - ts, 3)
     summary["cam"]["batchnorm"] = batchnorm
     summary["gates"], summary["verdict"] = evaluate_gates(cfg.gates, clean_json(summary))
+    if isinstance(summary.get("counterfactual"), dict):  # after the gates: their thresholds are the alarms
+        summary["counterfactual"]["hidden"] = hidden_shortcuts(clean_json(summary))
     summary["data"]["n_zero_cam"] = int((per_image["cam_sum"] <= 0).sum())
     summary["cache"] = {"key": cache.key, "enabled": cache.enabled, "from_cache": cache.hits,
                         "computed": cache.computed, "processes": world,

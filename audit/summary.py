@@ -244,6 +244,52 @@ def lift_alarm(s: dict) -> float:
     return _gate_or_rule(s, "max_artifact_lift", "artifact_lift", 3.0)
 
 
+def _finite(e, key: str = "value") -> float:
+    v = (e or {}).get(key) if isinstance(e, dict) else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
+
+
+def hidden_shortcuts(s: dict) -> list[dict]:
+    """Artifact regions the model depends on where its Grad-CAM maps do not show it.
+
+    A region is listed when, with confidence (95% CIs), (1) removing it flips more decisions than allowed (flip
+    rate CI lower bound > the max_counterfactual_flip_rate gate, else 0.10), (2) its median lift is below the
+    alarm (CI upper bound < `lift_alarm`) and (3) it flips a larger share of the decisions than the share of the
+    evidence the maps give it (flip rate lower bound > the median fraction's upper bound). (3) keeps out a large
+    region such as a border band, which holds a quarter of the evidence and whose filling changes some decisions
+    as any large edit would. The maps then read "not used" for a region whose removal changes the decisions: at
+    a coarse layer a region smaller than one map cell cannot receive its share, and the gradient weighting can
+    put the evidence elsewhere. s: the summary with `counterfactual`, `regions`, `cam` and (optionally)
+    `gates`. Returns [{region, flip_rate, lift, median_frac, flip_allowed, lift_alarm, median_area, cell_area,
+    text}], empty when none (or no counterfactual check)."""
+    cf = ((s.get("counterfactual") or {}).get("regions")) or {}
+    regions = s.get("regions") or {}
+    alarm = lift_alarm(s)
+    hw = (s.get("cam") or {}).get("resolution") or []
+    cell = 1.0 / (hw[0] * hw[1]) if len(hw) == 2 and hw[0] * hw[1] > 0 else math.nan
+    out = []
+    for r, e in cf.items():
+        fr, lift = (e or {}).get("flip_rate"), (regions.get(r) or {}).get("lift")
+        if not isinstance(fr, dict) or not isinstance(lift, dict) or fr.get("too_small") or lift.get("too_small"):
+            continue
+        allowed = _gate_or_rule(s, f"max_counterfactual_flip_rate[{r}]", "_none", 0.10)
+        frac = ((regions.get(r) or {}).get("stats") or {}).get("median_all")
+        if not (_finite(fr, "lo") > allowed and _finite(lift, "hi") < alarm and _finite(fr, "lo") > _finite(frac, "hi")):
+            continue
+        area = _finite(regions.get(r), "median_area")
+        text = (f"removing {r} changes {100 * fr['value']:.0f}% [{100 * fr['lo']:.0f}%, {100 * fr['hi']:.0f}%] of "
+                f"the predictions (n = {fr.get('n')}), yet the maps give it {lift['value']:.2f}× "
+                f"[{lift['lo']:.2f}, {lift['hi']:.2f}] its area's share (alarm above {alarm:g}×) and "
+                f"a median {100 * frac['value']:.0f}% of the evidence: the model depends "
+                f"on a region its Grad-CAM does not show, so a low lift here is no evidence that {r} is unused")
+        if math.isfinite(area) and math.isfinite(cell) and area < cell:
+            text += (f". One {hw[0]}×{hw[1]} map cell covers {100 * cell:.0f}% of the image and the region's median "
+                     f"area is {100 * area:.1f}%: an earlier layer (--layer) resolves it better")
+        out.append({"region": r, "flip_rate": fr, "lift": lift, "median_frac": frac, "flip_allowed": allowed, "lift_alarm": alarm,
+                    "median_area": area, "cell_area": cell, "text": text})
+    return out
+
+
 def _jsonable(o):
     if hasattr(o, "to_dict") and not isinstance(o, pd.DataFrame):
         return _est(o)

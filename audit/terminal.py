@@ -174,6 +174,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     if cf:
         parts.append(Text("Counterfactual (artifact removed): " + " · ".join(
             f"{r} flips {_fmt_est(e.get('flip_rate'), pct=True)} (n={e.get('n')})" for r, e in cf.items())))
+    for h in (s.get("counterfactual") or {}).get("hidden") or []:
+        parts.append(Text(f"Shortcut the maps do not show: {h['text']}.", style="bold red"))
     san = s.get("sanity")
     if san:
         parts.append(Text(f"Sanity check: {san.get('verdict_text', '')}",

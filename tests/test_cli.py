@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import cli
+from audit.summary import hidden_shortcuts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,6 +224,7 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
     assert acc_gate["passed"] is (s["accuracy"]["value"] >= 0.99)
     assert rc == (0 if s["verdict"] == "pass" else 1)
     assert "border" in s["counterfactual"]["regions"] and s["counterfactual"]["regions"]["border"]["n"] == 4
+    assert s["counterfactual"]["hidden"] == hidden_shortcuts(s)  # computed on the finished summary, gates included
     assert s["by_group"]["columns"] == ["label", "site"]
 
 

@@ -289,3 +289,16 @@ def test_lift_alarm_follows_the_gate_else_the_off_target_rule(plain_inputs):
         return re.findall(r"<td([^>]*)>", next(tr for tr in re.findall(r"<tr>(.*?)</tr>", sec) if ">lesion<" in tr))[3]
     assert "undef" in lesion_cell({"gates": []})                                             # under the default 0.5
     assert "pass" in lesion_cell({"gates": [{"name": "min_median_target_frac[lesion]", "threshold": 0.2}]})
+
+
+def test_shortcut_the_maps_do_not_show_is_under_the_verdict_and_in_the_counterfactual_section(plain_inputs):
+    hidden = [{"region": "ruler", "text": "removing ruler changes 40% <of> the predictions"}]
+    cf = {"counterfactual": {"method": "m", "regions": {"ruler": {"n": 50, "flip_rate": _est(0.4, 0.3, 0.5, 50)}},
+                             "hidden": hidden}}
+    page = _page(plain_inputs, cf)
+    item = "<li><b>ruler</b>: removing ruler changes 40% &lt;of&gt; the predictions.</li>"
+    head = page.split("<h2>", 1)[0]
+    sec = page.split("<h2>Counterfactual check</h2>", 1)[1].split("<h2>", 1)[0]
+    assert item in head and item in sec and 'class="alarm"' in head
+    cf["counterfactual"]["hidden"] = []
+    assert "Shortcut the maps do not show" not in _page(plain_inputs, cf)

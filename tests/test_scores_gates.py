@@ -171,3 +171,44 @@ def test_preset_audit_values_that_are_fine():
         cfg = resolve_config({}, p)
     assert cfg.high_conf == 1.0 and isinstance(cfg.high_conf, float) and cfg.positive == "1"
     assert cfg.n_boot == 50 and cfg.limit is None and cfg.sensitivities == [0.9, 1]
+
+
+def _cf_summary(gates=None):
+    """A summary whose counterfactual check and maps disagree on `patches` only (numbers of the EfficientNet
+    shortcut audit at 3×3): `border` flips some decisions but holds more of the evidence than it flips;
+    `text` flips every decision and its maps show it (lift 5)."""
+    est = lambda v, lo, hi, n=360, small=False: {"value": v, "lo": lo, "hi": hi, "n": n, "too_small": small}  # noqa
+    return {"cam": {"resolution": [3, 3]}, "gates": gates or [],
+            "regions": {"patches": {"median_area": 0.039, "lift": est(0.83, 0.82, 0.84),
+                                    "stats": {"median_all": est(0.033, 0.032, 0.034)}},
+                        "border": {"median_area": 0.30, "lift": est(0.86, 0.85, 0.87),
+                                   "stats": {"median_all": est(0.26, 0.25, 0.27)}},
+                        "text": {"median_area": 0.02, "lift": est(5.0, 4.0, 6.0),
+                                 "stats": {"median_all": est(0.10, 0.08, 0.12)}}},
+            "counterfactual": {"regions": {"patches": {"n": 360, "flip_rate": est(0.997, 0.984, 1.0)},
+                                           "border": {"n": 722, "flip_rate": est(0.16, 0.13, 0.18, 722)},
+                                           "text": {"n": 360, "flip_rate": est(1.0, 0.99, 1.0)}}}}
+
+
+def test_hidden_shortcut_is_a_region_that_flips_decisions_the_maps_do_not_show():
+    from audit.summary import hidden_shortcuts
+    (h,) = hidden_shortcuts(_cf_summary())
+    assert h["region"] == "patches" and h["flip_allowed"] == 0.10 and h["lift_alarm"] == 3.0
+    assert h["cell_area"] == pytest.approx(1 / 9)
+    assert "removing patches changes 100% [98%, 100%]" in h["text"] and "0.83× [0.82, 0.84]" in h["text"]
+    assert "One 3×3 map cell covers 11% of the image and the region's median area is 3.9%" in h["text"]
+    # the gates' thresholds decide: a flip gate at 0.99 (CI lower bound 0.984 is not above it) or a lift alarm
+    # at 0.5 (the lift's upper bound 0.84 is not below it) leaves nothing to report
+    g = lambda name, t: {"name": name, "threshold": t}  # noqa: E731
+    assert hidden_shortcuts(_cf_summary([g("max_counterfactual_flip_rate[patches]", 0.99)])) == []
+    assert hidden_shortcuts(_cf_summary([g("max_artifact_lift[patches]", 0.5)])) == []
+    # a flip gate on another region does not apply to this one
+    assert [h["region"] for h in hidden_shortcuts(_cf_summary([g("max_counterfactual_flip_rate[text]", 0.99)]))] \
+        == ["patches"]
+    small = _cf_summary()
+    small["counterfactual"]["regions"]["patches"]["flip_rate"]["too_small"] = True
+    assert hidden_shortcuts(small) == []
+    big = _cf_summary()                      # a region larger than a map cell: no resolution sentence
+    big["regions"]["patches"]["median_area"] = 0.2
+    assert "map cell" not in hidden_shortcuts(big)[0]["text"]
+    assert hidden_shortcuts({"regions": {}, "cam": {}}) == []   # no counterfactual check

@@ -182,3 +182,16 @@ def test_early_layer_note_is_shown():
     con = Console(width=200, color_system=None, force_terminal=False, record=True)
     print_summary(SUMMARY, None, con)
     assert "Layer:" not in con.export_text()
+
+
+def test_shortcut_the_maps_do_not_show_is_said_after_the_counterfactual_line():
+    hidden = [{"region": "ruler", "text": "removing ruler changes 40% [30%, 50%] of the predictions"}]
+    cf = {"regions": {"ruler": {"n": 50, "flip_rate": _est(0.4, 0.3, 0.5, 50)}}, "hidden": hidden}
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary({**SUMMARY, "counterfactual": cf}, None, con)
+    text = con.export_text()
+    assert ("Shortcut the maps do not show: removing ruler changes 40% [30%, 50%] of the predictions." in text
+            and text.index("Counterfactual (artifact removed)") < text.index("Shortcut the maps"))
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary({**SUMMARY, "counterfactual": {**cf, "hidden": []}}, None, con)
+    assert "Shortcut the maps" not in con.export_text()

@@ -29,6 +29,7 @@ th{background:#f3f3f3} td.l,th.l{text-align:left}
 .undef{background:#fff3bf;color:#7a5c00}
 .verdict{display:inline-block;padding:6px 14px;border-radius:4px;font-size:1.2em;margin:6px 0}
 .meta{color:#555;font-size:0.92em} .note{color:#7a5c00;font-size:0.9em}
+.alarm{border-left:4px solid #9d0208;background:#fff0f0;padding:4px 12px;margin:8px 0}
 .plots img{max-width:100%;border:1px solid #eee;margin:6px 0}
 .grid{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:290px;border:1px solid #ddd;padding:4px;background:#fafafa}
@@ -151,7 +152,8 @@ def _header(inp: ReportInputs) -> str:
     elif v is not None:
         cls = {"pass": "pass", "fail": "fail"}.get(str(v).lower(), "undef")
         parts.append(f'<div class="verdict {cls}">Verdict: {esc(str(v).upper())}</div>')
-    return "\n".join(parts)
+    parts.append(_hidden(inp))
+    return "\n".join(p for p in parts if p)
 
 
 def _accuracy(inp: ReportInputs) -> str:
@@ -290,7 +292,15 @@ def _counterfactual(inp: ReportInputs) -> str:
             rows.append([_c(r), _c(e.get("n", "?")), _c(fmt_est(e.get("flip_rate"), pct=True)),
                          _c(fmt_est(e.get("mean_delta"), digits=3))])
     return (f"<h2>Counterfactual check</h2><p>{esc(cf.get('method', ''))}</p>"
-            + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows))
+            + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows) + _hidden(inp))
+
+
+def _hidden(inp: ReportInputs) -> str:
+    """The counterfactual check's "shortcut the maps do not show" findings (summary counterfactual.hidden)."""
+    hidden = (inp.summary.get("counterfactual") or {}).get("hidden") or []
+    items = "".join(f"<li><b>{esc(h.get('region'))}</b>: {esc(h.get('text'))}.</li>" for h in hidden
+                    if isinstance(h, dict))
+    return f'<div class="alarm"><b>Shortcut the maps do not show</b><ul>{items}</ul></div>' if items else ""
 
 
 ISIC_OVERALL = (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"),

@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 from audit.stats import proportion_ci  # noqa: E402
+from audit.thresholds import fmt_threshold  # noqa: E402
 
 WORK = Path("/work/runs/validation")
 ARTIFACT_REGION = {"ham": "patches", "cxr": "text"}
@@ -197,6 +198,11 @@ def section_dataset(ds, runs, audits, cmds, work, lines, overview):
             rows.append(["counterfactual: flip rate when `border` is removed",
                          est(CF["clean"].get("border", {}).get("flip_rate")),
                          est(CF["shortcut"].get("border", {}).get("flip_rate"))])
+            hid = {v: [h["region"] for h in (S[v].get("counterfactual") or {}).get("hidden", [])] for v in S}
+            rows.append(["regions the audit names a shortcut the maps do not show (flip rate above the gate, lift "
+                         "below its alarm and above the evidence share; `counterfactual.hidden`)",
+                         ", ".join(f"`{r}`" for r in hid["clean"]) or "none",
+                         ", ".join(f"`{r}`" for r in hid["shortcut"]) or "none"])
             rows.append(["high-confidence error rate (wrong at confidence ≥ 0.9)",
                          est(S["clean"]["high_conf_errors"]["rate"]), est(S["shortcut"]["high_conf_errors"]["rate"])])
             rows.append(["share of the high-confidence errors on artifact-bearing images "
@@ -209,7 +215,8 @@ def section_dataset(ds, runs, audits, cmds, work, lines, overview):
                     ps = op["shortcut"]["points"][k]
                     t = pt["target_sensitivity"]
                     rows.append([f"`{pos}` sensitivity at the threshold tuned on val for {f(t, 2)} "
-                                 f"(thresholds {f(pt['threshold'])} / {f(ps['threshold'])})",
+                                 f"(thresholds {fmt_threshold(pt['threshold'], pt.get('threshold_logodds'))} / "
+                                 f"{fmt_threshold(ps['threshold'], ps.get('threshold_logodds'))})",
                                  est(pt["sensitivity"]), est(ps["sensitivity"])])
                     rows.append([f"specificity at that threshold", est(pt["specificity"]), est(ps["specificity"])])
             rows.append(["verdict (audit exit code)",
@@ -291,7 +298,9 @@ def findings(audits, cmds) -> list[str]:
                 parts.append(f"the {v} model {word[g_l['passed']]} the artifact-lift gate ({f(g_l['value'])}) and "
                              f"{word[g_c['passed']]} the counterfactual gate ({f(g_c['value'])}); verdict "
                              f"{S[v]['verdict']}, gates not passed: "
-                             + (", ".join(f"`{x}`" for x in failed) if failed else "none"))
+                             + (", ".join(f"`{x}`" for x in failed) if failed else "none")
+                             + "".join(f", and the audit names `{h['region']}` a shortcut the maps do not show"
+                                       for h in (S[v].get("counterfactual") or {}).get("hidden", [])))
             arch = audits[name]["summary"]["run"]["model"]
             out.append(f"- {ds.upper()} · {arch} · `{S['clean']['cam']['layer']}` "
                        f"{S['clean']['cam']['resolution']}: " + "; ".join(parts) + ".")
