@@ -323,3 +323,16 @@ def test_gallery_note_names_lost_masks_not_absent_artifacts(out_dir):
     grid, masks, note = inp.load(row)
     assert grid is not None and masks["lesion"] is None and masks["ink"] is None   # a flat test image: no ink
     assert note == "lesion missing (mask file not found)"
+
+
+def test_gallery_says_which_shortcut_its_overlays_do_not_show(out_dir):
+    s = json.loads((out_dir / "summary.json").read_text())
+    s["counterfactual"] = {"regions": {}, "hidden": [{"region": "ruler", "text": "removing ruler changes 40% of it"}]}
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    md = render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
+    assert ("**Shortcut the maps do not show: ruler.** removing ruler changes 40% of it. The overlays below "
+            "under-show it;") in md
+    assert md.index("Shortcut the maps") < md.index("## Most confident errors")
+    s["counterfactual"]["hidden"] = []
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    assert "Shortcut the maps" not in render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
