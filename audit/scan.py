@@ -802,7 +802,9 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, id_col:
     if id_col is None:
         out["ids"] = {"checked": False, "note": "no --id-col given"}
     elif n_splits < 2:
-        out["ids"] = {"checked": False, "id_col": id_col, "note": "fewer than two splits in column 'split'"}
+        one = rows["split"].dropna().astype(str).unique()
+        out["ids"] = {"checked": False, "id_col": id_col,
+                      "note": f"every image is in split {one[0]!r}" if len(one) else "the manifest has no split column"}
     else:
         d = pd.DataFrame({"id": rows[id_col], "split": splits_all, "image_id": rows["image_id"]}).dropna(subset=["id"])
         g = d.groupby("id", sort=True)
@@ -823,10 +825,23 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, id_col:
     pairs = _near_pairs(h, sp, thr, cross_only=cross)
     pairs.sort(key=lambda t: (t[2], t[0], t[1]))
     ids = per_image["image_id"].astype(str).to_numpy()
-    lst = [{"image_id_a": ids[i], "split_a": sp[i], "image_id_b": ids[j], "split_b": sp[j], "distance": d}
-           for i, j, d in pairs]
+    lab = per_image["label"].astype(object).to_numpy()
+    pid = per_image[id_col].astype(object).to_numpy() if id_col is not None and id_col in per_image else None
+    lst = []
+    for i, j, d in pairs:
+        e = {"image_id_a": ids[i], "split_a": sp[i], "image_id_b": ids[j], "split_b": sp[j], "distance": d,
+             "label_a": _none_if_na(lab[i]), "label_b": _none_if_na(lab[j])}
+        if pid is not None:
+            e.update(id_a=_none_if_na(pid[i]), id_b=_none_if_na(pid[j]))
+        lst.append(e)
+    differ = lambda a, b: a is not None and b is not None and str(a) != str(b)  # noqa: E731
     out["near_duplicates"] = {"scope": "across splits" if cross else "within the set (no splits)",
                               "threshold": int(thr), "bits": PHASH_BITS, "n_pairs": len(lst),
+                              # one picture under two ids defeats a split by id; under two labels, a label is wrong
+                              "id_col": id_col if pid is not None else None,
+                              "n_different_ids": (sum(differ(p["id_a"], p["id_b"]) for p in lst)
+                                                  if pid is not None else None),
+                              "n_different_labels": sum(differ(p["label_a"], p["label_b"]) for p in lst),
                               "n_images": len({p["image_id_a"] for p in lst} | {p["image_id_b"] for p in lst}),
                               "pairs": lst[:MAX_JSON_PAIRS], "truncated": len(lst) > MAX_JSON_PAIRS}
     dup_path = out_dir / "near_duplicates.csv"
@@ -861,6 +876,21 @@ def _fv(cv: dict) -> str:
 
 _MC_NOTE = ("* p by Monte Carlo over tables with the same margins: too many expected counts < 5 for the χ² "
             "approximation (V itself is inflated by small groups)")
+
+
+def _none_if_na(v):
+    """A manifest value for JSON: None where missing, else the value as text."""
+    return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def _pair_notes(p: dict, nd: dict) -> str:
+    """" · patientid 178 ≠ 97 · labels COVID-19 ≠ 'COVID-19, ARDS'" for a near-duplicate pair that disagrees."""
+    out = ""
+    if nd.get("id_col") and p.get("id_a") is not None and p.get("id_b") is not None and p["id_a"] != p["id_b"]:
+        out += f" · {nd['id_col']} {p['id_a']} ≠ {p['id_b']}"
+    if p.get("label_a") is not None and p.get("label_b") is not None and p["label_a"] != p["label_b"]:
+        out += f" · labels {_lab(p['label_a'])} ≠ {_lab(p['label_b'])}"
+    return out
 
 
 def _lab(label) -> str:
@@ -964,10 +994,14 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     else:
         parts.append(Text(f"Split leakage by id: not checked ({ids['note']})", style="dim"))
     nd = lk["near_duplicates"]
+    disagree = [f"{nd['n_different_ids']} under different {nd['id_col']}" if nd.get("n_different_ids") else "",
+                f"{nd['n_different_labels']} with different labels" if nd.get("n_different_labels") else ""]
+    disagree = [x for x in disagree if x]
     parts.append(Text(f"Near-duplicate images {nd['scope']} (pHash, Hamming ≤ {nd['threshold']} of {nd['bits']} "
-                      f"bits): {nd['n_pairs']} pair(s)"
+                      f"bits): {nd['n_pairs']} pair(s)" + (f" ({'; '.join(disagree)})" if disagree else "")
                       + "".join(f"\n  {p['image_id_a']}{_in_split(p['split_a'], nd)} ~ {p['image_id_b']}"
-                                f"{_in_split(p['split_b'], nd)}: Hamming {p['distance']}" for p in nd["pairs"][:5]),
+                                f"{_in_split(p['split_b'], nd)}: Hamming {p['distance']}{_pair_notes(p, nd)}"
+                                for p in nd["pairs"][:5]),
                       style="bold red" if nd["n_pairs"] else "green"))
     mo = s.get("model")
     if mo:

@@ -492,3 +492,52 @@ def test_scan_top_k_zero_is_allowed(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump({"regions": {"ink": {}}, "scan": {"top_k": 0, "min_n": 3}}))
     assert load_preset(p)["scan"]["top_k"] == 0
+
+
+def test_near_duplicate_pairs_say_when_their_ids_or_labels_differ(tmp_path):
+    """One picture under two patient ids defeats a split by id, and under two labels one label is wrong: each
+    pair names both, and the counts are in scan.json and the terminal (cxr_covid_v7 holds such pairs)."""
+    from rich.console import Console
+
+    from audit.scan import scan_renderable
+    df = make_set(tmp_path, ink_mel=0, ink_nv=0, extra={"lesion_id": [f"L{k:02d}" for k in range(20)]})
+    other = "nv" if df.loc[0, "label"] == "mel" else "mel"
+    extra = pd.DataFrame([{"image_id": "dup", "image": df.loc[0, "image"], "label": other, "split": "train",
+                           "mask": None, "lesion_id": "L99"},
+                          {"image_id": "dup2", "image": df.loc[1, "image"], "label": df.loc[1, "label"],
+                           "split": "test" if df.loc[1, "split"] == "train" else "train", "mask": None,
+                           "lesion_id": df.loc[1, "lesion_id"]}])
+    df = pd.concat([df, extra], ignore_index=True)
+    res = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, id_col="lesion_id")
+    nd = res.summary["leakage"]["near_duplicates"]
+    by_pair = {frozenset((p["image_id_a"], p["image_id_b"])): p for p in nd["pairs"]}
+    p = by_pair[frozenset(("im00", "dup"))]
+    assert p["distance"] == 0 and {p["id_a"], p["id_b"]} == {"L00", "L99"}
+    assert {p["label_a"], p["label_b"]} == {"mel", "nv"}
+    q = by_pair[frozenset(("im01", "dup2"))]                      # same lesion, same label: nothing to say
+    assert q["id_a"] == q["id_b"] == "L01" and q["label_a"] == q["label_b"]
+    assert nd["id_col"] == "lesion_id" and nd["n_different_ids"] == 1 and nd["n_different_labels"] == 1
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    con.print(scan_renderable(res.summary))
+    text = con.export_text()
+    assert "(1 under different lesion_id; 1 with different labels)" in text
+    a, b = (p["id_a"], p["id_b"])
+    la, lb = (p["label_a"], p["label_b"])
+    assert f"Hamming 0 · lesion_id {a} ≠ {b} · labels {la} ≠ {lb}" in text
+    line = next(ln for ln in text.splitlines() if "dup2" in ln)
+    assert line.rstrip().endswith("Hamming 0")
+    # without --id-col: no id comparison, labels still compared
+    nd2 = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o2", SPEC).summary["leakage"]["near_duplicates"]
+    assert nd2["id_col"] is None and nd2["n_different_ids"] is None and nd2["n_different_labels"] == 1
+    assert "id_a" not in nd2["pairs"][0]
+
+
+@pytest.mark.filterwarnings("ignore::audit.errors.UndefinedMetricWarning")  # no ink anywhere: V undefined
+def test_id_leakage_not_checked_says_why(tmp_path):
+    df = make_set(tmp_path, ink_mel=0, ink_nv=0, extra={"lesion_id": [f"L{k:02d}" for k in range(20)]})
+    ids = run_scan({"regions": {"ink": {}}}, df.assign(split=None), tmp_path / "o", SPEC,  # as load_manifest gives it
+                   id_col="lesion_id").summary["leakage"]["ids"]
+    assert not ids["checked"] and ids["note"] == "the manifest has no split column"
+    ids = run_scan({"regions": {"ink": {}}}, df.assign(split="train"), tmp_path / "o", SPEC,
+                   id_col="lesion_id").summary["leakage"]["ids"]
+    assert not ids["checked"] and ids["note"] == "every image is in split 'train'"
