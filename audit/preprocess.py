@@ -134,6 +134,8 @@ def _nearest(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def load_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit scaled by the
     image's maximum, 32-bit float taken as [0, 1] when it lies there, else stretched from its own range).
+    An EXIF orientation tag is not applied, as torchvision's and timm's loaders do not apply it: the pixels are
+    the stored ones, those the model was trained on and the masks were drawn on.
 
     DICOM is refused with a message saying so: its pixel values only become an image through a windowing the
     auditor cannot know (the one the model was trained with)."""
