@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader worker processes (0 = in the main process; default: cores − 1, at most 4)")
     s.add_argument("--limit", type=int, help="scan only the first N images")
     s.add_argument("--phash-threshold", type=int, default=6,
-                   help="near-duplicate: Hamming distance <= this (of 64 bits)")
+                   help="near-duplicate candidate: pHash Hamming distance <= this (of 64 bits)")
+    s.add_argument("--detail-threshold", type=int, default=None,
+                   help="a candidate is confirmed when the 256-bit detail hash differs in <= this many bits "
+                        "(default 48)")
     s.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     s.add_argument("--json", action="store_true", help="print scan.json to stdout")
 
@@ -286,6 +289,7 @@ def cmd_scan(args) -> int:
         res = run_scan(preset, manifest, Path(args.out), spec, by=args.by, id_col=args.id_col,
                        flag_cols=args.flag_cols, run_dir=args.run_dir, positive=args.positive,
                        workers=args.workers, limit=args.limit, phash_threshold=args.phash_threshold,
+                       **({} if args.detail_threshold is None else {"detail_threshold": args.detail_threshold}),
                        progress=lambda done, total: prog.update(task, completed=done, total=total))
     if args.json:
         print(json.dumps(res.summary, indent=2))

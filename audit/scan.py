@@ -13,14 +13,16 @@ flag columns over every image, in DataLoader workers, and reports:
   sqrt(χ² / (n·(min(r, c) − 1))), its p by Monte Carlo when the table is sparse. Associations are listed
   strongest first (the CI bound nearer OR = 1, on the log scale, then |log OR|), each also in words;
 * split leakage: the same id (`id_col`, e.g. lesion_id / patient id) in more than one split, and near-duplicate
-  images across splits by a 64-bit DCT perceptual hash (Hamming distance ≤ `phash_threshold`, default 6);
+  images across splits: candidates by a 64-bit DCT perceptual hash (Hamming distance ≤ `phash_threshold`,
+  default 6), confirmed by a 256-bit one (≤ `detail_threshold`, default 40): the 64-bit hash sees the layout
+  only, and in dermoscopy many different lesions share one (a dark blob in the middle of skin);
 * with `run_dir`: the model's accuracy and the positive class's sensitivity / specificity with vs without each
   artifact (Wilson CIs), and the mean P(positive) among negatives with vs without it (bootstrap CIs) — the
   analysis of Winkler et al. 2019, JAMA Dermatology 155(10):1135, where surgical-ink markings raised the
   melanoma probability a CNN gave to nevi.
 
 Files written to `out_dir`: scan.csv (one row per readable image: detector scores `score_<a>`, flags
-`present_<a>` True/False/empty = unknown, `phash` as 16 hex digits, and model columns with `run_dir`),
+`present_<a>` True/False/empty = unknown, `phash` as 16 hex digits, `phash256` as 64, and model columns with `run_dir`),
 scan.json (strict JSON, NaN → null, `schema_version`), contact_<artifact>.png (the top-scoring images per
 artifact, the region outlined), near_duplicates.csv and leaking_ids.csv (when any), errors.csv (unreadable
 images, skipped and counted); an interrupted scan leaves scan.partial.csv (the rows scanned until then).
@@ -48,12 +50,17 @@ from .preprocess import InputSpec
 from .stats import Estimate, bootstrap_ci, proportion_ci
 
 __all__ = ["ScanResult", "run_scan", "render_scan", "prepare_scan", "scan_input_spec", "phash_images",
-           "hamming", "odds_ratio_2x2", "cramers_v", "SCHEMA_VERSION", "PHASH_BITS"]
+           "detail_hash_images", "hamming", "odds_ratio_2x2", "cramers_v", "SCHEMA_VERSION", "PHASH_BITS"]
 
 SCHEMA_VERSION = 1
 PHASH_BITS = 64
 PHASH_SIZE = 32          # grayscale side the DCT is taken on
 PHASH_LOW = 8            # low-frequency block kept (8×8 = 64 bits)
+DETAIL_BITS = 256        # the confirming hash: 16×16 lowest frequencies of a 64×64 grayscale image
+DETAIL_SIZE = 64
+DETAIL_LOW = 16
+DETAIL_THRESHOLD = 48    # of 256 bits; benchmarks/near_duplicates.py measures why (docs/scan.md)
+PAIR_SHEET_PAIRS = 16    # near-duplicate pairs drawn in near_duplicates.png
 SCAN_KEYS = ("flag_cols", "by", "id_col", "min_n", "top_k")
 MAX_JSON_PAIRS = 1000    # near-duplicate pairs / leaking ids listed in scan.json (all of them in the CSVs)
 Progress = Callable[[int, int], None]
@@ -196,39 +203,53 @@ def _parse_flags(s: pd.Series, col: str) -> pd.Series:
 
 # ================================================================================================ perceptual hash
 
-def phash_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """64-bit DCT perceptual hashes (uint64, shape (N,)) of uint8 N×H×W×3 RGB images.
+def _dct_hash(images: np.ndarray | torch.Tensor, size: int, low: int) -> np.ndarray:
+    """DCT hashes of uint8 N×H×W×3 RGB images: N×(low²/64) uint64 words, first bit the most significant.
 
-    Per image: ITU-R 601 luminance → 32×32 (bilinear with antialiasing) → 2-D DCT-II (scipy.fft, unnormalised)
-    → the 8×8 lowest frequencies (DC included) → bit = coefficient > their median, row-major, first bit the
-    most significant (the pHash of Zauner 2010 as `imagehash.phash` computes it; coefficients below 1e-9 of
-    the largest are taken as 0, so a flat image hashes to 1 << 63, the DC bit alone). Batched: one resize and one
-    DCT call for the whole batch.
-    """
+    Per image: ITU-R 601 luminance → size×size (bilinear with antialiasing) → 2-D DCT-II (scipy.fft,
+    unnormalised) → the low×low lowest frequencies (DC included) → bit = coefficient > their median, row-major
+    (coefficients below 1e-9 of the largest are taken as 0, so a flat image sets the DC bit alone). Batched:
+    one resize and one DCT call for the whole batch."""
     import torch.nn.functional as F
     from scipy import fft
 
     t = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     if t.ndim != 4 or t.shape[-1] != 3:
         raise ValueError(f"images: expected uint8 N×H×W×3, got shape {tuple(t.shape)}")
+    words = low * low // 64
     if len(t) == 0:
-        return np.zeros(0, np.uint64)
+        return np.zeros((0, words), np.uint64)
     w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32)
     g = (t.float() * w).sum(-1)[:, None]
-    g = F.interpolate(g, size=(PHASH_SIZE, PHASH_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    g = F.interpolate(g, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     c = fft.dct(fft.dct(g[:, 0].double().numpy(), axis=1), axis=2)
-    low = c[:, :PHASH_LOW, :PHASH_LOW].reshape(len(c), PHASH_LOW * PHASH_LOW)
+    lowc = c[:, :low, :low].reshape(len(c), low * low)
     # floating-point dust (|c| < 1e-9 of the largest) is zero, so flat images hash deterministically
-    low = np.where(np.abs(low) < 1e-9 * np.abs(low).max(axis=1, keepdims=True), 0.0, low)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+    lowc = np.where(np.abs(lowc) < 1e-9 * np.abs(lowc).max(axis=1, keepdims=True), 0.0, lowc)
+    bits = lowc > np.median(lowc, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").reshape(len(c), words).astype(np.uint64)
+
+
+def phash_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """64-bit DCT perceptual hashes (uint64, shape (N,)) of uint8 N×H×W×3 RGB images: `_dct_hash` at 32×32,
+    8×8 frequencies (the pHash of Zauner 2010 as `imagehash.phash` computes it; a flat image hashes to 1 << 63).
+    It finds the candidate near-duplicate pairs; it sees the layout only (a dark lesion in the middle of skin),
+    so `detail_hash_images` confirms them."""
+    return _dct_hash(images, PHASH_SIZE, PHASH_LOW)[:, 0]
+
+
+def detail_hash_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """256-bit DCT hashes (uint64, shape (N, 4)) of uint8 N×H×W×3 RGB images: `_dct_hash` at 64×64, 16×16
+    frequencies. The mid frequencies it adds (hair, skin texture, the lesion's own pattern) tell two images with
+    the same layout apart, which the 64-bit pHash cannot; a re-encoded, rescaled or re-exposed copy keeps them."""
+    return _dct_hash(images, DETAIL_SIZE, DETAIL_LOW)
 
 
 _POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bit differences between uint64 hashes (broadcast)."""
+    """Bit differences between uint64 hashes (broadcast; for multi-word hashes, sum over the last axis)."""
     x = np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64))
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(x).astype(np.int64)
@@ -475,7 +496,8 @@ def _model_by_artifact(df: pd.DataFrame, artifacts: list[str], positive: str | N
 
 # ================================================================================================ the scan
 
-def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k) -> None:
+def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k,
+              detail_threshold=DETAIL_THRESHOLD) -> None:
     if not isinstance(manifest, pd.DataFrame) or "image" not in manifest.columns:
         raise ManifestError("manifest: expected a DataFrame from audit.manifest.load_manifest (column 'image')")
     if "label" not in manifest.columns or manifest["label"].notna().sum() == 0:
@@ -491,6 +513,8 @@ def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, wo
             raise ManifestError(f"--flag-cols: column {c!r} not found; columns are {cols}")
     if not (isinstance(phash_threshold, (int, np.integer)) and 0 <= phash_threshold <= PHASH_BITS):
         raise ConfigError(f"--phash-threshold: expected an integer in [0, {PHASH_BITS}], got {phash_threshold!r}")
+    if not (isinstance(detail_threshold, (int, np.integer)) and 0 <= detail_threshold <= DETAIL_BITS):
+        raise ConfigError(f"--detail-threshold: expected an integer in [0, {DETAIL_BITS}], got {detail_threshold!r}")
     if not (isinstance(workers, (int, np.integer)) and workers >= 0):
         raise ConfigError(f"--workers: expected an integer ≥ 0, got {workers!r}")
     if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
@@ -502,6 +526,7 @@ def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, wo
 def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpec, by: Sequence[str] = (),
              id_col: str | None = None, flag_cols: Sequence[str] = (), run_dir: str | None = None,
              positive: str | None = None, workers: int = 0, limit: int | None = None, phash_threshold: int = 6,
+             detail_threshold: int = DETAIL_THRESHOLD,
              progress: Progress | None = None, *, min_n: int | None = None, top_k: int | None = None,
              alpha: float = 0.05, batch_size: int = 32, device: str = "cpu", n_boot: int = 1000,
              seed: int = 0) -> ScanResult:
@@ -519,7 +544,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
       positive: the safety-critical class (default: the run's positive_class, then the preset's
       audit.positive); for a binary label without it, the minority class is compared with the other.
     workers: DataLoader worker processes (0 = main process). limit: scan only the first N rows.
-    phash_threshold: near-duplicate when the 64-bit pHashes differ in ≤ this many bits (default 6).
+    phash_threshold: a candidate near-duplicate pair when the 64-bit pHashes differ in ≤ this many bits (default 6);
+      detail_threshold: the candidate is confirmed when the 256-bit detail hashes differ in ≤ this many (40).
     progress: called as progress(done, total) after each batch. min_n: groups below it are too small (10).
     top_k: images per contact sheet (16). alpha: 1 − CI level. n_boot, seed: bootstrap of mean P(positive).
     Raises ManifestError / ConfigError / RunDirError with one line for bad input; unreadable images are
@@ -533,7 +559,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     id_col = id_col or opts.get("id_col")
     min_n = int(min_n if min_n is not None else opts.get("min_n", 10))  # preset values checked by _scan_options
     top_k = int(top_k if top_k is not None else opts.get("top_k", 16))
-    _validate(manifest, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k)
+    _validate(manifest, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k, detail_threshold)
     rs, sources, skipped = _artifact_plan(preset, flag_cols)
     if not sources:
         raise ConfigError("scan: nothing to scan: the preset has no artifact detector or file region, and no "
@@ -579,7 +605,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(sources)}
     heaps: dict[str, list] = {a: [] for a in sources}
     recs = rows.to_dict("records")
-    records, hashes, errors, probs_rows, row_pos = [], [], [], [], []
+    records, hashes, details, errors, probs_rows, row_pos = [], [], [], [], [], []
     n_warn = 0
     loader = make_loader(rows, spec, batch_size, int(workers), rs.compute if len(rs) else None)
     done = 0
@@ -591,6 +617,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             if batch["img"] is not None:
                 idx = batch["idx"]
                 hs = phash_images(batch["img"])
+                hd = detail_hash_images(batch["img"])
                 if in_loop:
                     with torch.no_grad():
                         pr = torch.softmax(model(normalize(batch["img"].to(dev), run.input)).float(), 1).cpu().numpy()
@@ -601,6 +628,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                         if c is not None and c not in rec:
                             rec[c] = r[c]
                     rec["phash"] = f"{int(hs[j]):016x}"
+                    rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
                     masks = batch["masks"][j] if "masks" in batch else {}
                     notes = batch["notes"][j] if "notes" in batch else {}
                     n_warn += len(batch["warnings"][j]) if "warnings" in batch else 0
@@ -643,6 +671,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                     records.append(rec)
                     row_pos.append(i)
                     hashes.append(hs[j])
+                    details.append(hd[j])
                 done += len(idx)
             if progress:
                 progress(done, len(rows))
@@ -660,6 +689,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     for a in sources:
         per_image[f"present_{a}"] = per_image[f"present_{a}"].astype("boolean")
     h = np.array(hashes, dtype=np.uint64)
+    hd_all = np.array(details, dtype=np.uint64).reshape(len(details), DETAIL_BITS // 64)
 
     # --- model predictions
     classes_run = None
@@ -727,7 +757,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             by_out[col][a] = {"groups": prev, "association": cv}
 
     # --- leakage
-    leakage = _leakage(rows, per_image, h, id_col, phash_threshold, out_dir)
+    leakage = _leakage(rows, per_image, h, hd_all, id_col, phash_threshold, detail_threshold, out_dir)
 
     # --- model metrics
     model_out = None
@@ -766,6 +796,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                  "input": spec.to_dict()},
         "options": {"by": by, "id_col": id_col, "flag_cols": flag_cols, "positive": positive, "min_n": min_n,
                     "alpha": alpha, "phash_threshold": int(phash_threshold), "phash_bits": PHASH_BITS,
+                    "detail_threshold": int(detail_threshold), "detail_bits": DETAIL_BITS,
                     "workers": int(workers), "limit": limit, "top_k": top_k, "run_dir": run_dir},
         "methods": {
             "prevalence": "Wilson score 95% CI; groups with n < min_n are too small (value null)",
@@ -775,8 +806,10 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                            "sqrt(chi2/(n(min(r,c)-1))); p by Monte Carlo (4000 tables, same margins) when > 20% of "
                            "expected counts < 5",
             "ranking": "strongest first: the CI bound nearer OR = 1 on the log scale, then |log OR|",
-            "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; near-"
-                     f"duplicate when Hamming distance <= {int(phash_threshold)} of 64 bits"},
+            "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; a candidate "
+                     f"near-duplicate pair when Hamming distance <= {int(phash_threshold)} of 64 bits, confirmed when "
+                     f"the 256-bit DCT hash of the {DETAIL_SIZE}x{DETAIL_SIZE} image differs in <= "
+                     f"{int(detail_threshold)} of 256 bits"},
         "artifacts": artifacts, "skipped_regions": skipped, "associations": associations, "by": by_out,
         "leakage": leakage, "model": model_out, "contact_sheets": sheets,
         "timing": {"total_s": time.perf_counter() - t0, "scan_pass_s": t_pass,
@@ -792,8 +825,11 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     return ScanResult(per_image=per_image, summary=summary, out_dir=out_dir, errors=errors)
 
 
-def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, id_col: str | None, thr: int,
-             out_dir: Path) -> dict:
+def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, hd: np.ndarray, id_col: str | None,
+             thr: int, detail_thr: int, out_dir: Path) -> dict:
+    """Ids in several splits, and near-duplicate image pairs: candidates by the 64-bit pHash (h (N,), ≤ thr bits),
+    confirmed by the 256-bit detail hash (hd (N, 4), ≤ detail_thr bits). All candidates go to
+    near_duplicates.csv with `confirmed`; scan.json lists the confirmed pairs."""
     splits_all = rows["split"].astype(object).where(rows["split"].notna(), "<missing>").astype(str)
     n_splits = rows["split"].dropna().nunique()
     out: dict = {"n_splits": int(n_splits)}
@@ -824,19 +860,26 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, id_col:
     cross = n_splits >= 2
     pairs = _near_pairs(h, sp, thr, cross_only=cross)
     pairs.sort(key=lambda t: (t[2], t[0], t[1]))
+    ii = np.array([p[0] for p in pairs], dtype=np.int64)
+    jj = np.array([p[1] for p in pairs], dtype=np.int64)
+    detail = hamming(hd[ii], hd[jj]).sum(-1) if len(pairs) else np.zeros(0, np.int64)
     ids = per_image["image_id"].astype(str).to_numpy()
     lab = per_image["label"].astype(object).to_numpy()
     pid = per_image[id_col].astype(object).to_numpy() if id_col is not None and id_col in per_image else None
-    lst = []
-    for i, j, d in pairs:
+    cand = []
+    for (i, j, d), dd in zip(pairs, detail):
         e = {"image_id_a": ids[i], "split_a": sp[i], "image_id_b": ids[j], "split_b": sp[j], "distance": d,
+             "detail_distance": int(dd), "confirmed": bool(dd <= detail_thr),
              "label_a": _none_if_na(lab[i]), "label_b": _none_if_na(lab[j])}
         if pid is not None:
             e.update(id_a=_none_if_na(pid[i]), id_b=_none_if_na(pid[j]))
-        lst.append(e)
+        cand.append(e)
+    lst = [e for e in cand if e["confirmed"]]
     differ = lambda a, b: a is not None and b is not None and str(a) != str(b)  # noqa: E731
     out["near_duplicates"] = {"scope": "across splits" if cross else "within the set (no splits)",
                               "threshold": int(thr), "bits": PHASH_BITS, "n_pairs": len(lst),
+                              "detail_threshold": int(detail_thr), "detail_bits": DETAIL_BITS,
+                              "n_candidates": len(cand), "n_unconfirmed": len(cand) - len(lst),
                               # one picture under two ids defeats a split by id; under two labels, a label is wrong
                               "id_col": id_col if pid is not None else None,
                               "n_different_ids": (sum(differ(p["id_a"], p["id_b"]) for p in lst)
@@ -844,12 +887,37 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, id_col:
                               "n_different_labels": sum(differ(p["label_a"], p["label_b"]) for p in lst),
                               "n_images": len({p["image_id_a"] for p in lst} | {p["image_id_b"] for p in lst}),
                               "pairs": lst[:MAX_JSON_PAIRS], "truncated": len(lst) > MAX_JSON_PAIRS}
-    dup_path = out_dir / "near_duplicates.csv"
-    if lst:
-        pd.DataFrame(lst).to_csv(dup_path, index=False)
-    elif dup_path.exists():
-        dup_path.unlink()
+    dup_path, sheet_path = out_dir / "near_duplicates.csv", out_dir / "near_duplicates.png"
+    if cand:
+        pd.DataFrame(cand).to_csv(dup_path, index=False)
+        out["near_duplicates"]["sheet"] = _pair_sheet(cand, per_image, sheet_path)
+    else:
+        dup_path.unlink(missing_ok=True)
+        sheet_path.unlink(missing_ok=True)
     return out
+
+
+def _pair_sheet(cand: list[dict], per_image: pd.DataFrame, path: Path) -> str | None:
+    """near_duplicates.png: the confirmed pairs, then the unconfirmed ones by detail distance, two pairs per row
+    (left ~ right; captions "H<pHash bits> D<detail bits>" and "same" or "check"), re-read from their files."""
+    from masks.export import THUMB, contact_sheet
+
+    from .preprocess import load_rgb
+    where = dict(zip(per_image["image_id"].astype(str), per_image["image"].astype(str)))
+    thumbs: list[tuple[str, Image.Image]] = []
+    for e in sorted(cand, key=lambda e: (not e["confirmed"], e["detail_distance"], e["distance"]))[:PAIR_SHEET_PAIRS]:
+        try:
+            a, b = (Image.fromarray(load_rgb(where[e[k]])).resize((THUMB, THUMB), Image.BILINEAR)
+                    for k in ("image_id_a", "image_id_b"))
+        except (OSError, ValueError, KeyError):
+            continue
+        thumbs += [(f"{e['image_id_a'][:16]} H{e['distance']} D{e['detail_distance']}", a),
+                   (f"{e['image_id_b'][:16]} {'same' if e['confirmed'] else 'check'}", b)]
+    if not thumbs:
+        return None
+    contact_sheet(thumbs, {"pairs, left ~ right: H = pHash bits, D = detail bits (same: D within the threshold)":
+                           (90, 200, 90)}, cols=4).save(path)
+    return path.name
 
 
 # ================================================================================================ rendering
@@ -997,12 +1065,18 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     disagree = [f"{nd['n_different_ids']} under different {nd['id_col']}" if nd.get("n_different_ids") else "",
                 f"{nd['n_different_labels']} with different labels" if nd.get("n_different_labels") else ""]
     disagree = [x for x in disagree if x]
+    det = (f", confirmed by the {nd['detail_bits']}-bit detail hash ≤ {nd['detail_threshold']}"
+           if nd.get("detail_bits") else "")
+    unconf = (f"\n  {nd['n_unconfirmed']} more pHash candidate pair(s) share a layout but differ in detail: "
+              "different images, or cropped or marked-up copies; not counted, check by eye ("
+              + (f"{nd['sheet']}, " if nd.get("sheet") else "") + "near_duplicates.csv: confirmed = False)"
+              if nd.get("n_unconfirmed") else "")
     parts.append(Text(f"Near-duplicate images {nd['scope']} (pHash, Hamming ≤ {nd['threshold']} of {nd['bits']} "
-                      f"bits): {nd['n_pairs']} pair(s)" + (f" ({'; '.join(disagree)})" if disagree else "")
+                      f"bits{det}): {nd['n_pairs']} pair(s)" + (f" ({'; '.join(disagree)})" if disagree else "")
                       + "".join(f"\n  {p['image_id_a']}{_in_split(p['split_a'], nd)} ~ {p['image_id_b']}"
                                 f"{_in_split(p['split_b'], nd)}: Hamming {p['distance']}{_pair_notes(p, nd)}"
-                                for p in nd["pairs"][:5]),
-                      style="bold red" if nd["n_pairs"] else "green"))
+                                for p in nd["pairs"][:5]) + unconf,
+                      style="bold red" if nd["n_pairs"] else ("yellow" if nd.get("n_unconfirmed") else "green")))
     mo = s.get("model")
     if mo:
         pos = mo["positive"]

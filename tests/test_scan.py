@@ -13,7 +13,7 @@ import yaml
 from PIL import Image, ImageDraw
 from rich.console import Console
 
-from audit.errors import ConfigError, ManifestError
+from audit.errors import ConfigError, ManifestError, UndefinedMetricWarning
 from audit.manifest import load_manifest
 from audit.preprocess import InputSpec
 from audit.scan import (cramers_v, hamming, odds_ratio_2x2, phash_images, render_scan, run_scan,
@@ -541,3 +541,62 @@ def test_id_leakage_not_checked_says_why(tmp_path):
     ids = run_scan({"regions": {"ink": {}}}, df.assign(split="train"), tmp_path / "o", SPEC,
                    id_col="lesion_id").summary["leakage"]["ids"]
     assert not ids["checked"] and ids["note"] == "every image is in split 'train'"
+
+
+def _layout_twin(seed: int) -> np.ndarray:
+    """A 224-px image: one broad low-frequency layout (the same for every seed) plus a fine texture drawn with
+    `seed`. Two seeds: the same 64-bit pHash (it sees the layout), 76 of 256 detail bits apart (the texture)."""
+    from scipy import ndimage as ndi
+    low = ndi.gaussian_filter(np.random.default_rng(0).normal(0, 1, (224, 224)), 20)
+    tex = ndi.gaussian_filter(np.random.default_rng(seed).normal(0, 1, (224, 224)), 2)
+    a = np.clip(128 + low / low.std() * 40 + tex / tex.std() * 4, 0, 255).astype(np.uint8)
+    return np.repeat(a[..., None], 3, axis=2)
+
+
+def test_detail_hash_known_answer_and_reference():
+    from scipy import fftpack
+
+    from audit.scan import detail_hash_images
+    flat = detail_hash_images(np.full((1, 50, 50, 3), 77, np.uint8))
+    assert flat.shape == (1, 4) and flat[0].tolist() == [1 << 63, 0, 0, 0]     # the DC bit alone
+    imgs = np.stack([_layout_twin(1), np.asarray(Image.fromarray(skin_lesion(3)).resize((224, 224)))])
+    fast = detail_hash_images(imgs)
+    for k, im in enumerate(imgs):  # slow reference: PIL luminance + resize to 64, scipy.fftpack DCT, 16×16 block
+        g = np.asarray(Image.fromarray(im).convert("L").resize((64, 64), Image.BILINEAR), dtype=np.float64)
+        c = fftpack.dct(fftpack.dct(g, axis=0), axis=1)[:16, :16]
+        ref = int("".join("1" if b else "0" for b in (c > np.median(c)).ravel()), 2)
+        words = [(ref >> (64 * (3 - w))) & ((1 << 64) - 1) for w in range(4)]
+        assert hamming(np.array(words, np.uint64), fast[k]).sum() <= 12    # resampling differs slightly
+
+
+def test_near_duplicate_candidates_are_confirmed_by_the_detail_hash(tmp_path):
+    """Same layout, different texture: a pHash candidate the detail hash rejects (listed for checking by eye,
+    not counted); a JPEG re-save of one of them: confirmed."""
+    a, b = _layout_twin(1), _layout_twin(2)
+    for name, im in (("a", a), ("b", b)):
+        Image.fromarray(im).save(tmp_path / f"{name}.png")
+    Image.fromarray(a).save(tmp_path / "a_copy.jpg", quality=80)
+    df = pd.DataFrame({"image_id": ["a", "b", "a_copy"], "image": [str(tmp_path / f) for f in
+                                                                   ("a.png", "b.png", "a_copy.jpg")],
+                       "label": ["mel", "nv", "nv"], "split": ["test", "train", "train"], "mask": None})
+    spec = InputSpec(size=224)
+    with pytest.warns(UndefinedMetricWarning):
+        res = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", spec, min_n=1)
+    nd = res.summary["leakage"]["near_duplicates"]
+    assert nd["n_candidates"] == 2 and nd["n_pairs"] == 1 and nd["n_unconfirmed"] == 1   # across splits only
+    (p,) = nd["pairs"]
+    assert {p["image_id_a"], p["image_id_b"]} == {"a", "a_copy"} and p["detail_distance"] <= 48
+    csv = pd.read_csv(tmp_path / "o" / "near_duplicates.csv")
+    rejected = csv[~csv["confirmed"]].iloc[0]
+    assert {rejected["image_id_a"], rejected["image_id_b"]} == {"a", "b"}
+    assert rejected["distance"] <= 6 and rejected["detail_distance"] > 48
+    assert nd["sheet"] == "near_duplicates.png" and (tmp_path / "o" / "near_duplicates.png").is_file()
+    assert Image.open(tmp_path / "o" / "near_duplicates.png").size[0] == 4 * 160            # two pairs a row
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    render_scan(res.summary, con)
+    text = " ".join(con.export_text().split())
+    assert "confirmed by the 256-bit detail hash ≤ 48): 1 pair(s)" in text
+    assert "1 more pHash candidate pair(s) share a layout but differ in detail" in text
+    with pytest.warns(UndefinedMetricWarning):
+        loose = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o2", spec, min_n=1, detail_threshold=256)
+    assert loose.summary["leakage"]["near_duplicates"]["n_pairs"] == 2
