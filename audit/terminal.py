@@ -57,7 +57,11 @@ def discover_renderable(d: dict, out_dir: str | None = None, n: int = 3):
         style = "bold red" if r.get("flag") else ""
         lines.append(Text(f"• {r.get('text', '')}", style=style))
         protos = ", ".join(str(p) for p in (r.get("prototypes") or [])[:5])
-        where = f" · overlays: {out_dir}/gallery/discover_{r['kind']}_{r['id']}/" if out_dir else ""
+        where = ""
+        if out_dir:  # only what is there: `discover --no-report` renders no gallery
+            gal, mean = (Path(out_dir) / "gallery" / f"discover_{r['kind']}_{r['id']}",
+                         Path(out_dir) / "discover" / f"{r['kind']}_{r['id']}.png")
+            where = (f" · overlays: {gal}/" if gal.is_dir() else f" · mean map: {mean}" if mean.is_file() else "")
         lines.append(Text(f"  prototypes: {protos}{where}", style="dim"))
     if len(rows) > n:
         lines.append(Text(f"  … {len(rows) - n} more ranked groups in discover/groups.csv", style="dim"))

@@ -69,7 +69,7 @@ def test_files_line_lists_only_what_was_written(tmp_path):
     assert line.rstrip() == f"Files: {tmp_path}/ (plots/, per_image.csv, summary.json)"
 
 
-def test_discovered_groups_in_words_with_prototypes():
+def test_discovered_groups_in_words_with_prototypes(tmp_path):
     disc = {"ranking": [
         {"kind": "slice", "id": 3, "rank": 1, "n": 41, "suspicion": 0.62, "reason": "gap", "flag": "worse",
          "prototypes": ["ISIC_7", "ISIC_9"], "text": "slice 3: 41 images, accuracy 0.32 vs 0.81 elsewhere"},
@@ -77,12 +77,19 @@ def test_discovered_groups_in_words_with_prototypes():
          "prototypes": ["ISIC_2"], "text": "cluster 0 (predicted mel): 30 images"}] + [
         {"kind": "slice", "id": i, "rank": i, "n": 12, "suspicion": 0.1, "reason": "gap", "flag": None,
          "prototypes": [], "text": f"slice {i}"} for i in range(4, 7)]}
+    out = tmp_path / "r"   # slice 3's overlays were rendered; cluster 0 has its mean map only (--no-report)
+    (out / "gallery" / "discover_slice_3").mkdir(parents=True)
+    (out / "discover").mkdir()
+    (out / "discover" / "cluster_0.png").write_bytes(b"")
     con = Console(width=100, color_system=None, force_terminal=False, record=True)
-    print_summary({**SUMMARY, "discover": disc}, "reports/run_x", con)
+    print_summary({**SUMMARY, "discover": disc}, str(out), con)
     text = con.export_text()
     assert all(len(line) <= 100 for line in text.splitlines())
     assert "accuracy 0.32 vs 0.81 elsewhere" in text and "prototypes: ISIC_7, ISIC_9" in text
-    assert "gallery/discover_slice_3/" in text and "cluster 0 (predicted mel)" in text
+    flat = "".join(text.split())
+    assert "overlays:" + "".join(str(out).split()) + "/gallery/discover_slice_3/" in flat
+    assert "meanmap:" + "".join(str(out).split()) + "/discover/cluster_0.png" in flat
+    assert "cluster 0 (predicted mel)" in text and "discover_cluster_0/" not in flat
     assert "slice 5" not in text and "2 more ranked groups" in text   # top 3 shown, the rest counted
     con2 = Console(width=100, color_system=None, force_terminal=False, record=True)
     print_summary(SUMMARY, "reports/run_x", con2)
