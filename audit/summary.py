@@ -261,7 +261,8 @@ def hidden_shortcuts(s: dict) -> list[dict]:
     a coarse layer a region smaller than one map cell cannot receive its share, and the gradient weighting can
     put the evidence elsewhere. s: the summary with `counterfactual`, `regions`, `cam` and (optionally)
     `gates`. Returns [{region, flip_rate, lift, median_frac, flip_allowed, lift_alarm, median_area, cell_area,
-    text}], empty when none (or no counterfactual check)."""
+    shown_artifacts (other artifacts that flip decisions and that the maps do show: filling this region may
+    remove them too, e.g. a marker inside the border band), text}], empty when none (or no counterfactual check)."""
     cf = ((s.get("counterfactual") or {}).get("regions")) or {}
     regions = s.get("regions") or {}
     alarm = lift_alarm(s)
@@ -285,8 +286,15 @@ def hidden_shortcuts(s: dict) -> list[dict]:
         if math.isfinite(area) and math.isfinite(cell) and area < cell:
             text += (f". One {hw[0]}×{hw[1]} map cell covers {100 * cell:.0f}% of the image and the region's median "
                      f"area is {100 * area:.1f}%: an earlier layer (--layer) resolves it better")
-        out.append({"region": r, "flip_rate": fr, "lift": lift, "median_frac": frac, "flip_allowed": allowed, "lift_alarm": alarm,
-                    "median_area": area, "cell_area": cell, "text": text})
+        shown = [q for q, eq in cf.items() if q != r and _finite((eq or {}).get("flip_rate"), "lo") > allowed
+                 and _finite((regions.get(q) or {}).get("lift"), "lo") >= alarm]
+        for q in shown:  # filling r also fills whatever lies inside it, e.g. a marker inside the border band
+            fq, lq = cf[q]["flip_rate"], regions[q]["lift"]
+            text += (f". Filling {r} also removes any other artifact inside it: {q} changes {100 * fq['value']:.0f}% "
+                     f"on its own and the maps do show it ({lq['value']:.2f}×), so check whether it lies inside {r}")
+        out.append({"region": r, "flip_rate": fr, "lift": lift, "median_frac": frac, "flip_allowed": allowed,
+                    "lift_alarm": alarm, "median_area": area, "cell_area": cell, "shown_artifacts": shown,
+                    "text": text})
     return out
 
 

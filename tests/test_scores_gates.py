@@ -197,6 +197,10 @@ def test_hidden_shortcut_is_a_region_that_flips_decisions_the_maps_do_not_show()
     assert h["cell_area"] == pytest.approx(1 / 9)
     assert "removing patches changes 100% [98%, 100%]" in h["text"] and "0.83× [0.82, 0.84]" in h["text"]
     assert "One 3×3 map cell covers 11% of the image and the region's median area is 3.9%" in h["text"]
+    # text flips every decision and the maps show it: filling patches may have removed it too (if inside)
+    assert h["shown_artifacts"] == ["text"]
+    assert h["text"].endswith("text changes 100% on its own and the maps do show it (5.00×), so check whether it "
+                              "lies inside patches")
     # the gates' thresholds decide: a flip gate at 0.99 (CI lower bound 0.984 is not above it) or a lift alarm
     # at 0.5 (the lift's upper bound 0.84 is not below it) leaves nothing to report
     g = lambda name, t: {"name": name, "threshold": t}  # noqa: E731
