@@ -9,8 +9,9 @@ flag columns over every image, in DataLoader workers, and reports:
 * association with the label: for each class vs the rest (a binary label: the positive / minority class vs the
   other) the odds ratio with Fisher's exact test (`scipy.stats.fisher_exact`, two-sided) and a Woolf logit
   95 % CI; when a cell of the 2×2 table is zero, 0.5 is added to every cell (Haldane–Anscombe) for the
-  estimate and the CI. Over all classes: Pearson's χ² (no continuity correction) and Cramér's V =
-  sqrt(χ² / (n·(min(r, c) − 1))), its p by Monte Carlo when the table is sparse. Associations are listed
+  estimate and the CI. Over all classes: Pearson's χ² (no continuity correction) and Cramér's V,
+  bias-corrected (Bergsma 2013; the plain sqrt(χ² / (n·(min(r, c) − 1))) is inflated by small groups), its p
+  by Monte Carlo when the table is sparse. Associations are listed
   strongest first (the CI bound nearer OR = 1, on the log scale, then |log OR|), each also in words;
 * split leakage: the same id (`id_col`, e.g. lesion_id / patient id) in more than one split, and near-duplicate
   images across splits: candidates by a 64-bit DCT perceptual hash (Hamming distance ≤ `phash_threshold`,
@@ -296,10 +297,15 @@ def odds_ratio_2x2(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> dict:
 
 
 def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
-    """Cramér's V of an r×c contingency table with Pearson's χ² (scipy.stats.chi2_contingency, correction=False).
+    """Cramér's V of an r×c contingency table with Pearson's χ² (scipy.stats.chi2_contingency, correction=False),
+    bias-corrected.
 
-    V = sqrt(χ² / (n·(min(r, c) − 1))). Rows/columns with zero totals are dropped first; fewer than 2 left →
-    undefined (value NaN, note). Returns {value, chi2, p, p_method, dof, n, note}. When more than 20 % of the
+    The plain V = sqrt(φ² / (min(r, c) − 1)), φ² = χ²/n, is inflated when groups are small: under independence
+    E[φ²] ≈ (r−1)(c−1)/(n−1) (about 0.27 for 6 labels × present/absent at n = 60). `value` is Bergsma's
+    (2013, J. Korean Stat. Soc. 42:323) correction: sqrt(max(0, φ² − (r−1)(c−1)/(n−1)) / min(r̃ − 1, c̃ − 1)),
+    r̃ = r − (r−1)²/(n−1), c̃ likewise (R: rcompanion::cramerV(bias.correct = TRUE)); `uncorrected` is the
+    plain V. Rows/columns with zero totals are dropped first; fewer than 2 left, or n < 2 →
+    undefined (value NaN, note). Returns {value, uncorrected, chi2, p, p_method, dof, n, note}. When more than 20 % of the
     expected counts are below 5, the χ² distribution does not hold (a small group can make the χ² p far too small): p is then
     the Monte Carlo p of the same statistic over `n_mc` tables with the observed margins (the exact conditional
     test, as R's chisq.test(simulate.p.value = TRUE); Hope 1968), p_method "monte carlo", and the note says so.
@@ -308,19 +314,23 @@ def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
     t = np.asarray(table, dtype=np.float64)
     t = t[t.sum(1) > 0][:, t.sum(0) > 0] if t.size else t
     n = int(t.sum())
-    if t.ndim != 2 or min(t.shape) < 2:
-        return {"value": NAN, "chi2": NAN, "p": NAN, "p_method": "", "dof": 0, "n": n,
+    if t.ndim != 2 or min(t.shape) < 2 or n < 2:
+        return {"value": NAN, "uncorrected": NAN, "chi2": NAN, "p": NAN, "p_method": "", "dof": 0, "n": n,
                 "note": "undefined: fewer than two non-empty rows or columns"}
     chi2, p, dof, exp = chi2_contingency(t, correction=False)
-    v = math.sqrt(chi2 / (n * (min(t.shape) - 1)))
+    r, c = t.shape
+    v_plain = math.sqrt(chi2 / (n * (min(r, c) - 1)))
+    phi2 = max(0.0, chi2 / n - (r - 1) * (c - 1) / (n - 1))
+    denom = min(r - (r - 1) ** 2 / (n - 1), c - (c - 1) ** 2 / (n - 1)) - 1
+    v = math.sqrt(phi2 / denom) if denom > 0 else NAN
     low = int((exp < 5).sum())
     note, method = "", "chi2"
     if low > 0.2 * exp.size:
         p, method = monte_carlo_chi2_p(t, chi2, exp, n_mc, seed), "monte carlo"
         note = (f"{low} of {exp.size} expected counts < 5: p by Monte Carlo over {n_mc} tables with the same "
                 "margins (the χ² approximation does not hold)")
-    return {"value": float(v), "chi2": float(chi2), "p": float(p), "p_method": method, "dof": int(dof), "n": n,
-            "note": note}
+    return {"value": float(v), "uncorrected": float(v_plain), "chi2": float(chi2), "p": float(p), "p_method": method,
+            "dof": int(dof), "n": n, "note": note}
 
 
 def monte_carlo_chi2_p(t: np.ndarray, chi2: float, exp: np.ndarray, n_mc: int, seed: int) -> float:
@@ -802,9 +812,9 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             "prevalence": "Wilson score 95% CI; groups with n < min_n are too small (value null)",
             "odds_ratio": "one class vs the rest (binary label: positive/minority class vs the other); Woolf logit "
                           "CI, Haldane-Anscombe +0.5 to every cell when one is zero; Fisher exact two-sided p",
-            "association": "Pearson chi-square without continuity correction; Cramér's V = "
-                           "sqrt(chi2/(n(min(r,c)-1))); p by Monte Carlo (4000 tables, same margins) when > 20% of "
-                           "expected counts < 5",
+            "association": "Pearson chi-square without continuity correction; Cramér's V bias-corrected "
+                           "(Bergsma 2013; `uncorrected`: sqrt(chi2/(n(min(r,c)-1)))); p by Monte Carlo (4000 "
+                           "tables, same margins) when > 20% of expected counts < 5",
             "ranking": "strongest first: the CI bound nearer OR = 1 on the log scale, then |log OR|",
             "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; a candidate "
                      f"near-duplicate pair when Hamming distance <= {int(phash_threshold)} of 64 bits, confirmed when "
@@ -943,7 +953,7 @@ def _fv(cv: dict) -> str:
 
 
 _MC_NOTE = ("* p by Monte Carlo over tables with the same margins: too many expected counts < 5 for the χ² "
-            "approximation (V itself is inflated by small groups)")
+            "approximation. V is bias-corrected (Bergsma 2013): the plain V of small groups reads high by chance")
 
 
 def _none_if_na(v):

@@ -115,17 +115,35 @@ def test_cramers_v_against_hand_computation(ink_scan):
     chi2 = n * (a * d - b * c) ** 2 / ((a + b) * (c + d) * (a + c) * (b + d))
     cv = res.summary["artifacts"]["ink"]["label_association"]
     assert cv["chi2"] == pytest.approx(chi2)
-    assert cv["value"] == pytest.approx(math.sqrt(chi2 / n))
+    assert cv["uncorrected"] == pytest.approx(math.sqrt(chi2 / n)) == pytest.approx(0.7035, abs=1e-4)
+    # Bergsma's correction by hand: φ² = 9.899/20 = 0.49495, minus 1·1/19 → 0.44232; r̃ − 1 = 1 − 1/19 = 0.94737
+    assert cv["value"] == pytest.approx(math.sqrt((chi2 / n - 1 / 19) / (1 - 1 / 19))) == pytest.approx(0.6833,
+                                                                                                      abs=1e-4)
     # expected counts 4.5 / 5.5: too sparse for the χ² distribution → the exact conditional p, by Monte Carlo
     assert cv["p_method"] == "monte carlo" and "Monte Carlo" in cv["note"]
     exact = _exact_conditional_p(np.array([[a, b], [c, d]]))
     assert abs(cv["p"] - exact) < 4 * math.sqrt(exact * (1 - exact) / 4000) + 1 / 4001
     assert cv["p"] != pytest.approx(scipy.stats.chi2.sf(chi2, 1), rel=0.2)  # the approximation was far off
-    # 3 × 2 by hand: V = sqrt(χ² / (n (min(r, c) − 1)))
+    # 3 × 2 by hand: V = sqrt(χ² / (n (min(r, c) − 1))); corrected: φ² − 2·1/29 over min(3 − 4/29, 2 − 1/29) − 1
     t = np.array([[5, 5], [2, 8], [9, 1]])
     exp = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
     x2 = ((t - exp) ** 2 / exp).sum()
-    assert cramers_v(t)["value"] == pytest.approx(math.sqrt(x2 / t.sum()))
+    assert cramers_v(t)["uncorrected"] == pytest.approx(math.sqrt(x2 / t.sum()))
+    assert cramers_v(t)["value"] == pytest.approx(math.sqrt((x2 / 30 - 2 / 29) / (1 - 1 / 29)))
+
+
+def test_corrected_cramers_v_is_near_zero_for_independent_small_groups():
+    """6 labels × present/absent at n = 60, independent: the plain V reads about 0.27 on average, the
+    bias-corrected one stays near 0 (and never exceeds the plain one)."""
+    rng = np.random.default_rng(0)
+    plain, corr = [], []
+    for _ in range(200):
+        lab, art = rng.integers(0, 6, 60), rng.random(60) < 0.3
+        cv = cramers_v([[int(((lab == k) & art).sum()), int(((lab == k) & ~art).sum())] for k in range(6)], n_mc=10)
+        plain.append(cv["uncorrected"])
+        corr.append(cv["value"])
+    assert np.mean(plain) > 0.22 and np.mean(corr) < 0.11
+    assert all(c <= p + 1e-12 for c, p in zip(corr, plain))
 
 
 def _exact_conditional_p(t: np.ndarray) -> float:
