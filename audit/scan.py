@@ -10,8 +10,8 @@ flag columns over every image, in DataLoader workers, and reports:
   other) the odds ratio with Fisher's exact test (`scipy.stats.fisher_exact`, two-sided) and a Woolf logit
   95 % CI; when a cell of the 2×2 table is zero, 0.5 is added to every cell (Haldane–Anscombe) for the
   estimate and the CI. Over all classes: Pearson's χ² (no continuity correction) and Cramér's V,
-  bias-corrected (Bergsma 2013; the plain sqrt(χ² / (n·(min(r, c) − 1))) is inflated by small groups), its p
-  by Monte Carlo when the table is sparse. Associations are listed
+  bias-corrected (Bergsma 2013; the plain sqrt(χ² / (n·(min(r, c) − 1))) is inflated by small groups) with a
+  bootstrap CI, its p by Monte Carlo when the table is sparse. Associations are listed
   strongest first (the CI bound nearer OR = 1, on the log scale, then |log OR|), each also in words;
 * split leakage: the same id (`id_col`, e.g. lesion_id / patient id) in more than one split, and near-duplicate
   images across splits: candidates by a 64-bit DCT perceptual hash (Hamming distance ≤ `phash_threshold`,
@@ -296,7 +296,23 @@ def odds_ratio_2x2(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> dict:
             "corrected": corrected}
 
 
-def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
+def _corrected_v(t: np.ndarray) -> np.ndarray:
+    """Bias-corrected Cramér's V of B stacked r×c count tables (B×r×c → B), rows and columns with zero totals left
+    out per table; NaN where fewer than two non-empty rows or columns remain (the formula of `cramers_v`)."""
+    t = t.astype(np.float64)
+    n = t.sum((1, 2))
+    rs, cs = t.sum(2), t.sum(1)
+    exp = rs[:, :, None] * cs[:, None, :] / np.maximum(n, 1)[:, None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chi2 = np.where(exp > 0, (t - exp) ** 2 / np.where(exp > 0, exp, 1), 0.0).sum((1, 2))
+        r, c = (rs > 0).sum(1), (cs > 0).sum(1)
+        phi2 = np.maximum(0.0, chi2 / n - (r - 1) * (c - 1) / (n - 1))
+        denom = np.minimum(r - (r - 1) ** 2 / (n - 1), c - (c - 1) ** 2 / (n - 1)) - 1
+        v = np.sqrt(phi2 / denom)
+    return np.where((r >= 2) & (c >= 2) & (n >= 2) & (denom > 0), v, np.nan)
+
+
+def cramers_v(table, n_mc: int = 4000, seed: int = 0, n_boot: int = 1000, alpha: float = 0.05) -> dict:
     """Cramér's V of an r×c contingency table with Pearson's χ² (scipy.stats.chi2_contingency, correction=False),
     bias-corrected.
 
@@ -305,7 +321,9 @@ def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
     (2013, J. Korean Stat. Soc. 42:323) correction: sqrt(max(0, φ² − (r−1)(c−1)/(n−1)) / min(r̃ − 1, c̃ − 1)),
     r̃ = r − (r−1)²/(n−1), c̃ likewise (R: rcompanion::cramerV(bias.correct = TRUE)); `uncorrected` is the
     plain V. Rows/columns with zero totals are dropped first; fewer than 2 left, or n < 2 →
-    undefined (value NaN, note). Returns {value, uncorrected, chi2, p, p_method, dof, n, note}. When more than 20 % of the
+    undefined (value NaN, note). lo, hi: percentile bootstrap CI of the corrected V (n_boot tables drawn
+    multinomially from the observed cell shares, i.e. the images resampled; seeded; None when n_boot = 0).
+    Returns {value, lo, hi, uncorrected, chi2, p, p_method, dof, n, note}. When more than 20 % of the
     expected counts are below 5, the χ² distribution does not hold (a small group can make the χ² p far too small): p is then
     the Monte Carlo p of the same statistic over `n_mc` tables with the observed margins (the exact conditional
     test, as R's chisq.test(simulate.p.value = TRUE); Hope 1968), p_method "monte carlo", and the note says so.
@@ -315,8 +333,8 @@ def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
     t = t[t.sum(1) > 0][:, t.sum(0) > 0] if t.size else t
     n = int(t.sum())
     if t.ndim != 2 or min(t.shape) < 2 or n < 2:
-        return {"value": NAN, "uncorrected": NAN, "chi2": NAN, "p": NAN, "p_method": "", "dof": 0, "n": n,
-                "note": "undefined: fewer than two non-empty rows or columns"}
+        return {"value": NAN, "lo": NAN, "hi": NAN, "uncorrected": NAN, "chi2": NAN, "p": NAN, "p_method": "",
+                "dof": 0, "n": n, "note": "undefined: fewer than two non-empty rows or columns"}
     chi2, p, dof, exp = chi2_contingency(t, correction=False)
     r, c = t.shape
     v_plain = math.sqrt(chi2 / (n * (min(r, c) - 1)))
@@ -329,8 +347,14 @@ def cramers_v(table, n_mc: int = 4000, seed: int = 0) -> dict:
         p, method = monte_carlo_chi2_p(t, chi2, exp, n_mc, seed), "monte carlo"
         note = (f"{low} of {exp.size} expected counts < 5: p by Monte Carlo over {n_mc} tables with the same "
                 "margins (the χ² approximation does not hold)")
-    return {"value": float(v), "uncorrected": float(v_plain), "chi2": float(chi2), "p": float(p), "p_method": method,
-            "dof": int(dof), "n": n, "note": note}
+    lo = hi = None
+    if n_boot > 0:
+        draws = np.random.default_rng(seed).multinomial(n, (t / n).ravel(), size=n_boot).reshape(n_boot, r, c)
+        vb = _corrected_v(draws)
+        vb = vb[np.isfinite(vb)]
+        lo, hi = (float(x) for x in np.quantile(vb, [alpha / 2, 1 - alpha / 2])) if vb.size else (NAN, NAN)
+    return {"value": float(v), "lo": lo, "hi": hi, "uncorrected": float(v_plain), "chi2": float(chi2), "p": float(p),
+            "p_method": method, "dof": int(dof), "n": n, "note": note}
 
 
 def monte_carlo_chi2_p(t: np.ndarray, chi2: float, exp: np.ndarray, n_mc: int, seed: int) -> float:
@@ -425,12 +449,13 @@ def _associations(labels: np.ndarray, pres: np.ndarray, artifact: str, classes: 
     return out
 
 
-def _by_table(keys: np.ndarray, pres: np.ndarray, min_n: int, alpha: float) -> tuple[dict, dict]:
+def _by_table(keys: np.ndarray, pres: np.ndarray, min_n: int, alpha: float, n_boot: int = 1000,
+              seed: int = 0) -> tuple[dict, dict]:
     """Prevalence per group and Cramér's V of group × artifact (keys: str array; pres: bool array)."""
     groups = sorted(pd.unique(keys), key=str)
     prev = {str(g): _prev(int(pres[keys == g].sum()), int((keys == g).sum()), min_n, alpha) for g in groups}
     tab = [[int((pres & (keys == g)).sum()), int((~pres & (keys == g)).sum())] for g in groups]
-    return prev, cramers_v(tab)
+    return prev, cramers_v(tab, seed=seed, n_boot=n_boot, alpha=alpha)
 
 
 def _diff_means_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, alpha: float) -> tuple[float, float]:
@@ -740,7 +765,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         m = known & labelled
         labs, pl = lab[m].astype(str), pres[m]
         by_label = {c: _prev(int(pl[labs == c].sum()), int((labs == c).sum()), min_n, alpha) for c in classes}
-        cv = cramers_v([[int((pl & (labs == c)).sum()), int((~pl & (labs == c)).sum())] for c in classes])
+        cv = cramers_v([[int((pl & (labs == c)).sum()), int((~pl & (labs == c)).sum())] for c in classes],
+                       seed=seed, n_boot=n_boot, alpha=alpha)
         if not np.isfinite(cv["value"]):
             undefined.append(f"cramers_v[{a}]")
         scores = per_image[f"score_{a}"].to_numpy(dtype=np.float64)
@@ -763,7 +789,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         for a in sources:
             pres_s = per_image[f"present_{a}"]
             known = pres_s.notna().to_numpy()
-            prev, cv = _by_table(keys[known], pres_s.fillna(False).to_numpy(dtype=bool)[known], min_n, alpha)
+            prev, cv = _by_table(keys[known], pres_s.fillna(False).to_numpy(dtype=bool)[known], min_n, alpha,
+                                 n_boot, seed)
             by_out[col][a] = {"groups": prev, "association": cv}
 
     # --- leakage
@@ -813,8 +840,9 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             "odds_ratio": "one class vs the rest (binary label: positive/minority class vs the other); Woolf logit "
                           "CI, Haldane-Anscombe +0.5 to every cell when one is zero; Fisher exact two-sided p",
             "association": "Pearson chi-square without continuity correction; Cramér's V bias-corrected "
-                           "(Bergsma 2013; `uncorrected`: sqrt(chi2/(n(min(r,c)-1)))); p by Monte Carlo (4000 "
-                           "tables, same margins) when > 20% of expected counts < 5",
+                           "(Bergsma 2013; `uncorrected`: sqrt(chi2/(n(min(r,c)-1)))) with a percentile bootstrap "
+                           f"CI ({n_boot} multinomial tables, seeded); p by Monte Carlo (4000 tables, same margins) "
+                           "when > 20% of expected counts < 5",
             "ranking": "strongest first: the CI bound nearer OR = 1 on the log scale, then |log OR|",
             "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; a candidate "
                      f"near-duplicate pair when Hamming distance <= {int(phash_threshold)} of 64 bits, confirmed when "
@@ -946,10 +974,12 @@ def _fp(p) -> str:
 
 
 def _fv(cv: dict) -> str:
-    """Cramér's V with its p for the terminal; "*" marks a Monte Carlo p (sparse table, see `cramers_v`)."""
+    """Cramér's V with its bootstrap CI over its p, for the terminal ("0.21 [0.15,0.27]" / "p 0.00025*"); "*"
+    marks a Monte Carlo p (sparse table, see `cramers_v`)."""
     if cv.get("value") is None:
         return "n/a"
-    return f"{cv['value']:.2f} ({_fp(cv['p'])}{'*' if cv.get('p_method') == 'monte carlo' else ''})"
+    ci = f" [{cv['lo']:.2f},{cv['hi']:.2f}]" if cv.get("lo") is not None and cv.get("hi") is not None else ""
+    return f"{cv['value']:.2f}{ci}\np {_fp(cv['p'])}{'*' if cv.get('p_method') == 'monte carlo' else ''}"
 
 
 _MC_NOTE = ("* p by Monte Carlo over tables with the same margins: too many expected counts < 5 for the χ² "
@@ -1000,7 +1030,7 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
               box=box.SIMPLE_HEAD, padding=(0, 1))
     # two lines a row: the estimate over its CI, the artifact over its source (detector, file, flag)
     for c, j in (("artifact", "left"), ("present", "right"), ("overall", "right"),
-                 *((f"{c}", "right") for c in classes), ("Cramér's V (p)", "right")):
+                 *((f"{c}", "right") for c in classes), ("Cramér's V", "right")):
         t.add_column(c, justify=j, no_wrap=c == "artifact", min_width=9 if c not in ("artifact", "present") else None)
     for a, e in s["artifacts"].items():
         t.add_row(Text.assemble(a, "\n", (e["source"], "dim")), f"{e['n_present']}/{e['n_known']}",
@@ -1054,7 +1084,8 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
             t.add_column(a, justify="right", no_wrap=True)
         for g in shown:
             t.add_row(Text(str(g)), str(sizes[g]), *(_fe(e["groups"].get(g)) for e in per_a.values()))
-        t.add_row(Text("Cramér's V (p)", style="bold"), "", *(_fv(e["association"]) for e in per_a.values()))
+        t.add_row(Text("Cramér's V\n(95% CI), p", style="bold"), "",
+                  *(_fv(e["association"]) for e in per_a.values()))
         parts.append(t)
         if len(groups) > len(shown):
             rest = groups[len(shown):]

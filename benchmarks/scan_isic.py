@@ -108,13 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"{'n/a' if not np.isfinite(auc) else f'{auc:.2f}'} |")
     classes = s["data"]["classes"]
     lines += ["", f"Prevalence by label (the scan's table; groups with n < {s['options']['min_n']} are too small; "
-              "Cramér's V over all classes with its χ² p, or * a Monte Carlo p where expected counts are < 5):", "",
-              "| artifact | source | overall | " + " | ".join(classes) + " | Cramér's V (p) |",
+              "Cramér's V over all classes, bias-corrected, with its bootstrap 95% CI and its χ² p, or * a Monte Carlo "
+              "p where expected counts are < 5):", "",
+              "| artifact | source | overall | " + " | ".join(classes) + " | Cramér's V [95% CI] (p) |",
               "|---|---|---|" + "---|" * len(classes) + "---|"]
     for a, e in s["artifacts"].items():
         cv = e["label_association"]
         mc = "*" if cv.get("p_method") == "monte carlo" else ""
-        v = "n/a" if cv["value"] is None else f"{cv['value']:.2f} ({cv['p']:.2g}{mc})"
+        ci = f" [{cv['lo']:.2f}, {cv['hi']:.2f}]" if cv.get("lo") is not None else ""
+        v = "n/a" if cv["value"] is None else f"{cv['value']:.2f}{ci} ({cv['p']:.2g}{mc})"
         lines.append(f"| {a} | {e['source']} | {fmt_prev(e['prevalence'])} | "
                      + " | ".join(fmt_prev(e["by_label"][c]) for c in classes) + f" | {v} |")
     top = [e for e in s["associations"] if not e["too_small"] and e["odds_ratio"]["value"] is not None][:5]

@@ -298,7 +298,7 @@ def test_render_scan_text(ink_scan):
     assert "Artifact prevalence" in text and "ink" in text and "36.0" in text
     assert "Prevalence by site" in text and "Split leakage by lesion_id: 0 of 20" in text
     by = text.split("Prevalence by site", 1)[1].split("Split leakage", 1)[0].split("\n* p by Monte", 1)[0]
-    assert _first_cells(by) == ["a", "b", "Cramér's V (p)"]   # groups as rows
+    assert _first_cells(by) == ["a", "b", "Cramér's V", "(95% CI), p"]   # groups as rows, then V over its p
 
 
 def _first_cells(block: str) -> list[str]:
@@ -322,10 +322,10 @@ def test_by_table_lists_groups_largest_first_and_counts_the_hidden():
     con.print(scan_renderable(s, max_rows=12))
     text = con.export_text()
     by = text.split("Prevalence by site", 1)[1].split("\n3 smaller site group", 1)[0]
-    assert _first_cells(by) == [f"g{i:02d}" for i in range(12)] + ["Cramér's V (p)"]
+    assert _first_cells(by) == [f"g{i:02d}" for i in range(12)] + ["Cramér's V", "(95% CI), p"]
     flat = " ".join(text.split())
     assert "3 smaller site group(s) not shown (105 images; all in scan.json): g12, g13, g14" in flat
-    assert "0.30 (0.01*)" in text and "* p by Monte Carlo" in flat
+    assert "0.30" in text and "p 0.01*" in text and "* p by Monte Carlo" in flat
 
 
 def test_scan_text_quotes_comma_labels_groups_small_comparisons_and_omits_absent_splits():
@@ -484,7 +484,9 @@ def test_model_metrics_with_and_without_artifact(tiny_run, tmp_path):
 def test_p_values_that_underflow_do_not_read_zero():
     from audit.scan import _associations, _fp, _fv
     assert _fp(0.0) == "< 1e-300" and _fp(3.14e-6) == "3.1e-06" and _fp(None) == "—"
-    assert _fv({"value": 0.7, "p": 0.0}) == "0.70 (< 1e-300)"
+    assert _fv({"value": 0.7, "p": 0.0}) == "0.70\np < 1e-300"
+    assert _fv({"value": 0.7, "lo": 0.61, "hi": 0.79, "p": 3e-6, "p_method": "monte carlo"}) == \
+        "0.70 [0.61,0.79]\np 3e-06*"
     lab = np.array(["mel"] * 500 + ["nv"] * 4000)
     pres = np.array([True] * 480 + [False] * 20 + [True] * 100 + [False] * 3900)
     e = _associations(lab, pres, "ink", ["mel", "nv"], "mel", min_n=10, alpha=0.05)[0]
@@ -618,3 +620,29 @@ def test_near_duplicate_candidates_are_confirmed_by_the_detail_hash(tmp_path):
     with pytest.warns(UndefinedMetricWarning):
         loose = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o2", spec, min_n=1, detail_threshold=256)
     assert loose.summary["leakage"]["near_duplicates"]["n_pairs"] == 2
+
+
+def test_cramers_v_bootstrap_ci_is_seeded_covers_and_agrees_with_the_vectorised_formula():
+    from audit.scan import _corrected_v
+    t = np.array([[30, 20], [25, 40], [50, 35]])
+    cv = cramers_v(t, seed=3, n_boot=400)
+    assert cv["lo"] <= cv["value"] <= cv["hi"] and 0 <= cv["lo"] and cv["hi"] <= 1
+    assert cramers_v(t, seed=3, n_boot=400) == cv                       # seeded
+    assert cramers_v(t, n_boot=0)["lo"] is None
+    # the vectorised formula used for the bootstrap equals the scalar one, zero rows dropped per table
+    tabs = np.array([[[5, 5], [2, 8], [9, 1]], [[0, 0], [2, 8], [9, 1]], [[3, 0], [4, 0], [5, 0]]])
+    vv = _corrected_v(tabs)
+    assert vv[0] == pytest.approx(cramers_v(tabs[0], n_boot=0)["value"])
+    assert vv[1] == pytest.approx(cramers_v(tabs[1][1:], n_boot=0)["value"])
+    assert np.isnan(vv[2])                                                 # one non-empty column: undefined
+    # coverage: tables drawn from known cell shares (true corrected V from the shares, n → ∞)
+    shares = np.array([[0.2, 0.1], [0.1, 0.3], [0.15, 0.15]])
+    r = shares.sum(1, keepdims=True)
+    c = shares.sum(0, keepdims=True)
+    true_v = math.sqrt(((shares - r * c) ** 2 / (r * c)).sum())   # φ² of the population, min(r, c) − 1 = 1
+    rng = np.random.default_rng(0)
+    hits = 0
+    for k in range(100):
+        e = cramers_v(rng.multinomial(400, shares.ravel()).reshape(3, 2), seed=k, n_boot=300, n_mc=10)
+        hits += e["lo"] <= true_v <= e["hi"]
+    assert hits >= 85                                                      # nominal 95%
