@@ -123,12 +123,32 @@ def _outputs_suffix(run: RunConfig) -> str:
     return " (one sigmoid logit)" if run.n_outputs == 1 else f" (sigmoid output {run.binary_logit} of {run.n_outputs})"
 
 
+def confidence_ranks(per_image: pd.DataFrame) -> np.ndarray:
+    """The top-1 confidence as its normalised rank in (0, 1) among the audited images (average ranks for ties),
+    ranked by the top-1 log-odds (`logodds_<pred>`) where per_image.csv has them: a confident model has many
+    images at exactly 1.0 in float32, which the log-odds still order. Spearman ρ uses ranks only, so ρ with these
+    equals ρ with the confidence wherever the confidence is not tied. NaN stays NaN."""
+    from scipy.stats import rankdata
+    score = per_image["confidence"].to_numpy(dtype=float).copy()
+    pred = per_image["pred"].astype(str).to_numpy()
+    for c in pd.unique(pred):
+        col = f"logodds_{c}"
+        if col in per_image:
+            m = pred == c
+            score[m] = per_image.loc[m, col].to_numpy(dtype=float)
+    out = np.full(len(score), np.nan)
+    ok = np.isfinite(score)
+    out[ok] = (rankdata(score[ok]) - 0.5) / max(int(ok.sum()), 1)
+    return out
+
+
 def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig, cfg: AuditConfig, *,
                   full: pd.DataFrame | None, split: str, manifest, layer: str, cam_hw: tuple, n_skipped: int,
                   timing: dict, positive: str | None = None, val: tuple | None = None) -> dict:
     n = len(per_image)
     correct = per_image["correct"].astype(bool).to_numpy()
     conf = per_image["confidence"].to_numpy(dtype=float)
+    conf_rank = confidence_ranks(per_image)  # ρ(frac, confidence) without the float32 ties at 1.0
     s: dict = {
         "schema_version": SCHEMA_VERSION,
         "run": {"name": run.run_dir.name if run.run_dir else None, "run_dir": str(run.run_dir) if run.run_dir else None,
@@ -167,7 +187,7 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             if col not in per_image:
                 continue
             frac = per_image[col].to_numpy(dtype=float)
-            st = region_stats(frac, correct, conf, n_boot=cfg.n_boot, seed=cfg.seed, min_n=cfg.min_n)
+            st = region_stats(frac, correct, conf_rank, n_boot=cfg.n_boot, seed=cfg.seed, min_n=cfg.min_n)
             lift = per_image[f"lift_{r}"].to_numpy(dtype=float)
             area = per_image[f"area_{r}"].to_numpy(dtype=float)
             fl = per_image[f"fraclayer_{r}"].to_numpy(dtype=float)
@@ -211,8 +231,9 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
         frac_cols = [f"frac_{r}" for r in kinds if f"frac_{r}" in per_image]
         by_cols = ["label", *cfg.by]
         if frac_cols:
-            t = grouped_region_stats(per_image, frac_cols, by_cols, n_boot=cfg.n_boot, seed=cfg.seed, min_n=cfg.min_n,
-                                     include_overall=False)
+            t = grouped_region_stats(per_image.assign(_conf_rank=conf_rank), frac_cols, by_cols, n_boot=cfg.n_boot,
+                                     seed=cfg.seed, min_n=cfg.min_n, include_overall=False,
+                                     confidence_col="_conf_rank")
             keep = t[t["stat"].isin(["median_all", "diff_median", "auroc_error", "spearman_conf_all"])]
             s["by_group"] = {"columns": by_cols, "rows": keep.to_dict("records")}
     if "flag_off_target" in per_image:

@@ -216,3 +216,41 @@ def test_hidden_shortcut_is_a_region_that_flips_decisions_the_maps_do_not_show()
     big["regions"]["patches"]["median_area"] = 0.2
     assert "map cell" not in hidden_shortcuts(big)[0]["text"]
     assert hidden_shortcuts({"regions": {}, "cam": {}}) == []   # no counterfactual check
+
+
+def test_confidence_rho_ranks_the_top1_log_odds_where_float32_confidence_ties_at_one():
+    """12 images all at confidence 1.0 in float32: ρ(frac, confidence) was undefined (constant input); ranked by
+    the top-1 log-odds the fraction that rises with them reads ρ = 1 (and ρ = −1 when it falls)."""
+    import pandas as pd
+
+    from audit.config import AuditConfig
+    from audit.preprocess import InputSpec
+    from audit.run import RunConfig
+    from audit.summary import add_flags, build_summary, confidence_ranks
+    n = 12
+    lo = np.linspace(20.0, 40.0, n)
+    df = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "label": ["x"] * n, "pred": ["x"] * n,
+                       "correct": [True] * 6 + [False] * 6, "confidence": 1.0,
+                       "logodds_x": lo, "logodds_y": -lo, "p_x": 1.0, "p_y": 0.0,
+                       "frac_lungs": np.linspace(0.1, 0.9, n), "frac_text": np.linspace(0.5, 0.05, n)})
+    df.loc[3, ["pred", "logodds_y", "logodds_x"]] = ["y", 25.0, -25.0]   # a pred-y row: ranked by logodds_y
+    for r in ("lungs", "text"):
+        df[f"area_{r}"], df[f"fraclayer_{r}"], df[f"hit_{r}"] = 0.3, df[f"frac_{r}"], 1.0
+        df[f"lift_{r}"] = df[f"frac_{r}"] / 0.3
+    ranks = confidence_ranks(df)
+    expect = np.argsort(np.argsort(np.r_[lo[:3], 25.0, lo[4:]]))
+    np.testing.assert_allclose(ranks, (expect + 0.5) / n)
+    assert np.isnan(confidence_ranks(df.assign(confidence=np.nan).drop(columns=["logodds_x", "logodds_y"]))).all()
+    df.loc[3, "pred"] = "x"
+    df.loc[3, "logodds_x"] = lo[3]
+    kinds = {"lungs": "target", "text": "artifact"}
+    run = RunConfig(model_name="resnet18", source="torchvision", classes=["x", "y"], input=InputSpec())
+    cfg = AuditConfig(n_boot=50)
+    s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, full=None, split="test", manifest="m.csv",
+                      layer="layer4", cam_hw=(7, 7), n_skipped=0, timing={})
+    assert s["regions"]["lungs"]["stats"]["spearman_conf_all"]["value"] == pytest.approx(1.0)
+    assert s["regions"]["text"]["stats"]["spearman_conf_all"]["value"] == pytest.approx(-1.0)
+    s_old = build_summary(add_flags(df.drop(columns=["logodds_x", "logodds_y"]), kinds, cfg), kinds, run, cfg,
+                          full=None, split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7), n_skipped=0,
+                          timing={})
+    assert s_old["regions"]["lungs"]["stats"]["spearman_conf_all"]["value"] is None   # ties only: undefined
