@@ -258,8 +258,11 @@ def test_region_table_gives_the_lift_with_its_ci(plain_inputs):
     regs["ruler"]["lift"] = _est(5.0, 3.94, 6.61, 4)
     page = _page(plain_inputs, {"regions": regs})
     rows = {row[0]: row for row in _rows(page, "Where the evidence lies")}
-    assert rows["ruler"][4] == "5.0× [3.9, 6.6]"
-    assert rows["lesion"][4] == "1.5×"  # no estimate with a CI in the summary: the point alone, no "[nan, nan]"
+    assert rows["ruler"][4] == "5.00× [3.94, 6.61]"
+    assert rows["lesion"][4] == "1.50×"  # no estimate with a CI in the summary: the point alone, no "[nan, nan]"
+    regs["ruler"]["median_lift"], regs["ruler"]["lift"] = 12.34, _est(12.34, 10.06, 15.2, 40)
+    rows = {row[0]: row for row in _rows(_page(plain_inputs, {"regions": regs}), "Where the evidence lies")}
+    assert rows["ruler"][4] == "12.3× [10.1, 15.2]"
     regs["ruler"]["lift"] = _est(None, None, None, 4, True)
     rows = {row[0]: row for row in _rows(_page(plain_inputs, {"regions": regs}), "Where the evidence lies")}
     assert rows["ruler"][4] == "small n=4"  # as the terminal says it

@@ -212,7 +212,8 @@ def _regions(inp: ReportInputs) -> str:
 
 
 def _lift_text(e: dict) -> str:
-    """"3.1× [2.9, 3.2]": the median lift with its bootstrap CI (the figure max_artifact_lift gates)."""
+    """"0.83× [0.82, 0.84]": the median lift with its bootstrap CI (the figure max_artifact_lift gates); two
+    decimals below 10 (one decimal read 0.8× [0.8, 0.8] for a CI of 0.825–0.843), one above."""
     lift, est = e.get("median_lift"), e.get("lift") or {}
     if est.get("too_small"):  # as the terminal: a small group is called small, not given a number
         return small_text(est)
@@ -220,7 +221,8 @@ def _lift_text(e: dict) -> str:
         return "—"
     lo, hi = est.get("lo"), est.get("hi")
     ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi))
-    return f"{lift:.1f}×" + (f" [{lo:.1f}, {hi:.1f}]" if ok else "")
+    d = 2 if abs(lift) < 10 else 1
+    return f"{lift:.{d}f}×" + (f" [{lo:.{d}f}, {hi:.{d}f}]" if ok else "")
 
 
 def _missing_note(regs: dict) -> str:
