@@ -145,6 +145,9 @@ EXTRA = {
          "value": float("nan"), "lo": None, "hi": None, "too_small": False, "p": float("nan")},
         {"region": "frac_lesion", "group_col": "site", "group": "clinic_a", "n": 300, "stat": "spearman_conf_all",
          "value": 0.31, "lo": 0.2, "hi": 0.41, "too_small": False, "p": 2e-8},
+        {"region": "frac_ruler", "group_col": "label", "group": "nevus", "n": 324, "stat": "diff_median",
+         "value": float("nan"), "lo": None, "hi": None, "too_small": True, "p": None,
+         "note": "n_correct=0, n_incorrect=324"},
     ]},
 }
 
@@ -199,6 +202,7 @@ def test_new_sections_known_answers(plain_inputs):
     assert grp[1] == ["ruler", "site", "clinic_b", "correct − wrong (diff_median)", "small n=7", "7", ""]
     assert grp[2] == ["ruler", "site", "n/a", "ρ(conf) (spearman_conf_all)", "n/a", "n/a", ""]
     assert grp[3][-1] == "&lt; 0.001"                                     # never "0.000"
+    assert grp[4][4] == "none correct"             # not "small n=324": the short group is named, as in the terminal
     sec = page.split("<h2>Evidence by group</h2>", 1)[1].split("<h2>", 1)[0]
     assert "0.56" not in sec and "0.44" not in sec and "0.67" not in sec   # a small group gets no number
     assert "nan" not in page.lower()

@@ -401,7 +401,7 @@ def _by_group(inp: ReportInputs) -> str:
         region = _label(r.get("region"))
         region = region[len("frac_"):] if region.startswith("frac_") else region
         stat = str(r.get("stat", "?"))
-        value = fmt_est({k: r.get(k) for k in ("value", "lo", "hi", "n", "too_small")})
+        value = fmt_est({k: r.get(k) for k in ("value", "lo", "hi", "n", "too_small", "note")})
         p = r.get("p")
         rows.append([_c(region), _c(_label(r.get("group_col"))), _c(_label(r.get("group"))),
                      _c(f"{BY_GROUP_STATS[stat]} ({stat})" if stat in BY_GROUP_STATS else stat),
