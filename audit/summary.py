@@ -303,7 +303,9 @@ def hidden_shortcuts(s: dict) -> list[dict]:
                 f"the predictions (n = {fr.get('n')}), yet the maps give it {lift['value']:.2f}× "
                 f"[{lift['lo']:.2f}, {lift['hi']:.2f}] its area's share (alarm above {alarm:g}×) and "
                 f"a median {100 * frac['value']:.0f}% of the evidence: the model depends "
-                f"on a region its Grad-CAM does not show, so a low lift here is no evidence that {r} is unused")
+                f"on a region its Grad-CAM does not show (or reacts to how it was filled: the gallery's "
+                f"'read as … without the {r}' cases show both), so a low lift here is no evidence that {r} is "
+                "unused")
         if math.isfinite(area) and math.isfinite(cell) and area < cell:
             text += (f". One {hw[0]}×{hw[1]} map cell covers {100 * cell:.0f}% of the image and the region's median "
                      f"area is {100 * area:.1f}%: an earlier layer (--layer) resolves it better")
