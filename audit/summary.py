@@ -234,7 +234,8 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             t = grouped_region_stats(per_image.assign(_conf_rank=conf_rank), frac_cols, by_cols, n_boot=cfg.n_boot,
                                      seed=cfg.seed, min_n=cfg.min_n, include_overall=False,
                                      confidence_col="_conf_rank")
-            keep = t[t["stat"].isin(["median_all", "diff_median", "auroc_error", "spearman_conf_all"])]
+            keep = t[t["stat"].isin(["median_all", "diff_median", "auroc_error", "spearman_conf_all"])
+                     & (pd.to_numeric(t["n"], errors="coerce").fillna(1) > 0)]  # a group the region never occurs in
             s["by_group"] = {"columns": by_cols, "rows": keep.to_dict("records")}
     if "flag_off_target" in per_image:
         ok = off_target_defined(per_image, kinds)

@@ -254,3 +254,30 @@ def test_confidence_rho_ranks_the_top1_log_odds_where_float32_confidence_ties_at
                           full=None, split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7), n_skipped=0,
                           timing={})
     assert s_old["regions"]["lungs"]["stats"]["spearman_conf_all"]["value"] is None   # ties only: undefined
+
+
+def test_by_group_leaves_out_groups_a_region_never_occurs_in():
+    import pandas as pd
+
+    from audit.config import AuditConfig
+    from audit.preprocess import InputSpec
+    from audit.run import RunConfig
+    from audit.summary import add_flags, build_summary
+    n = 24
+    lab = np.array(["x"] * 12 + ["y"] * 12)
+    df = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "label": lab, "pred": lab,
+                       "correct": [True, False] * 12, "confidence": np.linspace(0.5, 0.99, n),
+                       "p_x": 0.5, "p_y": 0.5, "frac_lungs": np.linspace(0.2, 0.8, n),
+                       "frac_text": np.where(lab == "x", 0.1, np.nan)})    # text never found on a y image
+    for r in ("lungs", "text"):
+        df[f"area_{r}"], df[f"fraclayer_{r}"], df[f"hit_{r}"] = 0.3, df[f"frac_{r}"], 1.0
+        df[f"lift_{r}"] = df[f"frac_{r}"] / 0.3
+    kinds = {"lungs": "target", "text": "artifact"}
+    run = RunConfig(model_name="resnet18", source="torchvision", classes=["x", "y"], input=InputSpec())
+    cfg = AuditConfig(n_boot=20, min_n=5)
+    s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, full=None, split="test", manifest="m.csv",
+                      layer="layer4", cam_hw=(7, 7), n_skipped=0, timing={})
+    rows = {(r["region"], r["group"], r["stat"]) for r in s["by_group"]["rows"]}
+    assert ("frac_text", "x", "median_all") in rows and ("frac_lungs", "y", "median_all") in rows
+    assert not any(reg == "frac_text" and g == "y" for reg, g, _ in rows)
+    assert all(r["n"] > 0 for r in s["by_group"]["rows"])

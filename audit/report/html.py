@@ -410,7 +410,8 @@ def _by_group(inp: ReportInputs) -> str:
     by = ", ".join(str(c) for c in cols) if isinstance(cols, list) else str(cols)
     return ("<h2>Evidence by group</h2><p>Region statistics within each group"
             + (f" of {esc(by)}" if by else "")
-            + " (bootstrap 95% CI). Groups below the minimum size are called small, not given a number.</p>"
+            + " (bootstrap 95% CI). Groups below the minimum size are called small, not given a number; a group "
+              "in which a region never occurs (n = 0) is left out.</p>"
             + _table(["region", "by", "group", "statistic", "value [95% CI]", "n", "p"], rows, left=4))
 
 
