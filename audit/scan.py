@@ -15,7 +15,7 @@ flag columns over every image, in DataLoader workers, and reports:
   strongest first (the CI bound nearer OR = 1, on the log scale, then |log OR|), each also in words;
 * split leakage: the same id (`id_col`, e.g. lesion_id / patient id) in more than one split, and near-duplicate
   images across splits: candidates by a 64-bit DCT perceptual hash (Hamming distance ≤ `phash_threshold`,
-  default 6), confirmed by a 256-bit one (≤ `detail_threshold`, default 40): the 64-bit hash sees the layout
+  default 6), confirmed by a 256-bit one (≤ `detail_threshold`, default 48): the 64-bit hash sees the layout
   only, and in dermoscopy many different lesions share one (a dark blob in the middle of skin);
 * with `run_dir`: the model's accuracy and the positive class's sensitivity / specificity with vs without each
   artifact (Wilson CIs), and the mean P(positive) among negatives with vs without it (bootstrap CIs) — the
@@ -318,7 +318,8 @@ def cramers_v(table, n_mc: int = 4000, seed: int = 0, n_boot: int = 1000, alpha:
 
     The plain V = sqrt(φ² / (min(r, c) − 1)), φ² = χ²/n, is inflated when groups are small: under independence
     E[φ²] ≈ (r−1)(c−1)/(n−1) (about 0.27 for 6 labels × present/absent at n = 60). `value` is Bergsma's
-    (2013, J. Korean Stat. Soc. 42:323) correction: sqrt(max(0, φ² − (r−1)(c−1)/(n−1)) / min(r̃ − 1, c̃ − 1)),
+    (2013, J. Korean Stat. Soc. 42:323) correction:
+    sqrt(max(0, φ² − (r−1)(c−1)/(n−1)) / min(r̃ − 1, c̃ − 1)),
     r̃ = r − (r−1)²/(n−1), c̃ likewise (R: rcompanion::cramerV(bias.correct = TRUE)); `uncorrected` is the
     plain V. Rows/columns with zero totals are dropped first; fewer than 2 left, or n < 2 →
     undefined (value NaN, note). lo, hi: percentile bootstrap CI of the corrected V (n_boot tables drawn
@@ -580,7 +581,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
       audit.positive); for a binary label without it, the minority class is compared with the other.
     workers: DataLoader worker processes (0 = main process). limit: scan only the first N rows.
     phash_threshold: a candidate near-duplicate pair when the 64-bit pHashes differ in ≤ this many bits (default 6);
-      detail_threshold: the candidate is confirmed when the 256-bit detail hashes differ in ≤ this many (40).
+      detail_threshold: the candidate is confirmed when the 256-bit detail hashes differ in ≤ this many (48).
     progress: called as progress(done, total) after each batch. min_n: groups below it are too small (10).
     top_k: images per contact sheet (16). alpha: 1 − CI level. n_boot, seed: bootstrap of mean P(positive).
     Raises ManifestError / ConfigError / RunDirError with one line for bad input; unreadable images are

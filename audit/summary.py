@@ -246,12 +246,19 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
     return s
 
 
-def _gate_or_rule(s: dict, gate: str, rule_key: str, default: float) -> float:
-    """The threshold of `gate` when the audit set it, else the off-target rule's `rule_key` value."""
+def _gate_threshold(s: dict, gate: str) -> float | None:
+    """The threshold of the first gate whose name starts with `gate` ("max_artifact_lift" matches
+    "max_artifact_lift[text]"), or None when the audit set no such gate."""
     for g in s.get("gates") or []:
         if str(g.get("name", "")).startswith(gate) and g.get("threshold") is not None:
             return float(g["threshold"])
-    return float((s.get("off_target") or {}).get(rule_key, default))
+    return None
+
+
+def _gate_or_rule(s: dict, gate: str, rule_key: str, default: float) -> float:
+    """The threshold of `gate` when the audit set it, else the off-target rule's `rule_key` value."""
+    t = _gate_threshold(s, gate)
+    return t if t is not None else float((s.get("off_target") or {}).get(rule_key, default))
 
 
 def target_floor(s: dict) -> float:
@@ -295,9 +302,11 @@ def hidden_shortcuts(s: dict) -> list[dict]:
         fr, lift = (e or {}).get("flip_rate"), (regions.get(r) or {}).get("lift")
         if not isinstance(fr, dict) or not isinstance(lift, dict) or fr.get("too_small") or lift.get("too_small"):
             continue
-        allowed = _gate_or_rule(s, f"max_counterfactual_flip_rate[{r}]", "_none", 0.10)
+        allowed = _gate_threshold(s, f"max_counterfactual_flip_rate[{r}]")
+        allowed = 0.10 if allowed is None else allowed
         frac = ((regions.get(r) or {}).get("stats") or {}).get("median_all")
-        if not (_finite(fr, "lo") > allowed and _finite(lift, "hi") < alarm and _finite(fr, "lo") > _finite(frac, "hi")):
+        flips = _finite(fr, "lo")
+        if not (flips > allowed and _finite(lift, "hi") < alarm and flips > _finite(frac, "hi")):
             continue
         area = _finite(regions.get(r), "median_area")
         text = (f"removing {r} changes {100 * fr['value']:.0f}% [{100 * fr['lo']:.0f}%, {100 * fr['hi']:.0f}%] of "

@@ -34,7 +34,8 @@ from .errors import UndefinedMetricWarning
 from .stats import (NAN, Estimate, _as_bool_1d, _as_float_1d, _counts, _index_chunks, _percentile_ci,
                     _same_length, proportion_ci)
 
-__all__ = ["class_score", "prob_from_logodds", "fmt_threshold", "tune_threshold", "operating_points", "balanced_accuracy", "per_class_auc",
+__all__ = ["class_score", "prob_from_logodds", "fmt_threshold", "tune_threshold", "operating_points",
+           "balanced_accuracy", "per_class_auc",
            "partial_auc_above_sensitivity", "auc_above_sensitivity", "isic_metrics", "TUNING_VALIDATION", "TUNING_CROSS_FIT"]
 
 TUNING_VALIDATION = "validation split"

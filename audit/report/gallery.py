@@ -283,8 +283,8 @@ def gallery_markdown(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool
              f"Positive class: {_md(inp.positive) if inp.positive else 'not configured'}. Words: {words.legend()}",
              ""]
     for h in (inp.summary.get("counterfactual") or {}).get("hidden") or []:  # the colours do not show these
-        lines += [f"**Shortcut the maps do not show: {_md(h.get('region'))}.** {_md(h.get('text'))}. The overlays below "
-                  f"under-show it; their readings name it where removing it changed the prediction.", ""]
+        lines += [f"**Shortcut the maps do not show: {_md(h.get('region'))}.** {_md(h.get('text'))}. The overlays "
+                  "below under-show it; their readings name it where removing it changed the prediction.", ""]
     pos_h = f"P({_md(inp.positive)})" if inp.positive else "P(pos)"
     for g in groups:
         lines += [f"## {g.spec.title}", "",

@@ -262,7 +262,8 @@ def _operating_points(inp: ReportInputs) -> str:
         op = op[inp.positive]
     rows = []
     for p in op.get("points") or []:
-        rows.append([_c(_num(p.get("target_sensitivity"))), _c(fmt_threshold(p.get("threshold"), p.get("threshold_logodds"))),
+        thr = fmt_threshold(p.get("threshold"), p.get("threshold_logodds"))
+        rows.append([_c(_num(p.get("target_sensitivity"))), _c(thr),
                      _c(fmt_est(p.get("sensitivity"), pct=True)), _c(fmt_est(p.get("specificity"), pct=True)),
                      _c(fmt_est(p.get("ppv"), pct=True)), _c(fmt_est(p.get("npv"), pct=True)),
                      _c(" / ".join(str(p.get(k, "?")) for k in ("tp", "fn", "tn", "fp")))])
