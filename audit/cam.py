@@ -156,6 +156,40 @@ def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 22
     return min(names, key=lambda n: (n.count("."), len(n)))
 
 
+def finer_layer(model: torch.nn.Module, layer: str, input_shape: Sequence[int] = (1, 3, 224, 224)
+                ) -> tuple[str, tuple[int, int]] | None:
+    """The last module before `layer`, named at most one level deeper than it, whose output is a spatial map with
+    at least twice its side: the end of the previous stage (ResNet `layer4` → `layer3`, timm EfficientNet `bn2`
+    → `blocks.4`, torchvision EfficientNet `features` → `features.5`), the shallowest name among modules
+    returning that same tensor, with its map size; one dry forward on zeros. None when `layer`'s output is not
+    a spatial map (tokens) or no such module runs before it."""
+    outs: list[tuple[str, torch.Tensor]] = []
+
+    def make(name):
+        def hook(_m, _i, o):
+            if isinstance(o, torch.Tensor) and _layout(model, o.shape, max_side=int(input_shape[-1]) // 2):
+                outs.append((name, o))
+        return hook
+
+    p = next(model.parameters(), None)
+    x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
+                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    traced_forward(model, x, make)
+    side = lambda o: int(o.shape[2]) if _layout(model, o.shape) == "nchw" else int(o.shape[1])  # noqa: E731
+    at = next((k for k, (n, _) in enumerate(outs) if n == layer), None)
+    if at is None or _layout(model, outs[at][1].shape) not in ("nchw", "nhwc"):
+        return None
+    target = side(outs[at][1])
+    depth = layer.count(".") + 1   # stage outputs, not a layer inside a block (EfficientNet's blocks.5.0.bn1)
+    before = [(n, o) for n, o in outs[:at] if _layout(model, o.shape) in ("nchw", "nhwc") and side(o) >= 2 * target
+              and n.count(".") <= depth]
+    if not before:
+        return None
+    last = before[-1][1]
+    name = min((n for n, o in before if o is last), key=lambda n: (n.count("."), len(n)))
+    return name, (side(last), side(last))
+
+
 def share_after(model: torch.nn.Module, layer: str, input_shape: Sequence[int] = (1, 3, 224, 224)) -> float:
     """Share of the model's parameters in leaf modules that run after `layer` has produced its output (one dry
     forward on zeros), in [0, 1]. Near 0 for a CNN's last block (only the head follows); near 1 when the layer

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .cache import OutputCache
-from .cam import default_layer, eval_mode, get_module, grad_cam, share_after
+from .cam import default_layer, eval_mode, finer_layer, get_module, grad_cam, share_after
 from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
@@ -324,6 +324,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     summary["cam"]["batchnorm"] = batchnorm
     summary["gates"], summary["verdict"] = evaluate_gates(cfg.gates, clean_json(summary))
     if isinstance(summary.get("counterfactual"), dict):  # after the gates: their thresholds are the alarms
+        finer = finer_layer(model, layer, (1, spec.channels, spec.size, spec.size))
+        if finer:  # where a region smaller than a map cell can be resolved
+            summary["cam"]["finer_layer"] = {"layer": finer[0], "resolution": list(finer[1])}
         summary["counterfactual"]["hidden"] = hidden_shortcuts(clean_json(summary))
     summary["data"]["n_zero_cam"] = int((per_image["cam_sum"] <= 0).sum())
     summary["cache"] = {"key": cache.key, "enabled": cache.enabled, "from_cache": cache.hits,

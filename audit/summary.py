@@ -317,8 +317,12 @@ def hidden_shortcuts(s: dict) -> list[dict]:
                 f"'read as … without the {r}' cases show both), so a low lift here is no evidence that {r} is "
                 "unused")
         if math.isfinite(area) and math.isfinite(cell) and area < cell:
+            fl = (s.get("cam") or {}).get("finer_layer") or {}
+            res = "×".join(map(str, fl.get("resolution") or []))
             text += (f". One {hw[0]}×{hw[1]} map cell covers {100 * cell:.0f}% of the image and the region's median "
-                     f"area is {100 * area:.1f}%: an earlier layer (--layer) resolves it better")
+                     f"area is {100 * area:.1f}%: the map cannot single it out at this layer. An earlier layer has "
+                     "finer cells (" + (f"--layer {fl['layer']}, {res}" if fl.get("layer") else "--layer")
+                     + "), though Grad-CAM may miss the region there too")
         shown = [q for q, eq in cf.items() if q != r and _finite((eq or {}).get("flip_rate"), "lo") > allowed
                  and _finite((regions.get(q) or {}).get("lift"), "lo") >= alarm]
         for q in shown:  # filling r also fills whatever lies inside it, e.g. a marker inside the border band

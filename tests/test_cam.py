@@ -278,3 +278,19 @@ def test_an_early_default_layer_is_called_out():
     r18 = torchvision.models.resnet18(num_classes=2)
     assert share_after(r18, "layer4") == pytest.approx(1026 / sum(p.numel() for p in r18.parameters()))
     assert early_layer_note(r18, "layer4", (7, 7), InputSpec(size=224)) is None
+
+
+def test_finer_layer_is_the_end_of_the_previous_stage():
+    import timm
+    import torchvision
+
+    from audit.cam import finer_layer
+    ms = _models()
+    assert finer_layer(ms["resnet18"], "layer4") == ("layer3", (14, 14))
+    assert finer_layer(ms["resnet18"], "layer3") == ("layer2", (28, 28))
+    assert finer_layer(ms["efficientnet_b0"], "bn2") == ("blocks.4", (14, 14))      # not blocks.5.0.bn1 inside a block
+    assert finer_layer(ms["efficientnet_b0"], "bn2", (1, 3, 96, 96)) == ("blocks.4", (6, 6))
+    assert finer_layer(torchvision.models.efficientnet_b0(), "features") == ("features.5", (14, 14))
+    assert finer_layer(ms["resnet18"], "conv1") is None                            # nothing before it
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    assert finer_layer(vit, default_layer(vit)) is None                             # tokens, not a map

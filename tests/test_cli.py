@@ -225,6 +225,7 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
     assert rc == (0 if s["verdict"] == "pass" else 1)
     assert "border" in s["counterfactual"]["regions"] and s["counterfactual"]["regions"]["border"]["n"] == 4
     assert s["counterfactual"]["hidden"] == hidden_shortcuts(s)  # computed on the finished summary, gates included
+    assert s["cam"]["finer_layer"] == {"layer": "layer3", "resolution": [4, 4]}   # resnet18 at 64 px: layer4 is 2×2
     assert s["by_group"]["columns"] == ["label", "site"]
 
 

@@ -178,7 +178,8 @@ def _cf_summary(gates=None):
     shortcut audit at 3×3): `border` flips some decisions but holds more of the evidence than it flips;
     `text` flips every decision and its maps show it (lift 5)."""
     est = lambda v, lo, hi, n=360, small=False: {"value": v, "lo": lo, "hi": hi, "n": n, "too_small": small}  # noqa
-    return {"cam": {"resolution": [3, 3]}, "gates": gates or [],
+    return {"cam": {"resolution": [3, 3], "finer_layer": {"layer": "blocks.4", "resolution": [6, 6]}},
+            "gates": gates or [],
             "regions": {"patches": {"median_area": 0.039, "lift": est(0.83, 0.82, 0.84),
                                     "stats": {"median_all": est(0.033, 0.032, 0.034)}},
                         "border": {"median_area": 0.30, "lift": est(0.86, 0.85, 0.87),
@@ -197,6 +198,7 @@ def test_hidden_shortcut_is_a_region_that_flips_decisions_the_maps_do_not_show()
     assert h["cell_area"] == pytest.approx(1 / 9)
     assert "removing patches changes 100% [98%, 100%]" in h["text"] and "0.83× [0.82, 0.84]" in h["text"]
     assert "One 3×3 map cell covers 11% of the image and the region's median area is 3.9%" in h["text"]
+    assert "An earlier layer has finer cells (--layer blocks.4, 6×6), though Grad-CAM may miss" in h["text"]
     # text flips every decision and the maps show it: filling patches may have removed it too (if inside)
     assert h["shown_artifacts"] == ["text"]
     assert h["text"].endswith("text changes 100% on its own and the maps do show it (5.00×), so check whether it "
