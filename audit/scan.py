@@ -1136,8 +1136,12 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
                 t.add_row(Text(a if st == "with" else ""), st, str(x["n"]), _fe(x["accuracy"]), *extra)
         parts.append(t)
     if out_dir:
-        parts.append(Text(f"Files: {out_dir}/ (scan.csv, scan.json, contact_<artifact>.png"
-                          + (", errors.csv" if d["n_skipped"] else "") + ")", style="dim"))
+        nd, ids = s["leakage"]["near_duplicates"], s["leakage"]["ids"]
+        extra = ([", errors.csv"] if d["n_skipped"] else []) \
+            + ([", near_duplicates.csv"] if nd.get("n_candidates", nd.get("n_pairs")) else []) \
+            + ([f", {nd['sheet']}"] if nd.get("sheet") else []) + ([", leaking_ids.csv"] if ids.get("n_leaking") else [])
+        parts.append(Text(f"Files: {out_dir}/ (scan.csv, scan.json, contact_<artifact>.png{''.join(extra)})",
+                          style="dim"))
     return Group(*parts)
 
 

@@ -617,6 +617,10 @@ def test_near_duplicate_candidates_are_confirmed_by_the_detail_hash(tmp_path):
     text = " ".join(con.export_text().split())
     assert "confirmed by the 256-bit detail hash ≤ 48): 1 pair(s)" in text
     assert "1 more pHash candidate pair(s) share a layout but differ in detail" in text
+    from audit.scan import scan_renderable   # the files line names the pair files
+    con2 = Console(width=300, color_system=None, force_terminal=False, record=True)
+    con2.print(scan_renderable(res.summary, str(tmp_path / "o")))
+    assert "contact_<artifact>.png, near_duplicates.csv, near_duplicates.png)" in con2.export_text()
     with pytest.warns(UndefinedMetricWarning):
         loose = run_scan({"regions": {"ink": {}}}, df, tmp_path / "o2", spec, min_n=1, detail_threshold=256)
     assert loose.summary["leakage"]["near_duplicates"]["n_pairs"] == 2
