@@ -53,7 +53,7 @@ from .stats import Estimate, bootstrap_ci, proportion_ci
 __all__ = ["ScanResult", "run_scan", "render_scan", "prepare_scan", "scan_input_spec", "phash_images",
            "detail_hash_images", "hamming", "odds_ratio_2x2", "cramers_v", "SCHEMA_VERSION", "PHASH_BITS"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2       # 2: Cramér's `value` is bias-corrected (1: the plain V); near_duplicates lists confirmed pairs
 PHASH_BITS = 64
 PHASH_SIZE = 32          # grayscale side the DCT is taken on
 PHASH_LOW = 8            # low-frequency block kept (8×8 = 64 bits)

@@ -281,7 +281,7 @@ def test_outputs_strict_json_csv_and_contact_sheet(ink_scan):
     _, res = ink_scan
     out = res.out_dir
     s = json.loads((out / "scan.json").read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
-    assert s["schema_version"] == 1 and s["options"]["phash_threshold"] == 6
+    assert s["schema_version"] == 2 and s["options"]["phash_threshold"] == 6
     csv = pd.read_csv(out / "scan.csv")
     assert {"image_id", "label", "split", "phash", "score_ink", "present_ink", "present_drawn"} <= set(csv.columns)
     assert csv["phash"].str.len().eq(16).all()
