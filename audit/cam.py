@@ -109,6 +109,13 @@ def as_maps(model: torch.nn.Module, t: torch.Tensor, layer: str = "") -> torch.T
                      "N×h×w×K, or a transformer's class + patch tokens); choose another --layer")
 
 
+def _zeros_input(model: torch.nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    """A zero input for a dry forward, on the model's device and in its floating dtype (float32 otherwise)."""
+    p = next(model.parameters(), None)
+    return torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
+                       dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+
+
 def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> str:
     """The layer to explain by default, found with one dry forward on zeros (no gradients).
 
@@ -137,9 +144,7 @@ def default_layer(model: torch.nn.Module, input_shape: Sequence[int] = (1, 3, 22
                 tokens_after = True
         return hook
 
-    p = next(model.parameters(), None)
-    x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
-                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    x = _zeros_input(model, input_shape)
     traced_forward(model, x, make)
     if tokens_after:
         name = _last_block_norm(model)
@@ -163,31 +168,26 @@ def finer_layer(model: torch.nn.Module, layer: str, input_shape: Sequence[int] =
     → `blocks.4`, torchvision EfficientNet `features` → `features.5`), the shallowest name among modules
     returning that same tensor, with its map size; one dry forward on zeros. None when `layer`'s output is not
     a spatial map (tokens) or no such module runs before it."""
-    outs: list[tuple[str, torch.Tensor]] = []
+    maps: list[tuple[str, torch.Tensor, int]] = []  # (module, output, side) of every spatial map, in order
 
     def make(name):
         def hook(_m, _i, o):
-            if isinstance(o, torch.Tensor) and _layout(model, o.shape, max_side=int(input_shape[-1]) // 2):
-                outs.append((name, o))
+            kind = _layout(model, o.shape, max_side=int(input_shape[-1]) // 2) if isinstance(o, torch.Tensor) else None
+            if kind in ("nchw", "nhwc"):
+                maps.append((name, o, int(o.shape[2] if kind == "nchw" else o.shape[1])))
         return hook
 
-    p = next(model.parameters(), None)
-    x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
-                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
-    traced_forward(model, x, make)
-    side = lambda o: int(o.shape[2]) if _layout(model, o.shape) == "nchw" else int(o.shape[1])  # noqa: E731
-    at = next((k for k, (n, _) in enumerate(outs) if n == layer), None)
-    if at is None or _layout(model, outs[at][1].shape) not in ("nchw", "nhwc"):
+    traced_forward(model, _zeros_input(model, input_shape), make)
+    at = next((k for k, (n, _, _) in enumerate(maps) if n == layer), None)
+    if at is None:
         return None
-    target = side(outs[at][1])
     depth = layer.count(".") + 1   # stage outputs, not a layer inside a block (EfficientNet's blocks.5.0.bn1)
-    before = [(n, o) for n, o in outs[:at] if _layout(model, o.shape) in ("nchw", "nhwc") and side(o) >= 2 * target
-              and n.count(".") <= depth]
+    before = [(n, o, sd) for n, o, sd in maps[:at] if sd >= 2 * maps[at][2] and n.count(".") <= depth]
     if not before:
         return None
-    last = before[-1][1]
-    name = min((n for n, o in before if o is last), key=lambda n: (n.count("."), len(n)))
-    return name, (side(last), side(last))
+    _, last, sd = before[-1]
+    name = min((n for n, o, _ in before if o is last), key=lambda n: (n.count("."), len(n)))
+    return name, (sd, sd)
 
 
 def share_after(model: torch.nn.Module, layer: str, input_shape: Sequence[int] = (1, 3, 224, 224)) -> float:
@@ -209,9 +209,7 @@ def share_after(model: torch.nn.Module, layer: str, input_shape: Sequence[int] =
                 done_at.append(len(order))
         return hook
 
-    p = next(model.parameters(), None)
-    x = torch.zeros(*input_shape, device=p.device if p is not None else "cpu",
-                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    x = _zeros_input(model, input_shape)
     traced_forward(model, x, make, names=sorted(leaf_set | {layer}))
     total = sum(q.numel() for q in model.parameters())
     if not done_at or total == 0:
