@@ -272,6 +272,17 @@ def _near_pairs(h: np.ndarray, groups: np.ndarray, thr: int, cross_only: bool) -
     return out
 
 
+def near_duplicate_pairs(h: np.ndarray, hd: np.ndarray, groups: np.ndarray, thr: int,
+                         cross_only: bool) -> list[tuple[int, int, int, int]]:
+    """pHash candidate pairs with their detail distance: (i, j, pHash bits, detail bits), i < j, pHash ≤ thr
+    (`_near_pairs`), sorted by pHash distance then index. h: (N,) 64-bit hashes; hd: (N, 4) 256-bit ones."""
+    pairs = sorted(_near_pairs(h, groups, thr, cross_only), key=lambda t: (t[2], t[0], t[1]))
+    if not pairs:
+        return []
+    ii, jj = (np.array([p[k] for p in pairs], dtype=np.int64) for k in (0, 1))
+    return [(i, j, d, int(dd)) for (i, j, d), dd in zip(pairs, hamming(hd[ii], hd[jj]).sum(-1))]
+
+
 # ================================================================================================ statistics
 
 def odds_ratio_2x2(a: int, b: int, c: int, d: int, alpha: float = 0.05) -> dict:
@@ -897,33 +908,27 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, hd: np.
     # near-duplicate images by pHash
     sp = per_image["split"].astype(object).where(per_image["split"].notna(), "<missing>").astype(str).to_numpy()
     cross = n_splits >= 2
-    pairs = _near_pairs(h, sp, thr, cross_only=cross)
-    pairs.sort(key=lambda t: (t[2], t[0], t[1]))
-    ii = np.array([p[0] for p in pairs], dtype=np.int64)
-    jj = np.array([p[1] for p in pairs], dtype=np.int64)
-    detail = hamming(hd[ii], hd[jj]).sum(-1) if len(pairs) else np.zeros(0, np.int64)
     ids = per_image["image_id"].astype(str).to_numpy()
     lab = per_image["label"].astype(object).to_numpy()
     pid = per_image[id_col].astype(object).to_numpy() if id_col is not None and id_col in per_image else None
     cand = []
-    for (i, j, d), dd in zip(pairs, detail):
+    for i, j, d, dd in near_duplicate_pairs(h, hd, sp, thr, cross_only=cross):
         e = {"image_id_a": ids[i], "split_a": sp[i], "image_id_b": ids[j], "split_b": sp[j], "distance": d,
-             "detail_distance": int(dd), "confirmed": bool(dd <= detail_thr),
+             "detail_distance": dd, "confirmed": dd <= detail_thr,
              "label_a": _none_if_na(lab[i]), "label_b": _none_if_na(lab[j])}
         if pid is not None:
             e.update(id_a=_none_if_na(pid[i]), id_b=_none_if_na(pid[j]))
         cand.append(e)
     lst = [e for e in cand if e["confirmed"]]
-    differ = lambda a, b: a is not None and b is not None and str(a) != str(b)  # noqa: E731
     out["near_duplicates"] = {"scope": "across splits" if cross else "within the set (no splits)",
                               "threshold": int(thr), "bits": PHASH_BITS, "n_pairs": len(lst),
                               "detail_threshold": int(detail_thr), "detail_bits": DETAIL_BITS,
                               "n_candidates": len(cand), "n_unconfirmed": len(cand) - len(lst),
                               # one picture under two ids defeats a split by id; under two labels, a label is wrong
                               "id_col": id_col if pid is not None else None,
-                              "n_different_ids": (sum(differ(p["id_a"], p["id_b"]) for p in lst)
+                              "n_different_ids": (sum(_differ(p["id_a"], p["id_b"]) for p in lst)
                                                   if pid is not None else None),
-                              "n_different_labels": sum(differ(p["label_a"], p["label_b"]) for p in lst),
+                              "n_different_labels": sum(_differ(p["label_a"], p["label_b"]) for p in lst),
                               "n_images": len({p["image_id_a"] for p in lst} | {p["image_id_b"] for p in lst}),
                               "pairs": lst[:MAX_JSON_PAIRS], "truncated": len(lst) > MAX_JSON_PAIRS}
     dup_path, sheet_path = out_dir / "near_duplicates.csv", out_dir / "near_duplicates.png"
@@ -992,12 +997,17 @@ def _none_if_na(v):
     return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
+def _differ(a, b) -> bool:
+    """Two known values (ids or labels of a near-duplicate pair, as text) that are not the same."""
+    return a is not None and b is not None and a != b
+
+
 def _pair_notes(p: dict, nd: dict) -> str:
     """" · patientid 178 ≠ 97 · labels COVID-19 ≠ 'COVID-19, ARDS'" for a near-duplicate pair that disagrees."""
     out = ""
-    if nd.get("id_col") and p.get("id_a") is not None and p.get("id_b") is not None and p["id_a"] != p["id_b"]:
+    if nd.get("id_col") and _differ(p.get("id_a"), p.get("id_b")):
         out += f" · {nd['id_col']} {p['id_a']} ≠ {p['id_b']}"
-    if p.get("label_a") is not None and p.get("label_b") is not None and p["label_a"] != p["label_b"]:
+    if _differ(p.get("label_a"), p.get("label_b")):
         out += f" · labels {_lab(p['label_a'])} ≠ {_lab(p['label_b'])}"
     return out
 

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audit.preprocess import image_to_grid, load_rgb  # noqa: E402
-from audit.scan import (DETAIL_BITS, DETAIL_THRESHOLD, _near_pairs, detail_hash_images, hamming,  # noqa: E402
-                        phash_images, scan_input_spec)
+from audit.scan import (DETAIL_BITS, DETAIL_THRESHOLD, detail_hash_images, hamming,  # noqa: E402
+                        near_duplicate_pairs, phash_images, scan_input_spec)
 
 PHASH_THRESHOLD = 6
 BEGIN, END = "<!-- near_duplicates:begin (written by benchmarks/near_duplicates.py) -->", "<!-- near_duplicates:end -->"
@@ -49,11 +49,10 @@ def grid(paths: list[Path]) -> np.ndarray:
 
 
 def candidates(imgs: np.ndarray) -> tuple[list[tuple[int, int, int]], np.ndarray]:
-    """pHash candidate pairs (i, j, bits) and their detail distances."""
-    h, hd = phash_images(imgs), detail_hash_images(imgs)
-    pairs = _near_pairs(h, np.zeros(len(h)), PHASH_THRESHOLD, cross_only=False)
-    d = np.array([int(hamming(hd[i], hd[j]).sum()) for i, j, _ in pairs], dtype=np.int64)
-    return pairs, d
+    """pHash candidate pairs (i, j, bits) and their detail distances, as the scan finds them."""
+    found = near_duplicate_pairs(phash_images(imgs), detail_hash_images(imgs), np.zeros(len(imgs)),
+                                 PHASH_THRESHOLD, cross_only=False)
+    return [(i, j, d) for i, j, d, _ in found], np.array([dd for *_, dd in found], dtype=np.int64)
 
 
 def copy_of(a: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
