@@ -328,7 +328,8 @@ def cramers_v(table, n_mc: int = 4000, seed: int = 0, n_boot: int = 1000, alpha:
     bias-corrected.
 
     The plain V = sqrt(φ² / (min(r, c) − 1)), φ² = χ²/n, is inflated when groups are small: under independence
-    E[φ²] ≈ (r−1)(c−1)/(n−1) (about 0.27 for 6 labels × present/absent at n = 60). `value` is Bergsma's
+    E[φ²] ≈ (r−1)(c−1)/(n−1), so the plain V averages about 0.28 for 6 labels × present/absent at n = 60
+    (tests/test_scan.py). `value` is Bergsma's
     (2013, J. Korean Stat. Soc. 42:323) correction:
     sqrt(max(0, φ² − (r−1)(c−1)/(n−1)) / min(r̃ − 1, c̃ − 1)),
     r̃ = r − (r−1)²/(n−1), c̃ likewise (R: rcompanion::cramerV(bias.correct = TRUE)); `uncorrected` is the
