@@ -36,7 +36,7 @@ class ManifestDataset(Dataset):
         item: dict = {"idx": i, "ok": False, "error": "", "t_decode": 0.0, "t_regions": 0.0}
         t0 = time.perf_counter()
         try:
-            rgb = load_rgb(row["image"])
+            rgb = load_rgb(row["image"], self.spec.scale16)
             grid = image_to_grid(rgb, self.spec)
         except FileNotFoundError:
             item["error"] = f"image not found: {row['image']}"

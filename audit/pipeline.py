@@ -66,7 +66,8 @@ def grid_note(preset_input: dict, spec) -> str | None:
     preprocessing, which the audit always uses: the preset's values are not applied. None when they agree."""
     if not preset_input:
         return None
-    ours = {"size": spec.size, "resize": spec.resize, "crop_pct": spec.crop_pct, "interpolation": spec.interpolation}
+    ours = {"size": spec.size, "resize": spec.resize, "crop_pct": spec.crop_pct, "interpolation": spec.interpolation,
+            "scale16": spec.scale16}
     diff = {k: v for k, v in preset_input.items() if k in ours and v != ours[k]}
     if not diff:
         return None

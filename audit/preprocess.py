@@ -21,6 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+SCALE16 = ("max", "full", "minmax")  # InputSpec.scale16's named rules (or a bit depth 8..16)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class InputSpec:
     channels: 3 (grayscale images are replicated) or 1 (colour images converted to luminance).
     interpolation: "bilinear" (default, torchvision's) or "bicubic" (timm's default) for the image resize;
             masks are always resized with nearest neighbour.
+    scale16: how a 16-bit grayscale image (PNG, TIFF) becomes 0..255 — it must match the training loader:
+            "max" (default) divides by the image's own maximum (12-bit data stored in 16 bits fills the range);
+            "full" divides by 65535 (torchvision `decode_png` + `to_dtype(scale=True)`, OpenCV IMREAD_ANYDEPTH
+            / 65535), so a 16-bit copy of an 8-bit image (× 257) gives the 8-bit pixels; "minmax" stretches the
+            image's own min..max; an integer b in 8..16 divides by 2^b − 1 (values above it are clipped).
+            8-bit images are not affected. Colour 16-bit PNGs reach the auditor as 8 bits (Pillow keeps the
+            high byte, i.e. "full").
     """
 
     size: int = 224
@@ -45,6 +53,7 @@ class InputSpec:
     crop_pct: float = 1.0
     channels: int = 3
     interpolation: str = "bilinear"
+    scale16: str | int = "max"
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERP:
@@ -60,10 +69,14 @@ class InputSpec:
                 f"input.mean/std: expected {self.channels} values each, got {len(self.mean)} and {len(self.std)}")
         if not 0 < self.crop_pct <= 1:
             raise ConfigError(f"input.crop_pct: expected a value in (0, 1], got {self.crop_pct!r}")
+        if not (self.scale16 in SCALE16 or (type(self.scale16) is int and 8 <= self.scale16 <= 16)):
+            raise ConfigError(f"input.scale16: expected one of {list(SCALE16)} or a bit depth 8..16, "
+                              f"got {self.scale16!r}")
 
     def to_dict(self) -> dict:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
-                "crop_pct": self.crop_pct, "channels": self.channels, "interpolation": self.interpolation}
+                "crop_pct": self.crop_pct, "channels": self.channels, "interpolation": self.interpolation,
+                "scale16": self.scale16}
 
 
 @dataclass(frozen=True)
@@ -131,9 +144,38 @@ def _nearest(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return m[rows][:, cols]
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit scaled by the
-    image's maximum, 32-bit float taken as [0, 1] when it lies there, else stretched from its own range).
+def scale16_value(v: object) -> str | int:
+    """A YAML / CLI value of `input.scale16` as InputSpec takes it: a bit depth written as text ("12") becomes
+    the int 12; anything else is passed through (InputSpec validates it)."""
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v)
+    return v  # type: ignore[return-value]
+
+
+def scale_16bit(a: np.ndarray, scale16: str | int = "max") -> np.ndarray:
+    """A 16-bit grayscale array (any integer dtype, values ≥ 0) → uint8 by `InputSpec.scale16`'s rule: "max"
+    a / max(a), "full" a / 65535, "minmax" (a − min) / (max − min), an int b: a / (2^b − 1) clipped to 1; then
+    × 255 rounded. A constant image under "minmax" and an all-zero one under "max" give 0."""
+    a = np.asarray(a, dtype=np.float64)
+    if scale16 == "max":
+        hi = float(a.max()) if a.size else 0.0
+        x = a / hi if hi > 0 else np.zeros_like(a)
+    elif scale16 == "full":
+        x = a / 65535.0
+    elif scale16 == "minmax":
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        x = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    elif type(scale16) is int and 8 <= scale16 <= 16:
+        x = a / float(2 ** scale16 - 1)
+    else:
+        raise ValueError(f"scale16: expected one of {list(SCALE16)} or a bit depth 8..16, got {scale16!r}")
+    return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def load_rgb(path: str | Path, scale16: str | int = "max") -> np.ndarray:
+    """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit grayscale scaled
+    by `scale16` (see `InputSpec`; default the image's maximum), 32-bit float taken as [0, 1] when it lies
+    there, else stretched from its own range).
     An EXIF orientation tag is not applied, as torchvision's and timm's loaders do not apply it: the pixels are
     the stored ones, those the model was trained on and the masks were drawn on.
 
@@ -146,10 +188,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
                          "model was trained on; the auditor does not read DICOM")
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            a = np.asarray(im, dtype=np.float64)
-            hi = a.max() if a.max() > 0 else 1.0
-            a = (a / hi * 255.0).round().astype(np.uint8)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # "I": 32-bit integer, read as 16-bit data
+            a = scale_16bit(np.maximum(np.asarray(im, dtype=np.int64), 0), scale16)
             return np.repeat(a[..., None], 3, axis=2)
         if im.mode == "F":  # 32-bit float (TIFF): PIL's own conversion clips to 0..255 and gives a black image
             a = np.asarray(im, dtype=np.float64)

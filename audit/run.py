@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from .errors import RunDirError
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, scale16_value
 
 CHECKPOINT_PATTERNS = ("checkpoint.pt", "best.pt", "model.pt", "*.pth", "model_best.pth.tar", "*.pth.tar",
                        "*.safetensors", "*.ckpt")
@@ -296,7 +296,8 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
                         resize=str(inp_raw.get("resize", base.resize)),
                         crop_pct=float(inp_raw.get("crop_pct", base.crop_pct)),
                         channels=int(inp_raw.get("channels", base.channels)),
-                        interpolation=str(inp_raw.get("interpolation", base.interpolation)))
+                        interpolation=str(inp_raw.get("interpolation", base.interpolation)),
+                        scale16=scale16_value(inp_raw.get("scale16", base.scale16)))
     except Exception as e:
         raise RunDirError(f"{where}: invalid input section ({e})") from None
     pos = raw.get("positive_class")
@@ -318,7 +319,7 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
 #: The keys of a run config's `model:` and `input:` sections. Other top-level keys (a training script's own
 #: settings) are left alone, but a misspelt key in these two would silently change what is audited.
 MODEL_KEYS = ("name", "source", "num_classes", "binary_logit", "state_key")
-INPUT_KEYS = ("size", "mean", "std", "resize", "crop_pct", "channels", "interpolation")
+INPUT_KEYS = ("size", "mean", "std", "resize", "crop_pct", "channels", "interpolation", "scale16")
 
 
 def _known_keys(section: dict, known: tuple[str, ...], name: str, where: str) -> None:

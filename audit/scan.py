@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
-from .preprocess import InputSpec
+from .preprocess import InputSpec, scale16_value
 from .stats import Estimate, bootstrap_ci, proportion_ci
 
 __all__ = ["ScanResult", "run_scan", "render_scan", "prepare_scan", "scan_input_spec", "phash_images",
@@ -81,12 +81,12 @@ class ScanResult:
 
 # ================================================================================================ input helpers
 
-PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation")
+PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation", "scale16")
 
 
 def scan_input_spec(preset: Mapping | None) -> InputSpec:
-    """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct, interpolation),
-    default 224 stretch."""
+    """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct, interpolation,
+    scale16 for 16-bit images), default 224 stretch."""
     inp = dict((preset or {}).get("input") or {})
     from .run import INPUT_KEYS
     unknown = [str(k) for k in inp if k not in INPUT_KEYS]
@@ -99,7 +99,8 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
     try:
         return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
                          crop_pct=float(inp.get("crop_pct", 1.0)),
-                         interpolation=str(inp.get("interpolation", "bilinear")))
+                         interpolation=str(inp.get("interpolation", "bilinear")),
+                         scale16=scale16_value(inp.get("scale16", "max")))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"input: invalid value ({e})") from None
 
@@ -633,9 +634,9 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         positive = positive or run.positive_class or (preset.get("audit") or {}).get("positive")
         if positive is not None and positive not in run.classes:
             raise ConfigError(f"--positive {positive!r}: not among the run's classes {run.classes}")
-        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation)
+        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16)
         # same grid (same pixels): predict in the scan's own pass
-        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation)
+        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16)
         model.to(dev)
     else:
         positive = positive or (preset.get("audit") or {}).get("positive")

@@ -366,6 +366,48 @@ def test_preset_grid_that_differs_from_the_model_is_named_not_applied(tiny_run, 
     res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o2"), "workers": 0,
                                     "n_boot": 20}, str(same)))
     assert "grid_note" not in res.summary["data"]
+    same.write_text("input: {size: 64, scale16: full}\n")  # how 16-bit images are scaled is part of the grid
+    res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o3"), "workers": 0,
+                                    "n_boot": 20}, str(same)))
+    assert res.summary["data"]["grid_note"].startswith("the preset's input (scale16 full) is not used: the audit "
+                                                       "applies the model's own preprocessing (scale16 max)")
+    assert scan_input_spec({"input": {"scale16": "12"}}).scale16 == 12
     from audit.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"input\.scale16: expected one of"):
+        scan_input_spec({"input": {"scale16": "half"}})
     with pytest.raises(ConfigError, match=r"\['mean'\] belong to the run's config.yaml"):
         scan_input_spec({"input": {"mean": [0.5, 0.5, 0.5]}})
+
+
+def test_audit_of_16_bit_copies_with_scale16_full_matches_the_8_bit_audit(tiny_run, tmp_path):
+    """The run's `input.scale16: full` makes an audit of 16-bit copies (× 257) of 8-bit grayscale images give the
+    8-bit audit's probabilities and maps exactly; the default ("max", each image's own maximum) does not, and
+    config.resolved.yaml records the rule."""
+    import yaml
+    from PIL import Image
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv")
+    rng = np.random.default_rng(1)
+    for name in man["image"]:
+        v = rng.integers(0, 200, (48, 64), dtype=np.uint8)  # maxima < 255: "max" stretches them
+        Image.fromarray(v).save(data / name.replace(".png", "_8.png"))
+        Image.fromarray(v.astype(np.uint16) * 257).save(data / name.replace(".png", "_16.png"))
+    for bits in ("8", "16"):
+        man.assign(image=man["image"].str.replace(".png", f"_{bits}.png")).to_csv(data / f"m{bits}.csv", index=False)
+
+    def audit(bits: str, tag: str) -> tuple[pd.DataFrame, np.ndarray]:
+        out = tmp_path / tag
+        assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / f"m{bits}.csv"), "--out",
+                         str(out), "--workers", "0", "--quiet", "--no-report", "--n-boot", "20"]) == 0
+        return pd.read_csv(out / "per_image.csv"), np.load(out / "cams.npz")["cam"]
+
+    ref, ref_cam = audit("8", "ref")
+    default, _ = audit("16", "default")
+    assert not np.allclose(default["p_a"], ref["p_a"], atol=1e-6)
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    cfg["input"]["scale16"] = "full"
+    (tiny_run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    full, full_cam = audit("16", "full")
+    np.testing.assert_array_equal(full[["p_a", "p_b", "p_c"]].to_numpy(), ref[["p_a", "p_b", "p_c"]].to_numpy())
+    np.testing.assert_array_equal(full_cam, ref_cam)
+    assert yaml.safe_load((tmp_path / "full" / "config.resolved.yaml").read_text())["run"]["input"]["scale16"] == "full"

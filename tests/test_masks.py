@@ -396,3 +396,36 @@ def test_export_writes_pngs_contact_sheet_and_csv(tmp_path):
         export_masks(preset, df.iloc[:3], tmp_path / "o3", InputSpec(size=50), progress=stop_after_two)
     assert list(pd.read_csv(tmp_path / "o3" / "regions.csv")["image_id"]) == ["i0", "i1"]  # nothing done is lost
     assert (tmp_path / "o3" / "contact_sheet.png").is_file()
+
+
+def test_scale16_rules_known_answers(tmp_path):
+    """Each `input.scale16` rule on one 16-bit image, against values computed by hand (round(x · 255))."""
+    from audit.preprocess import load_rgb
+    a = np.array([[100, 1000, 4095, 4096]], dtype=np.uint16)
+    Image.fromarray(a).save(tmp_path / "u16.png")
+    got = {r: load_rgb(tmp_path / "u16.png", r)[0, :, 0].tolist() for r in ("max", "full", "minmax", 12)}
+    assert got["max"] == [6, 62, 255, 255]      # / 4096: 6.23, 62.26, 254.94, 255
+    assert got["full"] == [0, 4, 16, 16]        # / 65535: 0.39, 3.89, 15.93, 15.94
+    assert got["minmax"] == [0, 57, 255, 255]   # (a − 100) / 3996: 0, 57.43, 254.94, 255
+    assert got[12] == [6, 62, 255, 255]         # / 4095: 6.23, 62.27, 255, 255.06 clipped
+    assert load_rgb(tmp_path / "u16.png").tolist() == load_rgb(tmp_path / "u16.png", "max").tolist()  # default
+
+
+def test_scale16_full_gives_the_8_bit_pixels_of_a_16_bit_copy(tmp_path):
+    """v · 257 / 65535 · 255 = v exactly: under "full" a 16-bit copy (× 257) of an 8-bit image reads as the 8-bit
+    image; under the default "max" it does not (its maximum is below 255)."""
+    from audit.preprocess import load_rgb
+    v = np.random.default_rng(0).integers(0, 250, (20, 30), dtype=np.uint8)
+    Image.fromarray(v).save(tmp_path / "u8.png")
+    Image.fromarray(v.astype(np.uint16) * 257).save(tmp_path / "u16.png")
+    assert np.array_equal(load_rgb(tmp_path / "u16.png", "full"), load_rgb(tmp_path / "u8.png"))
+    assert not np.array_equal(load_rgb(tmp_path / "u16.png"), load_rgb(tmp_path / "u8.png"))
+    assert np.array_equal(load_rgb(tmp_path / "u8.png", "minmax"), load_rgb(tmp_path / "u8.png"))  # 8-bit: untouched
+
+
+@pytest.mark.parametrize("bad", ["foo", 7, 17, True, 12.0, None])
+def test_scale16_bad_value_names_the_option(bad):
+    from audit.errors import ConfigError
+    from audit.preprocess import InputSpec
+    with pytest.raises(ConfigError, match=r"input\.scale16: expected one of \['max', 'full', 'minmax'\] or a bit"):
+        InputSpec(scale16=bad)

@@ -414,3 +414,29 @@ def test_log_odds_ranks_what_the_float32_softmax_saturates():
     q = torch.softmax(many.double(), 1).numpy()
     np.testing.assert_allclose(log_odds(many), np.log(q / (1 - q)), rtol=1e-9, atol=1e-9)
     assert np.isnan(log_odds(torch.zeros(2, 1))).all()
+
+
+def test_run_config_scale16_reaches_the_spec_and_the_cache_key(tiny_run):
+    """`input.scale16` in config.yaml (a bit depth may be written as text) is parsed into the InputSpec and into
+    its to_dict, which keys the CAM cache: another scaling is another cache entry. A bad value is a one-line
+    error naming the file and the option."""
+    import yaml
+
+    from audit.cache import cache_key
+    from audit.errors import RunDirError
+    from audit.run import load_run_config
+    cfg_path = tiny_run / "config.yaml"
+    raw = yaml.safe_load(cfg_path.read_text())
+    assert load_run_config(tiny_run).input.scale16 == "max"
+    keys = set()
+    for v, want in (("full", "full"), ("12", 12), (10, 10)):
+        raw["input"]["scale16"] = v
+        cfg_path.write_text(yaml.safe_dump(raw))
+        spec = load_run_config(tiny_run).input
+        assert spec.scale16 == want and spec.to_dict()["scale16"] == want
+        keys.add(cache_key({"input": spec.to_dict()}))
+    assert len(keys) == 3
+    raw["input"]["scale16"] = "half"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RunDirError, match=r"config\.yaml.*input\.scale16: expected one of"):
+        load_run_config(tiny_run)
