@@ -1,6 +1,7 @@
 """Manifest rows → batches on the model grid, decoded (and region masks built) in DataLoader workers.
 
-Each item is a dict: idx (row index), ok (bool), error (str), img (uint8 S×S×3 tensor), src_hw, and — when a
+Each item is a dict: idx (row index), ok (bool), error (str), img (uint8 S×S×3 tensor), src_hw, src_info (the
+file's format, mode and bit depth, see `load_rgb`), and — when a
 region function is given — masks {region: bool S×S tensor} for the regions that could be built. A failing image
 never raises: it comes back with ok=False and the reason, and the batch goes on without it.
 """
@@ -36,7 +37,8 @@ class ManifestDataset(Dataset):
         item: dict = {"idx": i, "ok": False, "error": "", "t_decode": 0.0, "t_regions": 0.0}
         t0 = time.perf_counter()
         try:
-            rgb = load_rgb(row["image"], self.spec.scale16)
+            info: dict = {}
+            rgb = load_rgb(row["image"], self.spec.scale16, info)
             grid = image_to_grid(rgb, self.spec)
         except FileNotFoundError:
             item["error"] = f"image not found: {row['image']}"
@@ -44,7 +46,8 @@ class ManifestDataset(Dataset):
         except Exception as e:  # PIL raises several types for broken files
             item["error"] = f"unreadable image {row['image']}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
             return item
-        item.update(ok=True, img=torch.from_numpy(np.array(grid, copy=True)), src_hw=tuple(rgb.shape[:2]))
+        item.update(ok=True, img=torch.from_numpy(np.array(grid, copy=True)), src_hw=tuple(rgb.shape[:2]),
+                    src_info=info)
         t1 = time.perf_counter()
         item["t_decode"] = t1 - t0
         if self.region_fn is not None:
@@ -74,7 +77,8 @@ def collate(items: list[dict]) -> dict:
     """Stack the readable images; keep the failures aside."""
     ok = [it for it in items if it["ok"]]
     out = {"idx": [it["idx"] for it in ok], "failed": [(it["idx"], it["error"]) for it in items if not it["ok"]],
-           "src_hw": [it["src_hw"] for it in ok], "t_decode": sum(it["t_decode"] for it in items),
+           "src_hw": [it["src_hw"] for it in ok], "src_info": [it["src_info"] for it in ok],
+           "t_decode": sum(it["t_decode"] for it in items),
            "t_regions": sum(it["t_regions"] for it in items)}
     out["img"] = torch.stack([it["img"] for it in ok]) if ok else None
     if ok and "masks" in ok[0]:

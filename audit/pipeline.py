@@ -23,6 +23,7 @@ from .cam import default_layer, eval_mode, finer_layer, get_module, grad_cam, sh
 from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
+from .formats import FORMAT_COLUMNS, format_record
 from .manifest import DataSpec, default_split, load_manifest, select_split
 from .preprocess import InputSpec, normalize
 from .run import RunConfig, load_run
@@ -76,6 +77,29 @@ def grid_note(preset_input: dict, spec) -> str | None:
             "preset's grid applies to scan and masks")
 
 
+_SCALE16_TEXT = {"max": "divided by each image's own maximum", "full": "divided by 65535",
+                 "minmax": "stretched from each image's own min..max"}
+
+
+def bit_depth_note(depth: pd.Series, scale16: str | int) -> str | None:
+    """A note when audited images are not all 8-bit: how many are 16-bit grayscale and how they were scaled
+    (`InputSpec.scale16`, which must match the training loader), and that a dataset mixing bit depths can hold a
+    site or scanner shortcut (`--by bit_depth` compares them). None when every image is 8-bit."""
+    n, k16, k32 = len(depth), int((depth == 16).sum()), int((depth == 32).sum())
+    if k16 == 0 and k32 == 0:
+        return None
+    parts = []
+    if k16:
+        how = _SCALE16_TEXT.get(scale16, f"divided by 2^{scale16} − 1")  # type: ignore[call-overload]
+        parts.append(f"{k16} of {n} images are 16-bit grayscale, {how} (input.scale16: {scale16}); the "
+                     f"training loader must have scaled them the same way")
+    if k32:
+        parts.append(f"{k32} of {n} are 32-bit float, taken as [0, 1] or stretched from their own range")
+    if k16 + k32 < n:
+        parts.append("the set mixes bit depths, which can follow the site or scanner: compare with --by bit_depth")
+    return "; ".join(parts)
+
+
 def early_layer_note(model: torch.nn.Module, layer: str, cam_hw, spec) -> str | None:
     """A warning when the default layer is an early one (maps at ≥ 1/16 of the input side) with most of the
     network after it: the model's later layers are not spatial maps the auditor recognises (e.g. LeViT's
@@ -103,8 +127,9 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
     if cfg.limit:
         rows = rows.iloc[: cfg.limit].reset_index(drop=True)
     for col in cfg.by:
-        if col not in rows.columns:
-            raise ManifestError(f"{path}: --by column {col!r} not found; columns are {list(rows.columns)}")
+        if col not in rows.columns and col not in FORMAT_COLUMNS.values():
+            raise ManifestError(f"{path}: --by column {col!r} not found; columns are {list(rows.columns)} and the "
+                                f"image-format columns {list(FORMAT_COLUMNS.values())}")
     return full, rows, split, path
 
 
@@ -203,7 +228,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                 rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
                        "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
                        "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
-                       "cam_sum": float(res.cams[j].sum())}
+                       "cam_sum": float(res.cams[j].sum()), "bit_depth": int(batch["src_info"][j]["bit_depth"]),
+                       **format_record(batch["src_hw"][j], batch["src_info"][j])}
                 for c, k in cls_idx.items():
                     rec[f"p_{c}"] = float(p[k])
                 for c, k in cls_idx.items():
@@ -302,6 +328,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     grid = grid_note(cfg.preset_input, spec)
     if grid:
         summary["data"]["grid_note"] = grid
+    depth = bit_depth_note(per_image["bit_depth"], spec.scale16)
+    if depth:
+        summary["data"]["bit_depth_note"] = depth
     note = early_layer_note(model, layer, cam_hw, spec) if not cfg.layer else None
     if note:
         summary["cam"]["note"] = note

@@ -172,12 +172,15 @@ def scale_16bit(a: np.ndarray, scale16: str | int = "max") -> np.ndarray:
     return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def load_rgb(path: str | Path, scale16: str | int = "max") -> np.ndarray:
+def load_rgb(path: str | Path, scale16: str | int = "max", info: dict | None = None) -> np.ndarray:
     """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit grayscale scaled
     by `scale16` (see `InputSpec`; default the image's maximum), 32-bit float taken as [0, 1] when it lies
     there, else stretched from its own range).
     An EXIF orientation tag is not applied, as torchvision's and timm's loaders do not apply it: the pixels are
     the stored ones, those the model was trained on and the masks were drawn on.
+
+    info: when given, receives the file's "format" (Pillow's: "PNG", "JPEG", …), "mode" (Pillow's: "L", "RGB",
+    "I;16", …) and "bit_depth": 16 (a 16- or 32-bit integer grayscale image), 32 (float) or 8.
 
     DICOM is refused with a message saying so: its pixel values only become an image through a windowing the
     auditor cannot know (the one the model was trained with)."""
@@ -188,6 +191,9 @@ def load_rgb(path: str | Path, scale16: str | int = "max") -> np.ndarray:
                          "model was trained on; the auditor does not read DICOM")
     with Image.open(path) as im:
         im.load()
+        if info is not None:
+            info.update(format=im.format, mode=im.mode,
+                        bit_depth=16 if im.mode in ("I;16", "I;16B", "I;16L", "I") else 32 if im.mode == "F" else 8)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # "I": 32-bit integer, read as 16-bit data
             a = scale_16bit(np.maximum(np.asarray(im, dtype=np.int64), 0), scale16)
             return np.repeat(a[..., None], 3, axis=2)

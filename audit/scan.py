@@ -47,6 +47,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
+from .formats import format_by_label, format_record
 from .preprocess import InputSpec, scale16_value
 from .stats import Estimate, bootstrap_ci, proportion_ci
 
@@ -676,6 +677,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                     for c in [id_col, *by]:
                         if c is not None and c not in rec:
                             rec[c] = r[c]
+                    rec.update(format_record(batch["src_hw"][j], batch["src_info"][j]))
                     rec["phash"] = f"{int(hs[j]):016x}"
                     rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
                     masks = batch["masks"][j] if "masks" in batch else {}
@@ -807,6 +809,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                                  n_boot, seed)
             by_out[col][a] = {"groups": prev, "association": cv}
 
+    fmt = format_by_label(per_image, classes, min_n, alpha, n_boot, seed)
+
     # --- leakage
     leakage = _leakage(rows, per_image, h, hd_all, id_col, phash_threshold, detail_threshold, out_dir)
 
@@ -863,6 +867,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                      f"the 256-bit DCT hash of the {DETAIL_SIZE}x{DETAIL_SIZE} image differs in <= "
                      f"{int(detail_threshold)} of 256 bits"},
         "artifacts": artifacts, "skipped_regions": skipped, "associations": associations, "by": by_out,
+        "format": fmt,
         "leakage": leakage, "model": model_out, "contact_sheets": sheets,
         "timing": {"total_s": time.perf_counter() - t0, "scan_pass_s": t_pass,
                    "images_per_s": len(rows) / max(t_pass, 1e-9)},
@@ -1081,6 +1086,7 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         which = "; ".join(f"{a}: {', '.join(map(_lab, sorted(cs)))}" for a, cs in per_art.items())
         parts.append(Text(f"{len(small)} class comparison(s) too small (< {s['options']['min_n']} images in the "
                           f"class or in the rest, of those whose artifact is known): {which}", style="dim"))
+    parts += _format_renderables(s.get("format"), classes, max_levels=6)
     for col, per_a in (s.get("by") or {}).items():
         # groups as rows (a metadata column can have many values), largest first; artifacts as columns
         sizes: dict = {}
@@ -1155,6 +1161,38 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         parts.append(Text(f"Files: {out_dir}/ (scan.csv, scan.json, contact_<artifact>.png{''.join(extra)})",
                           style="dim"))
     return Group(*parts)
+
+
+def _format_renderables(fmt: dict | None, classes: list[str], max_levels: int = 6) -> list:
+    """The image-format table (levels as rows: n, overall share, share of each shown class, the attribute's
+    Cramér's V on its first row, red when its CI's lower end is above 0.1) and its plain-text lines."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from .formats import association_strong, format_text
+    if not fmt:
+        return []
+    out: list = []
+    if fmt["attributes"]:
+        t = Table(title="Image format by label (share of each class, 95% Wilson CI, %): a format that follows the "
+                        "label can be learned instead of the anatomy", title_justify="left", pad_edge=False,
+                  box=box.SIMPLE_HEAD, padding=(0, 1))
+        for c, j in (("format", "left"), ("n", "right"), ("overall", "right"), *((c, "right") for c in classes),
+                     ("Cramér's V", "right")):
+            t.add_column(c, justify=j, no_wrap=c == "format", min_width=9 if c not in ("format", "n") else None)
+        for a, e in fmt["attributes"].items():
+            strong = association_strong(e["association"])
+            for i, (x, lv) in enumerate(list(e["levels"].items())[:max_levels]):
+                t.add_row(Text(f"{a}: {x}" if i == 0 else f"  {x}"), str(lv["n"]), _fe(lv["prevalence"]),
+                          *(_fe(lv["by_label"].get(c)) for c in classes),
+                          _fv(e["association"]) if i == 0 else "", style="bold red" if strong and i == 0 else "",
+                          end_section=i == min(len(e["levels"]), max_levels) - 1)
+        out.append(t)
+        if any(e["association"].get("p_method") == "monte carlo" for e in fmt["attributes"].values()):
+            out.append(Text(_MC_NOTE, style="dim"))
+    out += [Text(line, style="dim") for line in format_text(fmt, max_levels)]
+    return out
 
 
 def render_scan(result: ScanResult | dict, console=None) -> None:

@@ -89,6 +89,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     parts = [head]
     if d.get("grid_note"):
         parts.append(Text(f"Grid: {d['grid_note']}", style="dim"))
+    if d.get("bit_depth_note"):
+        parts.append(Text(f"Bit depth: {d['bit_depth_note']}", style="yellow"))
     if (s.get("cam") or {}).get("note"):
         parts.append(Text(f"Layer: {s['cam']['note']}", style="bold yellow"))
     if s["run"].get("weights_note"):

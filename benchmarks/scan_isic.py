@@ -61,6 +61,34 @@ def fmt_prev(d: dict) -> str:
     return "n/a" if d.get("value") is None else f"{100 * d['value']:.0f}% ({d['k']}/{d['n']})"
 
 
+def fmt_v(cv: dict) -> str:
+    """Cramér's V as the tables below print it: "0.48 [0.20, 0.72] (0.0077*)"."""
+    mc = "*" if cv.get("p_method") == "monte carlo" else ""
+    ci = f" [{cv['lo']:.2f}, {cv['hi']:.2f}]" if cv.get("lo") is not None else ""
+    return "n/a" if cv["value"] is None else f"{cv['value']:.2f}{ci} ({cv['p']:.2g}{mc})"
+
+
+def format_lines(s: dict) -> list[str]:
+    """The scan's image-format table (scan.json `format`) as markdown: each attribute's levels with their share of
+    every class, and the attribute's Cramér's V; the constant attributes in a sentence."""
+    fmt, classes = s.get("format") or {}, s["data"]["classes"]
+    lines = []
+    if fmt.get("attributes"):
+        lines += ["", "Image format by label (share of each class that has the level; Cramér's V of the level × "
+                  "class table, as above):", ""]
+        lines += ["| attribute | level | n | overall | " + " | ".join(classes) + " | Cramér's V [95% CI] (p) |",
+                  "|---|---|---|---|" + "---|" * len(classes) + "---|"]
+        for a, e in fmt["attributes"].items():
+            for i, (x, lv) in enumerate(e["levels"].items()):
+                lines.append(f"| {a if i == 0 else ''} | {x} | {lv['n']} | {fmt_prev(lv['prevalence'])} | "
+                             + " | ".join(fmt_prev(lv["by_label"][c]) for c in classes)
+                             + f" | {fmt_v(e['association']) if i == 0 else ''} |")
+    if fmt.get("constant"):
+        lines += ["", "Image format, the same for every image: "
+                  + ", ".join(f"{a} {v}" for a, v in fmt["constant"].items()) + "."]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
@@ -113,16 +141,14 @@ def main(argv: list[str] | None = None) -> int:
               "| artifact | source | overall | " + " | ".join(classes) + " | Cramér's V [95% CI] (p) |",
               "|---|---|---|" + "---|" * len(classes) + "---|"]
     for a, e in s["artifacts"].items():
-        cv = e["label_association"]
-        mc = "*" if cv.get("p_method") == "monte carlo" else ""
-        ci = f" [{cv['lo']:.2f}, {cv['hi']:.2f}]" if cv.get("lo") is not None else ""
-        v = "n/a" if cv["value"] is None else f"{cv['value']:.2f}{ci} ({cv['p']:.2g}{mc})"
         lines.append(f"| {a} | {e['source']} | {fmt_prev(e['prevalence'])} | "
-                     + " | ".join(fmt_prev(e["by_label"][c]) for c in classes) + f" | {v} |")
+                     + " | ".join(fmt_prev(e["by_label"][c]) for c in classes)
+                     + f" | {fmt_v(e['label_association'])} |")
     top = [e for e in s["associations"] if not e["too_small"] and e["odds_ratio"]["value"] is not None][:5]
     if top:
         lines += ["", "Strongest label associations (one class vs the rest):", ""]
         lines += [f"- {e['text']}" for e in top]
+    lines += format_lines(s)
     nd = s["leakage"]["near_duplicates"]
     lines += ["", f"Near-duplicate image pairs {nd['scope']} (64-bit pHash, Hamming ≤ {nd['threshold']}): "
               f"{nd['n_pairs']}" + "".join(f"; {p['image_id_a']} ~ {p['image_id_b']} ({p['distance']})"

@@ -410,4 +410,28 @@ def test_audit_of_16_bit_copies_with_scale16_full_matches_the_8_bit_audit(tiny_r
     full, full_cam = audit("16", "full")
     np.testing.assert_array_equal(full[["p_a", "p_b", "p_c"]].to_numpy(), ref[["p_a", "p_b", "p_c"]].to_numpy())
     np.testing.assert_array_equal(full_cam, ref_cam)
+    assert set(full["bit_depth"]) == {16} and set(ref["bit_depth"]) == {8}
+    sdata = json.loads((tmp_path / "full" / "summary.json").read_text())["data"]
+    assert sdata["bit_depth_note"] == ("4 of 4 images are 16-bit grayscale, divided by 65535 (input.scale16: full); "
+                                      "the training loader must have scaled them the same way")
+    assert "bit_depth_note" not in json.loads((tmp_path / "ref" / "summary.json").read_text())["data"]
+    # a set mixing 8- and 16-bit images: the note says so, and --by takes the image-format columns
+    mixed = man.assign(image=[n.replace(".png", "_8.png" if i % 2 else "_16.png") for i, n in enumerate(man["image"])])
+    mixed.to_csv(data / "mixed.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  border: {width: 0.1}\n")
+    out = tmp_path / "mixed"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "mixed.csv"), "--config", str(preset),
+                     "--out", str(out), "--workers", "0", "--quiet", "--no-report", "--n-boot", "20", "--split", "all",
+                     "--by", "src_mode"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["data"]["bit_depth_note"].startswith("3 of 6 images are 16-bit grayscale")
+    assert s["data"]["bit_depth_note"].endswith("the set mixes bit depths, which can follow the site or scanner: "
+                                                "compare with --by bit_depth")
+    per = pd.read_csv(out / "per_image.csv")
+    assert per.groupby("src_mode")["bit_depth"].unique().map(list).to_dict() == {"gray 16-bit": [16],
+                                                                                "gray 8-bit": [8]}
+    assert set(per["src_format"]) == {"PNG"} and set(per["src_short_side"]) == {"<256"}
+    groups = {(r["group_col"], r["group"]) for r in s["by_group"]["rows"]}
+    assert {("src_mode", "gray 16-bit"), ("src_mode", "gray 8-bit")} <= groups
     assert yaml.safe_load((tmp_path / "full" / "config.resolved.yaml").read_text())["run"]["input"]["scale16"] == "full"

@@ -309,3 +309,11 @@ def test_shortcut_the_maps_do_not_show_is_under_the_verdict_and_in_the_counterfa
     assert item in head and item in sec and 'class="alarm"' in head
     cf["counterfactual"]["hidden"] = []
     assert "Shortcut the maps do not show" not in _page(plain_inputs, cf)
+
+
+def test_bit_depth_note_is_shown(plain_inputs):
+    note = "4 of 6 images are 16-bit grayscale, divided by 65535 (input.scale16: full); <mixed>"
+    page = _page(plain_inputs, {"data": {**plain_inputs.summary["data"], "bit_depth_note": note}})
+    assert '<p class="note">Bit depth: 4 of 6 images are 16-bit grayscale, divided by 65535 (input.scale16: full); ' \
+           '&lt;mixed&gt;</p>' in page
+    assert "Bit depth:" not in _page(plain_inputs, {})

@@ -440,3 +440,18 @@ def test_run_config_scale16_reaches_the_spec_and_the_cache_key(tiny_run):
     cfg_path.write_text(yaml.safe_dump(raw))
     with pytest.raises(RunDirError, match=r"config\.yaml.*input\.scale16: expected one of"):
         load_run_config(tiny_run)
+
+
+def test_bit_depth_note_counts_and_names_the_rule():
+    import pandas as pd
+
+    from audit.pipeline import bit_depth_note
+    assert bit_depth_note(pd.Series([8, 8, 8]), "max") is None
+    assert bit_depth_note(pd.Series([16, 8, 16, 8, 8]), 12) == (
+        "2 of 5 images are 16-bit grayscale, divided by 2^12 − 1 (input.scale16: 12); the training loader must "
+        "have scaled them the same way; the set mixes bit depths, which can follow the site or scanner: compare "
+        "with --by bit_depth")
+    assert bit_depth_note(pd.Series([32, 16]), "max") == (
+        "1 of 2 images are 16-bit grayscale, divided by each image's own maximum (input.scale16: max); the training "
+        "loader must have scaled them the same way; 1 of 2 are 32-bit float, taken as [0, 1] or stretched from "
+        "their own range")

@@ -650,3 +650,68 @@ def test_cramers_v_bootstrap_ci_is_seeded_covers_and_agrees_with_the_vectorised_
         e = cramers_v(rng.multinomial(400, shares.ravel()).reshape(3, 2), seed=k, n_boot=300, n_mc=10)
         hits += e["lo"] <= true_v <= e["hi"]
     assert hits >= 85                                                      # nominal 95%
+
+
+def test_format_tiers_and_mode_names():
+    from audit.formats import aspect_class, format_record, mode_label, short_side_tier
+    assert [short_side_tier(h, 4000) for h in (1, 255, 256, 511, 512, 1023, 1024, 2047, 2048, 5000)] == \
+        ["<256", "<256", "256–511", "256–511", "512–1023", "512–1023", "1024–2047", "1024–2047", "≥2048", "≥2048"]
+    assert short_side_tier(3000, 300) == "256–511"                         # the shorter side, either way round
+    assert [aspect_class(100, w) for w in (94, 95, 100, 105, 106)] == \
+        ["portrait", "square", "square", "square", "landscape"]
+    assert [mode_label(m) for m in ("L", "I;16", "I", "RGBA", "P", "XYZ", None)] == \
+        ["gray 8-bit", "gray 16-bit", "gray 16-bit", "RGBA", "palette", "XYZ", "unknown"]
+    assert format_record((450, 600), {"format": "JPEG", "mode": "RGB", "bit_depth": 8}) == {
+        "src_height": 450, "src_width": 600, "src_format": "JPEG", "src_mode": "RGB", "src_short_side": "256–511",
+        "src_aspect": "landscape"}
+
+
+def test_format_by_label_known_table():
+    """Levels' shares by class are counts over class sizes; V is `cramers_v` of the level × class table; a
+    one-level attribute is called constant, and unlabelled images are left out."""
+    from audit.formats import format_by_label
+    fmt = ["JPEG"] * 12 + ["PNG"] * 3 + ["PNG"] * 15 + ["JPEG"] * 2      # mel: 12 JPEG 3 PNG; nv: 15 PNG 2 JPEG
+    df = pd.DataFrame({"label": ["mel"] * 15 + ["nv"] * 17 + [None], "src_format": fmt + ["TIFF"],
+                       "src_mode": "RGB", "src_short_side": "512–1023", "src_aspect": ["square"] * 33})
+    out = format_by_label(df, ["mel", "nv"], min_n=10, alpha=0.05, n_boot=200, seed=0)
+    assert out["n"] == 32 and out["constant"] == {"colour mode": "RGB", "short side": "512–1023", "aspect": "square"}
+    e = out["attributes"]["file type"]
+    assert list(e["levels"]) == ["PNG", "JPEG"]                          # largest first; TIFF (unlabelled) left out
+    assert (e["levels"]["PNG"]["n"], e["levels"]["JPEG"]["n"]) == (18, 14)
+    assert e["levels"]["JPEG"]["by_label"]["mel"]["value"] == pytest.approx(12 / 15)
+    assert e["levels"]["JPEG"]["by_label"]["nv"]["k"] == 2 and e["levels"]["PNG"]["prevalence"]["value"] == 18 / 32
+    ref = cramers_v([[3, 15], [12, 2]], n_boot=200)
+    assert e["association"]["value"] == pytest.approx(ref["value"]) and e["association"]["lo"] == ref["lo"]
+    assert e["association"]["value"] > 0.5
+
+
+def test_scan_reports_a_file_format_that_follows_the_label(tmp_path):
+    """mel saved as JPEG, nv as 16-bit grayscale PNG: both attributes follow the label exactly (V's CI well
+    above 0, shown in red in the terminal), scan.csv holds each image's format columns."""
+    from audit.formats import association_strong
+    df = make_set(tmp_path, n_mel=12, n_nv=12, ink_mel=0, ink_nv=0)
+    for i, r in df.iterrows():
+        if r["label"] == "mel":
+            p = str(r["image"]).replace(".png", ".jpg")
+            Image.open(r["image"]).save(p, quality=90)
+        else:
+            p = str(r["image"]).replace(".png", "_16.png")
+            Image.fromarray(np.asarray(Image.open(r["image"]).convert("L")).astype(np.uint16) * 257).save(p)
+        df.loc[i, "image"] = p
+    res = run_scan(PRESET, df, tmp_path / "o", SPEC, n_boot=200)
+    f = res.summary["format"]
+    assert set(f["attributes"]) == {"file type", "colour mode"}
+    assert f["constant"] == {"short side": "<256", "aspect": "square"}
+    ft = f["attributes"]["file type"]
+    assert {x: (lv["by_label"]["mel"]["k"], lv["by_label"]["nv"]["k"]) for x, lv in ft["levels"].items()} == \
+        {"JPEG": (12, 0), "PNG": (0, 12)}
+    assert set(f["attributes"]["colour mode"]["levels"]) == {"RGB", "gray 16-bit"}
+    assert association_strong(ft["association"]) and ft["association"]["value"] > 0.9
+    csv = pd.read_csv(tmp_path / "o" / "scan.csv")
+    assert set(csv["src_format"]) == {"JPEG", "PNG"} and set(csv["src_height"]) == {S}
+    con = Console(width=100, color_system=None, force_terminal=False, record=True)
+    render_scan(res, con)
+    text = con.export_text()
+    assert "Image format by label" in text and "file type: JPEG" in text and "gray 16-bit" in text
+    assert "same for every labelled image: short side <256, aspect square" in " ".join(text.split())
+    assert all(len(line) <= 100 for line in text.splitlines())

@@ -202,3 +202,14 @@ def test_shortcut_the_maps_do_not_show_is_said_after_the_counterfactual_line():
     con = Console(width=200, color_system=None, force_terminal=False, record=True)
     print_summary({**SUMMARY, "counterfactual": {**cf, "hidden": []}}, None, con)
     assert "Shortcut the maps" not in con.export_text()
+
+
+def test_bit_depth_note_is_shown():
+    note = "4 of 120 images are 16-bit grayscale, divided by 65535 (input.scale16: full)"
+    s = {**SUMMARY, "data": {**SUMMARY["data"], "bit_depth_note": note}}
+    con = Console(width=300, color_system=None, force_terminal=False, record=True)
+    print_summary(s, None, con)
+    assert f"Bit depth: {note}" in con.export_text()
+    con = Console(width=300, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, None, con)
+    assert "Bit depth:" not in con.export_text()

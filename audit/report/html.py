@@ -144,6 +144,8 @@ def _header(inp: ReportInputs) -> str:
              f"{esc(inp.out_dir)}</p>"]
     if data.get("grid_note"):
         parts.append(f'<p class="meta">Grid: {esc(data["grid_note"])}</p>')
+    if data.get("bit_depth_note"):
+        parts.append(f'<p class="note">Bit depth: {esc(data["bit_depth_note"])}</p>')
     if cam.get("note"):
         parts.append(f'<p class="note">Layer: {esc(cam["note"])}</p>')
     v = s.get("verdict")

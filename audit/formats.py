@@ -1,0 +1,103 @@
+"""Image format by label: file type, colour mode / bit depth, resolution and aspect of the stored images.
+
+A format that follows the label (one source sends its cases as JPEG, another as 16-bit PNG; one hospital's
+scanner writes small images) is a shortcut a model can learn from compression, interpolation or intensity
+statistics instead of the anatomy (DeGrave et al. 2021, Nat Mach Intell 3:610, on COVID-19 radiograph sets).
+The scan reads these attributes while decoding (`audit.preprocess.load_rgb`'s `info`) and tests each against the
+label like an artifact: the share of every class per level, and Cramér's V of the level × class table.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: attribute → the scan.csv column holding each image's level
+FORMAT_COLUMNS = {"file type": "src_format", "colour mode": "src_mode", "short side": "src_short_side",
+                  "aspect": "src_aspect"}
+#: upper bounds (exclusive) of the short-side tiers, in pixels
+SHORT_SIDE_TIERS = (256, 512, 1024, 2048)
+_MODES = {"L": "gray 8-bit", "I;16": "gray 16-bit", "I;16B": "gray 16-bit", "I;16L": "gray 16-bit",
+          "I": "gray 16-bit", "F": "gray float", "1": "1-bit", "P": "palette", "LA": "gray + alpha",
+          "RGB": "RGB", "RGBA": "RGBA", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+
+
+def mode_label(mode: str | None) -> str:
+    """Pillow's mode as a reader names it: "L" → "gray 8-bit", "I;16" → "gray 16-bit"; unknown modes kept."""
+    return _MODES.get(str(mode), str(mode)) if mode else "unknown"
+
+
+def short_side_tier(h: int, w: int) -> str:
+    """The stored image's shorter side in tiers: "<256", "256–511", "512–1023", "1024–2047", "≥2048" (pixels)."""
+    s, lo = min(int(h), int(w)), 0
+    for hi in SHORT_SIDE_TIERS:
+        if s < hi:
+            return f"<{hi}" if lo == 0 else f"{lo}–{hi - 1}"
+        lo = hi
+    return f"≥{SHORT_SIDE_TIERS[-1]}"
+
+
+def aspect_class(h: int, w: int) -> str:
+    """"portrait" (width/height < 0.95), "square" (0.95–1.05) or "landscape" (> 1.05)."""
+    r = int(w) / max(int(h), 1)
+    return "portrait" if r < 0.95 else "landscape" if r > 1.05 else "square"
+
+
+def format_record(src_hw: tuple[int, int], info: dict) -> dict:
+    """The scan.csv columns of one decoded image: src_height, src_width, src_format, src_mode and the tiers."""
+    h, w = int(src_hw[0]), int(src_hw[1])
+    return {"src_height": h, "src_width": w, "src_format": str(info.get("format") or "unknown"),
+            "src_mode": mode_label(info.get("mode")), "src_short_side": short_side_tier(h, w),
+            "src_aspect": aspect_class(h, w)}
+
+
+def format_by_label(per_image: pd.DataFrame, classes: list[str], min_n: int, alpha: float, n_boot: int,
+                    seed: int) -> dict:
+    """scan.json's `format`: per attribute with ≥ 2 levels among the labelled images, each level's n, its overall
+    share and its share of every class (Wilson CI, `too_small` below min_n images in the class), and Cramér's V
+    (bias-corrected, bootstrap CI; `audit.scan.cramers_v`) of the level × class table; attributes with one
+    level go to `constant` (attribute → level). Images without a label are left out."""
+    from .scan import _prev, cramers_v
+    lab = per_image["label"]
+    known = lab.notna().to_numpy()
+    labs = lab[known].astype(str).to_numpy()
+    n_cls = {c: int((labs == c).sum()) for c in classes}
+    attrs: dict[str, dict] = {}
+    constant: dict[str, str] = {}
+    for name, col in FORMAT_COLUMNS.items():
+        if col not in per_image:
+            continue
+        lv = per_image.loc[known, col].astype(str).to_numpy()
+        levels = sorted(set(lv), key=lambda x: (-int((lv == x).sum()), x))
+        if len(levels) < 2:
+            if levels:
+                constant[name] = levels[0]
+            continue
+        table = [[int(((lv == x) & (labs == c)).sum()) for c in classes] for x in levels]
+        attrs[name] = {
+            "column": col,
+            "levels": {x: {"n": int((lv == x).sum()),
+                           "prevalence": _prev(int((lv == x).sum()), len(lv), min_n, alpha),
+                           "by_label": {c: _prev(table[i][j], n_cls[c], min_n, alpha) for j, c in enumerate(classes)}}
+                       for i, x in enumerate(levels)},
+            "association": cramers_v(table, seed=seed, n_boot=n_boot, alpha=alpha)}
+    return {"attributes": attrs, "constant": constant, "n": int(known.sum()),
+            "reference": "DeGrave et al. 2021, Nat Mach Intell 3:610"}
+
+
+def format_text(fmt: dict, max_levels: int = 6) -> list[str]:
+    """Plain lines for what the scan's terminal table cannot hold: the constant attributes and any levels cut."""
+    lines = []
+    if fmt.get("constant"):
+        lines.append("same for every labelled image: " + ", ".join(f"{a} {v}" for a, v in fmt["constant"].items()))
+    for a, e in fmt.get("attributes", {}).items():
+        if len(e["levels"]) > max_levels:
+            rest = list(e["levels"])[max_levels:]
+            lines.append(f"{a}: {len(rest)} smaller level(s) not shown "
+                         f"({sum(e['levels'][x]['n'] for x in rest)} images; all in scan.json)")
+    return lines
+
+
+def association_strong(cv: dict, above: float = 0.1) -> bool:
+    """Whether a format attribute follows the label clearly: the lower end of V's CI above `above`."""
+    lo = cv.get("lo")
+    return lo is not None and np.isfinite(lo) and lo > above
