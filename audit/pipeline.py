@@ -84,7 +84,7 @@ _SCALE16_TEXT = {"max": "divided by each image's own maximum", "full": "divided 
 def bit_depth_note(depth: pd.Series, scale16: str | int) -> str | None:
     """A note when audited images are not all 8-bit: how many are 16-bit grayscale and how they were scaled
     (`InputSpec.scale16`, which must match the training loader), and that a dataset mixing bit depths can hold a
-    site or scanner shortcut (`--by bit_depth` compares them). None when every image is 8-bit."""
+    site or scanner shortcut (`--by src_mode` compares them). None when every image is 8-bit."""
     n, k16, k32 = len(depth), int((depth == 16).sum()), int((depth == 32).sum())
     if k16 == 0 and k32 == 0:
         return None
@@ -96,7 +96,7 @@ def bit_depth_note(depth: pd.Series, scale16: str | int) -> str | None:
     if k32:
         parts.append(f"{k32} of {n} are 32-bit float, taken as [0, 1] or stretched from their own range")
     if k16 + k32 < n:
-        parts.append("the set mixes bit depths, which can follow the site or scanner: compare with --by bit_depth")
+        parts.append("the set mixes bit depths, which can follow the site or scanner: compare with --by src_mode")
     return "; ".join(parts)
 
 

@@ -228,6 +228,8 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             s["isic_metrics"] = _jsonable(isic_metrics(y, P, run.classes, n_boot=cfg.n_boot, seed=cfg.seed,
                                                        min_n=cfg.min_n))
         s["by_artifact"] = _by_artifact(per_image, kinds, run, positive, cfg)
+        if cfg.by:
+            s["accuracy_by_group"] = {col: accuracy_by_group(per_image, col, cfg.min_n) for col in cfg.by}
         frac_cols = [f"frac_{r}" for r in kinds if f"frac_{r}" in per_image]
         by_cols = ["label", *cfg.by]
         if frac_cols:
@@ -374,6 +376,18 @@ def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg:
     res["score"] = ("log-odds of P(positive) from the logits (float64): ranks images whose float32 probability "
                     "is 1.0" if kind == "logodds" else "P(positive) (per_image.csv has no logodds column)")
     return res
+
+
+def accuracy_by_group(df: pd.DataFrame, col: str, min_n: int) -> dict:
+    """{group: {n, accuracy (Wilson 95% CI), too_small (n < min_n)}} of one --by column, largest group first;
+    a missing value is its own group, "<missing>"."""
+    keys = df[col].astype(object).where(df[col].notna(), "<missing>").astype(str)
+    ok = df["correct"].astype(bool).to_numpy()
+    out = {}
+    for g in sorted(keys.unique(), key=lambda g: (-int((keys == g).sum()), g)):
+        m = (keys == g).to_numpy()
+        out[g] = {"n": int(m.sum()), "accuracy": rate(ok[m].sum(), m.sum()), "too_small": bool(m.sum() < min_n)}
+    return out
 
 
 def _by_artifact(df: pd.DataFrame, kinds: dict, run: RunConfig, positive: str | None, cfg: AuditConfig) -> dict:

@@ -427,11 +427,15 @@ def test_audit_of_16_bit_copies_with_scale16_full_matches_the_8_bit_audit(tiny_r
     s = json.loads((out / "summary.json").read_text())
     assert s["data"]["bit_depth_note"].startswith("3 of 6 images are 16-bit grayscale")
     assert s["data"]["bit_depth_note"].endswith("the set mixes bit depths, which can follow the site or scanner: "
-                                                "compare with --by bit_depth")
+                                                "compare with --by src_mode")
     per = pd.read_csv(out / "per_image.csv")
     assert per.groupby("src_mode")["bit_depth"].unique().map(list).to_dict() == {"gray 16-bit": [16],
                                                                                 "gray 8-bit": [8]}
     assert set(per["src_format"]) == {"PNG"} and set(per["src_short_side"]) == {"<256"}
     groups = {(r["group_col"], r["group"]) for r in s["by_group"]["rows"]}
     assert {("src_mode", "gray 16-bit"), ("src_mode", "gray 8-bit")} <= groups
+    acc = s["accuracy_by_group"]["src_mode"]
+    for g, want in per.groupby("src_mode")["correct"].agg(["sum", "size"]).iterrows():
+        assert acc[g]["n"] == want["size"] == 3 and acc[g]["too_small"]
+        assert acc[g]["accuracy"]["value"] == pytest.approx(want["sum"] / 3)
     assert yaml.safe_load((tmp_path / "full" / "config.resolved.yaml").read_text())["run"]["input"]["scale16"] == "full"

@@ -317,3 +317,20 @@ def test_bit_depth_note_is_shown(plain_inputs):
     assert '<p class="note">Bit depth: 4 of 6 images are 16-bit grayscale, divided by 65535 (input.scale16: full); ' \
            '&lt;mixed&gt;</p>' in page
     assert "Bit depth:" not in _page(plain_inputs, {})
+
+
+def test_accuracy_by_group_known_answers(plain_inputs):
+    import pandas as pd
+
+    from audit.summary import accuracy_by_group
+    df = pd.DataFrame({"site": ["a"] * 12 + ["b"] * 3 + [None] * 2, "correct": [True] * 9 + [False] * 3 + [True] * 3
+                       + [False, True]})
+    abg = accuracy_by_group(df, "site", min_n=10)
+    assert list(abg) == ["a", "b", "<missing>"]                         # largest first, missing as its own group
+    assert abg["a"]["n"] == 12 and abg["a"]["accuracy"]["value"] == 0.75 and not abg["a"]["too_small"]
+    assert abg["b"]["too_small"] and abg["<missing>"]["accuracy"]["value"] == 0.5
+    page = _page(plain_inputs, {"accuracy_by_group": {"site": abg}})
+    rows = _rows(page, "Accuracy by group")
+    assert rows[0][:3] == ["site", "a", "12"] and rows[0][3].startswith("75%")
+    assert rows[1] == ["site", "b", "3", "small n=3"]
+    assert "<h2>Accuracy by group</h2>" not in _page(plain_inputs, {})

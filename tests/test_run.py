@@ -450,7 +450,7 @@ def test_bit_depth_note_counts_and_names_the_rule():
     assert bit_depth_note(pd.Series([16, 8, 16, 8, 8]), 12) == (
         "2 of 5 images are 16-bit grayscale, divided by 2^12 − 1 (input.scale16: 12); the training loader must "
         "have scaled them the same way; the set mixes bit depths, which can follow the site or scanner: compare "
-        "with --by bit_depth")
+        "with --by src_mode")
     assert bit_depth_note(pd.Series([32, 16]), "max") == (
         "1 of 2 images are 16-bit grayscale, divided by each image's own maximum (input.scale16: max); the training "
         "loader must have scaled them the same way; 1 of 2 are 32-bit float, taken as [0, 1] or stretched from "

@@ -387,6 +387,24 @@ def _by_artifact(inp: ReportInputs) -> str:
             "or 0/1 metadata flag (Wilson 95% CI).</p>" + _table(head, rows, left=2) + note)
 
 
+def _accuracy_by_group(inp: ReportInputs) -> str:
+    abg = inp.summary.get("accuracy_by_group")
+    if not isinstance(abg, dict) or not abg:
+        return ""
+    rows = []
+    for col, groups in abg.items():
+        for g, e in (groups or {}).items():
+            if not isinstance(e, dict):
+                continue
+            acc = {**(e.get("accuracy") or {}), "too_small": bool(e.get("too_small")), "n": e.get("n")}
+            rows.append([_c(_label(col)), _c(_label(g)), _c(_count(e.get("n"))), _c(_est_or_na(acc, pct=True))])
+    if not rows:
+        return ""
+    return ("<h2>Accuracy by group</h2><p>Top-1 accuracy within each group of the <code>--by</code> columns (Wilson "
+            "95% CI); groups below the minimum size are called small, not given a number.</p>"
+            + _table(["by", "group", "n", "accuracy"], rows, left=2))
+
+
 BY_GROUP_STATS = {"median_all": "median frac", "diff_median": "correct − wrong", "spearman_conf_all": "ρ(conf)",
                   "auroc_error": "AUROC err"}
 
@@ -502,7 +520,7 @@ def render_html(inp: ReportInputs, plots: dict[str, Path], groups: list[GalleryG
                 blocky: bool = False) -> str:
     """The full page as a string."""
     body = [_header(inp), _accuracy(inp), _gates(inp), _regions(inp), _operating_points(inp),
-            _isic_metrics(inp), _by_artifact(inp), _by_group(inp), _counterfactual(inp), _sanity(inp),
+            _isic_metrics(inp), _by_artifact(inp), _accuracy_by_group(inp), _by_group(inp), _counterfactual(inp), _sanity(inp),
             _discover(inp), _plots(plots), _gallery(inp, groups, blocky)]
     if notes:
         body.append("<h2>Notes</h2><ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
