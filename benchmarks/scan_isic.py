@@ -89,22 +89,60 @@ def format_lines(s: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def prevalence_lines(s: dict) -> list[str]:
+    """The scan's artifact prevalence by label (scan.json `artifacts`) as markdown rows, with Cramér's V."""
+    classes = s["data"]["classes"]
+    lines = ["| artifact | source | overall | " + " | ".join(classes) + " | Cramér's V [95% CI] (p) |",
+             "|---|---|---|" + "---|" * len(classes) + "---|"]
+    for a, e in s["artifacts"].items():
+        lines.append(f"| {a} | {e['source']} | {fmt_prev(e['prevalence'])} | "
+                     + " | ".join(fmt_prev(e["by_label"][c]) for c in classes)
+                     + f" | {fmt_v(e['label_association'])} |")
+    return lines
+
+
+def scan_dataset(name: str, preset_file: str, label_col: str, argv: list[str] | None, doc: str, **scan_kw):
+    """Parse the benchmark's arguments and scan ../shared/data/<name>/labels.csv with configs/<preset_file>, the
+    label read from `label_col`: (ScanResult, InputSpec, args), or None (with a message) when the data is absent."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     ap.add_argument("--out", help="scan output folder (default: a temporary folder)")
     args = ap.parse_args(argv)
-    base = data_dir() / "isic2017_artifacts"
+    base = data_dir() / name
     if not (base / "labels.csv").is_file():
-        print(f"scan_isic: {base}/labels.csv not found (set AUDIT_SHARED_DATA); nothing to do")
-        return 0
-    preset = load_preset(ROOT / "configs" / "isic.yaml")
-    df = load_manifest(base / "labels.csv", DataSpec(columns={"label": "isic2017_class"}))
+        print(f"{name}: {base}/labels.csv not found (set AUDIT_SHARED_DATA); nothing to do")
+        return None
+    preset = load_preset(ROOT / "configs" / preset_file)
+    df = load_manifest(base / "labels.csv", DataSpec(columns={"label": label_col}))
     spec = scan_input_spec(preset)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         out = Path(args.out) if args.out else Path(tmp)
-        res = run_scan(preset, df, out, spec, flag_cols=FLAGS, workers=args.workers)
+        res = run_scan(preset, df, out, spec, workers=args.workers, **scan_kw)
+    return res, spec, args
+
+
+def write_results(stem: str, title: str, body: str, begin: str, end: str) -> None:
+    """Print `body`, write benchmarks/results/<stem>.md and replace the block between `begin` and `end` in
+    docs/scan.md, so the documented numbers are the script's."""
+    print(body)
+    res_dir = ROOT / "benchmarks" / "results"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    (res_dir / f"{stem}.md").write_text(f"# {title}\n\n" + body + "\n")
+    doc = ROOT / "docs" / "scan.md"
+    if doc.is_file():
+        t = doc.read_text()
+        if begin in t and end in t:
+            head, rest = t.split(begin, 1)
+            doc.write_text(head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+    print(f"\nwrote {res_dir / (stem + '.md')}" + (" and docs/scan.md" if doc.is_file() else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    got = scan_dataset("isic2017_artifacts", "isic.yaml", "isic2017_class", argv, __doc__, flag_cols=FLAGS)
+    if got is None:
+        return 0
+    res, spec, args = got
     s, pi = res.summary, res.per_image
 
     counts = ", ".join(f"{k} {v}" for k, v in s["data"]["label_counts"].items())
@@ -134,16 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {det} | {lab} | {int(m.sum())} | {int(y.sum())} | {int(x.sum())} | {fmt(sens)} | "
                      f"{fmt(spec_)} | {'n/a' if not np.isfinite(k) else f'{k:.2f}'} | "
                      f"{'n/a' if not np.isfinite(auc) else f'{auc:.2f}'} |")
-    classes = s["data"]["classes"]
     lines += ["", f"Prevalence by label (the scan's table; groups with n < {s['options']['min_n']} are too small; "
               "Cramér's V over all classes, bias-corrected, with its bootstrap 95% CI and its χ² p, or * a Monte Carlo "
-              "p where expected counts are < 5):", "",
-              "| artifact | source | overall | " + " | ".join(classes) + " | Cramér's V [95% CI] (p) |",
-              "|---|---|---|" + "---|" * len(classes) + "---|"]
-    for a, e in s["artifacts"].items():
-        lines.append(f"| {a} | {e['source']} | {fmt_prev(e['prevalence'])} | "
-                     + " | ".join(fmt_prev(e["by_label"][c]) for c in classes)
-                     + f" | {fmt_v(e['label_association'])} |")
+              "p where expected counts are < 5):", ""] + prevalence_lines(s)
     top = [e for e in s["associations"] if not e["too_small"] and e["odds_ratio"]["value"] is not None][:5]
     if top:
         lines += ["", "Strongest label associations (one class vs the rest):", ""]
@@ -157,19 +188,8 @@ def main(argv: list[str] | None = None) -> int:
               "Sensitivity/specificity/κ judge the detector's yes/no flag at its preset threshold; the score "
               "AUROC judges its ranking, whatever the threshold. n = 35 and melanoma n = 7: CIs are wide and "
               "per-class melanoma figures are reported as too small."]
-    body = "\n".join(lines)
-    print(body)
-    res_dir = ROOT / "benchmarks" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "scan_isic.md").write_text("# `cli.py scan` on ISIC 2017 images with Bissoto artifact labels\n\n"
-                                          + body + "\n")
-    doc = ROOT / "docs" / "scan.md"
-    if doc.is_file():
-        t = doc.read_text()
-        if BEGIN in t and END in t:
-            head, rest = t.split(BEGIN, 1)
-            doc.write_text(head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1])
-    print(f"\nwrote {res_dir / 'scan_isic.md'}" + (" and docs/scan.md" if doc.is_file() else ""))
+    write_results("scan_isic", "`cli.py scan` on ISIC 2017 images with Bissoto artifact labels", "\n".join(lines),
+                  BEGIN, END)
     return 0
 
 

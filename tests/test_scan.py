@@ -715,3 +715,29 @@ def test_scan_reports_a_file_format_that_follows_the_label(tmp_path):
     assert "Image format by label" in text and "file type: JPEG" in text and "gray 16-bit" in text
     assert "same for every labelled image: short side <256, aspect square" in " ".join(text.split())
     assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_format_by_view_on_real_radiographs_matches_pillow(tmp_path):
+    """cxr_covid_v7 (skips without ../shared/data): the scan's colour-mode and file-type counts per view equal a
+    crosstab of what Pillow reports for each file, computed here independently."""
+    from conftest import SHARED_DATA
+    base = SHARED_DATA / "cxr_covid_v7"
+    if not (base / "labels.csv").is_file():
+        pytest.skip(f"real data not available: {base}")
+    from audit.formats import mode_label
+    from audit.manifest import DataSpec
+    raw = pd.read_csv(base / "labels.csv")
+    want_mode, want_fmt = {}, {}
+    for p, v in zip(raw["image"], raw["view"]):
+        with Image.open(base / p) as im:
+            want_mode[(mode_label(im.mode), v)] = want_mode.get((mode_label(im.mode), v), 0) + 1
+            want_fmt[(im.format, v)] = want_fmt.get((im.format, v), 0) + 1
+    df = load_manifest(base / "labels.csv", DataSpec(columns={"label": "view"}))
+    res = run_scan({"regions": {"device": {"source": "file", "values": [127]}}}, df, tmp_path / "o", SPEC, n_boot=50)
+    f = res.summary["format"]["attributes"]
+    got_mode = {(x, c): lv["by_label"][c]["k"] for x, lv in f["colour mode"]["levels"].items()
+                for c in lv["by_label"] if lv["by_label"][c]["k"]}
+    got_fmt = {(x, c): lv["by_label"][c]["k"] for x, lv in f["file type"]["levels"].items()
+               for c in lv["by_label"] if lv["by_label"][c]["k"]}
+    assert got_mode == want_mode and got_fmt == want_fmt
+    assert want_mode.get(("RGBA", "AP Supine"), 0) == 0 and want_mode[("RGBA", "PA")] == 18  # as docs/scan.md says
