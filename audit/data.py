@@ -1,7 +1,7 @@
 """Manifest rows → batches on the model grid, decoded (and region masks built) in DataLoader workers.
 
 Each item is a dict: idx (row index), ok (bool), error (str), img (uint8 S×S×3 tensor), src_hw, src_info (the
-file's format, mode and bit depth, see `load_rgb`), and — when a
+file's format and mode, see `load_rgb`), and — when a
 region function is given — masks {region: bool S×S tensor} for the regions that could be built. A failing image
 never raises: it comes back with ok=False and the reason, and the batch goes on without it.
 """

@@ -11,14 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .preprocess import MODES_16BIT
+
 #: attribute → the scan.csv column holding each image's level
 FORMAT_COLUMNS = {"file type": "src_format", "colour mode": "src_mode", "short side": "src_short_side",
                   "aspect": "src_aspect"}
 #: upper bounds (exclusive) of the short-side tiers, in pixels
 SHORT_SIDE_TIERS = (256, 512, 1024, 2048)
-_MODES = {"L": "gray 8-bit", "I;16": "gray 16-bit", "I;16B": "gray 16-bit", "I;16L": "gray 16-bit",
-          "I": "gray 16-bit", "F": "gray float", "1": "1-bit", "P": "palette", "LA": "gray + alpha",
-          "RGB": "RGB", "RGBA": "RGBA", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+_MODES = {"L": "gray 8-bit", **{m: "gray 16-bit" for m in MODES_16BIT}, "F": "gray float", "1": "1-bit",
+          "P": "palette", "LA": "gray + alpha", "RGB": "RGB", "RGBA": "RGBA", "CMYK": "CMYK", "YCbCr": "YCbCr"}
 
 
 def mode_label(mode: str | None) -> str:
@@ -27,7 +28,7 @@ def mode_label(mode: str | None) -> str:
 
 
 def short_side_tier(h: int, w: int) -> str:
-    """The stored image's shorter side in tiers: "<256", "256–511", "512–1023", "1024–2047", "≥2048" (pixels)."""
+    """The stored image's shorter side in tiers (pixels): "<256", "256–511", "512–1023", "1024–2047", "≥2048"."""
     s, lo = min(int(h), int(w)), 0
     for hi in SHORT_SIDE_TIERS:
         if s < hi:

@@ -25,7 +25,7 @@ from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .formats import FORMAT_COLUMNS, format_record
 from .manifest import DataSpec, default_split, load_manifest, select_split
-from .preprocess import InputSpec, normalize
+from .preprocess import InputSpec, bit_depth, normalize
 from .run import RunConfig, load_run
 from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
@@ -228,7 +228,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                 rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
                        "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
                        "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
-                       "cam_sum": float(res.cams[j].sum()), "bit_depth": int(batch["src_info"][j]["bit_depth"]),
+                       "cam_sum": float(res.cams[j].sum()), "bit_depth": bit_depth(batch["src_info"][j].get("mode")),
                        **format_record(batch["src_hw"][j], batch["src_info"][j])}
                 for c, k in cls_idx.items():
                     rec[f"p_{c}"] = float(p[k])

@@ -22,6 +22,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 SCALE16 = ("max", "full", "minmax")  # InputSpec.scale16's named rules (or a bit depth 8..16)
+MODES_16BIT = ("I;16", "I;16B", "I;16L", "I")  # Pillow's integer grayscale modes ("I": 32-bit, read as 16-bit data)
+
+
+def _scale16_ok(v: object) -> bool:
+    return v in SCALE16 or (type(v) is int and 8 <= v <= 16)
+
+
+def bit_depth(mode: str | None) -> int:
+    """The bits per grayscale sample of a Pillow mode as the auditor reads it: 16 (`MODES_16BIT`), 32 ("F",
+    float) or 8 (everything else, colour 16-bit PNGs included: Pillow delivers them as 8 bits)."""
+    return 16 if mode in MODES_16BIT else 32 if mode == "F" else 8
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ class InputSpec:
                 f"input.mean/std: expected {self.channels} values each, got {len(self.mean)} and {len(self.std)}")
         if not 0 < self.crop_pct <= 1:
             raise ConfigError(f"input.crop_pct: expected a value in (0, 1], got {self.crop_pct!r}")
-        if not (self.scale16 in SCALE16 or (type(self.scale16) is int and 8 <= self.scale16 <= 16)):
+        if not _scale16_ok(self.scale16):
             raise ConfigError(f"input.scale16: expected one of {list(SCALE16)} or a bit depth 8..16, "
                               f"got {self.scale16!r}")
 
@@ -165,8 +176,8 @@ def scale_16bit(a: np.ndarray, scale16: str | int = "max") -> np.ndarray:
     elif scale16 == "minmax":
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         x = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    elif type(scale16) is int and 8 <= scale16 <= 16:
-        x = a / float(2 ** scale16 - 1)
+    elif _scale16_ok(scale16):
+        x = a / float(2 ** scale16 - 1)  # type: ignore[operator]
     else:
         raise ValueError(f"scale16: expected one of {list(SCALE16)} or a bit depth 8..16, got {scale16!r}")
     return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -179,8 +190,8 @@ def load_rgb(path: str | Path, scale16: str | int = "max", info: dict | None = N
     An EXIF orientation tag is not applied, as torchvision's and timm's loaders do not apply it: the pixels are
     the stored ones, those the model was trained on and the masks were drawn on.
 
-    info: when given, receives the file's "format" (Pillow's: "PNG", "JPEG", …), "mode" (Pillow's: "L", "RGB",
-    "I;16", …) and "bit_depth": 16 (a 16- or 32-bit integer grayscale image), 32 (float) or 8.
+    info: when given, receives the file's "format" (Pillow's: "PNG", "JPEG", …) and "mode" (Pillow's: "L", "RGB",
+    "I;16", …; `bit_depth` reads it).
 
     DICOM is refused with a message saying so: its pixel values only become an image through a windowing the
     auditor cannot know (the one the model was trained with)."""
@@ -192,9 +203,8 @@ def load_rgb(path: str | Path, scale16: str | int = "max", info: dict | None = N
     with Image.open(path) as im:
         im.load()
         if info is not None:
-            info.update(format=im.format, mode=im.mode,
-                        bit_depth=16 if im.mode in ("I;16", "I;16B", "I;16L", "I") else 32 if im.mode == "F" else 8)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # "I": 32-bit integer, read as 16-bit data
+            info.update(format=im.format, mode=im.mode)
+        if im.mode in MODES_16BIT:
             a = scale_16bit(np.maximum(np.asarray(im, dtype=np.int64), 0), scale16)
             return np.repeat(a[..., None], 3, axis=2)
         if im.mode == "F":  # 32-bit float (TIFF): PIL's own conversion clips to 0..255 and gives a black image
