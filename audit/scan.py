@@ -49,7 +49,7 @@ from PIL import Image
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .formats import format_by_label, format_record
 from .preprocess import InputSpec, scale16_value
-from .stats import Estimate, bootstrap_ci, proportion_ci
+from .stats import Estimate, bootstrap_ci, group_keys, proportion_ci
 
 __all__ = ["ScanResult", "run_scan", "render_scan", "prepare_scan", "scan_input_spec", "phash_images",
            "detail_hash_images", "hamming", "odds_ratio_2x2", "cramers_v", "SCHEMA_VERSION", "PHASH_BITS"]
@@ -800,7 +800,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
 
     by_out: dict[str, dict] = {}
     for col in by:
-        keys = per_image[col].astype(object).where(per_image[col].notna(), "<missing>").astype(str).to_numpy()
+        keys = group_keys(per_image[col]).to_numpy()
         by_out[col] = {}
         for a in sources:
             pres_s = per_image[f"present_{a}"]
@@ -887,7 +887,7 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, hd: np.
     """Ids in several splits, and near-duplicate image pairs: candidates by the 64-bit pHash (h (N,), ≤ thr bits),
     confirmed by the 256-bit detail hash (hd (N, 4), ≤ detail_thr bits). All candidates go to
     near_duplicates.csv with `confirmed`; scan.json lists the confirmed pairs."""
-    splits_all = rows["split"].astype(object).where(rows["split"].notna(), "<missing>").astype(str)
+    splits_all = group_keys(rows["split"])
     n_splits = rows["split"].dropna().nunique()
     out: dict = {"n_splits": int(n_splits)}
     # same id in several splits (all manifest rows: no image needed)
@@ -913,7 +913,7 @@ def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, hd: np.
     if not (out["ids"].get("n_leaking")) and ids_path.exists():
         ids_path.unlink()
     # near-duplicate images by pHash
-    sp = per_image["split"].astype(object).where(per_image["split"].notna(), "<missing>").astype(str).to_numpy()
+    sp = group_keys(per_image["split"]).to_numpy()
     cross = n_splits >= 2
     ids = per_image["image_id"].astype(str).to_numpy()
     lab = per_image["label"].astype(object).to_numpy()

@@ -435,6 +435,11 @@ def small_text(e: dict) -> str:
     return f"small n={n}"
 
 
+def group_keys(values: pd.Series) -> pd.Series:
+    """A metadata column as group names (str), a missing value as the group "<missing>"."""
+    return values.astype(object).where(values.notna(), "<missing>").astype(str)
+
+
 def grouped_region_stats(df: pd.DataFrame, region_cols: Sequence[str], by: str | Sequence[str] | None,
                          correct_col: str = "correct", confidence_col: str = "confidence",
                          n_boot: int = 1000, seed: int = 0, min_n: int = 10, alpha: float = 0.05,

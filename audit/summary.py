@@ -15,7 +15,7 @@ import pandas as pd
 from .config import AuditConfig
 from .errors import UndefinedMetricWarning
 from .run import RunConfig
-from .stats import (bootstrap_ci, ece_if_calibrated, expected_calibration_error, grouped_region_stats,
+from .stats import (bootstrap_ci, ece_if_calibrated, expected_calibration_error, group_keys, grouped_region_stats,
                     proportion_ci, region_stats)
 from .thresholds import class_score, isic_metrics, operating_points, prob_from_logodds
 
@@ -381,13 +381,10 @@ def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg:
 def accuracy_by_group(df: pd.DataFrame, col: str, min_n: int) -> dict:
     """{group: {n, accuracy (Wilson 95% CI), too_small (n < min_n)}} of one --by column, largest group first;
     a missing value is its own group, "<missing>"."""
-    keys = df[col].astype(object).where(df[col].notna(), "<missing>").astype(str)
-    ok = df["correct"].astype(bool).to_numpy()
-    out = {}
-    for g in sorted(keys.unique(), key=lambda g: (-int((keys == g).sum()), g)):
-        m = (keys == g).to_numpy()
-        out[g] = {"n": int(m.sum()), "accuracy": rate(ok[m].sum(), m.sum()), "too_small": bool(m.sum() < min_n)}
-    return out
+    t = df["correct"].astype(bool).groupby(group_keys(df[col])).agg(["sum", "size"])
+    t = t.sort_values("size", ascending=False, kind="stable")  # groupby sorts by name: ties stay in name order
+    return {str(g): {"n": int(n), "accuracy": rate(k, n), "too_small": bool(n < min_n)}
+            for g, (k, n) in zip(t.index, t.to_numpy())}
 
 
 def _by_artifact(df: pd.DataFrame, kinds: dict, run: RunConfig, positive: str | None, cfg: AuditConfig) -> dict:

@@ -520,8 +520,8 @@ def render_html(inp: ReportInputs, plots: dict[str, Path], groups: list[GalleryG
                 blocky: bool = False) -> str:
     """The full page as a string."""
     body = [_header(inp), _accuracy(inp), _gates(inp), _regions(inp), _operating_points(inp),
-            _isic_metrics(inp), _by_artifact(inp), _accuracy_by_group(inp), _by_group(inp), _counterfactual(inp), _sanity(inp),
-            _discover(inp), _plots(plots), _gallery(inp, groups, blocky)]
+            _isic_metrics(inp), _by_artifact(inp), _accuracy_by_group(inp), _by_group(inp), _counterfactual(inp),
+            _sanity(inp), _discover(inp), _plots(plots), _gallery(inp, groups, blocky)]
     if notes:
         body.append("<h2>Notes</h2><ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     title = f"Audit report: {inp.run_name}"
