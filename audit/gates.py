@@ -6,7 +6,7 @@ A configured gate that could not be measured (no positive class, no counterfactu
 does not pass: `passed` is null and the verdict is `fail`, because a model cannot be signed off on a check
 that was not made.
 
-Supported gates (defaults in the presets; why in the README):
+Supported gates (defaults in the presets; why in docs/audit.md, "Sign-off gates"):
   min_median_target_frac        each target region's median evidence fraction ≥ t
   max_artifact_lift             each artifact region's median lift (frac/area, over images where present) ≤ t
   min_sensitivity_at_<s>        sensitivity of the positive class at the threshold tuned for sensitivity s ≥ t

@@ -1,6 +1,6 @@
 """Load a training run directory: config, checkpoint (weights_only), model (torchvision | timm).
 
-Run directory contract (see README):
+Run directory contract (docs/run_dir.md):
   config.yaml | config.json   model {name, source, num_classes, binary_logit, state_key}, classes, input {...},
                               positive_class, data {manifest}
   args.yaml                   (without a config) the arguments timm's train.py writes into its output folder

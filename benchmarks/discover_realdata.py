@@ -15,7 +15,7 @@ Domino (Eyuboglu et al. 2022) recovered 36% of 1,235 planted slices; our setting
 run on a model verified to use it, so the comparison says little beyond "the easy case works".
 The sanity check (Adebayo et al. 2018) runs on 32 seeded test images per run: mean Spearman ρ between the maps of
 the trained and the fully randomised model, with a bootstrap CI.
-Writes benchmarks/results/discover_realdata.md and the README table between its markers.
+Writes benchmarks/results/discover_realdata.md and the table between the markers of docs/discover.md.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def main() -> int:
     text = render(disc, san, "python benchmarks/discover_realdata.py --runs " + str(root))
     out = ROOT / "benchmarks" / "results" / "discover_realdata.md"
     out.write_text("# Discovery and sanity check on the planted-artifact runs\n\n" + text)
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "discover.md"
     s = readme.read_text()
     a, b = "<!-- discover-benchmark:start -->", "<!-- discover-benchmark:end -->"
     if a in s and b in s:

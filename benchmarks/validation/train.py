@@ -3,7 +3,7 @@
     python benchmarks/validation/train.py --dataset ham --variant shortcut --arch resnet18
     python benchmarks/validation/train.py --dataset cxr --variant clean --arch resnet18 --epochs 20
 
-Run directory (the README's contract): config.yaml, checkpoint.pt (plain state_dict, last epoch), plus
+Run directory (docs/run_dir.md): config.yaml, checkpoint.pt (plain state_dict, last epoch), plus
 train_state.pt (resume: model, optimiser, scheduler, epoch; a rerun resumes from it), train_log.json (per
 epoch loss, wall and CPU seconds, recipe) and verify.json (the planted-artifact check, see `verify`).
 
