@@ -1,0 +1,246 @@
+"""`cli.py compare` / audit.compare: paired statistics with known answers, the checks, the gates, the outputs."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+
+from audit.compare import (ComparisonError, compare_audits, delong_paired, evaluate_compare_gates, mcnemar_exact,
+                           operating_predictions, paired_bootstrap, parse_gates, wilcoxon_p)
+from audit.errors import ConfigError
+from audit.stats import expected_calibration_error
+from compare_fixtures import audit_table, set_logodds, write_audit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# McNemar, paired bootstrap, DeLong, Wilcoxon: known answers
+
+@pytest.mark.parametrize("b,c,p", [(1, 6, 16 / 128), (0, 0, 1.0), (5, 0, 2 / 32), (3, 3, 1.0), (0, 1, 1.0),
+                                   (2, 10, 2 * (1 + 12 + 66) / 4096)])
+def test_mcnemar_exact_hand_computed(b, c, p):
+    # p = 2 · Σ_{k ≤ min(b,c)} C(b+c, k) / 2^(b+c), capped at 1
+    assert mcnemar_exact(b, c) == pytest.approx(p, abs=1e-12)
+
+
+def test_mcnemar_exact_equals_the_binomial_test():
+    for b in range(0, 12):
+        for c in range(0, 12):
+            if b + c:
+                ref = sps.binomtest(min(b, c), b + c, 0.5, alternative="two-sided").pvalue
+                assert mcnemar_exact(b, c) == pytest.approx(min(1.0, ref), abs=1e-12)
+    with pytest.raises(ValueError, match="b, c"):
+        mcnemar_exact(-1, 2)
+
+
+def test_paired_bootstrap_equals_a_slow_loop_over_the_same_resamples():
+    rng = np.random.default_rng(3)
+    n, n_boot = 40, 500
+    a = rng.random(n) < 0.6
+    b = rng.random(n) < 0.8
+    diff, lo, hi, p = paired_bootstrap((a.astype(float), b.astype(float)), lambda x: x.mean(axis=1), 1,
+                                       n_boot=n_boot, seed=11)
+    # by hand: the same row indices resample both models' columns
+    idx = np.random.default_rng(11).integers(0, n, size=(n_boot, n))
+    reps = np.array([b[row].mean() - a[row].mean() for row in idx])
+    assert diff == pytest.approx(b.mean() - a.mean())
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
+    assert p == pytest.approx(max(min(1.0, 2 * min((reps <= 0).mean(), (reps >= 0).mean())), 1 / n_boot))
+
+
+def test_paired_bootstrap_of_a_constant_shift_has_a_zero_width_ci():
+    # the candidate is right on every image the baseline is, plus 6 of 50: every resample keeps the pairing,
+    # so the difference is always ≥ 0 (an unpaired bootstrap would give a CI straddling 0)
+    a = np.r_[np.ones(30), np.zeros(20)]
+    b = a.copy()
+    b[30:36] = 1
+    diff, lo, hi, _ = paired_bootstrap((a, b), lambda x: x.mean(axis=1), 1, n_boot=400, seed=0)
+    assert diff == pytest.approx(6 / 50)
+    assert lo > 0 and hi < 0.25
+
+
+def _delong_slow(y, sa, sb):
+    """O(n²) DeLong (1988): placements ψ, their covariances, var(Δ) = S10/m + S01/n."""
+    def comps(s):
+        X, Y = s[y], s[~y]
+        psi = (X[:, None] > Y[None]).astype(float) + 0.5 * (X[:, None] == Y[None])
+        return psi.mean(1), psi.mean(0), psi.mean()
+    (a10, a01, auc_a), (b10, b01, auc_b) = comps(sa), comps(sb)
+    m, k = len(a10), len(a01)
+    s10, s01 = np.cov(np.vstack([a10, b10])), np.cov(np.vstack([a01, b01]))
+    S = s10 / m + s01 / k
+    return auc_a, auc_b, auc_b - auc_a, math.sqrt(S[0, 0] + S[1, 1] - 2 * S[0, 1])
+
+
+def test_delong_matches_the_slow_definition_and_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.random(80) < 0.4
+    sa = y + rng.normal(0, 1.0, 80)
+    sb = np.round(y + rng.normal(0, 0.7, 80), 1)          # ties
+    d = delong_paired(y, sa, sb)
+    auc_a, auc_b, diff, se = _delong_slow(y, sa, sb)
+    assert d["auc_a"] == pytest.approx(roc_auc_score(y, sa)) == pytest.approx(auc_a)
+    assert d["auc_b"] == pytest.approx(roc_auc_score(y, sb)) == pytest.approx(auc_b)
+    assert d["diff"] == pytest.approx(diff)
+    assert d["se_diff"] == pytest.approx(se)
+    assert d["p"] == pytest.approx(2 * sps.norm.sf(abs(diff / se)))
+    same = delong_paired(y, sa, sa)
+    assert (same["diff"], same["p"]) == (0.0, 1.0)
+
+
+def test_wilcoxon_known_answers():
+    assert wilcoxon_p(np.zeros(12))[:2] == (0.0, 1.0)
+    d = np.array([1.0, 2, 3, 4, 5, 6, 7, 8, -0.5, 0])   # the zero is dropped; W = rank of |−0.5| = 1
+    w, p, _ = wilcoxon_p(d)
+    assert w == 1.0
+    assert p == pytest.approx(sps.wilcoxon(d[d != 0]).pvalue)
+    assert math.isnan(wilcoxon_p(np.array([np.nan]))[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# two audits
+
+@pytest.fixture
+def base_table():
+    return audit_table(30, 30, seed=0)
+
+
+def test_identical_audits_differ_by_zero_with_verdict_no_difference(tmp_path, base_table):
+    a = write_audit(tmp_path / "a", base_table, "a", counterfactual=False)
+    b = write_audit(tmp_path / "b", base_table, "b")
+    c = compare_audits(a, b, gates={"max_sensitivity_drop": 0.02, "max_lift_increase": 0.2})
+    keys = [f.key for f in c.figures]
+    assert keys == ["accuracy", "sensitivity@0.80", "specificity@0.80", "sensitivity@0.90", "specificity@0.90",
+                    "sensitivity@top-1", "specificity@top-1", "auroc", "target_share[lesion]", "lift[ruler]", "ece",
+                    "high_conf_error_rate"]
+    for f in c.figures:
+        assert (f.difference.value, f.difference.lo, f.difference.hi) == (0.0, 0.0, 0.0), f.key
+        assert f.p == 1.0, f.key
+        assert f.verdict == "no difference", f.key
+    assert c.verdict == "pass" and all(g.status == "pass" for g in c.gates)
+    assert c.changes["prediction_changed"]["value"] == 0.0 and c.changes["prediction_changed"]["n"] == 60
+
+
+def test_candidate_missing_five_more_positives_fails_max_sensitivity_drop(tmp_path, base_table):
+    cand = set_logodds(base_table, range(5), -3.0)        # 5 of the 30 melanomas now scored below every threshold
+    a = write_audit(tmp_path / "a", base_table, "a")
+    b = write_audit(tmp_path / "b", cand, "b")
+    c = compare_audits(a, b, gates={"max_sensitivity_drop": 0.02})
+    for k in ("0.80", "0.90", "top-1"):
+        f = c.figure(f"sensitivity@{k}")
+        assert f.baseline.value == 1.0 and f.candidate.value == pytest.approx(25 / 30)
+        assert f.difference.value == pytest.approx(-5 / 30)
+        assert f.discordant == (5, 0) and f.p == pytest.approx(2 / 32)   # McNemar exact: 2 · (½)^5
+        assert f.difference.lo < -0.02
+        assert c.figure(f"specificity@{k}").difference.value == 0.0
+    assert {g.name: g.status for g in c.gates} == {f"max_sensitivity_drop[{k}]": "fail"
+                                                   for k in ("0.80", "0.90", "top-1")}
+    assert c.verdict == "fail"
+    assert c.figure("accuracy").difference.value == pytest.approx(-5 / 60)
+
+
+def test_gate_passes_only_when_the_ci_bound_clears_the_margin(tmp_path, base_table):
+    a = write_audit(tmp_path / "a", base_table, "a")
+    c = compare_audits(a, write_audit(tmp_path / "b", set_logodds(base_table, [0, 1], -3.0), "b"))
+    f = c.figure("sensitivity@top-1")                     # −2/30 point estimate, the CI's lower bound below it
+    lo = f.difference.lo
+    assert f.difference.value == pytest.approx(-2 / 30) and lo < -2 / 30
+    passed, v_pass = evaluate_compare_gates({"max_sensitivity_drop": -lo + 1e-9}, [f])
+    failed, v_fail = evaluate_compare_gates({"max_sensitivity_drop": -lo - 1e-6}, [f])
+    assert (passed[0].status, v_pass, failed[0].status, v_fail) == ("pass", "pass", "fail", "fail")
+    # a margin the point estimate clears but the bound does not: fails (non-inferiority not shown)
+    assert evaluate_compare_gates({"max_sensitivity_drop": 0.07}, [f])[0][0].status == "fail"
+    assert failed[0].bound == lo
+
+
+def test_lift_gate_reads_the_upper_bound_and_undefined_is_inconclusive(tmp_path, base_table):
+    cand = base_table.copy()
+    cand["frac_ruler"] = cand["frac_ruler"] + 0.05                 # lift + 1.0 on every image
+    cand["lift_ruler"] = cand["frac_ruler"] / 0.05
+    a = write_audit(tmp_path / "a", base_table, "a")
+    c = compare_audits(a, write_audit(tmp_path / "b", cand, "b"),
+                       gates=["max_lift_increase=0.2", "max_flip_rate_increase=0.05"])
+    f = c.figure("lift[ruler]")
+    assert f.difference.lo > 0.2 and f.verdict == "worse" and f.p < 1e-6
+    st = {g.name: g.status for g in c.gates}
+    assert st == {"max_lift_increase[ruler]": "fail", "max_flip_rate_increase": "undefined"}
+    assert c.verdict == "fail"
+    _, v = evaluate_compare_gates({"max_flip_rate_increase": 0.05}, c.figures)
+    assert v == "inconclusive"
+
+
+def test_counterfactual_flip_rates_are_compared_when_both_ran_it(tmp_path, base_table):
+    ta, tb = base_table.copy(), base_table.copy()
+    ta["cf_flip_ruler"] = 0.0
+    tb["cf_flip_ruler"] = 0.0
+    tb.loc[:11, "cf_flip_ruler"] = 1.0                   # 12 of 60 flip in the candidate only
+    c = compare_audits(write_audit(tmp_path / "a", ta, "a", counterfactual=True),
+                       write_audit(tmp_path / "b", tb, "b", counterfactual=True))
+    f = c.figure("flip_rate[ruler]")
+    assert f.difference.value == pytest.approx(12 / 60) and f.discordant == (0, 12)
+    assert f.p == pytest.approx(2 * 0.5 ** 12) and f.verdict == "worse"
+
+
+def test_ece_difference_uses_the_audits_ece(tmp_path, base_table):
+    cand = base_table.copy()
+    cand["confidence"] = 0.55
+    c = compare_audits(write_audit(tmp_path / "a", base_table, "a"), write_audit(tmp_path / "b", cand, "b"))
+    f = c.figure("ece")
+    ref_a = expected_calibration_error(base_table["confidence"], base_table["correct"], n_boot=0).value
+    ref_b = expected_calibration_error(cand["confidence"], cand["correct"], n_boot=0).value
+    assert f.baseline.value == pytest.approx(ref_a) and f.candidate.value == pytest.approx(ref_b)
+    assert f.difference.value == pytest.approx(ref_b - ref_a)
+
+
+def test_refuses_different_images_labels_and_regions(tmp_path, base_table):
+    a = write_audit(tmp_path / "a", base_table, "a")
+    with pytest.raises(ComparisonError, match=r"only in the baseline \(im000, im001\)"):
+        compare_audits(a, write_audit(tmp_path / "b", base_table.iloc[2:], "b"))
+    other = base_table.copy()
+    other.loc[3, "label"] = "benign"
+    with pytest.raises(ComparisonError, match=r"different labels for 1 images \(im003"):
+        compare_audits(a, write_audit(tmp_path / "c", other, "c"))
+    with pytest.raises(ComparisonError, match="different regions"):
+        compare_audits(a, write_audit(tmp_path / "d", base_table, "d", kinds={"lesion": "target"}))
+    with pytest.raises(ComparisonError, match="regions defined differently \\(ruler\\)"):
+        compare_audits(write_audit(tmp_path / "e", base_table, "e", regions={"ruler": {"width": 0.1}}),
+                       write_audit(tmp_path / "f", base_table, "f", regions={"ruler": {"width": 0.2}}))
+
+
+def test_operating_points_are_reproduced_from_cross_fitting(tmp_path, base_table):
+    from audit.report.inputs import read_out_dir
+    from audit.thresholds import operating_points
+    df = set_logodds(base_table, [1, 2], -0.2)
+    y = (df["label"] == "melanoma").to_numpy()
+    with pytest.warns(UserWarning):
+        op = operating_points(df["logodds_melanoma"].to_numpy(), y, targets=(0.9,), seed=0)
+    out = write_audit(tmp_path / "a", df, "a", summary_extra={"operating_points": op})
+    preds, notes = operating_predictions(read_out_dir(out))
+    assert notes == []
+    pt = op["points"][0]
+    assert int((preds["0.90"] & y).sum()) == pt["tp"] and int((preds["0.90"] & ~y).sum()) == pt["fp"]
+
+
+def test_parse_gates_refuses_unknown_names_and_bad_margins():
+    assert parse_gates(["max_sensitivity_drop=0.02"]) == {"max_sensitivity_drop": 0.02}
+    with pytest.raises(ConfigError, match="unknown"):
+        parse_gates(["max_sensitivity_dorp=0.02"])
+    with pytest.raises(ConfigError, match="margin ≥ 0"):
+        parse_gates({"max_lift_increase": -1})
+    with pytest.raises(ConfigError, match="NAME=MARGIN"):
+        parse_gates(["max_lift_increase"])
+
+
+def test_compare_json_is_strict_json_with_the_documented_keys(tmp_path, base_table):
+    c = compare_audits(write_audit(tmp_path / "a", base_table, "a"), write_audit(tmp_path / "b", base_table, "b"))
+    d = json.loads(json.dumps(c.to_dict(), allow_nan=False))
+    assert set(d) == {"schema_version", "baseline", "candidate", "data", "method", "figures", "changes", "gates",
+                      "verdict", "gallery", "notes"}
+    f = d["figures"][0]
+    assert set(f) >= {"key", "group", "label", "direction", "baseline", "candidate", "difference", "test", "p",
+                      "verdict"}
+    assert d["data"]["n"] == 60 and d["verdict"] == "none"
