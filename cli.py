@@ -106,6 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     s.add_argument("--json", action="store_true", help="print scan.json to stdout")
 
+    c = sub.add_parser("compare", help="the candidate model against the baseline on the same images (paired)")
+    c.add_argument("audits", nargs="*", metavar="AUDIT_DIR",
+                   help="two finished audit folders: BASELINE CANDIDATE (or use --run-dir twice)")
+    c.add_argument("--run-dir", action="append", default=[],
+                   help="twice: the baseline's then the candidate's run directory, audited first (cached)")
+    c.add_argument("--data", help="manifest CSV for --run-dir audits")
+    c.add_argument("--split", help="split for --run-dir audits (default: test)")
+    c.add_argument("--config", dest="preset", help="YAML preset for --run-dir audits (regions, options)")
+    c.add_argument("--limit", type=int, help="--run-dir audits: only the first N images")
+    c.add_argument("--counterfactual", action="store_true", default=None, help="--run-dir audits: flip rates too")
+    c.add_argument("--device", help="--run-dir audits: cpu (default), cuda, cuda:N")
+    c.add_argument("--workers", type=int, help="--run-dir audits: DataLoader worker processes")
+    c.add_argument("--gate", action="append", default=[], metavar="NAME=MARGIN",
+                   help="non-inferiority gate, e.g. max_sensitivity_drop=0.02, max_lift_increase=0.2 (repeatable)")
+    c.add_argument("--gates", help="YAML file mapping gate names to margins")
+    c.add_argument("--out", help="output folder (default reports/compare_<baseline>_vs_<candidate>/)")
+    c.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the baseline audit's)")
+    c.add_argument("--seed", type=int, help="bootstrap seed (default: the baseline audit's)")
+    c.add_argument("--gallery-n", type=int, default=6, help="images per disagreement-gallery group (default 6)")
+    c.add_argument("--no-report", action="store_true", help="compare.json and pairs.csv only (no html, gallery)")
+    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--json", action="store_true", help="print compare.json to stdout")
+
     m = sub.add_parser("masks", help="write region masks, a contact sheet and regions.csv for a manifest")
     m.add_argument("--config", required=True, help="YAML preset (configs/*.yaml): regions and the input grid")
     m.add_argument("--data", required=True, help="manifest CSV")
@@ -298,6 +321,51 @@ def cmd_scan(args) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args) -> int:
+    from audit.compare import compare_audits, parse_gates
+    from audit.compare_report import compare_renderable, write_compare
+    from audit.errors import ConfigError
+    if bool(args.audits) == bool(args.run_dir) or len(args.audits or args.run_dir) != 2:
+        raise ConfigError("compare: pass BASELINE_AUDIT_DIR CANDIDATE_AUDIT_DIR, or --run-dir A --run-dir B --data CSV")
+    gates = dict(_read_gates(args.gates))
+    gates.update(parse_gates(args.gate))
+    gates = parse_gates(gates)  # checked before any audit runs
+    for opt, v in (("--n-boot", args.n_boot), ("--gallery-n", args.gallery_n)):
+        if v is not None and v < 0:
+            raise ConfigError(f"{opt}: expected an integer ≥ 0, got {v}")
+    dirs = [Path(p) for p in args.audits]
+    if args.run_dir:
+        from audit.config import resolve_config
+        dirs = []
+        for rd in args.run_dir:
+            cfg = resolve_config({"run_dir": rd, "data": args.data, "split": args.split, "limit": args.limit,
+                                  "counterfactual": args.counterfactual, "device": args.device,
+                                  "workers": args.workers, "out": str(Path("reports") / Path(rd).name)}, args.preset)
+            dirs.append(_audit_with_progress(cfg, args.quiet or args.json).out_dir)
+    c = compare_audits(dirs[0], dirs[1], gates=gates, n_boot=args.n_boot, seed=args.seed)
+    out = Path(args.out) if args.out else Path("reports") / f"compare_{dirs[0].name}_vs_{dirs[1].name}"
+    write_compare(c, out, gallery_n=args.gallery_n, report=not args.no_report)
+    if args.json:
+        print(json.dumps(c.to_dict(), indent=2))
+    elif not args.quiet:
+        _out_console().print(compare_renderable(c.to_dict(), str(out)))
+    return EXIT_GATES if c.verdict in ("fail", "inconclusive") else EXIT_OK
+
+
+def _read_gates(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+    from audit.errors import ConfigError
+    try:
+        d = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--gates {path}: cannot read ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"--gates {path}: expected a mapping of gate names to margins")
+    return d.get("gates", d) if isinstance(d.get("gates", d), dict) else d
+
+
 INTERRUPTED = {  # what an interrupted command leaves behind (nothing computed is lost)
     "audit": "interrupted: the rows audited so far are in <out>/per_image.partial.csv; the model outputs computed "
              "are kept in <out>/cache/, so the same command resumes without recomputing them",
@@ -306,7 +374,7 @@ INTERRUPTED = {  # what an interrupted command leaves behind (nothing computed i
 }
 
 COMMANDS = {"audit": cmd_audit, "demo": cmd_demo, "masks": cmd_masks, "scan": cmd_scan,
-            "discover": cmd_discover}
+            "discover": cmd_discover, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

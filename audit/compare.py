@@ -520,10 +520,9 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
             notes.append(f"operating point {k}: in only one audit, not compared")
         for k in sorted(points, key=lambda s: (s == "top-1", s)):
             xa, xb = pa[k], pb[k][order_b]
-            at = "top-1" if k == "top-1" else f"tuned for {k}"
-            figs.append(_rate_figure(f"sensitivity@{k}", "performance", f"sensitivity ({at})", 1,
+            figs.append(_rate_figure(f"sensitivity@{k}", "performance", f"sensitivity @{k}", 1,
                                      xa[y], xb[y], opts, note=f"{pos} images"))
-            figs.append(_rate_figure(f"specificity@{k}", "performance", f"specificity ({at})", 1,
+            figs.append(_rate_figure(f"specificity@{k}", "performance", f"specificity @{k}", 1,
                                      ~xa[~y], ~xb[~y], opts, note=f"non-{pos} images"))
         sa, _ = class_score(da, pos)
         sb, _ = class_score(db, pos)
@@ -532,11 +531,11 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
         notes.append("no positive class (run.positive_class / --positive): no sensitivity, specificity or AUROC")
     for r, kind in a.kinds.items():
         if kind == "target":
-            figs.append(_median_figure(f"target_share[{r}]", "regions", f"median share in {r}", 1,
+            figs.append(_median_figure(f"target_share[{r}]", "regions", f"median share: {r}", 1,
                                        _col(da, f"frac_{r}"), _col(db, f"frac_{r}"), opts))
     for r, kind in a.kinds.items():
         if kind == "artifact":
-            figs.append(_median_figure(f"lift[{r}]", "regions", f"median lift on {r}", -1,
+            figs.append(_median_figure(f"lift[{r}]", "regions", f"median lift: {r}", -1,
                                        _col(da, f"lift_{r}"), _col(db, f"lift_{r}"), opts))
     cfa = ((a.summary.get("counterfactual") or {}).get("regions")) or {}
     cfb = ((b.summary.get("counterfactual") or {}).get("regions")) or {}
@@ -545,10 +544,10 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
         ok = np.isfinite(fa) & np.isfinite(fb)
         if ok.sum() < opts["min_n"]:
             small = Estimate(NAN, n=int(ok.sum()), too_small=True, note=f"too small (n={int(ok.sum())})")
-            figs.append(PairedFigure(f"flip_rate[{r}]", "counterfactual", f"flips without {r}", -1, small, small,
+            figs.append(PairedFigure(f"flip_rate[{r}]", "counterfactual", f"flips w/o {r}", -1, small, small,
                                      small, "McNemar exact", verdict="too small"))
             continue
-        figs.append(_rate_figure(f"flip_rate[{r}]", "counterfactual", f"flips without {r}", -1,
+        figs.append(_rate_figure(f"flip_rate[{r}]", "counterfactual", f"flips w/o {r}", -1,
                                  fa[ok] == 1.0, fb[ok] == 1.0, opts, note=f"images tested in both (of {n})"))
     if cfa and cfb:
         pass
@@ -561,7 +560,7 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
         notes.append(f"high-confidence threshold differs ({hc} vs {hb}): both counted at the baseline's {hc}")
     ha = (~ca) & (_col(da, "confidence") >= hc)
     hbb = (~cb) & (_col(db, "confidence") >= hc)
-    figs.append(_rate_figure("high_conf_error_rate", "calibration", f"wrong with confidence ≥ {hc:g}", -1, ha, hbb,
+    figs.append(_rate_figure("high_conf_error_rate", "calibration", f"wrong, conf ≥ {hc:g}", -1, ha, hbb,
                              opts))
     for f in figs:
         if f.verdict != "too small":

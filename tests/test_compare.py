@@ -1,6 +1,7 @@
 """`cli.py compare` / audit.compare: paired statistics with known answers, the checks, the gates, the outputs."""
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -244,3 +245,62 @@ def test_compare_json_is_strict_json_with_the_documented_keys(tmp_path, base_tab
     assert set(f) >= {"key", "group", "label", "direction", "baseline", "candidate", "difference", "test", "p",
                       "verdict"}
     assert d["data"]["n"] == 60 and d["verdict"] == "none"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI, terminal table, outputs
+
+def _cli(*argv):
+    import cli
+    return cli.main([str(a) for a in argv])
+
+
+def test_cli_exit_codes_and_files(tmp_path, base_table, capsys):
+    a = write_audit(tmp_path / "a", base_table, "a")
+    b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
+    out = tmp_path / "cmp"
+    assert _cli("compare", a, a, "--out", out, "--gate", "max_sensitivity_drop=0.02", "--quiet") == 0
+    assert _cli("compare", a, b, "--out", out, "--gate", "max_sensitivity_drop=0.02", "--quiet") == 1
+    d = json.loads((out / "compare.json").read_text())
+    assert d["verdict"] == "fail" and {g["status"] for g in d["gates"]} == {"fail"}
+    assert (out / "compare.html").is_file() and (out / "pairs.csv").is_file()
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert len(pairs) == 60 and (pairs["pred_baseline"] != pairs["pred_candidate"]).sum() == 5
+    # the gallery: the 5 positives the candidate now misses, each as a side-by-side picture
+    items = d["gallery"]["candidate_wrong"]["items"]
+    assert {i["image_id"] for i in items} == {f"im{k:03d}" for k in range(5)}
+    assert items[0]["baseline"]["pred"] == "melanoma" and items[0]["candidate"]["pred"] == "benign"
+    assert (out / items[0]["path"]).is_file()
+    capsys.readouterr()
+    c = tmp_path / "c"
+    write_audit(c, base_table.iloc[3:], "c")
+    assert _cli("compare", a, c, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "im000, im001, im002" in err
+    assert _cli("compare", a, "--out", out) == 2                       # one folder only
+    assert _cli("compare", a, b, "--gate", "max_nothing=1") == 2
+    assert _cli("compare", a, tmp_path / "nowhere") == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_terminal_table_fits_100_columns_and_holds_the_figures(tmp_path, base_table):
+    from rich.console import Console
+
+    from audit.compare_report import compare_renderable, fmt_diff, fmt_p
+    a = write_audit(tmp_path / "a", base_table, "a")
+    b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
+    d = compare_audits(a, b, gates={"max_sensitivity_drop": 0.02, "max_lift_increase": 0.2}).to_dict()
+    con = Console(width=100, record=True, color_system=None, file=io.StringIO())
+    con.print(compare_renderable(d))
+    text = con.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    f = next(f for f in d["figures"] if f["key"] == "sensitivity@0.80")
+    row = next(line for line in text.splitlines() if line.strip().startswith(f["label"]))
+    # n | baseline | candidate | difference [CI] | p | verdict: a drop of 5/30 with McNemar p = 2/32 is not
+    # significant ("no difference" shown), yet the non-inferiority gate fails on its CI bound
+    assert row.split()[2:8] == ["30", "1.000", "0.833", *fmt_diff(f["difference"]).split(" "), "0.06"]
+    assert row.rstrip().endswith("no difference")
+    assert "FAIL" in text and "Verdict: FAIL" in text
+    assert "max_lift_increase[ruler]" in text and "max_sensitivity_drop[top-1]" in text
+    assert fmt_p(0.0004) == "<0.001" and fmt_p(None) == "—" and fmt_p(0.1234) == "0.12"
+    assert fmt_diff({"value": 0.0, "lo": 0.0, "hi": 0.0, "n": 5}) == "+0.000 [+0.000,+0.000]"
