@@ -214,7 +214,6 @@ def cmd_demo(args) -> int:
     console = _out_console(args.quiet)
     size = DemoSize(n_train=320, n_val=48, n_test=64, epochs=6, size=96) if args.small else DemoSize()
     runs = prepare(out, size, log=lambda s: console.print(s, style="dim"))
-    verdicts = {}
     for v, rd in runs.items():
         cfg = resolve_config({"run_dir": str(rd), "out": str(out / "reports" / v), "workers": 0,
                               "counterfactual": True,
@@ -224,21 +223,14 @@ def cmd_demo(args) -> int:
         render_reports(res.out_dir, n_per_group=4 if args.small else 8, seed=cfg.seed)
         console.print(Rule(f"{v} model"))
         print_summary(res.summary, str(res.out_dir), console)
-        verdicts[v] = res.summary
-    console.print(Rule("demo: shortcut vs clean (95% CIs; n = images in the test split)"))
-    from audit.terminal import _fmt_est
-    for v, s in verdicts.items():
-        r = s.get("regions", {})
-
-        def med(name):
-            return _fmt_est(r.get(name, {}).get("stats", {}).get("median_all"))
-        flips = (s.get("counterfactual") or {}).get("regions", {}).get("text", {})
-        n_marker = r.get("text", {}).get("n_present", 0)
-        console.print(f"{v:9s} accuracy {_fmt_est(s['accuracy'], pct=True)} (n={s['data']['n']}) · median evidence "
-                      f"in lungs {med('lungs')} · on the marker {med('text')} (n={n_marker})"
-                      " · predictions flipped by removing "
-                      f"the marker {_fmt_est(flips.get('flip_rate'), pct=True)} (n={flips.get('n', 0)})"
-                      f" · gates: {s.get('verdict', 'n/a').upper()}")
+    # the closing comparison: the clean model as the candidate replacing the shortcut model, on the same images
+    console.print(Rule("demo: shortcut (baseline) vs clean (candidate), paired on the test split"))
+    from audit.compare import compare_audits
+    from audit.compare_report import compare_renderable, write_compare
+    from audit.demo import DEMO_COMPARE_GATES
+    c = compare_audits(out / "reports" / "shortcut", out / "reports" / "clean", gates=DEMO_COMPARE_GATES)
+    write_compare(c, out / "reports" / "compare", gallery_n=4 if args.small else 6)
+    console.print(compare_renderable(c.to_dict(), str(out / "reports" / "compare")))
     return EXIT_OK
 
 

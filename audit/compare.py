@@ -634,7 +634,8 @@ def _changes(a, da: pd.DataFrame, db: pd.DataFrame, opts: dict) -> tuple[dict, p
 
 def parse_gates(items: Sequence[str] | dict | None) -> dict[str, float]:
     """Gates from `NAME=MARGIN` strings (the CLI's --gate) or a mapping; ConfigError naming the gate for an
-    unknown name or a margin that is not a number ≥ 0."""
+    unknown name or a margin that is not a number ≥ 0. `NAME[sub]` restricts a gate on operating points or
+    regions to one of them (max_sensitivity_drop[0.90], max_lift_increase[ruler])."""
     if not items:
         return {}
     pairs = items.items() if isinstance(items, dict) else [tuple(s.split("=", 1)) if "=" in s else (s, None)
@@ -642,8 +643,11 @@ def parse_gates(items: Sequence[str] | dict | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, v in pairs:
         name = str(name).strip()
-        if name not in GATES:
-            raise ConfigError(f"compare gate {name!r}: unknown; expected one of {', '.join(GATES)}")
+        base = name.split("[", 1)[0] if name.endswith("]") else name
+        if base not in GATES or (base != name and not GATES[base][0].endswith(("@", "["))):
+            raise ConfigError(f"compare gate {name!r}: unknown; expected one of {', '.join(GATES)} (those on an "
+                              "operating point or a region also as NAME[point] / NAME[region], e.g. "
+                              "max_lift_increase[ruler])")
         try:
             m = float(v)
         except (TypeError, ValueError):
@@ -661,10 +665,16 @@ def evaluate_compare_gates(gates: dict[str, float], figures: Sequence[PairedFigu
     fails, else "inconclusive" when any is undefined, else "pass"; "none" without gates."""
     res: list[GateResult] = []
     for name, margin in parse_gates(gates).items():
+        only = name[name.index("[") + 1:-1] if name.endswith("]") else None
+        name = name.split("[", 1)[0] if only is not None else name
         prefix, side = GATES[name]
         hits = [f for f in figures if (f.key == prefix or (prefix.endswith(("@", "[")) and f.key.startswith(prefix)))]
+        if only is not None:
+            hits = [f for f in hits if f.key[len(prefix):].rstrip("]") == only]
         if not hits:
-            res.append(GateResult(name, prefix, margin, side, NAN, NAN, "undefined", "figure not measured"))
+            fig = prefix if only is None else f"{prefix}{only}" + ("]" if prefix.endswith("[") else "")
+            res.append(GateResult(name if only is None else f"{name}[{only}]", fig, margin, side, NAN, NAN,
+                                  "undefined", "figure not measured"))
             continue
         for f in hits:
             d = f.difference

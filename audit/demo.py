@@ -172,6 +172,11 @@ DEMO_PRESET = {
 }
 
 
+#: non-inferiority gates of the demo's closing `compare` (docs/compare.md): the clean model must not lean on the
+#: marker more, nor lose accuracy, than the shortcut model it replaces
+DEMO_COMPARE_GATES = {"max_accuracy_drop": 0.02, "max_lift_increase[text]": 0.2, "max_flip_rate_increase[text]": 0.05}
+
+
 def prepare(root: Path, size: DemoSize | None = None, seed: int = 0, log=print) -> dict[str, Path]:
     """Generate the data, train both models; returns {variant: run_dir}. Reuses finished runs."""
     size = size or DemoSize()

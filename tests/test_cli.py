@@ -167,11 +167,15 @@ def test_demo_reduced(tmp_path):
     # the marker is independent of the label in the test split: the shortcut model pays for having used it
     assert s["shortcut"]["accuracy"]["value"] < s["clean"]["accuracy"]["value"]
     assert s["shortcut"]["verdict"] == "fail"
-    # the closing comparison gives every figure with its CI and n (here the accuracy, read back from the summary)
-    acc = s["shortcut"]["accuracy"]
-    line = " ".join(r.stdout.split()).split("shortcut accuracy", 1)[1]
-    assert line.startswith(f" {100 * acc['value']:.0f}% [{100 * acc['lo']:.0f}%,{100 * acc['hi']:.0f}%] (n=64)")
-    assert "shortcut vs clean" in r.stdout
+    # the demo ends with a paired compare of its two runs: its figures are those of the two audits, and the table
+    # gives the marker's lift (not its raw share)
+    cmp = json.loads((tmp_path / "demo" / "reports" / "compare" / "compare.json").read_text())
+    fig = {f["key"]: f for f in cmp["figures"]}
+    assert fig["accuracy"]["baseline"]["value"] == s["shortcut"]["accuracy"]["value"]
+    assert fig["accuracy"]["candidate"]["value"] == s["clean"]["accuracy"]["value"]
+    assert fig["accuracy"]["difference"]["n"] == 64 and "lift[text]" in fig and "flip_rate[text]" in fig
+    out = " ".join(r.stdout.split())
+    assert "shortcut (baseline) vs clean (candidate)" in out and "median lift: text" in out
 
 
 def test_validation_split_named_validation_tunes_the_thresholds(tiny_run, tmp_path, capsys):

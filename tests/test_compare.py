@@ -234,6 +234,19 @@ def test_parse_gates_refuses_unknown_names_and_bad_margins():
         parse_gates({"max_lift_increase": -1})
     with pytest.raises(ConfigError, match="NAME=MARGIN"):
         parse_gates(["max_lift_increase"])
+    with pytest.raises(ConfigError, match="unknown"):
+        parse_gates(["max_ece_increase[x]=0.1"])          # ECE has no operating points or regions
+
+
+def test_a_gate_can_be_restricted_to_one_point_or_region(tmp_path, base_table):
+    cand = set_logodds(base_table, range(5), -3.0)
+    c = compare_audits(write_audit(tmp_path / "a", base_table, "a"), write_audit(tmp_path / "b", cand, "b"),
+                       gates={"max_sensitivity_drop[0.90]": 0.02, "max_lift_increase[ruler]": 0.2,
+                              "max_lift_increase[nowhere]": 0.2})
+    assert [(g.name, g.status) for g in c.gates] == [("max_sensitivity_drop[0.90]", "fail"),
+                                                     ("max_lift_increase[ruler]", "pass"),
+                                                     ("max_lift_increase[nowhere]", "undefined")]
+    assert c.gates[2].figure == "lift[nowhere]"
 
 
 def test_compare_json_is_strict_json_with_the_documented_keys(tmp_path, base_table):
