@@ -329,10 +329,13 @@ def cmd_compare(args) -> int:
     if args.run_dir:
         from audit.config import resolve_config
         dirs = []
-        for rd in args.run_dir:
+        names = [Path(rd).resolve().name for rd in args.run_dir]
+        if names[0] == names[1]:  # two runs named alike (runs/a/model, runs/b/model): audits must not collide
+            names = [f"{names[0]}_baseline", f"{names[1]}_candidate"]
+        for rd, name in zip(args.run_dir, names):
             cfg = resolve_config({"run_dir": rd, "data": args.data, "split": args.split, "limit": args.limit,
                                   "counterfactual": args.counterfactual, "device": args.device,
-                                  "workers": args.workers, "out": str(Path("reports") / Path(rd).name)}, args.preset)
+                                  "workers": args.workers, "out": str(Path("reports") / name)}, args.preset)
             dirs.append(_audit_with_progress(cfg, args.quiet or args.json).out_dir)
     c = compare_audits(dirs[0], dirs[1], gates=gates, n_boot=args.n_boot, seed=args.seed)
     out = Path(args.out) if args.out else Path("reports") / f"compare_{dirs[0].name}_vs_{dirs[1].name}"
