@@ -111,7 +111,8 @@ class GateResult:
 
     name: "max_sensitivity_drop[0.90]"; figure: the PairedFigure key; margin ≥ 0; side: "lo" (the lower bound of
     the difference must be ≥ −margin) or "hi" (the upper bound must be ≤ margin); bound: that CI bound (NaN when
-    undefined); status: "pass" | "fail" | "undefined"."""
+    undefined); status: "pass" | "fail" | "undefined"; decides: whether the status counts for the verdict (False
+    for a too-small region or point of a gate spread over all of them)."""
 
     name: str
     figure: str
@@ -121,6 +122,7 @@ class GateResult:
     difference: float
     status: str
     note: str = ""
+    decides: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -661,8 +663,9 @@ def parse_gates(items: Sequence[str] | dict | None) -> dict[str, float]:
 def evaluate_compare_gates(gates: dict[str, float], figures: Sequence[PairedFigure]) -> tuple[list[GateResult], str]:
     """(results, verdict). A gate applies to every figure whose key starts with its prefix (one result per
     operating point or region). It passes when the CI bound on the bad side clears the margin: side "lo":
-    lo ≥ −margin; side "hi": hi ≤ margin. A too-small or NaN bound is "undefined". Verdict: "fail" when any gate
-    fails, else "inconclusive" when any is undefined, else "pass"; "none" without gates."""
+    lo ≥ −margin; side "hi": hi ≤ margin. A too-small or NaN bound is "undefined". Verdict over the results that
+    decide: "fail" when any fails, else "inconclusive" when any is undefined (or none decides), else "pass"; "none"
+    without gates. A too-small figure of a gate spread over several regions or points does not decide."""
     res: list[GateResult] = []
     for name, margin in parse_gates(gates).items():
         only = name[name.index("[") + 1:-1] if name.endswith("]") else None
@@ -682,8 +685,13 @@ def evaluate_compare_gates(gates: dict[str, float], figures: Sequence[PairedFigu
             sub = f.key[len(prefix):].rstrip("]") if prefix.endswith(("@", "[")) else ""
             gname = f"{name}[{sub}]" if sub else name
             if d.too_small or not math.isfinite(bound):
+                # a gate spread over every region (or point) does not let a too-small one decide, unless all are:
+                # rare artifacts would otherwise make every verdict inconclusive; named alone (NAME[region]) it does
+                spread = only is None and len(hits) > 1 and d.too_small
                 res.append(GateResult(gname, f.key, margin, side, NAN, d.value, "undefined",
-                                      "too small" if d.too_small else "no CI"))
+                                      (f"too small (n={d.n})" if d.too_small else "no CI")
+                                      + ("; not deciding (name it as NAME[region] to make it decide)" if spread
+                                         else ""), decides=not spread))
                 continue
             ok = bound >= -margin if side == "lo" else bound <= margin
             note = (f"lower bound {bound:+.3f} {'≥' if ok else '<'} −{margin:g}" if side == "lo"
@@ -691,8 +699,8 @@ def evaluate_compare_gates(gates: dict[str, float], figures: Sequence[PairedFigu
             res.append(GateResult(gname, f.key, margin, side, bound, d.value, "pass" if ok else "fail", note))
     if not res:
         return res, "none"
-    st = {g.status for g in res}
-    return res, "fail" if "fail" in st else "inconclusive" if "undefined" in st else "pass"
+    st = {g.status for g in res if g.decides}
+    return res, "fail" if "fail" in st else "inconclusive" if "undefined" in st or not st else "pass"
 
 
 def compare_audits(baseline_dir, candidate_dir, gates: dict | Sequence[str] | None = None, **kw) -> Comparison:

@@ -72,8 +72,11 @@ def compare_renderable(d: dict, out_dir: str | None = None):
     for col, j in (("figure", "left"), ("n", "right"), ("baseline", "right"), ("candidate", "right"),
                    ("difference [95% CI]", "right"), ("p", "right"), ("verdict", "left")):
         t.add_column(col, justify=j, no_wrap=True)
-    group = None
+    group, small = None, []
     for f in d["figures"]:
+        if f["verdict"] == "too small" and f["group"] in ("regions", "counterfactual"):
+            small.append(f"{f['label']} (n={f['difference'].get('n')})")  # listed under the table, not as rows
+            continue
         if f["group"] != group:
             group = f["group"]
             t.add_row(Text(_GROUP_TITLE.get(group, group), style="bold"))
@@ -81,6 +84,9 @@ def compare_renderable(d: dict, out_dir: str | None = None):
                   Text(fmt_diff(f["difference"])), fmt_p(f.get("p")),
                   Text(f["verdict"], style=_STYLE.get(f["verdict"], "")))
     parts = [head, t]
+    if small:
+        parts.append(Text(f"Too small to compare (fewer than {d['method'].get('min_n', 10)} paired images): "
+                          + ", ".join(small), style="yellow"))
     ch = d.get("changes") or {}
     if ch:
         def pct(k):
@@ -108,10 +114,11 @@ def compare_renderable(d: dict, out_dir: str | None = None):
             g.add_column(col, justify=j, no_wrap=True)
         for e in gates:
             g.add_row(Text(e["name"]), f"{e['margin']:g}", _num(e.get("difference"), 3, True), _num(e.get("bound"), 3, True),
-                      Text(e["status"].upper(), style=_STYLE.get(e["status"], "")))
+                      Text(e["status"].upper() if e.get("decides", True) else "SMALL, skipped",
+                           style=_STYLE.get(e["status"], "") if e.get("decides", True) else "dim"))
         parts.append(g)
     v = d.get("verdict", "none")
-    decided = [e["name"] for e in gates if e["status"] == ("fail" if v == "fail" else "undefined")]
+    decided = [e["name"] for e in gates if e.get("decides", True) and e["status"] == ("fail" if v == "fail" else "undefined")]
     why = f" (decided by {', '.join(decided[:4])}{' …' if len(decided) > 4 else ''})" if decided else ""
     parts.append(Text.assemble(("Verdict: ", "bold"), ((v.upper() if v != "none" else "no gates set"),
                                                        _STYLE.get(v, "")), why))

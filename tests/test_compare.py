@@ -317,3 +317,20 @@ def test_terminal_table_fits_100_columns_and_holds_the_figures(tmp_path, base_ta
     assert "max_lift_increase[ruler]" in text and "max_sensitivity_drop[top-1]" in text
     assert fmt_p(0.0004) == "<0.001" and fmt_p(None) == "—" and fmt_p(0.1234) == "0.12"
     assert fmt_diff({"value": 0.0, "lo": 0.0, "hi": 0.0, "n": 5}) == "+0.000 [+0.000,+0.000]"
+
+
+def test_a_too_small_region_does_not_decide_a_spread_gate_but_does_when_named(tmp_path, base_table):
+    kinds = {"lesion": "target", "ruler": "artifact", "rare": "artifact"}
+    t = base_table.copy()
+    t["frac_rare"], t["area_rare"], t["lift_rare"] = np.nan, np.nan, np.nan
+    t.loc[:3, ["frac_rare", "area_rare"]] = [0.01, 0.02]                  # on 4 images only
+    t["lift_rare"] = t["frac_rare"] / t["area_rare"]
+    a = write_audit(tmp_path / "a", t, "a", kinds=kinds)
+    b = write_audit(tmp_path / "b", t, "b", kinds=kinds)
+    c = compare_audits(a, b, gates={"max_lift_increase": 0.2})
+    st = {g.name: (g.status, g.decides) for g in c.gates}
+    assert st == {"max_lift_increase[ruler]": ("pass", True), "max_lift_increase[rare]": ("undefined", False)}
+    assert c.verdict == "pass"
+    assert c.figure("lift[rare]").verdict == "too small" and c.figure("lift[rare]").difference.n == 4
+    c = compare_audits(a, b, gates={"max_lift_increase[rare]": 0.2})
+    assert [(g.status, g.decides) for g in c.gates] == [("undefined", True)] and c.verdict == "inconclusive"
