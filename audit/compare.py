@@ -567,6 +567,9 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
     for f in figs:
         if f.verdict != "too small":
             f.verdict = _verdict(f, alpha, opts["min_n"])
+    vague = [f"{f.key} ({f.verdict}, n={f.difference.n})" for f in figs if f.verdict in ("too small", "undefined")]
+    if vague:
+        warnings.warn(f"compare: no paired difference for {', '.join(vague)}", UndefinedMetricWarning, stacklevel=2)
     changes, pairs = _changes(a, da, db, opts)
     gate_res, verdict = evaluate_compare_gates(gates or {}, figs)
     return Comparison(baseline=_describe(a), candidate=_describe(b),

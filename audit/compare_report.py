@@ -22,8 +22,10 @@ __all__ = ["compare_renderable", "write_compare", "build_compare_gallery", "rend
 GALLERY_GROUPS = {
     "candidate_wrong": "Candidate wrong, baseline right (most confident candidate first)",
     "candidate_right": "Candidate right, baseline wrong (most confident baseline first)",
-    "onto_artifact": "Largest moves of evidence onto an artifact (candidate − baseline share)",
+    "onto_artifact": "Largest moves of evidence onto an artifact (share gained ≥ 0.05)",
 }
+#: the smallest rise of an artifact region's share of the evidence (candidate − baseline) the gallery shows
+MIN_MOVE = 0.05
 _STYLE = {"better": "green", "worse": "bold red", "no difference": "", "too small": "yellow", "undefined": "yellow",
           "pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow", "none": "dim"}
 _GROUP_TITLE = {"performance": "performance", "regions": "evidence (Grad-CAM)", "counterfactual": "region removed",
@@ -149,7 +151,8 @@ def _side(row: dict, inp) -> dict:
 
 def build_compare_gallery(c: Comparison, out: Path, n: int = 6) -> dict:
     """Write gallery/<group>/NN_<image_id>.png (baseline overlay | candidate overlay) for each of
-    `GALLERY_GROUPS`, at most n per group; returns {group: [item]} with each item's image_id, truth, path
+    `GALLERY_GROUPS`, at most n per group (onto_artifact: images whose largest artifact share rose by ≥ MIN_MOVE);
+    returns {group: [item]} with each item's image_id, truth, path
     (relative to out), both models' pred, confidence, P(positive), top-3 and, for onto_artifact, the region and
     the share it gained. Unreadable images are skipped and listed under "skipped"."""
     from PIL import Image
@@ -164,8 +167,8 @@ def build_compare_gallery(c: Comparison, out: Path, n: int = 6) -> dict:
         .sort_values("confidence_baseline", ascending=False, kind="mergesort"),
     }
     if "artifact_move" in pairs:
-        cands["onto_artifact"] = pairs[pairs["artifact_move"] > 0].sort_values("artifact_move", ascending=False,
-                                                                              kind="mergesort")
+        cands["onto_artifact"] = pairs[pairs["artifact_move"] >= MIN_MOVE].sort_values(
+            "artifact_move", ascending=False, kind="mergesort")
     rows_a = a.per_image.set_index(a.per_image["image_id"].astype(str))
     rows_b = b.per_image.set_index(b.per_image["image_id"].astype(str))
     root = out / "gallery"

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from audit.compare import (ComparisonError, compare_audits, delong_paired, evaluate_compare_gates, mcnemar_exact,
                            operating_predictions, paired_bootstrap, parse_gates, wilcoxon_p)
-from audit.errors import ConfigError
+from audit.errors import ConfigError, UndefinedMetricWarning
 from audit.stats import expected_calibration_error
 from compare_fixtures import audit_table, set_logodds, write_audit
 
@@ -284,6 +284,15 @@ def test_cli_exit_codes_and_files(tmp_path, base_table, capsys):
     assert {i["image_id"] for i in items} == {f"im{k:03d}" for k in range(5)}
     assert items[0]["baseline"]["pred"] == "melanoma" and items[0]["candidate"]["pred"] == "benign"
     assert (out / items[0]["path"]).is_file()
+    assert d["gallery"]["onto_artifact"]["n_candidates"] == 0            # the ruler's shares did not move
+    moved = base_table.copy()
+    moved.loc[[7, 9], "frac_ruler"] += [0.10, 0.20]                     # two images gain ruler evidence
+    moved.loc[11, "frac_ruler"] += 0.01                                 # one barely: below MIN_MOVE
+    m = write_audit(tmp_path / "m", moved, "m")
+    assert _cli("compare", a, m, "--out", tmp_path / "cm", "--quiet") == 0
+    g = json.loads((tmp_path / "cm" / "compare.json").read_text())["gallery"]["onto_artifact"]
+    assert [(i["image_id"], i["region"], i["share_gained"]) for i in g["items"]] == [
+        ("im009", "ruler", pytest.approx(0.2)), ("im007", "ruler", pytest.approx(0.1))]
     capsys.readouterr()
     c = tmp_path / "c"
     write_audit(c, base_table.iloc[3:], "c")
@@ -332,5 +341,7 @@ def test_a_too_small_region_does_not_decide_a_spread_gate_but_does_when_named(tm
     assert st == {"max_lift_increase[ruler]": ("pass", True), "max_lift_increase[rare]": ("undefined", False)}
     assert c.verdict == "pass"
     assert c.figure("lift[rare]").verdict == "too small" and c.figure("lift[rare]").difference.n == 4
+    with pytest.warns(UndefinedMetricWarning, match=r"lift\[rare\] \(too small, n=4\)"):
+        compare_audits(a, b)
     c = compare_audits(a, b, gates={"max_lift_increase[rare]": 0.2})
     assert [(g.status, g.decides) for g in c.gates] == [("undefined", True)] and c.verdict == "inconclusive"
