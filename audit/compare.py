@@ -143,6 +143,7 @@ class Comparison:
     per_image: pd.DataFrame                      # one row per paired image (ids, both predictions, deltas)
     notes: list[str] = field(default_factory=list)
     gallery: dict = field(default_factory=dict)
+    inputs: tuple | None = field(default=None, repr=False)  # the two loaded audits (images, maps) for the gallery
 
     def figure(self, key: str) -> PairedFigure:
         for f in self.figures:
@@ -711,5 +712,5 @@ def compare_audits(baseline_dir, candidate_dir, gates: dict | Sequence[str] | No
     file, ComparisonError for audits of different images, labels, classes or regions."""
     a, b = _load(baseline_dir), _load(candidate_dir)
     c = compare_inputs(a, b, gates=parse_gates(gates), **kw)
-    c._inputs = (a, b)  # type: ignore[attr-defined]  # for the gallery (images, maps, masks)
+    c.inputs = (a, b)
     return c

@@ -158,7 +158,9 @@ def build_compare_gallery(c: Comparison, out: Path, n: int = 6) -> dict:
     from PIL import Image
 
     from .report.overlay import overlay_image
-    a, b = c._inputs  # type: ignore[attr-defined]
+    if c.inputs is None:
+        raise ValueError("build_compare_gallery: the Comparison holds no audits (use audit.compare.compare_audits)")
+    a, b = c.inputs
     pairs = c.per_image
     cands = {
         "candidate_wrong": pairs[pairs["correct_baseline"] & ~pairs["correct_candidate"]]
@@ -306,7 +308,7 @@ def write_compare(c: Comparison, out: str | Path, gallery_n: int = 6, report: bo
     out.mkdir(parents=True, exist_ok=True)
     paths = {"pairs": out / "pairs.csv", "json": out / "compare.json"}
     c.per_image.to_csv(paths["pairs"], index=False)
-    if report and hasattr(c, "_inputs"):
+    if report and c.inputs is not None:
         c.gallery = build_compare_gallery(c, out, n=gallery_n)
     d = c.to_dict()
     paths["json"].write_text(json.dumps(d, indent=2, allow_nan=False))

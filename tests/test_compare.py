@@ -336,12 +336,26 @@ def test_a_too_small_region_does_not_decide_a_spread_gate_but_does_when_named(tm
     t["lift_rare"] = t["frac_rare"] / t["area_rare"]
     a = write_audit(tmp_path / "a", t, "a", kinds=kinds)
     b = write_audit(tmp_path / "b", t, "b", kinds=kinds)
-    c = compare_audits(a, b, gates={"max_lift_increase": 0.2})
+    with pytest.warns(UndefinedMetricWarning, match=r"lift\[rare\] \(too small, n=4\)"):
+        c = compare_audits(a, b, gates={"max_lift_increase": 0.2})
     st = {g.name: (g.status, g.decides) for g in c.gates}
     assert st == {"max_lift_increase[ruler]": ("pass", True), "max_lift_increase[rare]": ("undefined", False)}
     assert c.verdict == "pass"
     assert c.figure("lift[rare]").verdict == "too small" and c.figure("lift[rare]").difference.n == 4
-    with pytest.warns(UndefinedMetricWarning, match=r"lift\[rare\] \(too small, n=4\)"):
-        compare_audits(a, b)
-    c = compare_audits(a, b, gates={"max_lift_increase[rare]": 0.2})
+    with pytest.warns(UndefinedMetricWarning):
+        c = compare_audits(a, b, gates={"max_lift_increase[rare]": 0.2})
     assert [(g.status, g.decides) for g in c.gates] == [("undefined", True)] and c.verdict == "inconclusive"
+
+
+def test_cli_reads_gates_from_a_yaml_file(tmp_path, base_table):
+    a = write_audit(tmp_path / "a", base_table, "a")
+    b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
+    f = tmp_path / "gates.yaml"
+    f.write_text("gates:\n  max_sensitivity_drop[0.90]: 0.02\n  max_lift_increase: 0.2\n")
+    assert _cli("compare", a, b, "--gates", f, "--out", tmp_path / "o", "--quiet", "--no-report") == 1
+    d = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert [(g["name"], g["status"]) for g in d["gates"]] == [("max_sensitivity_drop[0.90]", "fail"),
+                                                              ("max_lift_increase[ruler]", "pass")]
+    assert not (tmp_path / "o" / "compare.html").exists() and d["gallery"] == {}
+    f.write_text("- not a mapping\n")
+    assert _cli("compare", a, b, "--gates", f, "--out", tmp_path / "o") == 2
