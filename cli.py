@@ -314,12 +314,12 @@ def cmd_scan(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from audit.compare import compare_audits, parse_gates
+    from audit.compare import compare_audits, parse_gates, read_gates_file
     from audit.compare_report import compare_renderable, write_compare
     from audit.errors import ConfigError
     if bool(args.audits) == bool(args.run_dir) or len(args.audits or args.run_dir) != 2:
         raise ConfigError("compare: pass BASELINE_AUDIT_DIR CANDIDATE_AUDIT_DIR, or --run-dir A --run-dir B --data CSV")
-    gates = dict(_read_gates(args.gates))
+    gates = read_gates_file(args.gates) if args.gates else {}
     gates.update(parse_gates(args.gate))
     gates = parse_gates(gates)  # checked before any audit runs
     for opt, v in (("--n-boot", args.n_boot), ("--gallery-n", args.gallery_n)):
@@ -345,20 +345,6 @@ def cmd_compare(args) -> int:
     elif not args.quiet:
         _out_console().print(compare_renderable(c.to_dict(), str(out)))
     return EXIT_GATES if c.verdict in ("fail", "inconclusive") else EXIT_OK
-
-
-def _read_gates(path: str | None) -> dict:
-    if not path:
-        return {}
-    import yaml
-    from audit.errors import ConfigError
-    try:
-        d = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"--gates {path}: cannot read ({type(e).__name__})") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"--gates {path}: expected a mapping of gate names to margins")
-    return d.get("gates", d) if isinstance(d.get("gates", d), dict) else d
 
 
 INTERRUPTED = {  # what an interrupted command leaves behind (nothing computed is lost)

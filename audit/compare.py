@@ -44,7 +44,7 @@ from .thresholds import TUNING_VALIDATION, class_score, tune_threshold
 
 __all__ = ["ComparisonError", "PairedFigure", "GateResult", "Comparison", "compare_audits", "compare_inputs",
            "mcnemar_exact", "paired_bootstrap", "delong_paired", "wilcoxon_p", "operating_predictions",
-           "evaluate_compare_gates", "parse_gates", "GATES", "SCHEMA_VERSION"]
+           "evaluate_compare_gates", "parse_gates", "read_gates_file", "GATES", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = "1.0"  # docs/compare.md
 
@@ -662,6 +662,21 @@ def parse_gates(items: Sequence[str] | dict | None) -> dict[str, float]:
             raise ConfigError(f"compare gate {name}: expected a margin ≥ 0, got {v!r}")
         out[name] = m
     return out
+
+
+def read_gates_file(path: str | Path) -> dict[str, float]:
+    """Gates from a YAML file: a mapping of gate names to margins, at the top level or under `gates:`.
+    ConfigError naming the file when it cannot be read or is not such a mapping (or a gate is bad)."""
+    import yaml
+    try:
+        d = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--gates {path}: cannot read ({type(e).__name__})") from None
+    d = d.get("gates", d) if isinstance(d, dict) else d
+    if not isinstance(d, dict):
+        raise ConfigError(f"--gates {path}: expected a mapping of gate names to margins, e.g. "
+                          "'max_sensitivity_drop: 0.02'")
+    return parse_gates(d)
 
 
 def evaluate_compare_gates(gates: dict[str, float], figures: Sequence[PairedFigure]) -> tuple[list[GateResult], str]:
