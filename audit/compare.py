@@ -173,8 +173,10 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    if n <= 1000:  # exact integer arithmetic
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    else:          # 2^n overflows a float beyond n = 1023: the binomial CDF, computed in logs by scipy
+        tail = float(_sps.binom.cdf(min(b, c), n, 0.5))
     return min(1.0, 2.0 * tail)
 
 

@@ -68,7 +68,9 @@ def compare_renderable(d: dict, out_dir: str | None = None):
     head = Text.assemble(("Compare ", "bold"), (str(b["name"]), "bold cyan"), " (baseline) vs ",
                          (str(c["name"]), "bold cyan"), " (candidate)",
                          f"\n{data['n']} paired images" + (f" · split {data['split']}" if data.get("split") else "")
-                         + (f" · positive class {data['positive']}" if data.get("positive") else ""))
+                         + (f" · positive class {data['positive']}" if data.get("positive") else "")
+                         + (f" · own audits' verdicts {str(b.get('audit_verdict')).upper()} / "
+                            f"{str(c.get('audit_verdict')).upper()}" if b.get("audit_verdict") else ""))
     t = Table(title="Paired figures: difference = candidate − baseline (95% CI)", title_justify="left",
               box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for col, j in (("figure", "left"), ("n", "right"), ("baseline", "right"), ("candidate", "right"),
@@ -225,7 +227,8 @@ def render_compare_html(d: dict, out: Path) -> str:
     h = [f"<h1>Compare: {esc(b['name'])} (baseline) vs {esc(c['name'])} (candidate)</h1>",
          f"<p class=\"meta\">{esc(data['n'])} paired images · split {esc(data.get('split'))} · positive class "
          f"{esc(data.get('positive'))} · baseline {esc(b.get('model'))} ({esc(b['audit_dir'])}) · candidate "
-         f"{esc(c.get('model'))} ({esc(c['audit_dir'])})</p>"]
+         f"{esc(c.get('model'))} ({esc(c['audit_dir'])}) · their own audits' verdicts: "
+         f"{esc(b.get('audit_verdict'))} / {esc(c.get('audit_verdict'))}</p>"]
     v = d.get("verdict", "none")
     h.append(f"<div class=\"verdict {cls.get(v, 'undef')}\">Verdict: {esc(v.upper() if v != 'none' else 'no gates set')}"
              "</div>")

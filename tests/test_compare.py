@@ -36,6 +36,9 @@ def test_mcnemar_exact_equals_the_binomial_test():
                 assert mcnemar_exact(b, c) == pytest.approx(min(1.0, ref), abs=1e-12)
     with pytest.raises(ValueError, match="b, c"):
         mcnemar_exact(-1, 2)
+    # large discordant counts (a big test set): no float overflow, the same binomial answer
+    assert mcnemar_exact(1000, 1100) == pytest.approx(sps.binomtest(1000, 2100, 0.5).pvalue, rel=1e-6)
+    assert mcnemar_exact(600, 400) == pytest.approx(sps.binomtest(400, 1000, 0.5).pvalue, rel=1e-6)
 
 
 def test_paired_bootstrap_equals_a_slow_loop_over_the_same_resamples():
