@@ -227,7 +227,7 @@ def auroc_estimate(score: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: i
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     note = f"n_pos={n_pos}, n_neg={n_neg}"
     if n_pos == 0 or n_neg == 0:
-        warnings.warn(f"AUROC undefined with {note}: NaN", UndefinedMetricWarning, stacklevel=2)
+        warnings.warn(f"AUROC undefined, one class only ({note}): NaN", UndefinedMetricWarning, stacklevel=2)
         return Estimate(NAN, n=len(y), note=f"one class only ({note})").to_dict()
     if min(n_pos, n_neg) < min_n:
         return Estimate(NAN, n=len(y), too_small=True, note=f"too small ({note}; min_n={min_n})").to_dict()
@@ -645,7 +645,7 @@ def comparison_rows(s: dict) -> list[dict]:
         g = [x for x in s.get("gates", []) if x["name"].split("[")[1].rstrip("]") == f] if s.get("gates") else []
         rows.append({"finding": f, "n": e["n"], "n_pos": e["n_pos"], "auroc": e["auroc"],
                      "target_sensitivity": target_s,
-                     "sensitivity": pt["sensitivity"] if pt else None, "specificity": pt["specificity"] if pt else None,
+                     "sensitivity": pt["sensitivity"] if pt else None, "specificity": pt.get("specificity") if pt else None,
                      "false_negatives": e["false_negatives"]["n"],
                      "target_region": next(iter(tgts), None), "target_frac": next(iter(tgts.values()), None),
                      "top_artifact": top, "top_lift": arts.get(top) if top else None,
