@@ -430,6 +430,11 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .summary import clean_json
 
     t0 = time.perf_counter()
+    from .pipeline import dist_info
+    unsupported = [o for o, on in (("--discover", cfg.discover), ("--sanity", cfg.sanity), ("--by", bool(cfg.by)),
+                                   ("torchrun", dist_info()[1] > 1)) if on]
+    if unsupported:
+        raise ConfigError(f"{', '.join(unsupported)}: not available for a multi-label audit yet (docs/multilabel.md)")
     device = resolve_device(cfg.device)
     if cfg.maps not in MAPS:
         raise ConfigError(f"--maps: expected one of {', '.join(MAPS)}, got {cfg.maps!r}")
