@@ -386,3 +386,107 @@ def test_missing_xrv_gives_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchxrayvision", None)
     with pytest.raises(RunDirError, match=r"torchxrayvision is not installed: pip install -e '\.\[xrv\]'"):
         load_run(rd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# known answers end to end: one finding reads a planted marker, the other the anatomy
+
+class MarkerAndBlob(nn.Module):
+    """Finding `marker` = the red channel's mean (a red square in the top-left corner), finding `blob` = the green
+    channel's mean (a green square in the centre); 8 px average pooling → 8×8 maps at 64 px; a linear head whose
+    bias puts each decision at half the square's area."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.AvgPool2d(8))
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.features[0].weight.zero_()
+            self.features[0].weight[0, 0] = 1.0  # red
+            self.features[0].weight[1, 1] = 1.0  # green
+            area = (16 * 16) / (64 * 64)
+            self.fc.weight[:] = torch.tensor([[40.0, 0.0], [0.0, 40.0]])
+            self.fc.bias[:] = -40.0 * area / 2
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def _planted_manifest(tmp_path: Path) -> Path:
+    from PIL import Image
+    d = tmp_path / "planted"
+    (d / "img").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        a = np.zeros((64, 64, 3), np.uint8)
+        marker, blob = i % 2 == 0, i % 3 != 0
+        mm = np.zeros((64, 64), np.uint8)
+        if marker:
+            a[0:16, 0:16, 0] = 255
+            mm[0:16, 0:16] = 255
+        lung = np.zeros((64, 64), np.uint8)
+        lung[16:48, 16:48] = 255  # the target region holds the blob
+        if blob:
+            a[24:40, 24:40, 1] = 255
+        Image.fromarray(a).save(d / "img" / f"i{i}.png")
+        Image.fromarray(lung).save(d / "img" / f"i{i}_lung.png")
+        Image.fromarray(mm).save(d / "img" / f"i{i}_marker.png")
+        rows.append({"image": f"img/i{i}.png", "mask": f"img/i{i}_lung.png",
+                     "artifact_mask": str(d / "img" / f"i{i}_marker.png") if marker else "", "split": "test",
+                     "marker": int(marker), "blob": int(blob) if i != 11 else ""})
+    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
+    (d / "preset.yaml").write_text(yaml.safe_dump({
+        "regions": {"lungs": {"source": "file", "values": [255]},
+                    "text": {"source": "file", "column": "artifact_mask", "threshold": 127, "absent_when_empty": True}},
+        "audit": {"min_n": 1, "n_boot": 100},
+        "gates": {"max_counterfactual_flip_rate": 0.5, "max_artifact_lift": {"blob": 2.0},
+                  "min_sensitivity_at_0.90": {"marker": 0.9}}}))
+    return d
+
+
+def test_planted_marker_is_singled_out_with_known_figures(tmp_path):
+    from audit.config import resolve_config
+    from audit.multilabel import run_multilabel_audit
+    from audit.preprocess import InputSpec
+    from audit.report.multilabel import render_multilabel_reports
+    from audit.run import RunConfig
+    d = _planted_manifest(tmp_path)
+    cfg = resolve_config({"data": str(d / "manifest.csv"), "out": str(tmp_path / "out"), "workers": 0,
+                          "batch_size": 5, "counterfactual": True}, d / "preset.yaml")
+    run = RunConfig(model_name="marker_and_blob", source="torchvision", classes=["marker", "blob"],
+                    input=InputSpec(size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), task="multilabel",
+                    checkpoint=Path("marker_and_blob.pt"))
+    res = run_multilabel_audit(cfg, MarkerAndBlob().eval(), run)
+    s = res.summary
+    m, b = s["findings"]["marker"], s["findings"]["blob"]
+    # labels: marker on 6 of 12; blob on i % 3 != 0 (8 of 12) with image 11 unlabelled → 11 labelled, 7 positive
+    assert (m["n"], m["n_pos"], b["n"], b["n_pos"], b["n_missing"]) == (12, 6, 11, 7, 1)
+    assert m["auroc"]["value"] == 1.0 and b["auroc"]["value"] == 1.0  # both read their square perfectly
+    assert m["decision"]["fn"] == 0 and m["decision"]["fp"] == 0
+    # evidence: the marker finding's maps lie on the marker, the blob finding's inside the lungs
+    assert m["regions"]["text"]["median_frac"]["value"] > 0.8 and m["regions"]["text"]["lift"]["value"] > 10
+    assert b["regions"]["text"]["n_present"] > 0 and b["regions"]["text"]["median_frac"]["value"] == 0.0
+    assert b["regions"]["lungs"]["median_frac"]["value"] > 0.95
+    # removing the marker flips every marker decision (6 of 6) and no blob decision (0 of 6)
+    assert (m["counterfactual"]["text"]["n"], m["counterfactual"]["text"]["n_flips"]) == (6, 6)
+    assert (b["counterfactual"]["text"]["n"], b["counterfactual"]["text"]["n_flips"]) == (6, 0)
+    assert m["counterfactual"]["text"]["flip_rate"]["value"] == 1.0
+    gates = {g["name"]: g["passed"] for g in s["gates"]}
+    assert gates == {"max_counterfactual_flip_rate[marker][text]": False,
+                     "max_counterfactual_flip_rate[blob][text]": True,
+                     "max_artifact_lift[blob][text]": True, "min_sensitivity_at_0.90[marker]": True}
+    assert s["verdict"] == "fail"
+    rows = {r["finding"]: r for r in s["comparison"]}
+    assert rows["marker"]["top_artifact"] == "text" and rows["marker"]["top_flip_rate"] == 1.0
+    assert rows["marker"]["gates"] == "fail" and rows["blob"]["gates"] == "pass"
+    lines = findings_table(s)
+    assert lines[1].split()[:3] == ["marker", "12", "6"] and "text" in lines[1] and lines[1].split()[-2:] == ["1.00",
+                                                                                                           "fail"]
+    assert lines[2].split()[-2:] == ["0.00", "pass"]
+    paths = render_multilabel_reports(res.out_dir, n_per_group=2)
+    fp = list((res.out_dir / "gallery" / "marker").rglob("*.png"))
+    assert fp and all(p.parent.name == "artifact_evidence" for p in fp)  # no miss, no false positive to show
+    html = paths["html"].read_text()
+    assert html.count("<h2 id='f-") == 2 and "max_counterfactual_flip_rate[marker][text]" in html
+    md = paths["gallery_md"].read_text()
+    assert "## marker" in md and "## blob" in md
