@@ -109,13 +109,27 @@ def est(e, d=2) -> str:
     return s + (f" [{lo:.{d}f}, {hi:.{d}f}]" if lo is not None and hi is not None else "") + f" (n={e.get('n')})"
 
 
-def section(s: dict, info: dict, cmd: str) -> str:
+def _control_line(c: dict | None) -> str:
+    if c is None:
+        return "not run."
+    lifts = [((e["regions"].get("text", {}).get("lift")) or {}).get("value") for e in c["findings"].values()]
+    flips = [(((e.get("counterfactual") or {}).get("text", {}).get("flip_rate")) or {}).get("value")
+             for e in c["findings"].values()]
+    lifts, flips = [v for v in lifts if v is not None], [v for v in flips if v is not None]
+    return (f"median lifts on the marker at most {max(lifts):.1f}, flip rates at most {max(flips):.2f}."
+            if lifts and flips else "figures too small.")
+
+
+def section(s: dict, info: dict, cmd: str, control: dict | None = None, cooc: str = "") -> str:
     rows = []
-    for f, e in s["findings"].items():
-        txt = e["regions"].get("text", {})
-        cf = (e.get("counterfactual") or {}).get("text", {})
-        rows.append(f"| {f} | {e['n']} | {e['n_pos']} | {est(e['auroc'])} | {est(txt.get('lift'), 1)} | "
-                    f"{est(txt.get('median_frac'))} | {est(cf.get('flip_rate'))} | {est(cf.get('mean_delta'))} |")
+    for variant, summ in (("shortcut", s), ("clean", control)):
+        if summ is None:
+            continue
+        for f, e in summ["findings"].items():
+            txt = e["regions"].get("text", {})
+            cf = (e.get("counterfactual") or {}).get("text", {})
+            rows.append(f"| {variant} | {f} | {e['n']} | {e['n_pos']} | {est(e['auroc'])} | {est(txt.get('lift'), 1)} | "
+                        f"{est(txt.get('median_frac'))} | {est(cf.get('flip_rate'))} | {est(cf.get('mean_delta'))} |")
     lifts = {f: (e["regions"].get("text", {}).get("lift") or {}).get("value") for f, e in s["findings"].items()}
     flips = {f: ((e.get("counterfactual") or {}).get("text", {}).get("flip_rate") or {}).get("value")
              for f, e in s["findings"].items()}
@@ -133,17 +147,21 @@ def section(s: dict, info: dict, cmd: str) -> str:
              "recorded). The planted white marker (valdata.py) is on every training image of view AP and on none of "
              "PA; on the test split it is on a random half of each view, independent of every label. One audit "
              "(`model.task: multilabel`, --counterfactual):", "",
-             "| finding | n labelled | positives | AUROC [95% CI] | median lift on the marker | median share on the "
-             "marker | flip rate, marker removed | mean Δp, marker removed |",
-             "|---|---|---|---|---|---|---|---|", *rows, "",
+             "The clean control is trained the same way on `manifest_clean.csv` (the marker only on the test split, "
+             "independent of every label).", "",
+             "| model | finding | n labelled | positives | AUROC [95% CI] | median lift on the marker | median share "
+             "on the marker | flip rate, marker removed | mean Δp, marker removed |",
+             "|---|---|---|---|---|---|---|---|---|", *rows, "",
              f"- Highest lift on the marker: **{top(lifts)}** ({'as planted' if claim_lift else 'NOT the planted finding'}); "
              f"highest flip rate on its removal: **{top(flips)}** ({'as planted' if claim_flip else 'NOT the planted finding'}).",
              f"- The other findings ({', '.join(others)}): lifts "
              + ", ".join(f"{f} {lifts[f]:.1f}" if lifts[f] is not None else f"{f} n/a" for f in others)
              + "; flip rates " + ", ".join(f"{f} {flips[f]:.2f}" if flips[f] is not None else f"{f} n/a"
                                           for f in others)
-             + ". Findings that correlate with the view in training (portable AP films of sicker patients) can "
-               "pick up part of the marker too; their figures say how much.",
+             + f". In the training split {cooc}: the marker predicts those findings too, and the audit reports the "
+               "models' use of it for them (COVID-19 positively, bacterial negatively: removing the marker raises "
+               "p). The clean control uses the marker for no finding: "
+               + _control_line(control),
              f"- Maps: {s['cam']['n_maps']} (image, finding) pairs, head {', '.join(s['cam']['head'])}; thresholds "
              f"tuned on the {s['data']['tuning']}.", "", "Reproduce:", "", "```bash", cmd, "```", END]
     return "\n".join(lines) + "\n"
@@ -159,27 +177,38 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     prep = vd.prepare("cxr", a.size, a.work)
-    man = pd.read_csv(prep["shortcut"], dtype=str, keep_default_na=False)
-    man = finding_columns(man)
     d = Path(prep["dir"])
-    man.to_csv(d / "manifest_multilabel.csv", index=False)
     z = np.load(prep["cache"])
-    run = d / "runs" / "cxr_resnet18_multilabel"
-    info_p = run / "train_info.json"
-    if info_p.exists():
-        info = json.loads(info_p.read_text())
-    else:
-        info = train(run, man, z["image_id"].astype(str), z["img"], prep["plant"], a.size, a.epochs)
-        info_p.write_text(json.dumps(info))
-    out = d / "audits" / "cxr_resnet18_multilabel"
-    cmd = (f"{sys.executable} cli.py audit --run-dir {run} --config {HERE / 'presets' / 'cxr_planted.yaml'} "
-           f"--counterfactual --workers 0 --out {out} --quiet")
-    p = subprocess.run(cmd.split(), cwd=REPO, capture_output=True, text=True)
-    if p.returncode not in (0, 1):
-        raise SystemExit(f"audit failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
-    s = json.loads((out / "summary.json").read_text())
+    results = {}
+    for variant in ("shortcut", "clean"):
+        man = finding_columns(pd.read_csv(prep[variant], dtype=str, keep_default_na=False))
+        name = "cxr_resnet18_multilabel" + ("" if variant == "shortcut" else "_clean")
+        mpath = d / ("manifest_multilabel.csv" if variant == "shortcut" else "manifest_multilabel_clean.csv")
+        man.to_csv(mpath, index=False)
+        run = d / "runs" / name
+        info_p = run / "train_info.json"
+        if info_p.exists():
+            info = json.loads(info_p.read_text())
+        else:
+            info = train(run, man, z["image_id"].astype(str), z["img"], prep["plant"], a.size, a.epochs)
+            info_p.write_text(json.dumps(info))
+        c = yaml.safe_load((run / "config.yaml").read_text())
+        c["data"]["manifest"] = str(mpath.resolve())
+        (run / "config.yaml").write_text(yaml.safe_dump(c, sort_keys=False))
+        out = d / "audits" / name
+        cmd = (f"{sys.executable} cli.py audit --run-dir {run} --config {HERE / 'presets' / 'cxr_planted.yaml'} "
+               f"--counterfactual --workers 0 --out {out} --quiet")
+        p = subprocess.run(cmd.split(), cwd=REPO, capture_output=True, text=True)
+        if p.returncode not in (0, 1):
+            raise SystemExit(f"audit failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+        results[variant] = (json.loads((out / "summary.json").read_text()), info, man)
+    s, info, man = results["shortcut"]
+    tr = man[man["split"] == "train"]
+    ap_ = tr["AP"] == "1"
+    cooc = ", ".join(f"{int(((tr[f] == '1') & ap_).sum())} of {int(ap_.sum())} AP images are {f}"
+                     for f in ("COVID-19", "bacterial"))
     text = section(s, info, f"nice -n 10 python benchmarks/validation/multilabel_cxr.py --size {a.size} "
-                            f"--epochs {a.epochs}")
+                            f"--epochs {a.epochs}", results["clean"][0], cooc)
     doc = a.doc.read_text() if a.doc.exists() else ""
     if BEGIN in doc and END in doc:
         doc = doc.split(BEGIN)[0] + text + doc.split(END, 1)[1].lstrip("\n")
