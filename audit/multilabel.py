@@ -416,7 +416,6 @@ def _pick_finding(s: dict, gates: list[dict], f: str) -> list[dict]:
 
 def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | None = None):
     """The multi-label audit (called by `audit.pipeline.run_audit` for a run with model.task: multilabel)."""
-    from .cache import OutputCache  # noqa: F401  (the multi-label pass is not cached)
     from .config import write_resolved
     from .counterfactual import fill_region
     from .data import make_loader

@@ -490,3 +490,62 @@ def test_planted_marker_is_singled_out_with_known_figures(tmp_path):
     assert html.count("<h2 id='f-") == 2 and "max_counterfactual_flip_rate[marker][text]" in html
     md = paths["gallery_md"].read_text()
     assert "## marker" in md and "## blob" in md
+
+
+def test_run_config_task_and_uncertain(tmp_path):
+    from audit.run import load_run_config
+    rd = tmp_path / "r"
+    rd.mkdir()
+
+    def cfg(**kw):
+        (rd / "config.yaml").write_text(yaml.safe_dump({"classes": ["a", "b", "c"], **kw}))
+        return load_run_config(rd)
+    c = cfg(model={"name": "densenet121", "task": "multilabel", "num_classes": 3}, uncertain="zeros")
+    assert c.multilabel and c.uncertain == "zeros" and c.n_outputs == 3 and not c.single_logit
+    assert not cfg(model={"name": "resnet18"}).multilabel  # a softmax model unless declared
+    with pytest.raises(RunDirError, match="model.task must be one of multiclass, multilabel, got 'multi'"):
+        cfg(model={"name": "resnet18", "task": "multi"})
+    with pytest.raises(RunDirError, match="uncertain must be one of ignore, zeros, ones"):
+        cfg(model={"name": "resnet18", "task": "multilabel"}, uncertain="maybe")
+    with pytest.raises(RunDirError, match="model.binary_logit audits one output as binary"):
+        cfg(model={"name": "resnet18", "task": "multilabel", "binary_logit": 0, "num_classes": 3})
+    one = cfg(model={"name": "resnet18", "task": "multilabel", "num_classes": 1}, classes=["effusion"])
+    assert one.multilabel and one.binary_logit is None  # one finding, not a binary model
+
+
+def test_xrv_run_dir_audited_in_one_command(tmp_path):
+    pytest.importorskip("torchxrayvision")
+    rd = _xrv_run(tmp_path)
+    names = write_images(tmp_path / "data" / "images", 3, size=(240, 260))
+    cfg = yaml.safe_load((rd / "config.yaml").read_text())
+    cfg["data"] = {"manifest": "../data/manifest.csv"}
+    (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    classes = load_run(rd)[1].classes
+    df = pd.DataFrame({"image": [f"images/{n}" for n in names]})
+    for f in classes:
+        df[f] = ["1", "0", ""]
+    df.to_csv(tmp_path / "data" / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    p = _cli("--run-dir", str(rd), "--out", str(out), "--workers", "0", "--findings", "Effusion,Pneumothorax",
+             "--quiet")
+    assert p.returncode == 0, p.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["findings"]) == ["Effusion", "Pneumothorax"] and s["cam"]["resolution"] == [7, 7]
+    assert s["findings"]["Effusion"]["n"] == 2 and s["cam"]["head"] == ["closed-form"]
+    assert "Effusion" in (out / "report.html").read_text()
+
+
+@pytest.mark.realdata
+def test_real_data_labels_of_the_multilabel_validation():
+    from conftest import SHARED_DATA
+    root = SHARED_DATA / "cxr_covid_v7"
+    if not (root / "labels.csv").is_file():
+        pytest.skip("shared data absent")
+    sys.path.insert(0, str(ROOT / "benchmarks" / "validation"))
+    import multilabel_cxr as mc
+    raw = pd.read_csv(root / "labels.csv")
+    man = raw.assign(label=np.where(raw["view"].str.startswith("AP"), "AP", "PA"))
+    cols = mc.finding_columns(man)
+    assert (cols["AP"] == "1").sum() == 56 and (cols["COVID-19"] == "1").sum() == 114  # 31 AP + 25 AP supine
+    assert (cols["ARDS"] == "1").sum() == 12 and (cols["bacterial"] == "1").sum() == 18
+    assert (cols["male"] == "1").sum() == 70 and (cols["male"] == "").sum() == 37
