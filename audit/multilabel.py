@@ -320,7 +320,7 @@ def finding_summary(long: pd.DataFrame, finding: str, kinds: dict[str, str], cfg
                 continue
             frac = d[col].to_numpy(np.float64)
             lift = d[f"lift_{r}"].to_numpy(np.float64)
-            present = np.isfinite(frac) & (d["map"] >= 0).to_numpy()
+            present = np.isfinite(frac) & has  # maps of images labelled for the finding
             e: dict = {"kind": kind, "n_present": int(present.sum()),
                        "median_frac": median_estimate(frac[present], nb, seed, min_n),
                        "lift": median_estimate(lift[present], nb, seed, min_n)}
@@ -425,7 +425,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
                            predict_logits, resolve_device)
     from .preprocess import normalize
     from .scores import region_columns, score_batch
-    from .spill import write_npz
+    from .spill import SpillArray, write_npz
     from .summary import clean_json
 
     t0 = time.perf_counter()
@@ -465,7 +465,8 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     out.mkdir(parents=True, exist_ok=True)
     cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
-    img_recs, long_frames, cams_all, pair_img, pair_f, emb_all, logit_rows, row_ids = [], [], [], [], [], [], [], []
+    cams_spill = SpillArray(out, "cams")  # the maps stream to a file: memory holds the table rows only
+    img_recs, long_frames, pair_img, pair_f, emb_all, logit_rows, row_ids = [], [], [], [], [], [], []
     errors: list = []
     heads: set[str] = set()
     t_model = t_cf = 0.0
@@ -501,7 +502,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         map_index[nn_.numpy(), ff.numpy()] = n_maps + np.arange(len(nn_))
         pos_of = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(nn_.tolist(), ff.tolist()))}
         n_maps += len(nn_)
-        cams_all.append(pc.numpy().astype(np.float32))
+        cams_spill.append(pc.numpy().astype(np.float32))
         pair_img.append(np.asarray(idx, np.int64)[nn_.numpy()])
         pair_f.append(ff.numpy().astype(np.int64))
         emb_all.append(res.features.cpu().numpy().astype(np.float32))
@@ -574,7 +575,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     per_image.to_csv(out / "per_image.csv", index=False)
     long.to_csv(out / "per_finding.csv", index=False)
     order = np.argsort(np.asarray(row_ids), kind="stable")  # one process: batches arrive in order already
-    cam = np.concatenate(cams_all) if cams_all else np.zeros((0, 1, 1), np.float32)
+    cam = cams_spill
     # pair_image indexes rows of image_id in per_image.csv order
     pos_in_table = {rid: k for k, rid in enumerate(row_ids)}
     write_npz(out / "cams.npz", {"image_id": np.array(per_image["image_id"].tolist(), dtype=str),
@@ -585,6 +586,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
                                  "pair_finding": np.concatenate(pair_f), "layer": np.array(layer),
                                  "embedding": np.concatenate(emb_all)[order],
                                  "head": np.array(",".join(sorted(heads)))})
+    cams_spill.discard()
     if errors:
         pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out / "errors.csv", index=False)
     val_name = next((v for v in VALIDATION_SPLITS if v != split and (full["split"] == v).any()), None)
