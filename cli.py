@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--run-dir",
                    help="training run directory (config.yaml, or a timm train.py args.yaml, + checkpoint)")
     a.add_argument("--arch", help="model name when the run dir has no config (e.g. resnet18)")
-    a.add_argument("--source", choices=["torchvision", "timm"], help="model library (default: torchvision)")
+    a.add_argument("--source", choices=["torchvision", "timm", "torchxrayvision"],
+                   help="model library (default: torchvision)")
     a.add_argument("--classes", type=_csv_list, help="comma-separated class names in logit order")
     a.add_argument("--checkpoint", help="checkpoint file (default: found in the run dir)")
     a.add_argument("--data", help="manifest CSV (overrides the run's data.manifest)")
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the model as loaded instead of folding each eval-mode BatchNorm into its convolution")
     a.add_argument("--no-cache", dest="cache", action="store_false", default=None,
                    help="do not read or write the model-output cache (<out>/cache/)")
+    a.add_argument("--findings", type=_csv_list, help="multi-label: audit only these findings (comma-separated)")
+    a.add_argument("--maps", choices=["needed", "all"],
+                   help="multi-label: maps for pairs positive in truth or prediction (needed, default) or all")
+    a.add_argument("--uncertain", choices=["ignore", "zeros", "ones"],
+                   help="multi-label: how a label -1 is read (default: the run's, else ignore = missing)")
     a.add_argument("--gallery-n", type=int, default=8, help="images per error-gallery group (default 8)")
     a.add_argument("--blocky", action="store_true", help="overlays show the raw layer grid, not the bilinear upsample")
     a.add_argument("--no-report", action="store_true", help="skip overlays, gallery, plots and report.html")
@@ -161,7 +167,8 @@ def cmd_audit(args) -> int:
     cli = {k: getattr(args, k) for k in ("run_dir", "arch", "source", "classes", "checkpoint", "data", "split",
                                          "out", "layer", "target", "batch_size", "device", "limit", "workers",
                                          "positive", "by", "seed", "n_boot", "high_conf", "counterfactual", "amp",
-                                         "cache", "discover", "sanity", "channels_last", "fold_bn")}
+                                         "cache", "discover", "sanity", "channels_last", "fold_bn", "findings",
+                                         "maps", "uncertain")}
     cfg = resolve_config(cli, args.preset)
     from audit.errors import ConfigError
     if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
@@ -172,6 +179,10 @@ def cmd_audit(args) -> int:
     res = _audit_with_progress(cfg, args.quiet or args.json or rank > 0)
     if rank > 0:
         return EXIT_OK
+    if res.summary.get("task") == "multilabel":
+        from audit.multilabel import multilabel_outputs
+        multilabel_outputs(res, args, _out_console())
+        return EXIT_GATES if res.summary.get("verdict") == "fail" else EXIT_OK
     if not args.no_report:
         from audit.report import render_reports
         render_reports(res.out_dir, n_per_group=args.gallery_n, blocky=args.blocky, seed=cfg.seed)

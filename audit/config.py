@@ -51,6 +51,9 @@ class AuditConfig:
     fold_bn: bool = True  # fold eval-mode BatchNorm into the convolution before it (audit/fold.py; same outputs)
     cache: bool = True
     sensitivities: list[float] = field(default_factory=lambda: [0.80, 0.90, 0.95])
+    findings: list[str] | None = None  # multi-label: the findings audited (default all; audit/multilabel.py)
+    maps: str = "needed"  # multi-label: "needed" (positive in truth or prediction) or "all" (image, finding) maps
+    uncertain: str | None = None  # multi-label: how a label -1 is read (ignore | zeros | ones; default the run's)
     # from the preset
     regions: dict = field(default_factory=dict)
     data_spec: dict = field(default_factory=dict)
@@ -140,6 +143,10 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"--device: expected cpu, cuda[:N] or mps, got {cfg.device!r}")
     if cfg.amp not in (None, "bf16", "fp16"):
         raise ConfigError(f"--amp: expected bf16 or fp16, got {cfg.amp!r}")
+    if cfg.maps not in ("needed", "all"):
+        raise ConfigError(f"--maps: expected needed or all, got {cfg.maps!r}")
+    if cfg.uncertain not in (None, "ignore", "zeros", "ones"):
+        raise ConfigError(f"--uncertain: expected ignore, zeros or ones, got {cfg.uncertain!r}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers: expected ≥ 0, got {cfg.workers}")
     from .gates import evaluate_gates

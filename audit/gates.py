@@ -13,6 +13,7 @@ Supported gates (defaults in the presets; why in docs/audit.md, "Sign-off gates"
   max_high_conf_error_rate      share of images wrong with confidence ≥ high_conf ≤ t
   max_counterfactual_flip_rate  each artifact region's flip rate when the region is removed ≤ t
   min_accuracy                  top-1 accuracy ≥ t
+  min_auroc                     AUROC ≥ t (multi-label audits, per finding; audit/multilabel.py)
   max_sanity_correlation        mean Spearman ρ between the maps of the trained and the fully randomised model ≤ t
                                 (Adebayo et al. 2018: maps that survive randomisation say little about the model)
 """
@@ -21,12 +22,13 @@ from __future__ import annotations
 from .errors import ConfigError
 
 KNOWN = ("min_median_target_frac", "max_artifact_lift", "max_high_conf_error_rate", "max_counterfactual_flip_rate",
-         "min_accuracy", "max_sanity_correlation")
+         "min_accuracy", "max_sanity_correlation", "min_auroc")
+# A multi-label audit also takes a gate as {finding: threshold} (audit/multilabel.py, evaluate_multilabel_gates).
 
 
 RANGES = {"min_median_target_frac": (0.0, 1.0), "max_artifact_lift": (0.0, float("inf")),
           "max_high_conf_error_rate": (0.0, 1.0), "max_counterfactual_flip_rate": (0.0, 1.0),
-          "min_accuracy": (0.0, 1.0), "max_sanity_correlation": (-1.0, 1.0), "min_sensitivity_at_": (0.0, 1.0)}
+          "min_accuracy": (0.0, 1.0), "min_auroc": (0.0, 1.0), "max_sanity_correlation": (-1.0, 1.0), "min_sensitivity_at_": (0.0, 1.0)}
 
 
 def _check_threshold(name: str, t) -> float:
@@ -71,6 +73,12 @@ def evaluate_gates(gates: dict, summary: dict) -> tuple[list[dict], str]:
         if name not in KNOWN and not name.startswith("min_sensitivity_at_"):
             raise ConfigError(f"gates.{name}: unknown gate; expected one of {', '.join(KNOWN)}, "
                               "min_sensitivity_at_<s>")
+        if isinstance(t, dict):  # per finding: checked here, measured by a multi-label audit only
+            for f, v in t.items():
+                _check_threshold(name, v)
+            if summary:
+                out.append(_entry(name, None, 0.0, True, "per-finding thresholds need a multi-label audit"))
+            continue
         t = _check_threshold(name, t)
         regions = summary.get("regions", {})
         if name == "min_median_target_frac":
@@ -108,6 +116,8 @@ def evaluate_gates(gates: dict, summary: dict) -> tuple[list[dict], str]:
             out.append(_entry(name, est, t, False, "" if san else "sanity check not run (--sanity)"))
         elif name == "min_accuracy":
             out.append(_entry(name, summary.get("accuracy"), t, True))
+        elif name == "min_auroc":
+            out.append(_entry(name, None, t, True, "min_auroc is a multi-label (per finding) gate"))
     if not out:
         return out, "none"
     return out, "pass" if all(g["passed"] is True for g in out) else "fail"

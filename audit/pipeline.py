@@ -146,6 +146,11 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     """Run the whole audit and write its files; returns the table and the summary."""
     t0 = time.perf_counter()
     model, run = load_run(cfg.run_dir, cfg.arch, cfg.classes, cfg.source, cfg.checkpoint)
+    if run.multilabel:  # one sigmoid output per finding: every finding in one pass (audit/multilabel.py)
+        from .multilabel import run_multilabel_audit
+        return run_multilabel_audit(cfg, model, run, progress)
+    if cfg.findings:
+        raise ConfigError("--findings: the run is not multi-label (set model.task: multilabel in its config)")
     device = resolve_device(cfg.device)
     full, rows, split, manifest_path = load_audit_manifest(cfg, run)
     spec = run.input

@@ -54,6 +54,9 @@ class RunConfig:
     n_logits: int | None = None  # the network's output count when it differs from the class count
     state_key: str | None = None  # the checkpoint entry holding the weights (default: model / state_dict / ...)
     weights_note: str = ""  # what else the checkpoint held that was not audited (e.g. EMA weights)
+    task: str = "multiclass"  # "multiclass" (softmax, or one sigmoid output audited as binary) | "multilabel"
+    uncertain: str = "ignore"  # multi-label: how a manifest's -1 (CheXpert uncertain) is read (audit/multilabel.py)
+    op_threshs: list[float] | None = None  # multi-label: per-finding probability thresholds (xrv's op_threshs)
 
     @property
     def num_classes(self) -> int:
@@ -71,7 +74,14 @@ class RunConfig:
         return int(self.n_logits or 1) if self.single_logit else self.num_classes
 
     @property
+    def multilabel(self) -> bool:
+        """One sigmoid output per finding, every finding audited (audit/multilabel.py)."""
+        return self.task == "multilabel"
+
+    @property
     def outputs_text(self) -> str:
+        if self.multilabel:
+            return "one sigmoid logit per finding (multi-label)"
         if not self.single_logit:
             return "one logit per class, softmax"
         which = "its only output" if self.n_outputs == 1 else f"output {self.binary_logit} of {self.n_outputs}"
@@ -85,7 +95,8 @@ class RunConfig:
                 "run_dir": str(self.run_dir) if self.run_dir else None,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "checkpoint_sha256": self.checkpoint_sha256, "state_key": self.state_key,
-                "weights_note": self.weights_note or None}
+                "weights_note": self.weights_note or None, "task": self.task,
+                **({"uncertain": self.uncertain, "op_threshs": self.op_threshs} if self.multilabel else {})}
 
 
 def read_config_file(path: Path) -> dict:
@@ -254,6 +265,9 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     name = arch or m.get("name")
     src = source or m.get("source") or "torchvision"
     cls = classes or raw.get("classes")
+    if src == "torchxrayvision" and not cls:
+        from .xrv import xrv_pathologies
+        cls = xrv_pathologies(str(name or ""), where)  # model.pathologies of the architecture
     if not name:
         raise RunDirError(f"{where}: no model name (set model.name in config.yaml or pass --arch)")
     if not cls or not isinstance(cls, list):
@@ -262,14 +276,26 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     dup = sorted({c for c in cls if cls.count(c) > 1})
     if dup:
         raise RunDirError(f"{where}: class names must be unique (logit order), repeated: {dup}")
-    if src not in ("torchvision", "timm"):
-        raise RunDirError(f"{where}: model.source must be 'torchvision' or 'timm', got {src!r}")
+    if src not in SOURCES:
+        raise RunDirError(f"{where}: model.source must be one of {', '.join(SOURCES)}, got {src!r}")
     n = m.get("num_classes")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise RunDirError(f"{where}: model.num_classes must be a positive integer (the network's output count), "
                           f"got {n!r}")
+    task = m.get("task") or ("multilabel" if src == "torchxrayvision" else "multiclass")
+    if task not in TASKS:
+        raise RunDirError(f"{where}: model.task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "multilabel" and m.get("binary_logit") is not None:
+        raise RunDirError(f"{where}: model.binary_logit audits one output as binary; a multi-label run "
+                          "(model.task: multilabel) audits every finding (restrict them with --findings)")
+    if src == "torchxrayvision" and task != "multilabel":
+        raise RunDirError(f"{where}: torchxrayvision models are multi-label (model.task: multilabel)")
+    uncertain = raw.get("uncertain", "ignore")
+    if uncertain not in UNCERTAIN:
+        raise RunDirError(f"{where}: uncertain must be one of {', '.join(UNCERTAIN)} (how a label -1 is read), "
+                          f"got {uncertain!r}")
     k, n_logits = m.get("binary_logit"), None
-    if k is None and n is not None and int(n) == 1:
+    if k is None and n is not None and int(n) == 1 and task != "multilabel":
         k = 0  # a one-output (sigmoid) binary model
     if k is not None:
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
@@ -288,7 +314,11 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
     if not isinstance(inp_raw, dict):
         raise RunDirError(f"{where}: 'input' must be a mapping of {list(INPUT_KEYS)}")
     _known_keys(inp_raw, INPUT_KEYS, "input", where)
-    base = _default_input(name, src)
+    if src == "torchxrayvision":
+        from .xrv import xrv_input
+        base = xrv_input()
+    else:
+        base = _default_input(name, src)
     try:
         inp = InputSpec(size=int(inp_raw.get("size", base.size)),
                         mean=tuple(float(x) for x in inp_raw.get("mean", base.mean)),
@@ -313,12 +343,15 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
         raise RunDirError(f"{where}: model.state_key must be a string (the checkpoint entry holding the weights)")
     return RunConfig(model_name=str(name), source=src, classes=cls, input=inp,
                      positive_class=str(pos) if pos is not None else None, manifest=manifest, data=data, run_dir=rd,
-                     binary_logit=k, n_logits=n_logits, state_key=key)
+                     binary_logit=k, n_logits=n_logits, state_key=key, task=task, uncertain=str(uncertain))
 
 
+SOURCES = ("torchvision", "timm", "torchxrayvision")
+TASKS = ("multiclass", "multilabel")
+UNCERTAIN = ("ignore", "zeros", "ones")
 #: The keys of a run config's `model:` and `input:` sections. Other top-level keys (a training script's own
 #: settings) are left alone, but a misspelt key in these two would silently change what is audited.
-MODEL_KEYS = ("name", "source", "num_classes", "binary_logit", "state_key")
+MODEL_KEYS = ("name", "source", "num_classes", "binary_logit", "state_key", "task")
 INPUT_KEYS = ("size", "mean", "std", "resize", "crop_pct", "channels", "interpolation", "scale16")
 
 
@@ -330,6 +363,9 @@ def _known_keys(section: dict, known: tuple[str, ...], name: str, where: str) ->
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
     """An untrained model of the declared architecture with `n_outputs` outputs (never downloads weights)."""
+    if cfg.source == "torchxrayvision":
+        from .xrv import build_xrv_model
+        return build_xrv_model(cfg)
     try:
         if cfg.source == "timm":
             import timm
@@ -462,6 +498,9 @@ def load_run(run_dir: str | Path | None, arch: str | None = None, classes: list[
         raise RunDirError(f"{ckpt}: checkpoint not found")
     model = build_model(cfg)
     sd, cfg.weights_note = read_state_dict(ckpt, cfg.state_key)
+    if cfg.source == "torchxrayvision":
+        from .xrv import take_op_threshs
+        sd = take_op_threshs(sd, ckpt, cfg)
     model_sd = model.state_dict()
     sd = _strip(sd, set(model_sd))
     missing = sorted(set(model_sd) - set(sd))

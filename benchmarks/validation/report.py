@@ -465,6 +465,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "validation.md")
     a = ap.parse_args(argv)
     text = render(a.work)
+    old = a.out.read_text() if a.out.exists() else ""
+    begin, end = "<!-- multilabel:begin -->", "<!-- multilabel:end -->"  # written by multilabel_cxr.py: kept
+    if begin in old and end in old:
+        text = text.rstrip("\n") + "\n\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     print(f"wrote {a.out} ({len(text.splitlines())} lines)")
