@@ -44,9 +44,10 @@ def aspect_class(h: int, w: int) -> str:
 
 
 def format_record(src_hw: tuple[int, int], info: dict) -> dict:
-    """The scan.csv columns of one decoded image: src_height, src_width, src_format, src_mode and the tiers."""
+    """The scan.csv columns of one decoded image: a DICOM's `dicom_<Keyword>` header columns (`audit.dicom`),
+    then src_height, src_width, src_format, src_mode and the tiers."""
     h, w = int(src_hw[0]), int(src_hw[1])
-    return {"src_height": h, "src_width": w, "src_format": str(info.get("format") or "unknown"),
+    return {**(info.get("dicom") or {}), "src_height": h, "src_width": w, "src_format": str(info.get("format") or "unknown"),
             "src_mode": mode_label(info.get("mode")), "src_short_side": short_side_tier(h, w),
             "src_aspect": aspect_class(h, w)}
 

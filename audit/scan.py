@@ -82,7 +82,7 @@ class ScanResult:
 
 # ================================================================================================ input helpers
 
-PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation", "scale16")
+PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation", "scale16", "dicom_window", "dicom_fields")
 
 
 def scan_input_spec(preset: Mapping | None) -> InputSpec:
@@ -90,7 +90,7 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
     scale16 for 16-bit images), default 224 stretch."""
     inp = dict((preset or {}).get("input") or {})
     from .run import INPUT_KEYS
-    unknown = [str(k) for k in inp if k not in INPUT_KEYS]
+    unknown = [str(k) for k in inp if k not in INPUT_KEYS and k not in PRESET_INPUT_KEYS]
     if unknown:
         raise ConfigError(f"input: unknown key(s) {unknown}; expected some of {list(PRESET_INPUT_KEYS)}")
     model_only = [str(k) for k in inp if k not in PRESET_INPUT_KEYS]
@@ -101,7 +101,8 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
         return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
                          crop_pct=float(inp.get("crop_pct", 1.0)),
                          interpolation=str(inp.get("interpolation", "bilinear")),
-                         scale16=scale16_value(inp.get("scale16", "max")))
+                         scale16=scale16_value(inp.get("scale16", "max")),
+                         dicom_window=str(inp.get("dicom_window", "header")), dicom_fields=inp.get("dicom_fields"))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"input: invalid value ({e})") from None
 
@@ -635,9 +636,10 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         positive = positive or run.positive_class or (preset.get("audit") or {}).get("positive")
         if positive is not None and positive not in run.classes:
             raise ConfigError(f"--positive {positive!r}: not among the run's classes {run.classes}")
-        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16)
+        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16,
+                run.input.dicom_window)
         # same grid (same pixels): predict in the scan's own pass
-        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16)
+        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16, spec.dicom_window)
         model.to(dev)
     else:
         positive = positive or (preset.get("audit") or {}).get("positive")
