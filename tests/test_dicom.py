@@ -17,44 +17,14 @@ from conftest import SHARED_DATA
 
 pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed (pip install -e '.[dicom]')")
 from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 
 import cli  # noqa: E402
-from audit.dicom import header_record, identifying, is_dicom, patient_hash, read_dicom, spacing_tier  # noqa: E402
+from audit.dicom import write_dicom, header_record, identifying, is_dicom, patient_hash, read_dicom, spacing_tier  # noqa: E402
 from audit.errors import ConfigError  # noqa: E402
 from audit.preprocess import InputSpec, load_rgb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_dicom(path: Path, arr: np.ndarray, bits: int | None = None, photometric: str | None = None,
-                signed: bool = False, preamble: bool = True, **tags) -> Path:
-    """A single-frame DICOM holding `arr` (H×W grayscale, or H×W×3 RGB uint8) as stored values, with `tags`."""
-    arr = np.asarray(arr)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = arr.shape[:2]
-    rgb = arr.ndim == 3
-    ds.SamplesPerPixel = 3 if rgb else 1
-    if rgb:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric or ("RGB" if rgb else "MONOCHROME2")
-    ds.BitsAllocated = arr.dtype.itemsize * 8
-    ds.BitsStored = bits or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=preamble)
-    return path
 
 
 def gray(path: Path, **kw) -> np.ndarray:
@@ -247,3 +217,176 @@ def test_header_columns_never_hold_identifying_data(tmp_path):
     assert h == patient_hash("P123", "s3cret") != patient_hash("P123", "other") and len(h) == 16 and "P123" not in h
     with pytest.raises(ValueError, match="AUDIT_ID_SALT"):
         patient_hash("P123", "")
+
+
+# ================================================================================================ audit and scan
+
+def _run_with_window(run_dir: Path, window: str) -> None:
+    import yaml
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["input"]["dicom_window"] = window
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_path, capsys):
+    """A manifest mixing PNG and DICOM (.dcm and suffix-less) audits; the refused DICOMs (multi-frame, no
+    PixelData, truncated) are errors.csv rows with their one-line reason, the rest is audited; the header
+    columns reach per_image.csv, `--by dicom_Manufacturer` works, and no identifying value is in any output."""
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv")
+    rows = []
+    for i, name in enumerate(man["image"]):
+        a = np.asarray(Image.open(data / name).convert("L"))
+        if i % 2:
+            p = write_dicom(data / f"d{i}.dcm" if i % 4 == 1 else data / f"d{i}", a, Manufacturer=f"V{i % 3}",
+                            PatientName="Doe^Jane", PatientID="SECRET-ID-42", StudyDate="20200101",
+                            InstitutionName="General Hospital")
+            rows.append({**man.iloc[i].to_dict(), "image": p.name})
+        else:
+            rows.append(man.iloc[i].to_dict())
+    (data / "rtplan.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
+    (data / "two.dcm").write_bytes(Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes())
+    (data / "cut.dcm").write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes())
+    for k, n in enumerate(("rtplan.dcm", "two.dcm", "cut.dcm")):
+        rows.append({"image": n, "label": "a", "split": "test", "site": "x"})
+    pd.DataFrame(rows).to_csv(data / "mixed.csv", index=False)
+    _run_with_window(tiny_run, "full")
+    out = tmp_path / "out"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "mixed.csv"), "--out", str(out),
+                     "--workers", "0", "--quiet", "--no-report", "--n-boot", "20", "--split", "all",
+                     "--by", "dicom_Manufacturer"]) == 0
+    per = pd.read_csv(out / "per_image.csv")
+    assert len(per) == 6 and sorted(per["src_format"]) == ["DICOM"] * 3 + ["PNG"] * 3
+    d = per[per["src_format"] == "DICOM"].sort_values("image_id")
+    assert list(d["dicom_Manufacturer"]) == ["V1", "V0", "V2"]  # d1, d3 (suffix-less), d5
+    assert set(d["dicom_InstitutionName"]) == {"General Hospital"}
+    assert per.loc[per["src_format"] == "PNG", "dicom_Manufacturer"].isna().all()
+    err = pd.read_csv(out / "errors.csv")
+    reasons = dict(zip(err["image"].map(lambda p: Path(p).name), err["reason"]))
+    assert set(reasons) == {"rtplan.dcm", "two.dcm", "cut.dcm"}
+    assert "DICOM without PixelData" in reasons["rtplan.dcm"]
+    assert "multi-frame DICOM (2 frames)" in reasons["two.dcm"]
+    assert "truncated DICOM" in reasons["cut.dcm"]
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["accuracy_by_group"]["dicom_Manufacturer"]) >= {"V0", "V1", "V2"}
+    assert yaml_load(out / "config.resolved.yaml")["run"]["input"]["dicom_window"] == "full"
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix in (".csv", ".json", ".yaml", ".md", ".html", ".txt"):
+            text = f.read_text(errors="ignore")
+            assert "SECRET-ID-42" not in text and "Doe^Jane" not in text and "20200101" not in text, f
+
+
+def yaml_load(p: Path) -> dict:
+    import yaml
+    return yaml.safe_load(p.read_text())
+
+
+def test_dicom_window_is_in_the_cache_key(tiny_run, tmp_path):
+    """Another dicom_window is another cache: the second audit computes instead of reading the first's outputs."""
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv").iloc[:2]
+    for i, name in enumerate(man["image"]):
+        a = (np.asarray(Image.open(data / name).convert("L")).astype(np.uint16) * 16)
+        write_dicom(data / f"k{i}.dcm", a, bits=12, WindowCenter=1000, WindowWidth=800)
+    man.assign(image=[f"k{i}.dcm" for i in range(2)]).to_csv(data / "k.csv", index=False)
+    out = tmp_path / "o"
+    probs = []
+    for w in ("header", "full"):
+        _run_with_window(tiny_run, w)
+        assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "k.csv"), "--out", str(out),
+                         "--workers", "0", "--quiet", "--no-report", "--n-boot", "20", "--split", "all"]) == 0
+        probs.append(pd.read_csv(out / "per_image.csv")[["p_a", "p_b", "p_c"]].to_numpy())
+    assert len(list((out / "cache").glob("*/key.json"))) == 2
+    assert not np.allclose(probs[0], probs[1])
+
+
+CXR = SHARED_DATA / "cxr_covid_v7"
+
+
+def _cxr_as_dicom(folder: Path, manufacturer, rng, n: int | None = None, side: int = 192) -> Path:
+    """The shared radiographs as 8-bit MONOCHROME2 DICOMs (shrunk to `side` px on the long side, in tmp),
+    labels covid / other, Manufacturer = manufacturer(label, i), StationName independent of the label,
+    BurnedInAnnotation YES on a random third."""
+    lab = pd.read_csv(CXR / "labels.csv")
+    if n:
+        lab = lab.iloc[:n]
+    rows = []
+    for i, r in lab.reset_index(drop=True).iterrows():
+        im = Image.fromarray(load_rgb(CXR / r["image"])[..., 0])
+        im.thumbnail((side, side), Image.BILINEAR)
+        label = "covid" if str(r["finding"]).startswith("COVID-19") else "other"
+        p = write_dicom(folder / f"im{i:03d}.dcm", np.asarray(im), Manufacturer=manufacturer(label, i),
+                        StationName=f"ST{int(rng.integers(0, 3))}", ViewPosition=str(r["view"]).split()[0],
+                        BurnedInAnnotation="YES" if rng.random() < 1 / 3 else "NO", PatientID=str(r["patientid"]))
+        rows.append({"image": p.name, "label": label, "split": "all"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (CXR / "labels.csv").is_file(), reason="needs ../shared/data/cxr_covid_v7")
+def test_scan_names_a_manufacturer_that_marks_a_class_and_not_an_independent_one(tmp_path, capsys):
+    """cxr_covid_v7 written as DICOM with two device headers. When one manufacturer marks the covid class the
+    scan names `manufacturer` with V > 0.5 (terminal, scan.json, device_bias.md); the station, independent of the
+    label, is not named; with the manufacturer drawn independently of the label it is not named either. The
+    `text` region with presence_from: dicom_BurnedInAnnotation is present exactly where the header says YES."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 128}\nregions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
+    rng = np.random.default_rng(0)
+    marked = _cxr_as_dicom(tmp_path / "marked", lambda lab, i: "AcmeRad" if lab == "covid" else "OtherCorp", rng)
+    out = tmp_path / "s1"
+    assert cli.main(["scan", "--data", str(marked), "--config", str(preset), "--out", str(out), "--workers", "0"]) == 0
+    term = capsys.readouterr().out
+    s = json.loads((out / "scan.json").read_text())
+    dev = s["device"]
+    named = {d["field"]: d for d in dev["named"]}
+    assert "manufacturer" in named and named["manufacturer"]["v"] > 0.5, dev["named"]
+    assert "station" not in named and "burned-in annotation" not in named
+    assert dev["attributes"]["manufacturer"]["association"]["value"] == named["manufacturer"]["v"]
+    lv = dev["attributes"]["manufacturer"]["levels"]
+    assert lv["AcmeRad"]["by_label"]["covid"]["value"] == 1.0 and lv["AcmeRad"]["by_label"]["other"]["value"] == 0.0
+    assert "manufacturer follows the label: Cramér's V" in term and "Device and site by label" in term
+    assert "| manufacturer: AcmeRad |" in (out / "device_bias.md").read_text()
+    per = pd.read_csv(out / "scan.csv")
+    assert (per["present_text"].astype(bool) == (per["dicom_BurnedInAnnotation"] == "YES")).all()
+    assert "dicom_PatientID" not in per.columns and not per.astype(str).isin(
+        pd.read_csv(CXR / "labels.csv")["patientid"].astype(str).map(lambda x: x if len(x) > 3 else "\0")).any().any()
+    (tmp_path / "device_bias_marked.md").write_text((out / "device_bias.md").read_text())
+    indep = _cxr_as_dicom(tmp_path / "indep", lambda lab, i: ["AcmeRad", "OtherCorp"][int(rng.integers(0, 2))], rng)
+    out2 = tmp_path / "s2"
+    assert cli.main(["scan", "--data", str(indep), "--config", str(preset), "--out", str(out2), "--workers", "0",
+                     "--quiet"]) == 0
+    dev2 = json.loads((out2 / "scan.json").read_text())["device"]
+    assert "manufacturer" not in {d["field"] for d in dev2["named"]}
+    assert dev2["attributes"]["manufacturer"]["association"]["lo"] <= 0.1
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (CXR / "labels.csv").is_file(), reason="needs ../shared/data/cxr_covid_v7")
+def test_audit_of_dicom_copies_of_the_shared_pngs_equals_the_png_audit(tiny_run, tmp_path):
+    """The PNG radiographs of cxr_covid_v7 and their DICOM copies (8-bit MONOCHROME2, RGB where the PNG holds
+    colour; window = full range) give the same probabilities and maps, exactly."""
+    lab = pd.read_csv(CXR / "labels.csv")
+    pngs = lab[lab["image"].str.lower().str.endswith(".png")].iloc[:12]
+    rows_png, rows_dcm = [], []
+    for i, r in enumerate(pngs.itertuples()):
+        a = load_rgb(CXR / r.image)
+        g = (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()
+        p = write_dicom(tmp_path / "dcm" / f"c{i:02d}.dcm", a[..., 0] if g else a)
+        cls = "abc"[i % 3]
+        rows_png.append({"image": str(CXR / r.image), "label": cls, "split": "test"})
+        rows_dcm.append({"image": str(p), "label": cls, "split": "test"})
+    pd.DataFrame(rows_png).to_csv(tmp_path / "png.csv", index=False)
+    pd.DataFrame(rows_dcm).to_csv(tmp_path / "dcm.csv", index=False)
+    _run_with_window(tiny_run, "full")
+    res = {}
+    for k in ("png", "dcm"):
+        out = tmp_path / f"o_{k}"
+        assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(tmp_path / f"{k}.csv"), "--out", str(out),
+                         "--workers", "0", "--quiet", "--no-report", "--n-boot", "20"]) == 0
+        res[k] = (pd.read_csv(out / "per_image.csv"), np.load(out / "cams.npz")["cam"])
+    assert len(res["png"][0]) == len(res["dcm"][0]) == 12
+    np.testing.assert_array_equal(res["dcm"][0][["p_a", "p_b", "p_c"]].to_numpy(),
+                                  res["png"][0][["p_a", "p_b", "p_c"]].to_numpy())
+    np.testing.assert_array_equal(res["dcm"][1], res["png"][1])
+    assert set(res["dcm"][0]["src_format"]) == {"DICOM"} and set(res["png"][0]["src_format"]) == {"PNG"}
