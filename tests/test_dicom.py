@@ -390,3 +390,34 @@ def test_audit_of_dicom_copies_of_the_shared_pngs_equals_the_png_audit(tiny_run,
                                   res["png"][0][["p_a", "p_b", "p_c"]].to_numpy())
     np.testing.assert_array_equal(res["dcm"][1], res["png"][1])
     assert set(res["dcm"][0]["src_format"]) == {"DICOM"} and set(res["png"][0]["src_format"]) == {"PNG"}
+
+
+def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_columns(tiny_run, tmp_path):
+    """`scan --run-dir` on DICOMs: accuracy with vs without each manufacturer (n and counts by hand from
+    scan.csv); discover's candidate attributes include each level of the header's text columns."""
+    from audit.discover import _attributes
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv")
+    rows = []
+    for i, name in enumerate(man["image"]):
+        a = np.asarray(Image.open(data / name).convert("L"))
+        p = write_dicom(data / f"s{i}.dcm", a, Manufacturer="M1" if i < 4 else "M2", BurnedInAnnotation="NO")
+        rows.append({**man.iloc[i].to_dict(), "image": p.name})
+    pd.DataFrame(rows).to_csv(data / "dcm.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64, dicom_window: full}\nscan: {min_n: 1}\n"
+                      "regions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
+    out = tmp_path / "scan"
+    assert cli.main(["scan", "--data", str(data / "dcm.csv"), "--config", str(preset), "--out", str(out),
+                     "--workers", "0", "--quiet", "--run-dir", str(tiny_run)]) == 0
+    s = json.loads((out / "scan.json").read_text())
+    per = pd.read_csv(out / "scan.csv")
+    bd = s["model"]["by_device"]
+    e = bd["manufacturer=M1"]
+    m1 = per["dicom_Manufacturer"] == "M1"
+    assert e["with"]["n"] == 4 and e["without"]["n"] == 2
+    assert e["with"]["accuracy"]["value"] == pytest.approx(per.loc[m1, "correct"].mean())
+    assert e["without"]["accuracy"]["value"] == pytest.approx(per.loc[~m1, "correct"].mean())
+    assert not per["present_text"].astype(bool).any()  # BurnedInAnnotation NO: known absent
+    attrs = {(c, lv) for c, lv, _, _ in _attributes(per)}
+    assert {("dicom_Manufacturer", "M1"), ("dicom_Manufacturer", "M2")} <= attrs
