@@ -142,7 +142,7 @@ def spacing_tier(mm: float | None) -> str:
 def header_record(ds, fields: tuple[str, ...] = DEFAULT_FIELDS) -> dict:
     """The `dicom_<Keyword>` columns of one dataset (text; None when absent), `dicom_spacing_tier` when
     PixelSpacing is asked for (ImagerPixelSpacing when PixelSpacing is absent) and `dicom_signature` (the
-    `SIGNATURE_FIELDS` among `fields`, joined by " | ", "?" for an absent one). Identifying keywords are
+    `SIGNATURE_FIELDS` among `fields`, joined by " / ", "?" for an absent one). Identifying keywords are
     skipped even when asked for."""
     out: dict = {}
     for k in fields:
@@ -162,7 +162,7 @@ def header_record(ds, fields: tuple[str, ...] = DEFAULT_FIELDS) -> dict:
         out[f"dicom_{k}"] = _text(v)
     sig = [k for k in SIGNATURE_FIELDS if k in fields]
     if sig:
-        out["dicom_signature"] = " | ".join(out.get(f"dicom_{k}") or "?" for k in sig)
+        out["dicom_signature"] = " / ".join(out.get(f"dicom_{k}") or "?" for k in sig)
     return out
 
 

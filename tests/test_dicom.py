@@ -204,7 +204,7 @@ def test_header_columns_never_hold_identifying_data(tmp_path):
                              "PatientID", "PatientName", "StudyInstanceUID", "ImageComments", "AccessionNumber"))
     assert rec == {"dicom_Manufacturer": "ACME", "dicom_StationName": "RAD1", "dicom_ViewPosition": "PA",
                    "dicom_PixelSpacing": "0.143", "dicom_spacing_tier": "0.1–0.149 mm",
-                   "dicom_BurnedInAnnotation": "YES", "dicom_signature": "ACME | RAD1"}
+                   "dicom_BurnedInAnnotation": "YES", "dicom_signature": "ACME / RAD1"}
     for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyInstanceUID",
               "SOPInstanceUID", "ImageComments", "ReferringPhysicianName", "OperatorsName", "InstitutionAddress"):
         assert identifying(k), k
