@@ -38,7 +38,7 @@ class ManifestDataset(Dataset):
         t0 = time.perf_counter()
         try:
             info: dict = {}
-            rgb = load_rgb(row["image"], self.spec.scale16, info)
+            rgb = load_rgb(row["image"], self.spec.scale16, info, self.spec.dicom_window, self.spec.dicom_fields)
             grid = image_to_grid(rgb, self.spec)
         except FileNotFoundError:
             item["error"] = f"image not found: {row['image']}"
@@ -55,7 +55,9 @@ class ManifestDataset(Dataset):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    res = self.region_fn(grid, row, self.spec, tuple(rgb.shape[:2]))
+                    # header columns (dicom_BurnedInAnnotation) can give a region's known presence
+                    res = self.region_fn(grid, {**info["dicom"], **row} if info.get("dicom") else row, self.spec,
+                                         tuple(rgb.shape[:2]))
                 except Exception as e:  # a region failure must not lose the image
                     res = {}
                     notes["_regions"] = f"{type(e).__name__}: {e}"

@@ -44,19 +44,21 @@ def aspect_class(h: int, w: int) -> str:
 
 
 def format_record(src_hw: tuple[int, int], info: dict) -> dict:
-    """The scan.csv columns of one decoded image: src_height, src_width, src_format, src_mode and the tiers."""
+    """The scan.csv columns of one decoded image: a DICOM's `dicom_<Keyword>` header columns (`audit.dicom`),
+    then src_height, src_width, src_format, src_mode and the tiers."""
     h, w = int(src_hw[0]), int(src_hw[1])
-    return {"src_height": h, "src_width": w, "src_format": str(info.get("format") or "unknown"),
+    return {**(info.get("dicom") or {}), "src_height": h, "src_width": w, "src_format": str(info.get("format") or "unknown"),
             "src_mode": mode_label(info.get("mode")), "src_short_side": short_side_tier(h, w),
             "src_aspect": aspect_class(h, w)}
 
 
 def format_by_label(per_image: pd.DataFrame, classes: list[str], min_n: int, alpha: float, n_boot: int,
-                    seed: int) -> dict:
+                    seed: int, columns: dict | None = None) -> dict:
     """scan.json's `format`: per attribute with ≥ 2 levels among the labelled images, each level's n, its overall
     share and its share of every class (Wilson CI, `too_small` below min_n images in the class), and Cramér's V
     (bias-corrected, bootstrap CI; `audit.scan.cramers_v`) of the level × class table; attributes with one
-    level go to `constant` (attribute → level). Images without a label are left out."""
+    level go to `constant` (attribute → level). Images without a label are left out. columns: attribute →
+    column to test instead of `FORMAT_COLUMNS` (the DICOM header fields, `audit.dicom.device_by_label`)."""
     from .scan import _prev, cramers_v
     lab = per_image["label"]
     known = lab.notna().to_numpy()
@@ -64,7 +66,7 @@ def format_by_label(per_image: pd.DataFrame, classes: list[str], min_n: int, alp
     n_cls = {c: int((labs == c).sum()) for c in classes}
     attrs: dict[str, dict] = {}
     constant: dict[str, str] = {}
-    for name, col in FORMAT_COLUMNS.items():
+    for name, col in (columns or FORMAT_COLUMNS).items():
         if col not in per_image:
             continue
         lv = per_image.loc[known, col].astype(str).to_numpy()

@@ -7,6 +7,7 @@ process holds grows only by the table's rows (and, under torchrun, rank 0 gather
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -68,7 +69,7 @@ def grid_note(preset_input: dict, spec) -> str | None:
     if not preset_input:
         return None
     ours = {"size": spec.size, "resize": spec.resize, "crop_pct": spec.crop_pct, "interpolation": spec.interpolation,
-            "scale16": spec.scale16}
+            "scale16": spec.scale16, "dicom_window": spec.dicom_window}
     diff = {k: v for k, v in preset_input.items() if k in ours and v != ours[k]}
     if not diff:
         return None
@@ -127,7 +128,7 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
     if cfg.limit:
         rows = rows.iloc[: cfg.limit].reset_index(drop=True)
     for col in cfg.by:
-        if col not in rows.columns and col not in FORMAT_COLUMNS.values():
+        if col not in rows.columns and col not in FORMAT_COLUMNS.values() and not col.startswith("dicom_"):
             raise ManifestError(f"{path}: --by column {col!r} not found; columns are {list(rows.columns)} and the "
                                 f"image-format columns {list(FORMAT_COLUMNS.values())}")
     return full, rows, split, path
@@ -154,6 +155,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     device = resolve_device(cfg.device)
     full, rows, split, manifest_path = load_audit_manifest(cfg, run)
     spec = run.input
+    if (cfg.preset_input or {}).get("dicom_fields") is not None:  # header columns: the preset's, not the model's
+        spec = dataclasses.replace(spec, dicom_fields=tuple(cfg.preset_input["dicom_fields"]))
     layer = cfg.layer or default_layer(model, (1, spec.channels, spec.size, spec.size))
     get_module(model, layer)  # validates the name with a listing of candidates
     target_rule = resolve_target(cfg.target, run.classes)

@@ -55,6 +55,10 @@ class InputSpec:
             image's own min..max; an integer b in 8..16 divides by 2^b − 1 (values above it are clipped).
             8-bit images are not affected. Colour 16-bit PNGs reach the auditor as 8 bits (Pillow keeps the
             high byte, i.e. "full").
+    dicom_window: how a DICOM's values become 0..255 (`audit.dicom`): "header" (default: the file's VOI LUT or
+            first window), "minmax", "full" (the stored bit range) or "percentile:LOW,HIGH".
+    dicom_fields: the header keywords written as `dicom_<Keyword>` columns (`audit.dicom.DEFAULT_FIELDS`);
+            identifying keywords are refused. Not part of the pixels, so not in `to_dict` (nor the cache key).
     """
 
     size: int = 224
@@ -65,6 +69,8 @@ class InputSpec:
     channels: int = 3
     interpolation: str = "bilinear"
     scale16: str | int = "max"
+    dicom_window: str = "header"
+    dicom_fields: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERP:
@@ -83,11 +89,15 @@ class InputSpec:
         if not _scale16_ok(self.scale16):
             raise ConfigError(f"input.scale16: expected one of {list(SCALE16)} or a bit depth 8..16, "
                               f"got {self.scale16!r}")
+        from .dicom import fields_value, window_value
+        window_value(self.dicom_window)
+        if self.dicom_fields is not None:
+            object.__setattr__(self, "dicom_fields", fields_value(self.dicom_fields))
 
     def to_dict(self) -> dict:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
                 "crop_pct": self.crop_pct, "channels": self.channels, "interpolation": self.interpolation,
-                "scale16": self.scale16}
+                "scale16": self.scale16, "dicom_window": self.dicom_window}
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,8 @@ def scale_16bit(a: np.ndarray, scale16: str | int = "max") -> np.ndarray:
     return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def load_rgb(path: str | Path, scale16: str | int = "max", info: dict | None = None) -> np.ndarray:
+def load_rgb(path: str | Path, scale16: str | int = "max", info: dict | None = None,
+             dicom_window: str = "header", dicom_fields: tuple[str, ...] | None = None) -> np.ndarray:
     """Decode an image file to uint8 H×W×3 RGB (grayscale replicated, alpha dropped, 16-bit grayscale scaled
     by `scale16` (see `InputSpec`; default the image's maximum), 32-bit float taken as [0, 1] when it lies
     there, else stretched from its own range).
@@ -193,13 +204,14 @@ def load_rgb(path: str | Path, scale16: str | int = "max", info: dict | None = N
     info: when given, receives the file's "format" (Pillow's: "PNG", "JPEG", …) and "mode" (Pillow's: "L", "RGB",
     "I;16", …; `bit_depth` reads it).
 
-    DICOM is refused with a message saying so: its pixel values only become an image through a windowing the
-    auditor cannot know (the one the model was trained with)."""
+    DICOM (`.dcm`, `.dicom`, or any file with the DICM preamble) is read by `audit.dicom.read_dicom` with
+    `dicom_window` (the windowing must be the one the model was trained with) and `dicom_fields` (info["dicom"]:
+    the header columns); it needs the `dicom` extra, and is refused with one line naming it otherwise."""
     with open(path, "rb") as f:
         head = f.read(132)
-    if head[128:132] == b"DICM" or str(path).lower().endswith((".dcm", ".dicom")):
-        raise ValueError("a DICOM file: export the images as PNG (16-bit allowed) or JPEG with the windowing the "
-                         "model was trained on; the auditor does not read DICOM")
+    from .dicom import DEFAULT_FIELDS, is_dicom, read_dicom
+    if is_dicom(path, head):
+        return read_dicom(path, dicom_window, info, dicom_fields or DEFAULT_FIELDS)
     with Image.open(path) as im:
         im.load()
         if info is not None:

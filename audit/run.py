@@ -327,7 +327,8 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
                         crop_pct=float(inp_raw.get("crop_pct", base.crop_pct)),
                         channels=int(inp_raw.get("channels", base.channels)),
                         interpolation=str(inp_raw.get("interpolation", base.interpolation)),
-                        scale16=scale16_value(inp_raw.get("scale16", base.scale16)))
+                        scale16=scale16_value(inp_raw.get("scale16", base.scale16)),
+                        dicom_window=str(inp_raw.get("dicom_window", base.dicom_window)))
     except Exception as e:
         raise RunDirError(f"{where}: invalid input section ({e})") from None
     pos = raw.get("positive_class")
@@ -352,7 +353,7 @@ UNCERTAIN = ("ignore", "zeros", "ones")
 #: The keys of a run config's `model:` and `input:` sections. Other top-level keys (a training script's own
 #: settings) are left alone, but a misspelt key in these two would silently change what is audited.
 MODEL_KEYS = ("name", "source", "num_classes", "binary_logit", "state_key", "task")
-INPUT_KEYS = ("size", "mean", "std", "resize", "crop_pct", "channels", "interpolation", "scale16")
+INPUT_KEYS = ("size", "mean", "std", "resize", "crop_pct", "channels", "interpolation", "scale16", "dicom_window")
 
 
 def _known_keys(section: dict, known: tuple[str, ...], name: str, where: str) -> None:

@@ -82,7 +82,7 @@ class ScanResult:
 
 # ================================================================================================ input helpers
 
-PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation", "scale16")
+PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation", "scale16", "dicom_window", "dicom_fields")
 
 
 def scan_input_spec(preset: Mapping | None) -> InputSpec:
@@ -90,7 +90,7 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
     scale16 for 16-bit images), default 224 stretch."""
     inp = dict((preset or {}).get("input") or {})
     from .run import INPUT_KEYS
-    unknown = [str(k) for k in inp if k not in INPUT_KEYS]
+    unknown = [str(k) for k in inp if k not in INPUT_KEYS and k not in PRESET_INPUT_KEYS]
     if unknown:
         raise ConfigError(f"input: unknown key(s) {unknown}; expected some of {list(PRESET_INPUT_KEYS)}")
     model_only = [str(k) for k in inp if k not in PRESET_INPUT_KEYS]
@@ -101,7 +101,8 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
         return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
                          crop_pct=float(inp.get("crop_pct", 1.0)),
                          interpolation=str(inp.get("interpolation", "bilinear")),
-                         scale16=scale16_value(inp.get("scale16", "max")))
+                         scale16=scale16_value(inp.get("scale16", "max")),
+                         dicom_window=str(inp.get("dicom_window", "header")), dicom_fields=inp.get("dicom_fields"))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"input: invalid value ({e})") from None
 
@@ -554,7 +555,7 @@ def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, wo
         raise ManifestError("manifest: no label column (map one with data.columns: {label: COL} or --label-col COL)")
     cols = list(manifest.columns)
     for c in by:
-        if c not in cols:
+        if c not in cols and not str(c).startswith("dicom_"):
             raise ManifestError(f"--by column {c!r} not found; columns are {cols}")
     if id_col is not None and id_col not in cols:
         raise ManifestError(f"--id-col {id_col!r} not found; columns are {cols}")
@@ -609,6 +610,12 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     id_col = id_col or opts.get("id_col")
     min_n = int(min_n if min_n is not None else opts.get("min_n", 10))  # preset values checked by _scan_options
     top_k = int(top_k if top_k is not None else opts.get("top_k", 16))
+    from .dicom import PATIENT_HASH, add_patient_hash
+    if id_col == PATIENT_HASH and PATIENT_HASH not in manifest.columns:  # salted PatientID hash for leakage
+        try:
+            manifest = add_patient_hash(manifest)
+        except ValueError as e:
+            raise ConfigError(f"--id-col {PATIENT_HASH}: {e}") from None
     _validate(manifest, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k, detail_threshold)
     rs, sources, skipped = _artifact_plan(preset, flag_cols)
     if not sources:
@@ -635,9 +642,10 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         positive = positive or run.positive_class or (preset.get("audit") or {}).get("positive")
         if positive is not None and positive not in run.classes:
             raise ConfigError(f"--positive {positive!r}: not among the run's classes {run.classes}")
-        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16)
+        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16,
+                run.input.dicom_window)
         # same grid (same pixels): predict in the scan's own pass
-        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16)
+        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16, spec.dicom_window)
         model.to(dev)
     else:
         positive = positive or (preset.get("audit") or {}).get("positive")
@@ -675,7 +683,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                     r = recs[i]
                     rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
                     for c in [id_col, *by]:
-                        if c is not None and c not in rec:
+                        if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
                             rec[c] = r[c]
                     rec.update(format_record(batch["src_hw"][j], batch["src_info"][j]))
                     rec["phash"] = f"{int(hs[j]):016x}"
@@ -810,6 +818,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             by_out[col][a] = {"groups": prev, "association": cv}
 
     fmt = format_by_label(per_image, classes, min_n, alpha, n_boot, seed)
+    from .dicom import device_by_label, device_markdown, model_by_device
+    device = device_by_label(per_image, classes, min_n, alpha, n_boot, seed)  # DICOM header fields, if any
 
     # --- leakage
     leakage = _leakage(rows, per_image, h, hd_all, id_col, phash_threshold, detail_threshold, out_dir)
@@ -825,6 +835,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                      "by_artifact": _model_by_artifact(per_image, list(sources), positive, min_n, alpha, n_boot,
                                                        seed),
                      "reference": "Winkler et al. 2019, JAMA Dermatol 155(10):1135-1141"}
+        if device:
+            model_out["by_device"] = model_by_device(per_image, device, positive, min_n, alpha, n_boot, seed)
 
     # --- files
     sheets = {}
@@ -836,6 +848,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         contact_sheet([(t[2], t[3]) for t in items], {a: colors[a]}).save(out_dir / f"contact_{safe}.png")
         sheets[a] = f"contact_{safe}.png"
     per_image.to_csv(out_dir / "scan.csv", index=False)
+    if device:
+        (out_dir / "device_bias.md").write_text(device_markdown(device, classes))
     if errors:
         pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out_dir / "errors.csv", index=False)
     elif (out_dir / "errors.csv").exists():
@@ -867,7 +881,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                      f"the 256-bit DCT hash of the {DETAIL_SIZE}x{DETAIL_SIZE} image differs in <= "
                      f"{int(detail_threshold)} of 256 bits"},
         "artifacts": artifacts, "skipped_regions": skipped, "associations": associations, "by": by_out,
-        "format": fmt,
+        "format": fmt, **({"device": device} if device else {}),
         "leakage": leakage, "model": model_out, "contact_sheets": sheets,
         "timing": {"total_s": time.perf_counter() - t0, "scan_pass_s": t_pass,
                    "images_per_s": len(rows) / max(t_pass, 1e-9)},
@@ -1087,6 +1101,8 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         parts.append(Text(f"{len(small)} class comparison(s) too small (< {s['options']['min_n']} images in the "
                           f"class or in the rest, of those whose artifact is known): {which}", style="dim"))
     parts += _format_renderables(s.get("format"), classes, max_levels=6)
+    from .dicom import device_renderables
+    parts += device_renderables(s, classes)
     for col, per_a in (s.get("by") or {}).items():
         # groups as rows (a metadata column can have many values), largest first; artifacts as columns
         sizes: dict = {}
@@ -1163,7 +1179,8 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     return Group(*parts)
 
 
-def _format_renderables(fmt: dict | None, classes: list[str], max_levels: int = 6) -> list:
+def _format_renderables(fmt: dict | None, classes: list[str], max_levels: int = 6, title: str | None = None,
+                        first_col: str = "format") -> list:
     """The image-format table (levels as rows: n, overall share, share of each shown class, the attribute's
     Cramér's V on its first row, red when its CI's lower end is above 0.1) and its plain-text lines."""
     from rich import box
@@ -1175,12 +1192,12 @@ def _format_renderables(fmt: dict | None, classes: list[str], max_levels: int = 
         return []
     out: list = []
     if fmt["attributes"]:
-        t = Table(title="Image format by label (share of each class, 95% Wilson CI, %): a format that follows the "
-                        "label can be learned instead of the anatomy", title_justify="left", pad_edge=False,
+        t = Table(title=title or "Image format by label (share of each class, 95% Wilson CI, %): a format that "
+                        "follows the label can be learned instead of the anatomy", title_justify="left", pad_edge=False,
                   box=box.SIMPLE_HEAD, padding=(0, 1))
-        for c, j in (("format", "left"), ("n", "right"), ("overall", "right"), *((c, "right") for c in classes),
+        for c, j in ((first_col, "left"), ("n", "right"), ("overall", "right"), *((c, "right") for c in classes),
                      ("Cramér's V", "right")):
-            t.add_column(c, justify=j, no_wrap=c == "format", min_width=9 if c not in ("format", "n") else None)
+            t.add_column(c, justify=j, no_wrap=c == first_col, min_width=9 if c not in (first_col, "n") else None)
         for a, e in fmt["attributes"].items():
             strong = association_strong(e["association"])
             for i, (x, lv) in enumerate(list(e["levels"].items())[:max_levels]):

@@ -77,7 +77,8 @@ def export_masks(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: Inpu
             iid = str(row.get("image_id", i))
             rec: dict = {"image_id": iid}
             try:
-                img = load_rgb(row["image"], spec.scale16)
+                img = load_rgb(row["image"], spec.scale16, dicom_window=spec.dicom_window,
+                               dicom_fields=spec.dicom_fields)
             except Exception as e:  # unreadable image: record and go on
                 msg = f"unreadable image: {type(e).__name__}: {e}"
                 warnings.warn(f"{iid}: {msg}", MaskWarning, stacklevel=2)

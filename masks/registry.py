@@ -22,6 +22,9 @@ Options common to every region:
   source     "file" (read a mask file), "heuristic" (the registered detector / geometry). Default: the
              provider's own default ("file" for device, "heuristic" for everything else).
   fallback   "heuristic": with source: file, use the detector when the row has no mask or the file is bad.
+  presence_from  a column whose YES / NO gives the region's known presence (present True / False instead of
+             the detector's decision), e.g. `text: {presence_from: dicom_BurnedInAnnotation}` (the DICOM header's
+             BurnedInAnnotation, `audit.dicom`); other values (absent, empty) leave the detector's decision.
 File options (source: file):
   column     manifest column holding the mask path (default "mask", the canonical column).
   pattern    format string over the row's columns, e.g. "masks/{image_id}.png", used instead of column;
@@ -48,7 +51,7 @@ from audit.preprocess import InputSpec
 KINDS = ("target", "artifact")
 SOURCES = ("file", "heuristic")
 FILE_KEYS = ("column", "pattern", "root", "values", "threshold", "absent_when_empty")
-COMMON_KEYS = ("source", "fallback")
+COMMON_KEYS = ("source", "fallback", "presence_from")
 
 
 @dataclass
@@ -157,6 +160,7 @@ class RegionConfig:
     fallback: str | None
     file: dict
     params: dict
+    presence_from: str | None = None
 
 
 def _region_config(name: str, opts: Any) -> RegionConfig:
@@ -175,6 +179,9 @@ def _region_config(name: str, opts: Any) -> RegionConfig:
     fallback = opts.pop("fallback", None)
     if fallback not in (None, "heuristic"):
         raise ConfigError(f"regions.{name}.fallback: expected 'heuristic' or nothing, got {fallback!r}")
+    presence_from = opts.pop("presence_from", None)
+    if presence_from is not None and not isinstance(presence_from, str):
+        raise ConfigError(f"regions.{name}.presence_from: expected a column name, got {presence_from!r}")
     file = {k: opts.pop(k) for k in FILE_KEYS if k in opts}
     if file and source != "file":
         raise ConfigError(f"regions.{name}: option(s) {sorted(file)} need source: file")
@@ -198,7 +205,7 @@ def _region_config(name: str, opts: Any) -> RegionConfig:
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"regions.{name}.{k}: expected a number ≥ 0 (default {d}), got {v!r}")
     params = {**e.params, **opts}
-    return RegionConfig(name, e.kind, source, fallback, file, params)
+    return RegionConfig(name, e.kind, source, fallback, file, params, presence_from)
 
 
 class RegionSet:
@@ -238,7 +245,11 @@ class RegionSet:
         cache: dict = {}
         out: dict[str, RegionResult] = {}
         for c in self.configs:
-            out[c.name] = self._one(c, img, row, spec, tuple(src_hw), cache)
+            out[c.name] = r = self._one(c, img, row, spec, tuple(src_hw), cache)
+            known = str(row.get(c.presence_from) or "").strip().upper() if c.presence_from else ""
+            if known in ("YES", "NO"):  # e.g. the DICOM header's BurnedInAnnotation
+                r.present = known == "YES"
+                r.note = f"{r.note + '; ' if r.note else ''}presence from {c.presence_from} = {known}"
         return out
 
     def _one(self, c: RegionConfig, img, row, spec, src_hw, cache) -> RegionResult:

@@ -78,7 +78,7 @@ class ReportInputs:
         if not isinstance(path, str) or not path:
             return None, {}, "no image path"
         try:
-            img = load_rgb(path, self.spec.scale16)
+            img = load_rgb(path, self.spec.scale16, dicom_window=self.spec.dicom_window)
         except FileNotFoundError:
             return None, {}, f"image not found ({path})"
         except Exception as e:  # PIL raises many types for a broken file

@@ -1,0 +1,423 @@
+"""DICOM input (audit/dicom.py): known pixels through the Modality LUT, the window and MONOCHROME1; pydicom's own
+compressed test files against their uncompressed references; every refused case; header columns that never hold
+identifying data; device bias in the scan; an audit of DICOM copies equal to the audit of the PNGs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import SHARED_DATA
+
+pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed (pip install -e '.[dicom]')")
+from pydicom.data import get_testdata_file  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+
+import cli  # noqa: E402
+from audit.dicom import write_dicom, header_record, identifying, is_dicom, patient_hash, read_dicom, spacing_tier  # noqa: E402
+from audit.errors import ConfigError  # noqa: E402
+from audit.preprocess import InputSpec, load_rgb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gray(path: Path, **kw) -> np.ndarray:
+    a = load_rgb(path, **kw)
+    assert a.dtype == np.uint8 and a.ndim == 3 and (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()
+    return a[..., 0]
+
+
+# ================================================================================================ pixels, by hand
+
+def test_window_12_bit_stored_in_16_by_hand(tmp_path):
+    """PS3.3 C.11.2.1.2.1 LINEAR, C=1000 W=1001: y = (x − 999.5)/1000 + 0.5 clipped, × 255 rounded."""
+    x = np.array([[0, 600, 1000], [1400, 4095, 500]], dtype=np.uint16)
+    p = write_dicom(tmp_path / "w.dcm", x, bits=12, WindowCenter=1000, WindowWidth=1001)
+    info: dict = {}
+    np.testing.assert_array_equal(gray(p, info=info), [[0, 26, 128], [230, 255, 0]])
+    assert info["format"] == "DICOM" and info["bits_stored"] == 12
+    assert info["dicom_window"] == "window C=1000 W=1001 LINEAR"
+    # "full" (the 12-bit range) and "minmax" (0..4095 here too): x / 4095
+    np.testing.assert_array_equal(gray(p, dicom_window="full"), np.round(x / 4095 * 255))
+    np.testing.assert_array_equal(gray(p, dicom_window="minmax"), np.round(x / 4095 * 255))
+
+
+def test_rescale_slope_intercept_then_window(tmp_path):
+    """Stored [0, 512, 1024, 2047], slope 2, intercept −1024 → [−1024, 0, 1024, 3070]; C=0 W=4097:
+    y = (v + 0.5)/4096 + 0.5 → [64, 128, 191, 255] (without the rescale it would give [128, 160, 191, 255])."""
+    x = np.array([[0, 512, 1024, 2047]], dtype=np.uint16)
+    p = write_dicom(tmp_path / "r.dcm", x, bits=12, RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=0,
+                    WindowWidth=4097)
+    np.testing.assert_array_equal(gray(p), [[64, 128, 191, 255]])
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    x = np.array([[0, 51, 255]], dtype=np.uint8)
+    p1 = write_dicom(tmp_path / "m1.dcm", x, photometric="MONOCHROME1")
+    p2 = write_dicom(tmp_path / "m2.dcm", x, photometric="MONOCHROME2")
+    np.testing.assert_array_equal(gray(p1, dicom_window="full"), [[255, 204, 0]])
+    np.testing.assert_array_equal(gray(p2, dicom_window="full"), [[0, 51, 255]])
+    info: dict = {}
+    load_rgb(p1, info=info)  # no window in the header: minmax, and info says so
+    assert info["dicom_window"] == "minmax (no window in the header), MONOCHROME1 inverted"
+
+
+def test_minmax_percentile_sigmoid_signed_and_voi_lut(tmp_path):
+    p = write_dicom(tmp_path / "a.dcm", np.array([[100, 200, 300]], dtype=np.uint16))
+    np.testing.assert_array_equal(gray(p, dicom_window="minmax"), [[0, 128, 255]])  # 127.5 rounds to even
+    q = write_dicom(tmp_path / "b.dcm", np.array([[0, 1, 2, 3, 4]], dtype=np.uint16))
+    np.testing.assert_array_equal(gray(q, dicom_window="percentile:25,75"), [[0, 0, 128, 255, 255]])
+    s = write_dicom(tmp_path / "s.dcm", np.array([[100, 200]], dtype=np.uint16), WindowCenter=100,
+                    WindowWidth=200, VOILUTFunction="SIGMOID")
+    np.testing.assert_array_equal(gray(s), [[128, 225]])  # 1/(1+e^0)=0.5; 1/(1+e^-2)=0.8808 → 224.6
+    g = write_dicom(tmp_path / "g.dcm", np.array([[-2048, 0, 2047]], dtype=np.int16), bits=12, signed=True)
+    np.testing.assert_array_equal(gray(g, dicom_window="full"), [[0, 128, 255]])  # 2048/4095·255 = 127.5 → 128
+    v = write_dicom(tmp_path / "v.dcm", np.array([[9, 10, 11, 12, 13, 20]], dtype=np.uint16))
+    ds = pydicom.dcmread(v)
+    item = Dataset()
+    item.LUTDescriptor = [4, 10, 8]
+    item.add_new(0x00283006, "OW", np.array([0, 50, 100, 255], dtype="<u2").tobytes())  # LUTData
+    ds.VOILUTSequence = [item]
+    ds.save_as(v)
+    np.testing.assert_array_equal(gray(v), [[0, 0, 50, 100, 255, 255]])
+
+
+def test_rgb_dicom_and_suffix_less_file_with_preamble(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    p = write_dicom(tmp_path / "img", rgb)  # no suffix: recognised by the DICM preamble
+    assert is_dicom(p) and not is_dicom(tmp_path / "missing.png")
+    info: dict = {}
+    np.testing.assert_array_equal(load_rgb(p, info=info), rgb)
+    assert info["mode"] == "RGB" and info["dicom"]["dicom_PhotometricInterpretation"] == "RGB"
+    # a .dcm written without the preamble is read by its suffix
+    q = write_dicom(tmp_path / "nopre.dcm", rgb[..., 0], preamble=False)
+    np.testing.assert_array_equal(load_rgb(q, dicom_window="full")[..., 0], rgb[..., 0])
+
+
+def test_dicom_window_option_is_validated():
+    for ok in ("header", "minmax", "full", "percentile:0.5,99.5"):
+        assert InputSpec(dicom_window=ok).to_dict()["dicom_window"] == ok
+    for bad in ("auto", "percentile:99,1", "percentile:a,b", "percentile:0,101"):
+        with pytest.raises(ConfigError, match=r"input\.dicom_window: expected one of \['header', 'minmax', 'full'\]"):
+            InputSpec(dicom_window=bad)
+    with pytest.raises(ConfigError, match=r"input\.dicom_fields: \['PatientID', 'StudyDate'\] identify"):
+        InputSpec(dicom_fields=("Manufacturer", "PatientID", "StudyDate"))
+
+
+# ================================================================================================ compressed
+
+REFERENCE = "MR_small.dcm"
+COMPRESSED = ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm")
+
+
+@pytest.mark.parametrize("name", COMPRESSED)
+def test_compressed_test_files_decode_equal_to_the_uncompressed_reference(name):
+    """pydicom's own test files (shipped in the wheel): RLE, JPEG 2000 lossless and JPEG-LS lossless copies of
+    MR_small decode to the reference's stored values, and so to the same image."""
+    ref, comp = get_testdata_file(REFERENCE), get_testdata_file(name)
+    assert pydicom.dcmread(comp).file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(pydicom.dcmread(comp).pixel_array, pydicom.dcmread(ref).pixel_array)
+    for w in ("header", "minmax"):
+        a, b = read_dicom(ref, w), read_dicom(comp, w)
+        assert a.shape == (64, 64, 3) and len(np.unique(a)) > 50
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("name", ("JPEG2000.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                                  "SC_rgb_rle.dcm"))
+def test_lossy_and_colour_compressed_files_decode(name):
+    """Files without an uncompressed twin in the wheel: decoded to the stored size, with content."""
+    ds = pydicom.dcmread(get_testdata_file(name))
+    a = read_dicom(get_testdata_file(name))
+    assert a.shape == (ds.Rows, ds.Columns, 3) and a.dtype == np.uint8 and a.std() > 5
+
+
+# ================================================================================================ refused
+
+def _refusal(path) -> str:
+    with pytest.raises(ValueError) as e:
+        load_rgb(path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_refused_cases_each_with_one_line(tmp_path):
+    assert _refusal(get_testdata_file("SC_rgb_rle_2frame.dcm")).startswith("multi-frame DICOM (2 frames)")
+    assert _refusal(get_testdata_file("rtplan.dcm")).startswith("DICOM without PixelData")
+    assert _refusal(get_testdata_file("MR_truncated.dcm")).startswith("truncated DICOM")
+    p = write_dicom(tmp_path / "cut.dcm", np.zeros((64, 64), np.uint16))
+    b = p.read_bytes()
+    (tmp_path / "cut2.dcm").write_bytes(b[: len(b) - 3000])
+    assert _refusal(tmp_path / "cut2.dcm").startswith("truncated DICOM")
+
+
+_NO_DECODER = """
+from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+for name in list(JPEGLSLosslessDecoder.available_plugins):  # as pydicom sees a machine without pylibjpeg-libjpeg
+    JPEGLSLosslessDecoder.remove_plugin(name)
+from pydicom.data import get_testdata_file
+from audit.preprocess import load_rgb
+try:
+    load_rgb(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+except ValueError as e:
+    print(e)
+"""
+_NO_PYDICOM = """
+import sys
+sys.modules["pydicom"] = None
+from audit.preprocess import load_rgb
+try:
+    load_rgb(sys.argv[1])
+except ValueError as e:
+    print(e)
+"""
+
+
+def test_missing_decoder_and_missing_extra_name_the_extra(tmp_path):
+    out = subprocess.run([sys.executable, "-c", _NO_DECODER], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == ("compressed transfer syntax JPEG-LS Lossless Image Compression "
+                                  "(1.2.840.10008.1.2.4.80) and no decoder for it installed: install the DICOM extra "
+                                  "(pip install -e '.[dicom]')"), out.stderr
+    p = write_dicom(tmp_path / "x.dcm", np.zeros((4, 4), np.uint8))
+    out = subprocess.run([sys.executable, "-c", _NO_PYDICOM, str(p)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.stdout.strip() == ("a DICOM file, and pydicom is not installed: install the DICOM extra "
+                                  "(pip install -e '.[dicom]')"), out.stderr
+
+
+# ================================================================================================ header
+
+def test_header_columns_never_hold_identifying_data(tmp_path):
+    p = write_dicom(tmp_path / "h.dcm", np.zeros((4, 4), np.uint8), Manufacturer="ACME", StationName="RAD1",
+                    ViewPosition="PA", PixelSpacing=[0.143, 0.143], BurnedInAnnotation="YES", PatientName="Doe^Jane",
+                    PatientID="P123", PatientBirthDate="19700101", AccessionNumber="A99", StudyDate="20200101",
+                    ImageComments="free text about the patient")
+    ds = pydicom.dcmread(p)
+    rec = header_record(ds, ("Manufacturer", "StationName", "ViewPosition", "PixelSpacing", "BurnedInAnnotation",
+                             "PatientID", "PatientName", "StudyInstanceUID", "ImageComments", "AccessionNumber"))
+    assert rec == {"dicom_Manufacturer": "ACME", "dicom_StationName": "RAD1", "dicom_ViewPosition": "PA",
+                   "dicom_PixelSpacing": "0.143", "dicom_spacing_tier": "0.1–0.149 mm",
+                   "dicom_BurnedInAnnotation": "YES", "dicom_signature": "ACME / RAD1"}
+    for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyInstanceUID",
+              "SOPInstanceUID", "ImageComments", "ReferringPhysicianName", "OperatorsName", "InstitutionAddress"):
+        assert identifying(k), k
+    for k in ("Manufacturer", "ManufacturerModelName", "StationName", "InstitutionName", "ViewPosition",
+              "BitsStored", "BurnedInAnnotation", "DetectorType", "Modality"):
+        assert not identifying(k), k
+    assert [spacing_tier(x) for x in (0.05, 0.1, 0.16, 0.2, None)] == [
+        "<0.1 mm", "0.1–0.149 mm", "0.15–0.199 mm", "≥0.2 mm", "unknown"]
+    h = patient_hash("P123", "s3cret")
+    assert h == patient_hash("P123", "s3cret") != patient_hash("P123", "other") and len(h) == 16 and "P123" not in h
+    with pytest.raises(ValueError, match="AUDIT_ID_SALT"):
+        patient_hash("P123", "")
+
+
+# ================================================================================================ audit and scan
+
+def _run_with_window(run_dir: Path, window: str) -> None:
+    import yaml
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["input"]["dicom_window"] = window
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_path, capsys):
+    """A manifest mixing PNG and DICOM (.dcm and suffix-less) audits; the refused DICOMs (multi-frame, no
+    PixelData, truncated) are errors.csv rows with their one-line reason, the rest is audited; the header
+    columns reach per_image.csv, `--by dicom_Manufacturer` works, and no identifying value is in any output."""
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv")
+    rows = []
+    for i, name in enumerate(man["image"]):
+        a = np.asarray(Image.open(data / name).convert("L"))
+        if i % 2:
+            p = write_dicom(data / f"d{i}.dcm" if i % 4 == 1 else data / f"d{i}", a, Manufacturer=f"V{i % 3}",
+                            PatientName="Doe^Jane", PatientID="SECRET-ID-42", StudyDate="20200101",
+                            InstitutionName="General Hospital")
+            rows.append({**man.iloc[i].to_dict(), "image": p.name})
+        else:
+            rows.append(man.iloc[i].to_dict())
+    (data / "rtplan.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
+    (data / "two.dcm").write_bytes(Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes())
+    (data / "cut.dcm").write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes())
+    for k, n in enumerate(("rtplan.dcm", "two.dcm", "cut.dcm")):
+        rows.append({"image": n, "label": "a", "split": "test", "site": "x"})
+    pd.DataFrame(rows).to_csv(data / "mixed.csv", index=False)
+    _run_with_window(tiny_run, "full")
+    out = tmp_path / "out"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "mixed.csv"), "--out", str(out),
+                     "--workers", "0", "--quiet", "--no-report", "--n-boot", "20", "--split", "all",
+                     "--by", "dicom_Manufacturer"]) == 0
+    per = pd.read_csv(out / "per_image.csv")
+    assert len(per) == 6 and sorted(per["src_format"]) == ["DICOM"] * 3 + ["PNG"] * 3
+    d = per[per["src_format"] == "DICOM"].sort_values("image_id")
+    assert list(d["dicom_Manufacturer"]) == ["V1", "V0", "V2"]  # d1, d3 (suffix-less), d5
+    assert set(d["dicom_InstitutionName"]) == {"General Hospital"}
+    assert per.loc[per["src_format"] == "PNG", "dicom_Manufacturer"].isna().all()
+    err = pd.read_csv(out / "errors.csv")
+    reasons = dict(zip(err["image"].map(lambda p: Path(p).name), err["reason"]))
+    assert set(reasons) == {"rtplan.dcm", "two.dcm", "cut.dcm"}
+    assert "DICOM without PixelData" in reasons["rtplan.dcm"]
+    assert "multi-frame DICOM (2 frames)" in reasons["two.dcm"]
+    assert "truncated DICOM" in reasons["cut.dcm"]
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["accuracy_by_group"]["dicom_Manufacturer"]) >= {"V0", "V1", "V2"}
+    assert yaml_load(out / "config.resolved.yaml")["run"]["input"]["dicom_window"] == "full"
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix in (".csv", ".json", ".yaml", ".md", ".html", ".txt"):
+            text = f.read_text(errors="ignore")
+            assert "SECRET-ID-42" not in text and "Doe^Jane" not in text and "20200101" not in text, f
+
+
+def yaml_load(p: Path) -> dict:
+    import yaml
+    return yaml.safe_load(p.read_text())
+
+
+def test_dicom_window_is_in_the_cache_key(tiny_run, tmp_path):
+    """Another dicom_window is another cache: the second audit computes instead of reading the first's outputs."""
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv").iloc[:2]
+    for i, name in enumerate(man["image"]):
+        a = (np.asarray(Image.open(data / name).convert("L")).astype(np.uint16) * 16)
+        write_dicom(data / f"k{i}.dcm", a, bits=12, WindowCenter=1000, WindowWidth=800)
+    man.assign(image=[f"k{i}.dcm" for i in range(2)]).to_csv(data / "k.csv", index=False)
+    out = tmp_path / "o"
+    probs = []
+    for w in ("header", "full"):
+        _run_with_window(tiny_run, w)
+        assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "k.csv"), "--out", str(out),
+                         "--workers", "0", "--quiet", "--no-report", "--n-boot", "20", "--split", "all"]) == 0
+        probs.append(pd.read_csv(out / "per_image.csv")[["p_a", "p_b", "p_c"]].to_numpy())
+    assert len(list((out / "cache").glob("*/key.json"))) == 2
+    assert not np.allclose(probs[0], probs[1])
+
+
+CXR = SHARED_DATA / "cxr_covid_v7"
+
+
+def _cxr_as_dicom(folder: Path, manufacturer, rng, n: int | None = None, side: int = 192) -> Path:
+    """The shared radiographs as 8-bit MONOCHROME2 DICOMs (shrunk to `side` px on the long side, in tmp),
+    labels covid / other, Manufacturer = manufacturer(label, i), StationName independent of the label,
+    BurnedInAnnotation YES on a random third."""
+    lab = pd.read_csv(CXR / "labels.csv")
+    if n:
+        lab = lab.iloc[:n]
+    rows = []
+    for i, r in lab.reset_index(drop=True).iterrows():
+        im = Image.fromarray(load_rgb(CXR / r["image"])[..., 0])
+        im.thumbnail((side, side), Image.BILINEAR)
+        label = "covid" if str(r["finding"]).startswith("COVID-19") else "other"
+        p = write_dicom(folder / f"im{i:03d}.dcm", np.asarray(im), Manufacturer=manufacturer(label, i),
+                        StationName=f"ST{int(rng.integers(0, 3))}", ViewPosition=str(r["view"]).split()[0],
+                        BurnedInAnnotation="YES" if rng.random() < 1 / 3 else "NO", PatientID=str(r["patientid"]))
+        rows.append({"image": p.name, "label": label, "split": "all"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (CXR / "labels.csv").is_file(), reason="needs ../shared/data/cxr_covid_v7")
+def test_scan_names_a_manufacturer_that_marks_a_class_and_not_an_independent_one(tmp_path, capsys):
+    """cxr_covid_v7 written as DICOM with two device headers. When one manufacturer marks the covid class the
+    scan names `manufacturer` with V > 0.5 (terminal, scan.json, device_bias.md); the station, independent of the
+    label, is not named; with the manufacturer drawn independently of the label it is not named either. The
+    `text` region with presence_from: dicom_BurnedInAnnotation is present exactly where the header says YES."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 128}\nregions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
+    rng = np.random.default_rng(0)
+    marked = _cxr_as_dicom(tmp_path / "marked", lambda lab, i: "AcmeRad" if lab == "covid" else "OtherCorp", rng)
+    out = tmp_path / "s1"
+    assert cli.main(["scan", "--data", str(marked), "--config", str(preset), "--out", str(out), "--workers", "0"]) == 0
+    term = capsys.readouterr().out
+    s = json.loads((out / "scan.json").read_text())
+    dev = s["device"]
+    named = {d["field"]: d for d in dev["named"]}
+    assert "manufacturer" in named and named["manufacturer"]["v"] > 0.5, dev["named"]
+    assert "station" not in named and "burned-in annotation" not in named
+    assert dev["attributes"]["manufacturer"]["association"]["value"] == named["manufacturer"]["v"]
+    lv = dev["attributes"]["manufacturer"]["levels"]
+    assert lv["AcmeRad"]["by_label"]["covid"]["value"] == 1.0 and lv["AcmeRad"]["by_label"]["other"]["value"] == 0.0
+    assert "manufacturer follows the label: Cramér's V" in term and "Device and site by label" in term
+    assert "| manufacturer: AcmeRad |" in (out / "device_bias.md").read_text()
+    per = pd.read_csv(out / "scan.csv")
+    assert (per["present_text"].astype(bool) == (per["dicom_BurnedInAnnotation"] == "YES")).all()
+    assert "dicom_PatientID" not in per.columns and not per.astype(str).isin(
+        pd.read_csv(CXR / "labels.csv")["patientid"].astype(str).map(lambda x: x if len(x) > 3 else "\0")).any().any()
+    (tmp_path / "device_bias_marked.md").write_text((out / "device_bias.md").read_text())
+    indep = _cxr_as_dicom(tmp_path / "indep", lambda lab, i: ["AcmeRad", "OtherCorp"][int(rng.integers(0, 2))], rng)
+    out2 = tmp_path / "s2"
+    assert cli.main(["scan", "--data", str(indep), "--config", str(preset), "--out", str(out2), "--workers", "0",
+                     "--quiet"]) == 0
+    dev2 = json.loads((out2 / "scan.json").read_text())["device"]
+    assert "manufacturer" not in {d["field"] for d in dev2["named"]}
+    assert dev2["attributes"]["manufacturer"]["association"]["lo"] <= 0.1
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (CXR / "labels.csv").is_file(), reason="needs ../shared/data/cxr_covid_v7")
+def test_audit_of_dicom_copies_of_the_shared_pngs_equals_the_png_audit(tiny_run, tmp_path):
+    """The PNG radiographs of cxr_covid_v7 and their DICOM copies (8-bit MONOCHROME2, RGB where the PNG holds
+    colour; window = full range) give the same probabilities and maps, exactly."""
+    lab = pd.read_csv(CXR / "labels.csv")
+    pngs = lab[lab["image"].str.lower().str.endswith(".png")].iloc[:12]
+    rows_png, rows_dcm = [], []
+    for i, r in enumerate(pngs.itertuples()):
+        a = load_rgb(CXR / r.image)
+        g = (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()
+        p = write_dicom(tmp_path / "dcm" / f"c{i:02d}.dcm", a[..., 0] if g else a)
+        cls = "abc"[i % 3]
+        rows_png.append({"image": str(CXR / r.image), "label": cls, "split": "test"})
+        rows_dcm.append({"image": str(p), "label": cls, "split": "test"})
+    pd.DataFrame(rows_png).to_csv(tmp_path / "png.csv", index=False)
+    pd.DataFrame(rows_dcm).to_csv(tmp_path / "dcm.csv", index=False)
+    _run_with_window(tiny_run, "full")
+    res = {}
+    for k in ("png", "dcm"):
+        out = tmp_path / f"o_{k}"
+        assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(tmp_path / f"{k}.csv"), "--out", str(out),
+                         "--workers", "0", "--quiet", "--no-report", "--n-boot", "20"]) == 0
+        res[k] = (pd.read_csv(out / "per_image.csv"), np.load(out / "cams.npz")["cam"])
+    assert len(res["png"][0]) == len(res["dcm"][0]) == 12
+    np.testing.assert_array_equal(res["dcm"][0][["p_a", "p_b", "p_c"]].to_numpy(),
+                                  res["png"][0][["p_a", "p_b", "p_c"]].to_numpy())
+    np.testing.assert_array_equal(res["dcm"][1], res["png"][1])
+    assert set(res["dcm"][0]["src_format"]) == {"DICOM"} and set(res["png"][0]["src_format"]) == {"PNG"}
+
+
+def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_columns(tiny_run, tmp_path):
+    """`scan --run-dir` on DICOMs: accuracy with vs without each manufacturer (n and counts by hand from
+    scan.csv); discover's candidate attributes include each level of the header's text columns."""
+    from audit.discover import _attributes
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv")
+    rows = []
+    for i, name in enumerate(man["image"]):
+        a = np.asarray(Image.open(data / name).convert("L"))
+        p = write_dicom(data / f"s{i}.dcm", a, Manufacturer="M1" if i < 4 else "M2", BurnedInAnnotation="NO")
+        rows.append({**man.iloc[i].to_dict(), "image": p.name})
+    pd.DataFrame(rows).to_csv(data / "dcm.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64, dicom_window: full}\nscan: {min_n: 1}\n"
+                      "regions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
+    out = tmp_path / "scan"
+    assert cli.main(["scan", "--data", str(data / "dcm.csv"), "--config", str(preset), "--out", str(out),
+                     "--workers", "0", "--quiet", "--run-dir", str(tiny_run)]) == 0
+    s = json.loads((out / "scan.json").read_text())
+    per = pd.read_csv(out / "scan.csv")
+    bd = s["model"]["by_device"]
+    e = bd["manufacturer=M1"]
+    m1 = per["dicom_Manufacturer"] == "M1"
+    assert e["with"]["n"] == 4 and e["without"]["n"] == 2
+    assert e["with"]["accuracy"]["value"] == pytest.approx(per.loc[m1, "correct"].mean())
+    assert e["without"]["accuracy"]["value"] == pytest.approx(per.loc[~m1, "correct"].mean())
+    assert not per["present_text"].astype(bool).any()  # BurnedInAnnotation NO: known absent
+    attrs = {(c, lv) for c, lv, _, _ in _attributes(per)}
+    assert {("dicom_Manufacturer", "M1"), ("dicom_Manufacturer", "M2")} <= attrs
