@@ -69,13 +69,14 @@ def discover_renderable(d: dict, out_dir: str | None = None, n: int = 3):
 
 
 def _ece_text(cal: dict) -> str:
-    """" · ECE 0.08 [0.06,0.11] (0.04 if calibrated)": the estimate beside the floor a calibrated model reads."""
+    """" · ECE 0.08 [0.06,0.11] (a calibrated model reads ~0.04 at this n)": the estimate beside the floor that a
+    perfectly calibrated model with these confidences reads on average from sampling noise alone."""
     e = cal.get("ece")
     if not e:
         return ""
     floor = cal.get("ece_if_calibrated")
     ok = not e.get("too_small") and isinstance(floor, (int, float)) and math.isfinite(floor)
-    return f" · ECE {_fmt_est(e)}" + (f" ({floor:.2f} if calibrated)" if ok else "")
+    return f" · ECE {_fmt_est(e)}" + (f" (a calibrated model reads ~{floor:.2f} at this n)" if ok else "")
 
 
 def summary_renderable(s: dict, out_dir: str | None = None):
@@ -148,7 +149,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         parts.append(Text(f"High-confidence errors (≥ {hce['threshold']}): {_fmt_est(hce['rate'], pct=True)}"
                           f" of {d['n']}" + off))
         if hce.get("top"):
-            t = Table(title="Most confident errors", title_justify="left", pad_edge=False)
+            t = Table(title="Errors, most confident first", title_justify="left", pad_edge=False)
             cf = any("flips_without" in r for r in hce["top"])  # the counterfactual check ran
             for c in ("image", "true", "pred", "conf", "off-target", *(["flips without"] if cf else [])):
                 t.add_column(c, no_wrap=c != "flips without")

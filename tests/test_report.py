@@ -332,7 +332,7 @@ def test_gallery_says_which_shortcut_its_overlays_do_not_show(out_dir):
     md = render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
     assert ("**Shortcut the maps do not show: ruler.** removing ruler changes 40% of it. The overlays below "
             "under-show it;") in md
-    assert md.index("Shortcut the maps") < md.index("## Most confident errors")
+    assert md.index("Shortcut the maps") < md.index("## Errors, most confident first")
     s["counterfactual"]["hidden"] = []
     (out_dir / "summary.json").write_text(json.dumps(s))
     assert "Shortcut the maps" not in render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")

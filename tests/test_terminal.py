@@ -45,7 +45,7 @@ def test_summary_text_at_100_columns():
     assert all(len(line) <= 100 for line in text.splitlines())
     assert "\x1b[" not in text  # no colour codes when there is no terminal
     assert "n=120" in text and "skipped 3" in text and "accuracy 80% [72%,86%]" in text
-    assert "ECE 0.08 [0.06,0.11] (0.04 if calibrated)" in " ".join(text.split())
+    assert "ECE 0.08 [0.06,0.11] (a calibrated model reads ~0.04 at this n)" in " ".join(text.split())
     assert ".61 [.58,.64]" in text             # the lesion's median fraction with its CI, on one line
     assert ".96 [.90,.99]" in text             # NPV not truncated
     assert "small n=7" in text                 # a small group is called small, not given a number

@@ -1,7 +1,7 @@
 """Error gallery: overlays of the cases a reviewer should look at first, and `GALLERY.md` describing them.
 
 Groups (each ranked, N per group, default 8):
-  * confident_errors: wrong predictions by confidence, highest first (the model's strongest illusions);
+  * confident_errors: wrong predictions by confidence, highest first;
   * false_negatives: positive-class images predicted as another class, by confidence in that wrong class;
   * off_target_correct: correct predictions flagged off-target (`flag_off_target`), by confidence;
   * random_correct: correct predictions drawn at random (seeded), for comparison.
@@ -34,7 +34,7 @@ class GroupSpec:
 
 
 GROUPS = (
-    GroupSpec("confident_errors", "Most confident errors: the model's strongest illusions",
+    GroupSpec("confident_errors", "Errors, most confident first",
               "wrong predictions, highest top-1 probability first"),
     GroupSpec("false_negatives", "Missed positives (false negatives)",
               "positive-class images predicted as another class, ranked by confidence in the wrong class"),

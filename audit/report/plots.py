@@ -6,6 +6,7 @@ or the process-wide backend. Every plot states its n. A plot whose inputs are ab
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -164,8 +165,11 @@ def reliability(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     centres = (tab["lo"] + tab["hi"]) / 2
     has = tab["n"] > 0
     ax.bar(centres[has], tab["accuracy"][has], width=0.095, color="#457b9d", alpha=0.85, label="accuracy")
-    ax.bar(centres[has], (tab["mean_conf"] - tab["accuracy"])[has], bottom=tab["accuracy"][has], width=0.095,
-           color="#e63946", alpha=0.3, label="gap to confidence")
+    # the gap spans accuracy..mean confidence; drawn as a hatched outline so that an under-confident bin's gap
+    # (confidence below accuracy) does not blend with the accuracy bar into a colour the legend does not show
+    gap_lo = np.minimum(tab["mean_conf"], tab["accuracy"])[has]
+    ax.bar(centres[has], (tab["mean_conf"] - tab["accuracy"]).abs()[has], bottom=gap_lo, width=0.095,
+           fill=False, edgecolor="#e63946", hatch="///", lw=0.8, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
     for c, a, k in zip(centres[has], tab["accuracy"][has], tab["n"][has]):
         ax.text(c, min(a, 0.93) + 0.02, f"n={k}", ha="center", fontsize=7)
@@ -234,7 +238,8 @@ def roc(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_title(f"ROC of P({pos}) vs truth, n = {len(y)} ({int(y.sum())} positive)"
-                 + (f"\noperating points tuned by {tuning}" if pts and tuning else ""), fontsize=10)
+                 + ("\n" + textwrap.fill(f"operating points tuned by {tuning}", 70) if pts and tuning else ""),
+                 fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path), ""
 
@@ -272,7 +277,7 @@ def counterfactual(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     ax.set_ylabel("share of predictions that flip")
     n_tot = (cf.get("cost") or {}).get("n_edited")
     ax.set_title("Counterfactual: prediction flips when the region is filled in\n(Wilson 95% CI"
-                 + (f"; {n_tot} edited images)" if n_tot is not None else ")"), fontsize=10)
+                 + (f"; {n_tot} region edits, one per image and region present)" if n_tot is not None else ")"), fontsize=10)
     return _save(fig, path), ""
 
 
