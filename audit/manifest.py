@@ -91,6 +91,9 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
     for canon, src in spec.columns.items():
         if canon not in CANONICAL:
             raise ManifestError(f"{csv_path}: data.columns maps unknown field {canon!r}; expected one of {CANONICAL}")
+        if src not in df.columns and canon in df.columns and canon != src:
+            continue  # a manifest already in the canonical layout (image, label, ...) under a preset that maps
+            #           its own dataset's names (HAM10000: dx -> label): the canonical column is used as it is
         if src not in df.columns:
             raise ManifestError(f"{csv_path}: column {src!r} (mapped to {canon!r}) not found; "
                                 f"columns are {list(df.columns)}")
@@ -101,6 +104,8 @@ def load_manifest(csv_path: str | Path, spec: DataSpec | None = None, classes: l
     if spec.image_root:  # or to data.image_root, itself relative to that folder unless absolute
         root = Path(spec.image_root) if Path(spec.image_root).is_absolute() else csv_path.parent / spec.image_root
     row_dicts = None
+    if "image_id" not in df.columns and "image" in df.columns and (spec.mask_pattern or spec.image_pattern):
+        df["image_id"] = [Path(str(p)).stem if isinstance(p, str) else p for p in df["image"]]  # for the patterns
     if "image" not in df.columns:
         if not spec.image_pattern:
             raise ManifestError(f"{csv_path}: missing column 'image' (and no data.image_pattern to build it)")

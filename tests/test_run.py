@@ -455,3 +455,27 @@ def test_bit_depth_note_counts_and_names_the_rule():
         "1 of 2 images are 16-bit grayscale, divided by each image's own maximum (input.scale16: max); the training "
         "loader must have scaled them the same way; 1 of 2 are 32-bit float, taken as [0, 1] or stretched from "
         "their own range")
+
+
+def test_preset_mapping_falls_back_to_canonical_columns(tmp_path):
+    """configs/ham10000.yaml maps dx -> label and builds masks from {image_id}; a manifest already in the
+    canonical layout (image, label) must still load: the mapped column falls back to the canonical one, and
+    image_id for the mask pattern comes from the image's file name."""
+    from audit.manifest import DataSpec, ManifestError, load_manifest
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "manifest.csv").write_text("image,label\na.jpg,mel\nsub/b.png,nv\n")
+    spec = DataSpec(columns={"label": "dx"}, image_pattern="images/{image_id}.jpg",
+                    mask_pattern="masks/{image_id}_segmentation.png")
+    df = load_manifest(tmp_path / "manifest.csv", spec, classes=["mel", "nv"])
+    assert list(df["label"]) == ["mel", "nv"]
+    assert list(df["image_id"]) == ["a", "b"]
+    assert list(df["image"]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub/b.png")]
+    assert list(df["mask"]) == [str(tmp_path / "masks/a_segmentation.png"), str(tmp_path / "masks/b_segmentation.png")]
+    # neither the mapped nor the canonical column: still the one-line error naming both
+    (tmp_path / "bad.csv").write_text("image,diagnosis\na.jpg,mel\n")
+    with pytest.raises(ManifestError, match=r"column 'dx' \(mapped to 'label'\) not found"):
+        load_manifest(tmp_path / "bad.csv", spec, classes=["mel", "nv"])
+    # the dataset's own layout keeps working: dx mapped, image and mask built from image_id
+    (tmp_path / "ham.csv").write_text("image_id,dx\nISIC_1,mel\n")
+    df = load_manifest(tmp_path / "ham.csv", spec, classes=["mel", "nv"])
+    assert df["image"].iloc[0] == str(tmp_path / "images/ISIC_1.jpg") and df["label"].iloc[0] == "mel"
