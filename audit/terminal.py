@@ -16,7 +16,7 @@ from .thresholds import fmt_threshold
 
 # what an audit may write, in the order the summary lists what is there (--no-report writes no report files)
 OUTPUT_FILES = ("report.html", "GALLERY.md", "gallery/", "plots/", "per_image.csv", "cams.npz", "summary.json",
-                "config.resolved.yaml")
+                "config.resolved.yaml", "errors.csv")
 
 
 def _short(x: float, digits: int = 2) -> str:
@@ -83,7 +83,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     d, acc = s["data"], s["accuracy"]
     head = Text.assemble(
         ("Audit ", "bold"), (str(s["run"].get("name")), "bold cyan"), f" · {s['run']['model']} · data {d['manifest']}",
-        f" · split {d['split']} · n={d['n']}", (f" · skipped {d['n_skipped']}" if d["n_skipped"] else ""),
+        f" · split {d['split']} · n={d['n']}", (f" · skipped {d['n_skipped']} (unreadable: see errors.csv)" if d["n_skipped"] else ""),
         f"\nGrad-CAM at {s['cam']['layer']} ({'×'.join(map(str, s['cam']['resolution']))}), explaining "
         f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}"
         + _ece_text(s.get("calibration") or {}))

@@ -213,3 +213,19 @@ def test_bit_depth_note_is_shown():
     con = Console(width=300, color_system=None, force_terminal=False, record=True)
     print_summary(SUMMARY, None, con)
     assert "Bit depth:" not in con.export_text()
+
+
+def test_skipped_images_point_at_errors_csv(tmp_path):
+    """Skipped images: the head line says where their reasons are, and the Files line lists errors.csv."""
+    for f in ("per_image.csv", "errors.csv"):
+        (tmp_path / f).write_text("x")
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, str(tmp_path), con)
+    text = con.export_text()
+    assert "skipped 3 (unreadable: see errors.csv)" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("Files:"))
+    assert line.rstrip() == f"Files: {tmp_path}/ (per_image.csv, errors.csv)"
+    clean = dict(SUMMARY, data=dict(SUMMARY["data"], n_skipped=0))
+    con = Console(width=200, color_system=None, force_terminal=False, record=True)
+    print_summary(clean, None, con)
+    assert "skipped" not in con.export_text() and "errors.csv" not in con.export_text()
