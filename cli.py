@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Command line of the spurious-correlation auditor: parse, call the library, render, map errors to exit codes.
 
-Exit codes: 0 = done (all gates pass, or none configured); 1 = a sign-off gate failed; 2 = bad input.
+Exit codes: 0 = done (all gates pass, or none configured); 1 = a sign-off gate failed; 2 = bad input;
+3 = inconclusive (no gate failed, but some could not be measured: see `gates.undefined`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ import sys
 import warnings
 from pathlib import Path
 
-EXIT_OK, EXIT_GATES, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_GATES, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+
+
+def _verdict_exit(verdict: str | None) -> int:
+    """The audit's exit code for its verdict: fail 1, inconclusive 3, pass / none 0."""
+    return {"fail": EXIT_GATES, "inconclusive": EXIT_INCONCLUSIVE}.get(str(verdict), EXIT_OK)
 
 
 def _csv_list(s: str) -> list[str]:
@@ -47,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int)
     a.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default 1000)")
     a.add_argument("--high-conf", type=float, help="confidence at which an error counts as high-confidence (0.9)")
+    a.add_argument("--undefined-gates", choices=["fail", "inconclusive", "ignore"],
+                   help="what a gate that could not be measured (e.g. an artifact in too few images) does to the "
+                        "verdict (default: the preset's gates.undefined, else inconclusive, exit code 3)")
     a.add_argument("--counterfactual", action="store_true", default=None,
                    help="re-run the model with each artifact region removed (filled from its surroundings)")
     a.add_argument("--discover", action="store_true", default=None,
@@ -168,7 +177,7 @@ def cmd_audit(args) -> int:
                                          "out", "layer", "target", "batch_size", "device", "limit", "workers",
                                          "positive", "by", "seed", "n_boot", "high_conf", "counterfactual", "amp",
                                          "cache", "discover", "sanity", "channels_last", "fold_bn", "findings",
-                                         "maps", "uncertain")}
+                                         "maps", "uncertain", "undefined_gates")}
     cfg = resolve_config(cli, args.preset)
     from audit.errors import ConfigError
     if not cfg.run_dir and not (cfg.checkpoint and cfg.arch and cfg.classes):
@@ -182,7 +191,7 @@ def cmd_audit(args) -> int:
     if res.summary.get("task") == "multilabel":
         from audit.multilabel import multilabel_outputs
         multilabel_outputs(res, args, _out_console())
-        return EXIT_GATES if res.summary.get("verdict") == "fail" else EXIT_OK
+        return _verdict_exit(res.summary.get("verdict"))
     if not args.no_report:
         from audit.report import render_reports
         render_reports(res.out_dir, n_per_group=args.gallery_n, blocky=args.blocky, seed=cfg.seed)
@@ -190,7 +199,7 @@ def cmd_audit(args) -> int:
         print(json.dumps(res.summary, indent=2))
     elif not args.quiet:
         print_summary(res.summary, str(res.out_dir), _out_console())
-    return EXIT_GATES if res.summary.get("verdict") == "fail" else EXIT_OK
+    return _verdict_exit(res.summary.get("verdict"))
 
 
 def _init_distributed(device: str) -> int:

@@ -54,6 +54,8 @@ class AuditConfig:
     findings: list[str] | None = None  # multi-label: the findings audited (default all; audit/multilabel.py)
     maps: str = "needed"  # multi-label: "needed" (positive in truth or prediction) or "all" (image, finding) maps
     uncertain: str | None = None  # multi-label: how a label -1 is read (ignore | zeros | ones; default the run's)
+    undefined_gates: str | None = None  # what a gate that could not be measured does: fail | inconclusive | ignore
+    #                                     (default: the preset's gates.undefined, else inconclusive; audit/gates.py)
     # from the preset
     regions: dict = field(default_factory=dict)
     data_spec: dict = field(default_factory=dict)
@@ -149,8 +151,13 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"--uncertain: expected ignore, zeros or ones, got {cfg.uncertain!r}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers: expected ≥ 0, got {cfg.workers}")
-    from .gates import evaluate_gates
+    from .gates import UNDEFINED_POLICIES, evaluate_gates, split_policy
+    if cfg.undefined_gates not in (None, *UNDEFINED_POLICIES):
+        raise ConfigError(f"--undefined-gates: expected one of {', '.join(UNDEFINED_POLICIES)}, "
+                          f"got {cfg.undefined_gates!r}")
     evaluate_gates(cfg.gates, {})  # unknown gate names and non-numeric thresholds fail here, before any work
+    if cfg.undefined_gates is None:  # resolved once: the preset's policy, else the default, written into the report
+        cfg.undefined_gates = split_policy(cfg.gates)[1] or "inconclusive"
     if not isinstance(cfg.regions, dict):
         raise ConfigError(f"{cfg.preset}: 'regions' must be a mapping of region name → options")
 

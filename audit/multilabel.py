@@ -362,14 +362,16 @@ def _per_finding(t, findings: list[str], name: str) -> dict[str, float]:
     return {f: t for f in findings}
 
 
-def evaluate_multilabel_gates(gates: dict, summary: dict) -> tuple[list[dict], str]:
-    """(entries, verdict) of the gates over the findings: each gate as a number (every finding) or a mapping
+def evaluate_multilabel_gates(gates: dict, summary: dict, policy: str | None = None) -> tuple[list[dict], dict]:
+    """(entries, verdict detail) of the gates over the findings: each gate as a number (every finding) or a mapping
     {finding: threshold}; entries named gate[finding] or gate[finding][region] (see audit/gates.py for the names,
-    plus min_auroc). A gate that could not be measured does not pass."""
-    from .gates import KNOWN, _check_threshold, _entry
+    plus min_auroc). A gate that could not be measured is undefined; the verdict follows `audit.gates.decide_verdict`
+    under the policy (`gates.undefined`, default inconclusive)."""
+    from .gates import KNOWN, _check_threshold, _entry, decide_verdict, split_policy
     findings = list(summary.get("findings", {}))
+    gates, own = split_policy(gates)
     out: list[dict] = []
-    for name, t_all in (gates or {}).items():
+    for name, t_all in gates.items():
         if name not in KNOWN and not name.startswith("min_sensitivity_at_"):
             raise ConfigError(f"gates.{name}: unknown gate; expected one of {', '.join(KNOWN)}, min_sensitivity_at_<s>")
         for f, t in _per_finding(t_all, findings, name).items():
@@ -402,9 +404,7 @@ def evaluate_multilabel_gates(gates: dict, summary: dict) -> tuple[list[dict], s
                     out.append(_entry(f"{name}[{f}][{r}]", e["flip_rate"], t, False))
             else:  # min_accuracy, max_sanity_correlation: single-label figures
                 out.append(_entry(f"{name}[{f}]", None, t, True, "not defined for a multi-label audit"))
-    if not out:
-        return out, "none"
-    return out, "pass" if all(g["passed"] is True for g in out) else "fail"
+    return out, decide_verdict(out, policy or own or "inconclusive")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -607,7 +607,8 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     for k, f in enumerate(findings):
         summary["findings"][f] = finding_summary(long, f, kinds, cfg, None if val is None else
                                                  (val[0][:, k], val[1][:, k]), float(thr_p[k]), int(n_unc[k]))
-    summary["gates"], summary["verdict"] = evaluate_multilabel_gates(cfg.gates, clean_json(summary))
+    summary["gates"], detail = evaluate_multilabel_gates(cfg.gates, clean_json(summary), cfg.undefined_gates)
+    summary["verdict"], summary["verdict_detail"] = detail["verdict"], detail
     summary["comparison"] = comparison_rows(summary)
     summary["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "model_s": round(t_model, 3),
                          "counterfactual_s": round(t_cf, 3)}
@@ -706,10 +707,12 @@ def print_multilabel_summary(s: dict, out_dir: str | None = None, console=None) 
               "median evidence share; small = n below min_n", markup=False)
     failed = [g for g in s.get("gates", []) if g["passed"] is not True]
     if s.get("verdict") not in (None, "none"):
-        con.print(f"gates: {s['verdict'].upper()} ({len(s['gates']) - len(failed)} of {len(s['gates'])} pass)",
-                  markup=False)
+        head = (s.get("verdict_detail") or {}).get("headline", "")
+        con.print(f"gates: {s['verdict'].upper()} ({len(s['gates']) - len(failed)} of {len(s['gates'])} pass)"
+                  + (f": {head}" if head else ""), markup=False)
         for g in failed[:12]:
-            con.print(f"  FAIL {g['name']}: {_num(g['value'])} vs {g['threshold']} {g.get('note') or ''}",
+            word = "FAIL" if g["passed"] is False else "UNDEFINED"
+            con.print(f"  {word} {g['name']}: {_num(g['value'])} vs {g['threshold']} {g.get('note') or ''}",
                       markup=False)
     if out_dir:
         con.print(f"files: {out_dir}/ (per_image.csv, per_finding.csv, cams.npz, summary.json, report.html)",

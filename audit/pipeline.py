@@ -28,7 +28,7 @@ from .formats import FORMAT_COLUMNS, format_record
 from .manifest import DataSpec, default_split, load_manifest, select_split
 from .preprocess import InputSpec, bit_depth, normalize
 from .run import RunConfig, load_run
-from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
+from .counterfactual import attribute_flips, counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
 from .spill import SpillArray, write_npz
 
@@ -346,6 +346,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         cfr = counterfactual_rates(per_image, artifact_regions, min_n=cfg.min_n, n_boot=cfg.n_boot, seed=cfg.seed)
         cfr["method"] = method_description("median", 2, 3)
         cfr["cost"].update(seconds=round(t_cf, 3), share_of_model_time=round(t_cf / max(t_model, 1e-9), 3))
+        cfr["attribution"] = attribute_flips(per_image, artifact_regions, min_n=cfg.min_n)
         summary["counterfactual"] = cfr
     if cfg.discover:
         from .discover import discover
@@ -360,7 +361,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                                          n_boot=cfg.n_boot, batch_size=cfg.batch_size)
         summary["timing"]["sanity_s"] = round(time.perf_counter() - ts, 3)
     summary["cam"]["batchnorm"] = batchnorm
-    summary["gates"], summary["verdict"] = evaluate_gates(cfg.gates, clean_json(summary))
+    summary["gates"], detail = evaluate_gates(cfg.gates, clean_json(summary), cfg.undefined_gates)
+    summary["verdict"], summary["verdict_detail"] = detail["verdict"], detail
     if isinstance(summary.get("counterfactual"), dict):  # after the gates: their thresholds are the alarms
         finer = finer_layer(model, layer, (1, spec.channels, spec.size, spec.size))
         if finer:  # where a region smaller than a map cell can be resolved

@@ -8,6 +8,10 @@ on the same S×S grid:
   hit_r   = 1.0 if argmax(cam) ∈ M (dilated by `tolerance` px) else 0.0   pointing game (Zhang et al. 2018)
   frac_outside_r = 1 − frac_r            for target regions
   fraclayer_r = Σ cam_h×w · avgpool(M) / Σ cam_h×w  the fraction at the layer's own resolution (mask area-averaged)
+  within_q__r = |M_q ∩ M_r| / |M_q|      for artifact regions q ≠ r: the share of q's pixels that lie inside r,
+                                         in [0, 1] (1 = q wholly inside r: a marker inside the border band). NaN
+                                         when q's mask is missing or empty or r's is missing. Removing r then also
+                                         removes q (`audit.counterfactual.attribute_flips` uses it).
 NaN (with `UndefinedMetricWarning`) when the CAM is all zero; NaN when the mask is missing or empty.
 """
 from __future__ import annotations
@@ -24,6 +28,12 @@ from .errors import UndefinedMetricWarning
 EPS = 1e-12
 
 
+def within_pairs(regions: dict[str, str]) -> list[tuple[str, str]]:
+    """The ordered artifact pairs (q, r), q ≠ r, whose containment `within_q__r` is scored."""
+    arts = [r for r, k in regions.items() if k == "artifact"]
+    return [(q, r) for q in arts for r in arts if q != r]
+
+
 def region_columns(regions: dict[str, str]) -> list[str]:
     """Column names `score_batch` produces for regions {name: kind}."""
     cols = []
@@ -31,7 +41,7 @@ def region_columns(regions: dict[str, str]) -> list[str]:
         cols += [f"frac_{r}", f"area_{r}", f"lift_{r}", f"hit_{r}", f"fraclayer_{r}"]
         if kind == "target":
             cols.append(f"frac_outside_{r}")
-    return cols
+    return cols + [f"within_{q}__{r}" for q, r in within_pairs(regions)]
 
 
 def _stack_masks(masks: list[dict], name: str, n: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +75,10 @@ def score_batch(cams: torch.Tensor, masks: list[dict], regions: dict[str, str], 
     flat_idx = up.flatten(1).argmax(1)
     h, w = cams.shape[-2:]
     total_l = cams.flatten(1).sum(1)
+    stacked = {}
     for name, kind in regions.items():
         m, avail = _stack_masks(masks, name, n, size, up.device)
+        stacked[name] = (m, avail)
         area = m.flatten(1).mean(1)
         ok = avail & (area > 0)
         frac = (up * m).flatten(1).sum(1) / total.clamp_min(EPS)
@@ -86,4 +98,10 @@ def score_batch(cams: torch.Tensor, masks: list[dict], regions: dict[str, str], 
         out[f"fraclayer_{name}"] = fl.double().cpu().numpy()
         if kind == "target":
             out[f"frac_outside_{name}"] = 1.0 - out[f"frac_{name}"]
+    for q, r in within_pairs(regions):
+        (mq, aq), (mr, ar) = stacked[q], stacked[r]
+        nq = mq.flatten(1).sum(1)
+        share = (mq * mr).flatten(1).sum(1) / nq.clamp_min(EPS)
+        share = torch.where(aq & ar & (nq > 0), share, torch.full_like(share, float("nan")))
+        out[f"within_{q}__{r}"] = share.double().cpu().numpy()
     return out

@@ -20,7 +20,8 @@ from .stats import (bootstrap_ci, ece_if_calibrated, expected_calibration_error,
 from .thresholds import class_score, isic_metrics, operating_points, prob_from_logodds
 
 
-SCHEMA_VERSION = "1.0"  # docs/summary_schema.md; bump the major on a breaking change
+SCHEMA_VERSION = "2.0"  # docs/summary_schema.md; bump the major on a breaking change
+#                         (2.0: verdict "inconclusive" for undefined gates, which 1.0 counted as "fail")
 
 
 #: Reasons (their beginnings) that mean an artifact is simply not on the image, not that a mask was lost.
@@ -293,8 +294,12 @@ def hidden_shortcuts(s: dict) -> list[dict]:
     put the evidence elsewhere. s: the summary with `counterfactual`, `regions`, `cam` and (optionally)
     `gates`. Returns [{region, flip_rate, lift, median_frac, flip_allowed, lift_alarm, median_area, cell_area,
     shown_artifacts (other artifacts that flip decisions and that the maps do show: filling this region may
-    remove them too, e.g. a marker inside the border band), text}], empty when none (or no counterfactual check)."""
+    remove them too, e.g. a marker inside the border band), text}], empty when none (or no counterfactual check).
+    A region whose flips `audit.counterfactual.attribute_flips` gives to an artifact inside it ("contained") is not
+    listed: the flips are that artifact's (the summary's `counterfactual.attribution` says so)."""
     cf = ((s.get("counterfactual") or {}).get("regions")) or {}
+    attribution = {(a["region"], a["contains"]): a for a in (s.get("counterfactual") or {}).get("attribution") or []}
+    owned = {r for (r, _q), a in attribution.items() if a["decision"] == "contained"}
     regions = s.get("regions") or {}
     alarm = lift_alarm(s)
     hw = (s.get("cam") or {}).get("resolution") or []
@@ -303,6 +308,8 @@ def hidden_shortcuts(s: dict) -> list[dict]:
     for r, e in cf.items():
         fr, lift = (e or {}).get("flip_rate"), (regions.get(r) or {}).get("lift")
         if not isinstance(fr, dict) or not isinstance(lift, dict) or fr.get("too_small") or lift.get("too_small"):
+            continue
+        if r in owned:  # its flips belong to an artifact inside it (attribute_flips), which the maps may well show
             continue
         allowed = _gate_threshold(s, f"max_counterfactual_flip_rate[{r}]")
         allowed = 0.10 if allowed is None else allowed
@@ -329,8 +336,10 @@ def hidden_shortcuts(s: dict) -> list[dict]:
                  and _finite((regions.get(q) or {}).get("lift"), "lo") >= alarm]
         for q in shown:  # filling r also fills whatever lies inside it, e.g. a marker inside the border band
             fq, lq = cf[q]["flip_rate"], regions[q]["lift"]
+            a = attribution.get((r, q))
             text += (f". Filling {r} also removes any other artifact inside it: {q} changes {100 * fq['value']:.0f}% "
-                     f"on its own and the maps do show it ({lq['value']:.2f}×), so check whether it lies inside {r}")
+                     f"on its own and the maps do show it ({lq['value']:.2f}×)"
+                     + (f"; {a['text']}" if a else f", and {q} never lies inside {r} here"))
         out.append({"region": r, "flip_rate": fr, "lift": lift, "median_frac": frac, "flip_allowed": allowed,
                     "lift_alarm": alarm, "median_area": area, "cell_area": cell, "shown_artifacts": shown,
                     "text": text})

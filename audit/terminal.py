@@ -181,6 +181,9 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     if cf:
         parts.append(Text("Counterfactual (artifact removed): " + " · ".join(
             f"{r} flips {_fmt_est(e.get('flip_rate'), pct=True)} (n={e.get('n')})" for r, e in cf.items())))
+    for a in (s.get("counterfactual") or {}).get("attribution") or []:
+        if a.get("decision") in ("contained", "undetermined"):
+            parts.append(Text(f"Whose flips: {a['text']}.", style="bold" if a["decision"] == "contained" else ""))
     for h in (s.get("counterfactual") or {}).get("hidden") or []:
         parts.append(Text(f"Shortcut the maps do not show: {h['text']}.", style="bold red"))
     san = s.get("sanity")
@@ -192,6 +195,10 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     if (s.get("cache") or {}).get("note"):
         parts.append(Text(s["cache"]["note"], style="dim"))
     if s.get("gates"):
+        vd = s.get("verdict_detail") or {}
+        style = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow"}.get(s.get("verdict"), "")
+        if vd.get("headline"):
+            parts.append(Text(f"Verdict: {str(s.get('verdict', '?')).upper()}: {vd['headline']}", style=style))
         t = Table(title=f"Sign-off gates: {s.get('verdict', '?').upper()}", title_justify="left", pad_edge=False)
         for c in ("gate", "value", "threshold", "result"):
             t.add_column(c)

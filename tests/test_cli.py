@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import cli
 from audit.summary import hidden_shortcuts
@@ -167,6 +168,11 @@ def test_demo_reduced(tmp_path):
     # the marker is independent of the label in the test split: the shortcut model pays for having used it
     assert s["shortcut"]["accuracy"]["value"] < s["clean"]["accuracy"]["value"]
     assert s["shortcut"]["verdict"] == "fail"
+    # the marker lies inside the border band: the border's flips are given to the marker, and the border is not
+    # named as a shortcut of its own (#26)
+    att = {(a["region"], a["contains"]): a for a in s["shortcut"]["counterfactual"]["attribution"]}
+    assert att[("border", "text")]["decision"] == "contained"
+    assert "border" not in [h["region"] for h in s["shortcut"]["counterfactual"]["hidden"]]
     # the demo ends with a paired compare of its two runs: its figures are those of the two audits, and the table
     # gives the marker's lift (not its raw share)
     cmp = json.loads((tmp_path / "demo" / "reports" / "compare" / "compare.json").read_text())
@@ -226,7 +232,7 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
                                               "min_accuracy"}
     acc_gate = next(g for g in s["gates"] if g["name"] == "min_accuracy")
     assert acc_gate["passed"] is (s["accuracy"]["value"] >= 0.99)
-    assert rc == (0 if s["verdict"] == "pass" else 1)
+    assert rc == {"pass": 0, "fail": 1, "inconclusive": 3}[s["verdict"]]
     assert "border" in s["counterfactual"]["regions"] and s["counterfactual"]["regions"]["border"]["n"] == 4
     assert s["counterfactual"]["hidden"] == hidden_shortcuts(s)  # computed on the finished summary, gates included
     assert s["cam"]["finer_layer"] == {"layer": "layer3", "resolution": [4, 4]}   # resnet18 at 64 px: layer4 is 2×2
@@ -443,3 +449,29 @@ def test_audit_of_16_bit_copies_with_scale16_full_matches_the_8_bit_audit(tiny_r
         assert acc[g]["n"] == want["size"] == 3 and acc[g]["too_small"]
         assert acc[g]["accuracy"]["value"] == pytest.approx(want["sum"] / 3)
     assert yaml.safe_load((tmp_path / "full" / "config.resolved.yaml").read_text())["run"]["input"]["scale16"] == "full"
+
+
+def test_undefined_gate_gives_inconclusive_exit_3_named_in_terminal_and_report(tiny_run, tmp_path, capsys):
+    """#26: a gate that cannot be measured (here: a sensitivity gate with no positive class) no longer turns a
+    model whose measured gates all pass into a FAIL: the verdict is INCONCLUSIVE (exit 3), the headline names the
+    undefined gate, and `--undefined-gates` (CLI > preset's gates.undefined) sets the policy."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  border: {width: 0.1}\n"
+                      "gates: {min_accuracy: 0.0, min_sensitivity_at_0.90: 0.5, undefined: inconclusive}\n")
+    base = ["audit", "--run-dir", str(tiny_run), "--config", str(preset), "--workers", "0", "--n-boot", "20"]
+    out = tmp_path / "o"
+    assert cli.main(base + ["--out", str(out)]) == 3
+    s = json.loads((out / "summary.json").read_text())
+    assert s["verdict"] == "inconclusive" and s["verdict_detail"]["decided_by"] == ["min_sensitivity_at_0.90"]
+    assert (s["verdict_detail"]["n_pass"], s["verdict_detail"]["n_undefined"]) == (1, 1)
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("Verdict: INCONCLUSIVE: the 1 measured gate passes; 1 could not be measured: min_sensitivity_at_0.90 "
+            "(no operating point for sensitivity 0.90 (positive class set?)) (gates.undefined: inconclusive)") in text
+    html = (out / "report.html").read_text()
+    assert "Verdict: INCONCLUSIVE" in html and "1 could not be measured: min_sensitivity_at_0.90" in html
+    cfg = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    assert cfg["options"]["undefined_gates"] == "inconclusive"
+    for policy, rc in (("ignore", 0), ("fail", 1)):
+        o = tmp_path / policy
+        assert cli.main(base + ["--out", str(o), "--quiet", "--no-report", "--undefined-gates", policy]) == rc
+        assert json.loads((o / "summary.json").read_text())["verdict"] == {"ignore": "pass", "fail": "fail"}[policy]

@@ -154,6 +154,9 @@ def _header(inp: ReportInputs) -> str:
     elif v is not None:
         cls = {"pass": "pass", "fail": "fail"}.get(str(v).lower(), "undef")
         parts.append(f'<div class="verdict {cls}">Verdict: {esc(str(v).upper())}</div>')
+        head = (s.get("verdict_detail") or {}).get("headline")
+        if head:
+            parts.append(f'<p class="verdict-why">{esc(head[0].upper() + head[1:])}.</p>')
     parts.append(_hidden(inp))
     return "\n".join(p for p in parts if p)
 
@@ -296,8 +299,12 @@ def _counterfactual(inp: ReportInputs) -> str:
         if isinstance(e, dict):
             rows.append([_c(r), _c(e.get("n", "?")), _c(fmt_est(e.get("flip_rate"), pct=True)),
                          _c(fmt_est(e.get("mean_delta"), digits=3))])
+    att = [a for a in cf.get("attribution") or [] if isinstance(a, dict) and a.get("decision") != "own effect"]
+    att_html = ("<p><b>Whose flips:</b> one artifact region lies inside another (filling the outer one removes the "
+                "inner one too)</p><ul>" + "".join(f"<li>{esc(a.get('text'))}.</li>" for a in att) + "</ul>"
+                if att else "")
     return (f"<h2>Counterfactual check</h2><p>{esc(cf.get('method', ''))}</p>"
-            + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows) + _hidden(inp))
+            + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows) + att_html + _hidden(inp))
 
 
 def _hidden(inp: ReportInputs) -> str:
