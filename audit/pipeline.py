@@ -25,7 +25,7 @@ from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .formats import FORMAT_COLUMNS, format_record
-from .manifest import DataSpec, default_split, load_manifest, select_split
+from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
 from .preprocess import InputSpec, bit_depth, normalize
 from .run import RunConfig, load_run
 from .counterfactual import counterfactual_batch, counterfactual_rates, method_description
@@ -333,6 +333,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                             positive=positive, val=val_probs)
     if val_probs is not None and isinstance(summary.get("operating_points"), dict):
         summary["operating_points"]["validation_split"] = val_name
+    snote = split_note(full, split)
+    if snote:
+        summary["data"]["split_note"] = snote
     grid = grid_note(cfg.preset_input, spec)
     if grid:
         summary["data"]["grid_note"] = grid
