@@ -443,3 +443,50 @@ def test_audit_of_16_bit_copies_with_scale16_full_matches_the_8_bit_audit(tiny_r
         assert acc[g]["n"] == want["size"] == 3 and acc[g]["too_small"]
         assert acc[g]["accuracy"]["value"] == pytest.approx(want["sum"] / 3)
     assert yaml.safe_load((tmp_path / "full" / "config.resolved.yaml").read_text())["run"]["input"]["scale16"] == "full"
+
+
+def test_manifest_without_split_column_says_it_may_audit_training_data(tiny_run, tmp_path, capsys):
+    """#26: no split column → every row audited; the terminal, summary.json and report.html say so."""
+    data = tiny_run.parent / "data"
+    pd.read_csv(data / "manifest.csv").drop(columns="split").to_csv(data / "nosplit.csv", index=False)
+    out = tmp_path / "o"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "nosplit.csv"), "--out", str(out),
+                     "--workers", "0", "--n-boot", "20", "--positive", "b"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["data"]["n"] == 6 and s["data"]["split"] == "all"
+    assert "this may be auditing training data" in s["data"]["split_note"]
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.startswith("Split:"))   # one line: stdout is not a terminal
+    assert line == "Split: " + s["data"]["split_note"]
+    assert f"Split: {s['data']['split_note']}" in (out / "report.html").read_text()
+    # 2 positives of 'b' and no validation split: cross-fitted with 2 folds, and said so
+    op = s["operating_points"]
+    assert op["folds"] == 2 and "2-fold stratified, not 5: only 2 positives of class b" in op["warning"]
+    # the default split of the tiny manifest is 'test': no note
+    out2 = tmp_path / "o2"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--out", str(out2), "--workers", "0", "--n-boot", "20",
+                     "--quiet", "--no-report"]) == 0
+    assert "split_note" not in json.loads((out2 / "summary.json").read_text())["data"]
+
+
+def test_top_level_help_is_for_users(capsys, monkeypatch):
+    """#26: the --help read like a note to developers; it names the tool, each command in one line, an example;
+    --batch-size and --seed have help text."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.split("\n\n")[1].startswith("Audit a medical image classifier for shortcuts: is its Grad-CAM evidence")
+    assert "call the library" not in text and "map errors" not in text
+    for cmd in ("audit", "scan", "discover", "masks", "compare", "demo"):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"    {cmd} "))
+        i = text.splitlines().index(line)
+        assert len(line.split(None, 1)[1]) > 20                       # a description on the same line
+        assert not text.splitlines()[i + 1].startswith(" " * 10)      # ... and only one line
+    assert "python cli.py audit --run-dir" in text and "exit codes: 0" in text
+    with pytest.raises(SystemExit):
+        cli.main(["audit", "--help"])
+    sub = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size BATCH_SIZE images per model pass (default 32" in sub
+    assert "--seed SEED seed of the bootstrap CIs" in sub

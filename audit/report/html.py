@@ -142,6 +142,8 @@ def _header(inp: ReportInputs) -> str:
              + (f" · positive class <b>{esc(inp.positive)}</b>" if inp.positive else ""),
              f"<br>rendered {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
              f"{esc(inp.out_dir)}</p>"]
+    if data.get("split_note"):
+        parts.append(f'<p class="note">Split: {esc(data["split_note"])}</p>')
     if data.get("grid_note"):
         parts.append(f'<p class="meta">Grid: {esc(data["grid_note"])}</p>')
     if data.get("bit_depth_note"):
@@ -283,8 +285,11 @@ def _operating_points(inp: ReportInputs) -> str:
             "positive). Predicted positive when P ≥ threshold.</p>")
     if op.get("warning"):
         head += f'<p class="note">{esc(op["warning"])}</p>'
+    rule = ""
+    if op.get("rule") and any(_finite(p.get("threshold")) for p in op.get("points") or []):
+        rule = f'<p class="meta">Thresholds: {esc(op["rule"])}.</p>'
     return head + _table(["target sensitivity", "threshold", "sensitivity", "specificity", "PPV", "NPV",
-                          "TP / FN / TN / FP"], rows, left=0)
+                          "TP / FN / TN / FP"], rows, left=0) + rule
 
 
 def _counterfactual(inp: ReportInputs) -> str:
