@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -459,6 +460,16 @@ def test_manifest_without_split_column_says_it_may_audit_training_data(tiny_run,
     line = next(ln for ln in text.splitlines() if ln.startswith("Split:"))   # one line: stdout is not a terminal
     assert line == "Split: " + s["data"]["split_note"]
     assert f"Split: {s['data']['split_note']}" in (out / "report.html").read_text()
+    # per_image.csv: each raw map's peak share and normalised entropy (#26 §1.5), as computed from cams.npz
+    from audit.cam import map_concentration
+    df = pd.read_csv(out / "per_image.csv")
+    cams = np.load(out / "cams.npz")["cam"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peak, ent = map_concentration(cams)
+    np.testing.assert_allclose(df["cam_peak_share"], peak, rtol=1e-6)
+    np.testing.assert_allclose(df["cam_entropy"], ent, rtol=1e-6)
+    assert ((df["cam_peak_share"] >= 0.25 - 1e-9) & (df["cam_peak_share"] <= 1)).all()   # 2×2 maps: ≥ 1/4
     # 2 positives of 'b' and no validation split: cross-fitted with 2 folds, and said so
     op = s["operating_points"]
     assert op["folds"] == 2 and "2-fold stratified, not 5: only 2 positives of class b" in op["warning"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..stats import small_text
 from ..summary import lift_alarm, target_floor
 from ..thresholds import fmt_threshold
-from .gallery import GalleryGroup, words_for
+from .gallery import CONCENTRATION_LEGEND, GalleryGroup, concentration_text, words_for
 from .inputs import ReportInputs
 
 CSS = """
@@ -499,7 +499,7 @@ def _gallery(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool) -> str
            + ", min-max per image for display only; red = most evidence). Outlines: "
            '<span style="color:#00a000;font-weight:bold">green = target</span>, '
            '<span style="color:#d000d0;font-weight:bold">magenta = artifact</span>.</p>',
-           f'<p class="meta">{esc(words.legend())}</p>']
+           f'<p class="meta">{esc(words.legend())}</p>', f'<p class="meta">{esc(CONCENTRATION_LEGEND)}</p>']
     for g in groups:
         out.append(f"<h3>{esc(g.spec.title)}</h3><p class=\"meta\">{esc(g.spec.description)}; showing "
                    f"{len(g.items)} of {g.n_candidates}.</p>")
@@ -511,7 +511,8 @@ def _gallery(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool) -> str
                 top3 = ", ".join(f"{c} {p:.2f}" for c, p in it.top3)
                 out.append(f'<figure><img src="{data_uri(it.path)}" alt="{esc(it.image_id)}">'
                            f"<figcaption><b>#{it.rank} {esc(it.image_id)}</b><br>{esc(it.caption)}<br>"
-                           f"top-3: {esc(top3)}<br><i>{esc(it.reading)}</i>"
+                           f"top-3: {esc(top3)}<br>{esc(concentration_text(it.peak_share, it.entropy, it.n_cells))}"
+                           f"<br><i>{esc(it.reading)}</i>"
                            + (f'<br><span class="note">{esc(it.note)}</span>' if it.note else "")
                            + "</figcaption></figure>")
             out.append("</div>")
