@@ -1,9 +1,17 @@
 #!/usr/bin/env python
-"""Command line of the spurious-correlation auditor: parse, call the library, render, map errors to exit codes.
+"""Audit a medical image classifier for shortcuts: is its Grad-CAM evidence on the lungs or the lesion, or on
+artifacts (image borders, text markers, rulers, ink, patches)? Every figure comes with n and a 95% CI.
 
-Exit codes: 0 = done (all gates pass, or none configured); 1 = a sign-off gate failed; 2 = bad input;
-3 = inconclusive (no gate failed, but some could not be measured: see `gates.undefined`).
+examples:
+  python cli.py demo                      synthetic data, two tiny models, no download: see what an audit shows
+  python cli.py audit --run-dir runs/resnet18 --data manifest.csv --config configs/ham10000.yaml
+  python cli.py COMMAND --help            a command's options
+
+exit codes: 0 done (all gates pass, or none configured); 1 a sign-off gate failed (compare: or
+inconclusive); 3 inconclusive (audit: no gate failed, but some could not be measured, see gates.undefined);
+2 bad input (the message names the file, column or option).
 """
+# The CLI parses, calls the library, renders, and maps the library's errors to exit codes.
 from __future__ import annotations
 
 import argparse
@@ -26,10 +34,12 @@ def _csv_list(s: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cli.py", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    head, _, rest = __doc__.strip().partition("\n\n")
+    p = argparse.ArgumentParser(prog="cli.py", description=head, epilog=rest,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    a = sub.add_parser("audit", help="Grad-CAM audit of a trained classifier (run directory)")
+    a = sub.add_parser("audit", help="a trained model's evidence per region, gates, report.html")
     a.add_argument("--run-dir",
                    help="training run directory (config.yaml, or a timm train.py args.yaml, + checkpoint)")
     a.add_argument("--arch", help="model name when the run dir has no config (e.g. resnet18)")
@@ -44,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--layer",
                    help="target layer module path (default: the last conv block; ViTs: the last block's input norm)")
     a.add_argument("--target", help="class explained: pred (default), true, or a class name")
-    a.add_argument("--batch-size", type=int)
+    a.add_argument("--batch-size", type=int,
+                   help="images per model pass (default 32; lower it if memory runs out, e.g. on a GPU)")
     a.add_argument("--device", help="cpu (default), cuda, cuda:N")
     a.add_argument("--limit", type=int, help="audit only the first N images")
     a.add_argument("--workers", type=int, help="DataLoader worker processes (0 = in the main process)")
     a.add_argument("--positive", help="safety-critical class (overrides the run's positive_class)")
     a.add_argument("--by", action="append", default=[], help="stratify statistics by this metadata column")
-    a.add_argument("--seed", type=int)
+    a.add_argument("--seed", type=int,
+                   help="seed of the bootstrap CIs, the cross-fitting folds and sampled images (default 0)")
     a.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default 1000)")
     a.add_argument("--high-conf", type=float, help="confidence at which an error counts as high-confidence (0.9)")
     a.add_argument("--undefined-gates", choices=["fail", "inconclusive", "ignore"],
@@ -80,12 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     a.add_argument("--json", action="store_true", help="print summary.json to stdout")
 
-    d = sub.add_parser("demo", help="synthetic radiographs, two tiny models (with / without a shortcut), audit both")
+    d = sub.add_parser("demo", help="synthetic radiographs, two tiny models, both audited")
     d.add_argument("--out", default="reports/demo", help="demo folder (default reports/demo)")
     d.add_argument("--small", action="store_true", help="a reduced demo (for tests): fewer images and epochs")
     d.add_argument("--quiet", action="store_true")
 
-    di = sub.add_parser("discover", help="explanation clusters and error slices of an audit (reuses its outputs)")
+    di = sub.add_parser("discover", help="explanation clusters and error slices of an audit")
     di.add_argument("--run-dir", help="training run directory (audited first when --out holds no audit)")
     di.add_argument("--data", help="manifest CSV (overrides the run's)")
     di.add_argument("--split", help="split to audit, or all (default: test; every row when the manifest has no splits)")
@@ -99,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--quiet", action="store_true")
     di.add_argument("--json", action="store_true", help="print the discover section as JSON")
 
-    s = sub.add_parser("scan", help="artifact prevalence, label association and split leakage of a dataset (no model)")
+    s = sub.add_parser("scan", help="a dataset without a model: artifacts, labels, leakage")
     s.add_argument("--data", required=True, help="manifest CSV")
     s.add_argument("--config", dest="preset", required=True, help="YAML preset (configs/*.yaml): artifact regions")
     s.add_argument("--label-col", help="manifest column holding the label (overrides the preset's data.columns.label)")
@@ -121,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     s.add_argument("--json", action="store_true", help="print scan.json to stdout")
 
-    c = sub.add_parser("compare", help="the candidate model against the baseline on the same images (paired)")
+    c = sub.add_parser("compare", help="a candidate model vs a baseline, paired, with gates")
     c.add_argument("audits", nargs="*", metavar="AUDIT_DIR",
                    help="two finished audit folders: BASELINE CANDIDATE (or use --run-dir twice)")
     c.add_argument("--run-dir", action="append", default=[],
@@ -144,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--json", action="store_true", help="print compare.json to stdout")
 
-    m = sub.add_parser("masks", help="write region masks, a contact sheet and regions.csv for a manifest")
+    m = sub.add_parser("masks", help="a preset's region masks for a manifest, contact sheet")
     m.add_argument("--config", required=True, help="YAML preset (configs/*.yaml): regions and the input grid")
     m.add_argument("--data", required=True, help="manifest CSV")
     m.add_argument("--out", required=True, help="output folder")
@@ -153,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _out_console(quiet: bool = False):
-    """stdout console: 100 columns when not a terminal (piped, CI), colour only on a terminal."""
-    from rich.console import Console
-    return Console(quiet=quiet, width=None if sys.stdout.isatty() else 100)
+    """stdout console (audit.terminal.out_console): a terminal's width; written to a file or pipe, tables sized
+    for 100 columns and lines never broken inside a phrase; colour only on a terminal."""
+    from audit.terminal import out_console
+    return out_console(quiet=quiet)
 
 
 def _console(quiet: bool = False):

@@ -343,3 +343,38 @@ def minmax(cams: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     c = cams - lo
     hi = c.flatten(1).max(1).values.view(-1, *([1] * (cams.ndim - 1)))
     return c / (hi + eps)
+
+
+def map_concentration(cams) -> tuple["np.ndarray", "np.ndarray"]:
+    """How concentrated raw Grad-CAM maps are, at layer resolution: (peak share (N,), normalised entropy (N,)).
+
+    cams: N×h×w (or h×w) raw maps (negative values clipped to 0). With p = cam / Σ cam over the h·w cells:
+      peak share = max p, in [1/(h·w), 1]: 1/(h·w) for a flat map, 1 when one cell holds all the evidence;
+      normalised entropy = −Σ p log p / log(h·w) (Shannon 1948), in [0, 1]: 1 flat, 0 one cell.
+    Per-image min-max for display (`minmax`) paints a near-flat map as red as a focused one; these two say which
+    it is. An all-zero (or non-finite) map has neither: NaN and an UndefinedMetricWarning; a 1×1 map has
+    peak share 1 and no entropy (NaN).
+    """
+    import warnings
+
+    import numpy as np
+
+    from .errors import UndefinedMetricWarning
+    c = np.asarray(cams.detach().cpu() if isinstance(cams, torch.Tensor) else cams, dtype=np.float64)
+    if c.ndim == 2:
+        c = c[None]
+    if c.ndim != 3:
+        raise ValueError(f"cams: expected an N×h×w (or h×w) array of maps, got shape {c.shape}")
+    flat = np.clip(np.where(np.isfinite(c), c, 0.0), 0.0, None).reshape(len(c), -1)
+    total = flat.sum(1)
+    ok = (total > 0) & np.isfinite(c).reshape(len(c), -1).all(1)
+    if (~ok).any():
+        warnings.warn(f"map_concentration: {int((~ok).sum())} of {len(c)} maps are all zero or not finite; their "
+                      "peak share and entropy are NaN", UndefinedMetricWarning, stacklevel=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = flat / np.where(ok, total, 1.0)[:, None]
+        peak = np.where(ok, p.max(1, initial=0.0), np.nan)
+        m = flat.shape[1]
+        ent = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(1) / np.log(m) if m > 1 else \
+            np.full(len(c), np.nan)
+    return peak, np.where(ok, np.maximum(ent, 0.0), np.nan)

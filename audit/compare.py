@@ -338,7 +338,7 @@ def operating_predictions(inp) -> tuple[dict[str, np.ndarray], list[str]]:
     "top-1" is the argmax prediction; "0.90" etc. the thresholds tuned for that sensitivity, re-applied to the
     score the audit tuned on (`class_score`: log-odds of P(positive)). Validation-tuned points use the summary's
     threshold; cross-fitted ones are re-fitted exactly as `audit.thresholds.operating_points` did (same folds,
-    same seed). A point whose re-applied counts differ from the summary's is left out, with a note."""
+    same seed, the held-out rank when the summary names its `rule`, else the in-sample one of older audits). A point whose re-applied counts differ from the summary's is left out, with a note."""
     df, pos = inp.per_image, inp.positive
     out: dict[str, np.ndarray] = {"top-1": (df["pred"].astype(str) == pos).to_numpy()}
     notes: list[str] = []
@@ -349,6 +349,7 @@ def operating_predictions(inp) -> tuple[dict[str, np.ndarray], list[str]]:
     y = (df["label"].astype(str) == pos).to_numpy()
     seed = int(inp.option("seed", 0))
     folds = None
+    held_out = "rule" in op  # audits before the held-out rank (#26) tuned with k = ⌈target·P⌉
     if op.get("tuning") != TUNING_VALIDATION:
         from sklearn.model_selection import StratifiedKFold
         k = min(5, int(y.sum()))
@@ -373,7 +374,8 @@ def operating_predictions(inp) -> tuple[dict[str, np.ndarray], list[str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
                 for tr, te in folds:
-                    pred[te] = score[te] >= tune_threshold(score[tr], y[tr], float(pt["target_sensitivity"]))
+                    pred[te] = score[te] >= tune_threshold(score[tr], y[tr], float(pt["target_sensitivity"]),
+                                                              held_out=held_out)
         tp, fn = int((pred & y).sum()), int((~pred & y).sum())
         if pt.get("tp") is not None and (tp, fn) != (int(pt["tp"]), int(pt["fn"])):
             notes.append(f"{inp.run_name}: operating point {name} re-applied gives tp={tp}, fn={fn}, the summary "

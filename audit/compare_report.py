@@ -194,7 +194,7 @@ def build_compare_gallery(c: Comparison, out: Path, n: int = 6) -> dict:
                     skipped.append([iid, note or "no CAM"])
                     break
                 ims.append(overlay_image(grid, inp.cams[inp.cam_index[iid]], masks, inp.kinds,
-                                         f"{who}: {row.get('pred')} ({float(row.get('confidence')):.2f})"))
+                                         who))  # a minimal label: which side; the rest is in the report's text
             if len(ims) != 2:
                 continue
             h = max(im.height for im in ims)

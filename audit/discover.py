@@ -92,7 +92,7 @@ FLAG_WHERE = 0.5  # `where` (the largest of off_target, artifact, location) at w
 
 # per_image.csv columns that are not metadata (produced by the pipeline or identify the image)
 _NOT_META = {"image_id", "image", "mask", "label", "split", "pred", "confidence", "margin", "correct", "explained",
-             "cam_sum",
+             "cam_sum", "cam_peak_share", "cam_entropy",
              "region_notes", "off_target_regions", "flag_high_conf_error", "flag_off_target", "path"}
 _GENERATED_PREFIXES = ("p_", "logodds_", "frac_", "area_", "lift_", "hit_", "fraclayer_", "score_", "present_", "cf_",
                        "flip_", "counterfactual_")

@@ -188,6 +188,22 @@ def default_split(df: pd.DataFrame, csv_path=None) -> str:
                         "of them, or --split all for every row (training images included)")
 
 
+def split_note(df: pd.DataFrame, split: str | None) -> str | None:
+    """A warning when no split selected the audited rows (split "all" or None), else None: the audit may then
+    score training images, whose figures are optimistic. df: the full manifest (canonical `split` column)."""
+    if split not in (None, "all"):
+        return None
+    present = sorted(str(x) for x in df["split"].dropna().unique())
+    if present and not df["split"].isna().any() and set(present) <= {"test", "val", "valid", "validation"}:
+        return None                                  # held-out splits only
+    if not present:
+        return ("the manifest has no split column, so no split chose the audited rows: this may be auditing "
+                "training data (any image the model was trained on reads optimistic); add a split column "
+                "(train/val/test) or audit a test-only manifest")
+    return (f"--split all: the rows of every split {present} are audited, training data included (optimistic "
+            "figures); pass --split test, or another held-out split, for a sign-off")
+
+
 def _fmt(pattern: str, row: dict, csv_path: Path) -> str:
     try:
         return pattern.format(**row)

@@ -303,7 +303,8 @@ def finding_summary(long: pd.DataFrame, finding: str, kinds: dict[str, str], cfg
                 vz = vy = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            op = operating_points(z, y, vz, vy, targets=tuple(cfg.sensitivities), seed=seed) if n else None
+            op = (operating_points(z, y, vz, vy, targets=tuple(cfg.sensitivities), seed=seed, positive_name=finding)
+                  if n else None)
         if op is not None:
             for pt in op["points"]:
                 t = pt["threshold"]
@@ -420,7 +421,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .counterfactual import fill_region
     from .data import make_loader
     from .formats import format_record
-    from .manifest import DataSpec, default_split, load_manifest, select_split
+    from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
     from .pipeline import (AuditResult, VALIDATION_SPLITS, _json_default, build_region_fn, model_for_cam,
                            predict_logits, resolve_device)
     from .preprocess import normalize
@@ -604,6 +605,8 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
                                                   "head": sorted(heads), "maps": cfg.maps, "n_maps": int(n_maps),
                                                   "batchnorm": batchnorm},
         "regions": kinds, "sensitivities": list(cfg.sensitivities)}
+    if split_note(full, split):
+        summary["data"]["split_note"] = split_note(full, split)
     for k, f in enumerate(findings):
         summary["findings"][f] = finding_summary(long, f, kinds, cfg, None if val is None else
                                                  (val[0][:, k], val[1][:, k]), float(thr_p[k]), int(n_unc[k]))
@@ -699,6 +702,8 @@ def print_multilabel_summary(s: dict, out_dir: str | None = None, console=None) 
     d = s["data"]
     con.print(f"multi-label audit: {len(s['findings'])} findings, n = {d['n']} images ({d['split']} split), "
               f"labels: blank = missing, -1 = {d['uncertain']}; thresholds tuned on {d['tuning']}", markup=False)
+    if d.get("split_note"):
+        con.print(f"Split: {d['split_note']}", markup=False, style="bold yellow")
     con.print(f"Grad-CAM at {s['cam']['layer']} {s['cam']['resolution']}, head: {', '.join(s['cam']['head'])}; "
               f"{s['cam']['n_maps']} maps ({s['cam']['maps']})", markup=False)
     for ln in findings_table(s):

@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 
 from .cache import OutputCache
-from .cam import default_layer, eval_mode, finer_layer, get_module, grad_cam, share_after
+from .cam import default_layer, eval_mode, finer_layer, get_module, grad_cam, map_concentration, share_after
 from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .formats import FORMAT_COLUMNS, format_record
-from .manifest import DataSpec, default_split, load_manifest, select_split
+from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
 from .preprocess import InputSpec, bit_depth, normalize
 from .run import RunConfig, load_run
 from .counterfactual import attribute_flips, counterfactual_batch, counterfactual_rates, method_description
@@ -220,6 +220,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
             with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
                 sc = score_batch(res.cams, batch.get("masks") or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
+                peak, ent = map_concentration(res.cams)
             t_score += time.perf_counter() - ts
             tgt = res.target.cpu().numpy()
             cf = {}
@@ -236,7 +237,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                 rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
                        "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
                        "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
-                       "cam_sum": float(res.cams[j].sum()), "bit_depth": bit_depth(batch["src_info"][j].get("mode")),
+                       "cam_sum": float(res.cams[j].sum()), "cam_peak_share": float(peak[j]),
+                       "cam_entropy": float(ent[j]), "bit_depth": bit_depth(batch["src_info"][j].get("mode")),
                        **format_record(batch["src_hw"][j], batch["src_info"][j])}
                 for c, k in cls_idx.items():
                     rec[f"p_{c}"] = float(p[k])
@@ -333,6 +335,9 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                             positive=positive, val=val_probs)
     if val_probs is not None and isinstance(summary.get("operating_points"), dict):
         summary["operating_points"]["validation_split"] = val_name
+    snote = split_note(full, split)
+    if snote:
+        summary["data"]["split_note"] = snote
     grid = grid_note(cfg.preset_input, spec)
     if grid:
         summary["data"]["grid_note"] = grid

@@ -373,7 +373,8 @@ def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg:
             kw = {"p_pos_val": vs[ok, run.classes.index(positive)], "y_pos_val": vlab[ok] == positive}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        res = operating_points(score, y, targets=tuple(cfg.sensitivities), y_pred_top1_pos=top1, seed=cfg.seed, **kw)
+        res = operating_points(score, y, targets=tuple(cfg.sensitivities), y_pred_top1_pos=top1, seed=cfg.seed,
+                               positive_name=positive, **kw)
     if kind == "logodds":
         for pt in res["points"]:
             pt["threshold_logodds"] = pt["threshold"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-
+import sys
 from pathlib import Path
 
 from rich import box
@@ -19,10 +19,26 @@ OUTPUT_FILES = ("report.html", "GALLERY.md", "gallery/", "plots/", "per_image.cs
                 "config.resolved.yaml", "errors.csv")
 
 
+def out_console(file=None, quiet: bool = False, width: int = 100) -> Console:
+    """The console the summary is printed on (`file`: default stdout). On a terminal: its own width, colour. On
+    anything else (a file, a pipe, CI logs): tables sized for `width` columns, colourless, and soft wrap, so that
+    a text line is never broken inside a phrase (a viewer wraps it instead)."""
+    stream = sys.stdout if file is None else file
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    return Console(file=file, quiet=quiet, width=None if tty else width, soft_wrap=not tty)
+
+
 def _short(x: float, digits: int = 2) -> str:
     """0.61 → .61, −0.16 → -.16: a compact number for narrow table cells."""
     t = f"{x:.{digits}f}"
     return t.replace("0.", ".", 1) if t.startswith(("0.", "-0.")) else t
+
+
+def _finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2, compact: bool = False) -> str:
@@ -88,6 +104,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}"
         + _ece_text(s.get("calibration") or {}))
     parts = [head]
+    if d.get("split_note"):  # no split chose the rows: training images may be among them
+        parts.append(Text(f"Split: {d['split_note']}", style="bold yellow"))
     if d.get("grid_note"):
         parts.append(Text(f"Grid: {d['grid_note']}", style="dim"))
     if d.get("bit_depth_note"):
@@ -175,6 +193,8 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             t.add_row("top-1", "argmax",
                       *(_fmt_est(top1.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
         parts.append(t)
+        if op.get("rule") and any(_finite(p.get("threshold")) for p in op["points"]):
+            parts.append(Text(f"Thresholds: {op['rule']}.", style="dim"))
         if op.get("warning"):
             parts.append(Text(f"warning: {op['warning']}", style="bold yellow"))
     cf = (s.get("counterfactual") or {}).get("regions")

@@ -1,7 +1,7 @@
 """Operating points for the safety-critical class, and the ISIC challenge classification metrics.
 
-Operating points: a threshold t on P(positive) (e.g. P(melanoma)) is tuned to reach a target sensitivity on a
-validation split, then the audited split is scored at p ≥ t: sensitivity, specificity, PPV and NPV, each with its
+Operating points: a threshold t on P(positive) (e.g. P(melanoma)) is tuned on a validation split to reach a
+target sensitivity on images it was not tuned on (`tune_threshold(held_out=True)`), then the audited split is scored at p ≥ t: sensitivity, specificity, PPV and NPV, each with its
 counts and a Wilson CI (`audit.stats.proportion_ci`). Without a validation split the threshold is cross-fitted on
 the audited split (tuned on K−1 stratified folds, applied to the held-out fold), and the result says so.
 
@@ -36,7 +36,8 @@ from .stats import (NAN, Estimate, _as_bool_1d, _as_float_1d, _counts, _index_ch
 
 __all__ = ["class_score", "prob_from_logodds", "fmt_threshold", "tune_threshold", "operating_points",
            "balanced_accuracy", "per_class_auc",
-           "partial_auc_above_sensitivity", "auc_above_sensitivity", "isic_metrics", "TUNING_VALIDATION", "TUNING_CROSS_FIT"]
+           "partial_auc_above_sensitivity", "auc_above_sensitivity", "isic_metrics", "TUNING_VALIDATION", "TUNING_CROSS_FIT",
+           "THRESHOLD_RULE"]
 
 TUNING_VALIDATION = "validation split"
 TUNING_CROSS_FIT = "cross-fit on audited split (no validation split)"
@@ -89,13 +90,18 @@ def fmt_threshold(t, logodds=None) -> str:
     return f"{t:.3f}"
 
 
-def tune_threshold(p_pos_val, y_pos_val, target_sensitivity: float) -> float:
-    """The largest threshold t with sensitivity(p ≥ t) ≥ target on the given (validation) data.
+def tune_threshold(p_pos_val, y_pos_val, target_sensitivity: float, held_out: bool = False) -> float:
+    """A threshold t on the score: predicted positive when p ≥ t.
 
     p_pos_val: (n,) finite scores, P(positive class). y_pos_val: (n,) bool, truly positive.
-    target_sensitivity in (0, 1]. With P positives sorted descending s(1) ≥ … ≥ s(P) and k = ⌈target·P⌉,
-    t = s(k): every t' ≤ s(k) keeps at least k positives, every t' > s(k) keeps fewer. No positives → NaN and an
-    UndefinedMetricWarning.
+    target_sensitivity in (0, 1]. With P positives sorted descending s(1) ≥ … ≥ s(P), t = s(k):
+      * held_out=False (in-sample): k = ⌈target·P⌉, the largest t with sensitivity(p ≥ t) ≥ target on these data;
+      * held_out=True (the threshold will be applied to other images): k = ⌈target·(P+1)⌉, capped at P. A new
+        positive, exchangeable with the P tuning ones, scores ≥ s(k) with probability k/(P+1) ≥ target (no ties),
+        the finite-sample quantile of split-conformal prediction (Vovk, Gammerman & Shafer 2005; Angelopoulos &
+        Bates 2021, arXiv:2107.07511). The in-sample rank gives only ⌈target·P⌉/(P+1) on new images: 16/21 = 0.76
+        at target 0.80 with P = 20, the shortfall a perfectly separating model showed (#26).
+    No positives → NaN and an UndefinedMetricWarning.
     """
     p = _as_float_1d("p_pos_val", p_pos_val, allow_nan=False)
     y = _as_bool_1d("y_pos_val", y_pos_val)
@@ -106,7 +112,8 @@ def tune_threshold(p_pos_val, y_pos_val, target_sensitivity: float) -> float:
     if pos.size == 0:
         _undefined("tune_threshold: the tuning data hold no positives; the threshold is NaN")
         return NAN
-    k = int(np.ceil(target_sensitivity * pos.size - 1e-9))   # tolerance: 0.7 * 10 = 7.000000000000001
+    m = pos.size + 1 if held_out else pos.size
+    k = int(np.ceil(target_sensitivity * m - 1e-9))   # tolerance: 0.7 * 10 = 7.000000000000001
     return float(pos[min(max(k, 1), pos.size) - 1])
 
 
@@ -129,19 +136,30 @@ def _rates(cm: dict[str, int] | None, alpha: float) -> dict:
             "npv": proportion_ci(tn, tn + fn, alpha).to_dict()}
 
 
+THRESHOLD_RULE = ("each threshold is the k-th highest score of the P tuning positives, k = ⌈target·(P+1)⌉: the "
+                  "highest expected to reach the target sensitivity on images it was not tuned on, so a model "
+                  "better than the target reads about the target there, below its top-1 (argmax) sensitivity, "
+                  "by design")
+
+
 def operating_points(p_pos_audit, y_pos_audit, p_pos_val=None, y_pos_val=None,
                      targets: Sequence[float] = (0.80, 0.90, 0.95), y_pred_top1_pos=None,
-                     cross_fit_folds: int = 5, seed: int = 0, alpha: float = 0.05) -> dict:
+                     cross_fit_folds: int = 5, seed: int = 0, alpha: float = 0.05,
+                     positive_name: str = "positive") -> dict:
     """Sensitivity-targeted operating points of the positive (safety-critical) class on the audited split.
 
     p_pos_*: (n,) P(positive); y_pos_*: (n,) bool truth. y_pred_top1_pos: (n,) bool, the argmax prediction is
-    the positive class (adds the top-1 operating point). Predicted positive means p ≥ t.
-    Tuning: with (p_pos_val, y_pos_val), `tune_threshold` on the validation split. Without, the threshold is
-    cross-fitted on the audited split: StratifiedKFold(K = min(cross_fit_folds, n_pos), shuffle, seed), each
-    fold scored with the threshold tuned on the other K−1 folds; a UserWarning is raised and `warning` says so.
+    the positive class (adds the top-1 operating point). Predicted positive means p ≥ t. positive_name: the
+    class's name, for the notes.
+    Tuning: `tune_threshold(held_out=True)` (every threshold is applied to images it was not tuned on), with
+    (p_pos_val, y_pos_val) on the validation split. Without, the threshold is cross-fitted on the audited split:
+    StratifiedKFold(K = min(cross_fit_folds, n_pos), shuffle, seed), each fold scored with the threshold tuned on
+    the other K−1 folds; a UserWarning is raised and `warning` says so. No positives to tune on (a validation
+    split without any; no validation split and fewer than 2 audited positives): every threshold and rate NaN, an
+    UndefinedMetricWarning, and `warning` says that the thresholds cannot be tuned.
     Returns a JSON-able dict:
       tuning: "validation split" | "cross-fit on audited split (no validation split)"; warning: str | None;
-      n, n_pos, n_neg: audited counts;
+      folds: K (cross-fit) | None; rule: `THRESHOLD_RULE`; n, n_pos, n_neg: audited counts;
       points: [{target_sensitivity, threshold, fold_thresholds (cross-fit: one per fold, threshold = their
                median; validation: None), tp, fn, tn, fp, sensitivity, specificity, ppv, npv}, ...] where each
                rate is an Estimate dict (value, lo, hi (Wilson), n, too_small, p, note);
@@ -156,45 +174,56 @@ def operating_points(p_pos_audit, y_pos_audit, p_pos_val=None, y_pos_val=None,
     for t in targets:
         if not 0 < t <= 1:
             raise ValueError(f"targets: expected sensitivities in (0, 1], got {t}")
+    if int(cross_fit_folds) < 2:
+        raise ValueError(f"cross_fit_folds: expected an integer >= 2, got {cross_fit_folds}")
     n_pos, n_neg = int(y.sum()), int((~y).sum())
-    result: dict = {"tuning": TUNING_VALIDATION, "warning": None, "n": len(y), "n_pos": n_pos, "n_neg": n_neg,
-                    "points": [], "top1": None}
+    result: dict = {"tuning": TUNING_VALIDATION, "warning": None, "folds": None, "rule": THRESHOLD_RULE,
+                    "n": len(y), "n_pos": n_pos, "n_neg": n_neg, "points": [], "top1": None}
+
+    def undefined(msg: str) -> None:
+        result["warning"] = msg
+        _undefined(f"operating_points: {msg}; thresholds and rates are NaN")
+        for target in targets:
+            result["points"].append({"target_sensitivity": float(target), "threshold": NAN,
+                                     "fold_thresholds": None if p_pos_val is not None else [],
+                                     **_rates(None, alpha)})
 
     if p_pos_val is not None:
         pv = _as_float_1d("p_pos_val", p_pos_val, allow_nan=False)
         yv = _as_bool_1d("y_pos_val", y_pos_val)
         _same_length(p_pos_val=pv, y_pos_val=yv)
-        for target in targets:
-            t = tune_threshold(pv, yv, target)
-            cm = None if np.isnan(t) else _confusion(p >= t, y)
-            result["points"].append({"target_sensitivity": float(target), "threshold": t,
-                                     "fold_thresholds": None, **_rates(cm, alpha)})
+        if int(yv.sum()) == 0:
+            undefined(f"no positives of class {positive_name} among the {len(yv)} validation images: "
+                      "thresholds cannot be tuned")
+        else:
+            for target in targets:
+                t = tune_threshold(pv, yv, target, held_out=True)
+                result["points"].append({"target_sensitivity": float(target), "threshold": t,
+                                         "fold_thresholds": None, **_rates(_confusion(p >= t, y), alpha)})
+    elif n_pos < 2:
+        result["tuning"] = TUNING_CROSS_FIT
+        undefined((f"no positives of class {positive_name} among the {len(y)} audited images" if n_pos == 0 else
+                   f"1 positive of class {positive_name} among the {len(y)} audited images (cross-fitting needs "
+                   "at least 2)") + " and no validation split: thresholds cannot be tuned")
     else:
         k = min(int(cross_fit_folds), n_pos)
+        fewer = (f", not {int(cross_fit_folds)}: only {n_pos} positives of class {positive_name}"
+                 if k < int(cross_fit_folds) else "")
         msg = ("no validation split (none named val, valid or validation): thresholds are tuned by cross-fitting on "
                "the audited split "
-               f"({k}-fold stratified; each fold scored with the threshold tuned on the others); "
+               f"({k}-fold stratified{fewer}; each fold scored with the threshold tuned on the others); "
                "less biased than tuning and scoring on the same images, noisier than a held-out validation split")
-        result["tuning"], result["warning"] = TUNING_CROSS_FIT, msg
+        result["tuning"], result["warning"], result["folds"] = TUNING_CROSS_FIT, msg, k
         warnings.warn(msg, UserWarning, stacklevel=2)
-        if k < 2:
-            _undefined(f"operating_points: cannot cross-fit with {n_pos} positive(s) in the audited split "
-                       "(need >= 2); thresholds are NaN")
-            folds = None
-        else:
-            with warnings.catch_warnings():      # few negatives: sklearn warns; irrelevant to tuning
-                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-                folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-                             .split(np.zeros((len(y), 1)), y))
+        with warnings.catch_warnings():      # few negatives: sklearn warns; irrelevant to tuning
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+                         .split(np.zeros((len(y), 1)), y))
         for target in targets:
-            if folds is None:
-                result["points"].append({"target_sensitivity": float(target), "threshold": NAN,
-                                         "fold_thresholds": [], **_rates(None, alpha)})
-                continue
             pred = np.zeros(len(y), bool)
             fold_t = []
             for train, test in folds:
-                t = tune_threshold(p[train], y[train], target)
+                t = tune_threshold(p[train], y[train], target, held_out=True)
                 fold_t.append(t)
                 pred[test] = p[test] >= t
             result["points"].append({"target_sensitivity": float(target), "threshold": float(np.median(fold_t)),

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -475,3 +476,60 @@ def test_undefined_gate_gives_inconclusive_exit_3_named_in_terminal_and_report(t
         o = tmp_path / policy
         assert cli.main(base + ["--out", str(o), "--quiet", "--no-report", "--undefined-gates", policy]) == rc
         assert json.loads((o / "summary.json").read_text())["verdict"] == {"ignore": "pass", "fail": "fail"}[policy]
+
+
+def test_manifest_without_split_column_says_it_may_audit_training_data(tiny_run, tmp_path, capsys):
+    """#26: no split column → every row audited; the terminal, summary.json and report.html say so."""
+    data = tiny_run.parent / "data"
+    pd.read_csv(data / "manifest.csv").drop(columns="split").to_csv(data / "nosplit.csv", index=False)
+    out = tmp_path / "o"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "nosplit.csv"), "--out", str(out),
+                     "--workers", "0", "--n-boot", "20", "--positive", "b"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["data"]["n"] == 6 and s["data"]["split"] == "all"
+    assert "this may be auditing training data" in s["data"]["split_note"]
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.startswith("Split:"))   # one line: stdout is not a terminal
+    assert line == "Split: " + s["data"]["split_note"]
+    assert f"Split: {s['data']['split_note']}" in (out / "report.html").read_text()
+    # per_image.csv: each raw map's peak share and normalised entropy (#26 §1.5), as computed from cams.npz
+    from audit.cam import map_concentration
+    df = pd.read_csv(out / "per_image.csv")
+    cams = np.load(out / "cams.npz")["cam"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peak, ent = map_concentration(cams)
+    np.testing.assert_allclose(df["cam_peak_share"], peak, rtol=1e-6)
+    np.testing.assert_allclose(df["cam_entropy"], ent, rtol=1e-6)
+    assert ((df["cam_peak_share"] >= 0.25 - 1e-9) & (df["cam_peak_share"] <= 1)).all()   # 2×2 maps: ≥ 1/4
+    # 2 positives of 'b' and no validation split: cross-fitted with 2 folds, and said so
+    op = s["operating_points"]
+    assert op["folds"] == 2 and "2-fold stratified, not 5: only 2 positives of class b" in op["warning"]
+    # the default split of the tiny manifest is 'test': no note
+    out2 = tmp_path / "o2"
+    assert cli.main(["audit", "--run-dir", str(tiny_run), "--out", str(out2), "--workers", "0", "--n-boot", "20",
+                     "--quiet", "--no-report"]) == 0
+    assert "split_note" not in json.loads((out2 / "summary.json").read_text())["data"]
+
+
+def test_top_level_help_is_for_users(capsys, monkeypatch):
+    """#26: the --help read like a note to developers; it names the tool, each command in one line, an example;
+    --batch-size and --seed have help text."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.split("\n\n")[1].startswith("Audit a medical image classifier for shortcuts: is its Grad-CAM evidence")
+    assert "call the library" not in text and "map errors" not in text
+    for cmd in ("audit", "scan", "discover", "masks", "compare", "demo"):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"    {cmd} "))
+        i = text.splitlines().index(line)
+        assert len(line.split(None, 1)[1]) > 20                       # a description on the same line
+        assert not text.splitlines()[i + 1].startswith(" " * 10)      # ... and only one line
+    assert "python cli.py audit --run-dir" in text and "exit codes: 0" in text
+    with pytest.raises(SystemExit):
+        cli.main(["audit", "--help"])
+    sub = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size BATCH_SIZE images per model pass (default 32" in sub
+    assert "--seed SEED seed of the bootstrap CIs" in sub

@@ -158,16 +158,17 @@ def test_saturated_confidences_are_ranked_by_logit_margin():
     assert list(most_confident_first(df.drop(columns="margin"))["image_id"]) == ["a", "b", "d", "c"]
 
 
-EXPECTED_ROWS = [
+ONE_CELL = " | peak cell 100% of the evidence (flat 6%), entropy 0.00 |"   # the fixture's maps: one hot cell of 4×4
+EXPECTED_ROWS = [r + ONE_CELL for r in [
     "| 1 | [img_a](gallery/confident_errors/01_img_a.png) | melanoma | benign (0.92) | 0.08 | benign 0.92, melanoma 0.08 "
-    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident |",
+    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident",
     "| 2 | [img_b](gallery/confident_errors/02_img_b.png) | benign | melanoma (0.70) | 0.70 | melanoma 0.70, "
-    "benign 0.30 | false-positive melanoma; 40% of the evidence outside the lesion; moderately confident |",
+    "benign 0.30 | false-positive melanoma; 40% of the evidence outside the lesion; moderately confident",
     "| 1 | [img_a](gallery/false_negatives/01_img_a.png) | melanoma | benign (0.92) | 0.08 | benign 0.92, melanoma 0.08 "
-    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident |",
+    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident",
     "| 1 | [img_c](gallery/off_target_correct/01_img_c.png) | melanoma | melanoma (0.97) | 0.97 | melanoma 0.97, "
-    "benign 0.03 | correct melanoma; 90% of the evidence outside the lesion; confident |",
-]
+    "benign 0.03 | correct melanoma; 90% of the evidence outside the lesion; confident",
+]]
 
 
 @pytest.fixture
@@ -182,12 +183,13 @@ def test_gallery_markdown_for_known_table(out_dir):
     assert lines[0] == "# Error gallery: tiny_<run>"
     for row in EXPECTED_ROWS:
         assert row in lines, f"missing line:\n{row}\nin:\n{md}"
-    assert "| # | image | truth | top-1 | P(melanoma) | top-3 | reading |" in lines
+    assert "| # | image | truth | top-1 | P(melanoma) | top-3 | reading | map |" in lines
     assert '"confident" = top-1 probability ≥ 0.90; "uncertain" = < 0.60' in md
     assert "wrong predictions, highest top-1 probability first; showing 2 of 2." in lines
     assert "correct predictions drawn at random (seeded); showing 2 of 2." in lines
     random_rows = [ln for ln in lines if "gallery/random_correct/" in ln]
-    assert len(random_rows) == 2 and any("| correct benign; no lesion mask; uncertain |" in ln for ln in random_rows)
+    assert len(random_rows) == 2 and any("| correct benign; no lesion mask; uncertain" + ONE_CELL in ln
+                                         for ln in random_rows)
     for row in lines:
         if row.startswith("| ") and "](gallery/" in row:
             rel = row.split("](", 1)[1].split(")", 1)[0]
@@ -336,3 +338,44 @@ def test_gallery_says_which_shortcut_its_overlays_do_not_show(out_dir):
     s["counterfactual"]["hidden"] = []
     (out_dir / "summary.json").write_text(json.dumps(s))
     assert "Shortcut the maps" not in render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
+
+
+def test_map_concentration_known_answers():
+    """Peak share = max cell / Σ; entropy = −Σ p log p / log(h·w) (hand-computed)."""
+    import warnings
+
+    from audit.cam import map_concentration
+    from audit.errors import UndefinedMetricWarning
+    c = np.zeros((4, 2, 2))
+    c[0, 0, 0] = 5.0                                  # one cell: share 1, entropy 0
+    c[1] = 3.0                                        # flat: share 1/4, entropy 1
+    c[2] = [[1, 1], [1, 0]]                           # three equal cells: 1/3, log 3 / log 4
+    with pytest.warns(UndefinedMetricWarning, match="1 of 4 maps are all zero"):
+        peak, ent = map_concentration(c)              # c[3]: all zero → NaN
+    np.testing.assert_allclose(peak[:3], [1.0, 0.25, 1 / 3])
+    np.testing.assert_allclose(ent[:3], [0.0, 1.0, math.log(3) / math.log(4)])
+    assert math.isnan(peak[3]) and math.isnan(ent[3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p1, e1 = map_concentration(np.array([[-2.0, 2.0], [0.0, 0.0]]))   # negatives clipped: one cell
+    assert p1[0] == 1.0 and e1[0] == 0.0
+
+
+def test_overlays_carry_no_caption_and_near_flat_maps_say_so(out_dir):
+    """#26: captions were burned into the PNG (and repeated in the HTML): the PNG is now the picture only.
+    A near-flat map (15 cells of 1.0, one of 1.1) is painted as red as a focused one after the per-image
+    min-max; its peak share 1.1/16.1 = 7% (flat 6%) and entropy 1.00 say it is flat."""
+    z = dict(np.load(out_dir / "cams.npz"))
+    z["cam"][0] = 1.0
+    z["cam"][0][0, 0] = 1.1                           # img_a
+    np.savez_compressed(out_dir / "cams.npz", **z)
+    paths = render_reports(out_dir, n_per_group=2)
+    im = Image.open(out_dir / "gallery" / "confident_errors" / "01_img_a.png")
+    assert im.size == (224, 224)                      # 32 px grid enlarged ×7; no caption strip below
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "map: peak cell 7% of the evidence (flat 6%), entropy 1.00" in page
+    assert "map: peak cell 100% of the evidence (flat 6%), entropy 0.00" in page          # img_b: one cell
+    assert "largest cell&#x27;s share of the raw map&#x27;s evidence" in page
+    assert page.count("Pred benign (0.92) · True melanoma") == 2                          # text, in 2 groups
+    md = paths["gallery_md"].read_text(encoding="utf-8")
+    assert "| peak cell 7% of the evidence (flat 6%), entropy 1.00 |" in md

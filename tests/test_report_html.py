@@ -334,3 +334,13 @@ def test_accuracy_by_group_known_answers(plain_inputs):
     assert rows[0][:3] == ["site", "a", "12"] and rows[0][3].startswith("75%")
     assert rows[1] == ["site", "b", "3", "small n=3"]
     assert "<h2>Accuracy by group</h2>" not in _page(plain_inputs, {})
+
+
+def test_split_note_and_threshold_rule_are_shown(plain_inputs):
+    note = "the manifest has no split column, so no split chose the audited rows: this may be auditing training data"
+    page = _page(plain_inputs, {"data": {**plain_inputs.summary["data"], "split_note": note}})
+    assert f'<p class="note">Split: {note}</p>' in page
+    assert "Split:" not in _page(plain_inputs, {})
+    op = {**plain_inputs.summary["operating_points"], "rule": "each threshold is the k-th highest <score>"}
+    page = _page(plain_inputs, {"operating_points": op})
+    assert '<p class="meta">Thresholds: each threshold is the k-th highest &lt;score&gt;.</p>' in page

@@ -479,3 +479,20 @@ def test_preset_mapping_falls_back_to_canonical_columns(tmp_path):
     (tmp_path / "ham.csv").write_text("image_id,dx\nISIC_1,mel\n")
     df = load_manifest(tmp_path / "ham.csv", spec, classes=["mel", "nv"])
     assert df["image"].iloc[0] == str(tmp_path / "images/ISIC_1.jpg") and df["label"].iloc[0] == "mel"
+
+
+def test_split_note_when_no_split_chose_the_rows():
+    """#26: a manifest without a split column (HAM10000_metadata.csv) audits every row, training images included;
+    the audit must say so. Known answers for each case."""
+    import pandas as pd
+
+    from audit.manifest import split_note
+    none = pd.DataFrame({"split": [pd.NA, pd.NA]})
+    assert split_note(none, "all").startswith("the manifest has no split column, so no split chose the audited "
+                                             "rows: this may be auditing training data")
+    assert split_note(none, None) == split_note(none, "all")
+    mixed = pd.DataFrame({"split": ["train", "test", "val"]})
+    assert split_note(mixed, "all").startswith("--split all: the rows of every split ['test', 'train', 'val'] are "
+                                              "audited, training data included")
+    assert split_note(mixed, "test") is None
+    assert split_note(pd.DataFrame({"split": ["test", "val"]}), "all") is None     # held-out splits only

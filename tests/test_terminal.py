@@ -229,3 +229,71 @@ def test_skipped_images_point_at_errors_csv(tmp_path):
     con = Console(width=200, color_system=None, force_terminal=False, record=True)
     print_summary(clean, None, con)
     assert "skipped" not in con.export_text() and "errors.csv" not in con.export_text()
+
+
+def _long_summary():
+    import copy
+    s = copy.deepcopy(SUMMARY)
+    s["data"]["split_note"] = ("the manifest has no split column, so no split chose the audited rows: this may be "
+                               "auditing training data (any image the model was trained on reads optimistic)")
+    op = s["operating_points"]
+    op["tuning"] = "cross-fit on audited split (no validation split)"
+    op["rule"] = "each threshold is the k-th highest score of the P tuning positives, k = ⌈target·(P+1)⌉"
+    op["warning"] = ("no validation split (none named val, valid or validation): thresholds are tuned by "
+                     "cross-fitting on the audited split (5-fold stratified; each fold scored with the threshold "
+                     "tuned on the others)")
+    return s
+
+
+def test_file_console_never_breaks_a_phrase():
+    """#26: written to a file, the summary's lines were wrapped at 100 columns mid-phrase ('see \\nerrors.csv').
+    The file console keeps every text line whole (soft wrap) and still sizes the tables for 100 columns."""
+    import io
+
+    from audit.terminal import out_console
+    buf = io.StringIO()
+    con = out_console(buf)
+    assert con.width == 100 and con.soft_wrap and not con.is_terminal
+    s = _long_summary()
+    print_summary(s, "reports/run_x", con)
+    lines = buf.getvalue().splitlines()
+    assert "\x1b[" not in buf.getvalue()
+    for phrase in ("skipped 3 (unreadable: see errors.csv)", "Split: " + s["data"]["split_note"],
+                   "warning: " + s["operating_points"]["warning"], "Thresholds: " + s["operating_points"]["rule"] + ".",
+                   "Operating points for mel (thresholds tuned on: cross-fit on audited split (no validation split); "
+                   "n = 120, 25 positive)", "(a calibrated model reads ~0.04 at this n)"):
+        assert any(phrase in ln for ln in lines), phrase
+    table_lines = [ln for ln in lines if ln.startswith(("┃", "│", "┏", "└", " lesion", " ruler"))]
+    assert table_lines and all(len(ln) <= 100 for ln in table_lines)
+    # the same summary on a fixed 100-column console without soft wrap breaks those phrases: the test can fail
+    plain = Console(width=100, color_system=None, force_terminal=False, record=True)
+    print_summary(s, "reports/run_x", plain)
+    assert not any("skipped 3 (unreadable: see errors.csv)" in ln for ln in plain.export_text().splitlines())
+
+
+def test_operating_points_state_the_threshold_rule_and_say_why_they_are_undefined():
+    s = _long_summary()
+    con = Console(width=300, color_system=None, force_terminal=False, record=True)
+    print_summary(s, None, con)
+    text = con.export_text()
+    assert "Thresholds: each threshold is the k-th highest score of the P tuning positives" in text
+    note = "no positives of class mel among the 120 audited images and no validation split: thresholds cannot be tuned"
+    nan = _est(None, n=0)
+    s["operating_points"].update(warning=note, n_pos=0, points=[
+        {"target_sensitivity": 0.9, "threshold": None, "sensitivity": nan, "specificity": nan, "ppv": nan,
+         "npv": nan}])
+    con = Console(width=300, color_system=None, force_terminal=False, record=True)
+    print_summary(s, None, con)
+    text = con.export_text()
+    assert f"warning: {note}" in text and "0-fold" not in text
+    assert "Thresholds: each threshold" not in text        # no threshold to explain
+
+
+def test_split_note_is_a_line_of_its_own():
+    con = Console(width=300, color_system=None, force_terminal=False, record=True)
+    print_summary(_long_summary(), None, con)
+    line = next(ln for ln in con.export_text().splitlines() if ln.startswith("Split:"))
+    assert "this may be auditing training data" in line
+    con = Console(width=300, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, None, con)
+    assert "Split:" not in con.export_text()

@@ -43,18 +43,18 @@ def test_tune_threshold_exact_fraction_and_no_positives():
 
 
 def test_operating_point_counts_and_wilson_by_hand():
-    # validation: positives at 0.9, 0.8, 0.6, 0.3 → target 0.75 needs 3 of 4 → t = 0.6
+    # validation: positives at 0.9, 0.8, 0.6, 0.3 → target 0.6, held-out rank k = ⌈0.6·(4+1)⌉ = 3 → t = 0.6
     pv, yv = [0.9, 0.8, 0.6, 0.3, 0.7, 0.2], [1, 1, 1, 1, 0, 0]
     pa = np.array([0.95, 0.65, 0.55, 0.10, 0.70, 0.61, 0.30, 0.59, 0.05, 0.2])
     ya = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
     top1 = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], bool)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                          # validation path: no warning
-        r = operating_points(pa, ya, pv, yv, targets=(0.75,), y_pred_top1_pos=top1)
+        r = operating_points(pa, ya, pv, yv, targets=(0.6,), y_pred_top1_pos=top1)
     assert r["tuning"] == TUNING_VALIDATION and r["warning"] is None
     assert (r["n"], r["n_pos"], r["n_neg"]) == (10, 4, 6)
     pt = r["points"][0]
-    assert pt["threshold"] == 0.6 and pt["target_sensitivity"] == 0.75
+    assert pt["threshold"] == 0.6 and pt["target_sensitivity"] == 0.6
     # predicted positive (p >= 0.6): 0.95, 0.65 (pos); 0.70, 0.61 (neg)
     assert (pt["tp"], pt["fn"], pt["tn"], pt["fp"]) == (2, 2, 4, 2)
     assert pt["sensitivity"]["value"] == 0.5 and pt["specificity"]["value"] == pytest.approx(4 / 6)
@@ -252,7 +252,7 @@ def test_threshold_text_from_log_odds_where_the_probability_has_rounded_to_one(l
 
 
 def test_operating_points_tuned_on_log_odds_where_probabilities_tie_at_one():
-    """Every positive and three negatives have P = 1.0 in float32: on probabilities the 0.6 and 0.8 targets get
+    """Every positive and three negatives have P = 1.0 in float32: on probabilities the 0.5 and 0.65 targets get
     one threshold (1.0) and one result; on the log-odds (`logodds_mel`) they are tuned apart (hand-computed)."""
     import pandas as pd
     from audit.config import AuditConfig
@@ -265,12 +265,12 @@ def test_operating_points_tuned_on_log_odds_where_probabilities_tie_at_one():
                        "p_mel": np.where(lo > 17, 1.0, 1 / (1 + np.exp(-lo))), "logodds_mel": lo})
     df["logodds_nv"] = -df["logodds_mel"]
     run = RunConfig(model_name="resnet18", source="torchvision", classes=["mel", "nv"], input=InputSpec())
-    cfg = AuditConfig(sensitivities=[0.6, 0.8])
+    cfg = AuditConfig(sensitivities=[0.5, 0.65])
     val_lo = np.array([50.0, 40.0, 30.0, 20.0, 10.0, 35.0, -2.0])      # 5 positives, then 2 negatives
     val = (np.array(["mel"] * 5 + ["nv"] * 2), np.column_stack([val_lo, -val_lo]))
     res = _operating_points(df, run, "mel", val, cfg)
     (p60, p80) = res["points"]
-    # target 0.6 of 5 positives: k = 3 → t = 30; target 0.8: k = 4 → t = 20
+    # 5 positives, held-out rank k = ⌈target·(5+1)⌉: target 0.5 → k = 3 → t = 30; target 0.65 → k = 4 → t = 20
     assert p60["threshold_logodds"] == 30.0 and p80["threshold_logodds"] == 20.0
     assert p80["threshold"] == pytest.approx(1 / (1 + math.exp(-20.0)), rel=1e-15)
     assert (p60["tp"], p60["fp"], p60["fn"], p60["tn"]) == (2, 1, 2, 4)   # ≥ 30: 45, 35 | 38
@@ -280,3 +280,75 @@ def test_operating_points_tuned_on_log_odds_where_probabilities_tie_at_one():
     old = _operating_points(df.drop(columns=["logodds_mel", "logodds_nv"]), run, "mel", None, cfg)
     assert old["points"][0]["tp"] == old["points"][1]["tp"] and "threshold_logodds" not in old["points"][0]
     assert old["score"].startswith("P(positive)")
+
+
+def test_held_out_rank_reaches_the_target_on_new_positives_of_a_perfect_score():
+    """#26: a perfectly separating score read 76% sensitivity at the 0.80 target. Leave one positive out of
+    P = 21 (scores 21 > 20 > … > 1, every negative below): it is predicted positive iff its rank among all 21 is
+    ≤ k, the rank used on the other 20. Held-out rank k = ⌈0.8·21⌉ = 17 → 17/21 ≥ 0.8; the in-sample rank
+    ⌈0.8·20⌉ = 16 gave 16/21 = 0.762."""
+    pos = np.arange(21, 0, -1, dtype=float)
+    neg = -np.arange(1, 31, dtype=float)
+    hits = {False: 0, True: 0}
+    for held_out in (False, True):
+        for i in range(21):
+            others = np.r_[np.delete(pos, i), neg]
+            y = np.r_[np.ones(20, bool), np.zeros(30, bool)]
+            hits[held_out] += pos[i] >= tune_threshold(others, y, 0.8, held_out=held_out)
+    assert hits == {False: 16, True: 17}
+    # the rank by hand: k = ⌈0.8·(20+1)⌉ = 17 of the 20 tuning positives 20…1 → t = 4; capped at P for 1.0
+    y = np.ones(20, bool)
+    assert tune_threshold(np.arange(20, 0, -1.0), y, 0.8, held_out=True) == 4.0
+    assert tune_threshold(np.arange(20, 0, -1.0), y, 1.0, held_out=True) == 1.0
+
+
+def test_cross_fitted_perfect_score_reaches_the_target_on_average():
+    """Cross-fitted on a perfectly separating score (20 positives, 80 negatives, 100 shuffles): the mean
+    sensitivity is at or above each target (it was 0.763 at 0.80, 0.880 at 0.90 with the in-sample rank), and
+    specificity is 1. 0.95 needs ⌈0.95·17⌉ = 17 of 16 tuning positives: capped, so only 16/17 there."""
+    rng = np.random.default_rng(0)
+    sens = {0.8: [], 0.9: []}
+    for seed in range(100):
+        y = np.r_[np.ones(20, bool), np.zeros(80, bool)]
+        p = np.where(y, rng.uniform(2, 5, 100), rng.uniform(-5, -2, 100))
+        with pytest.warns(UserWarning, match="5-fold stratified; each fold"):
+            r = operating_points(p, y, targets=(0.8, 0.9), seed=seed)
+        assert r["folds"] == 5 and r["rule"].startswith("each threshold is the k-th highest")
+        for pt in r["points"]:
+            sens[pt["target_sensitivity"]].append(pt["sensitivity"]["value"])
+            assert pt["specificity"]["value"] == 1.0
+    assert np.mean(sens[0.8]) >= 0.8 and np.mean(sens[0.9]) >= 0.9
+
+
+@pytest.mark.parametrize("n_pos, words", [(0, "no positives of class mel among the 30 audited images"),
+                                          (1, "1 positive of class mel among the 30 audited images")])
+def test_no_positives_no_fold_count_but_a_note(n_pos, words):
+    """#26: with no positives the cross-fit note read '0-fold stratified'. Now: NaN thresholds and rates, an
+    UndefinedMetricWarning, and a note naming the class and n."""
+    p = np.linspace(-3, 3, 30)
+    y = np.zeros(30, bool)
+    y[:n_pos] = True
+    with pytest.warns(UndefinedMetricWarning, match="thresholds cannot be tuned") as rec:
+        r = operating_points(p, y, targets=(0.8, 0.9), positive_name="mel")
+    assert not any("fold" in str(w.message) and "cross-fitting needs" not in str(w.message) for w in rec)
+    assert words in r["warning"] and r["warning"].endswith("thresholds cannot be tuned")
+    assert "0-fold" not in r["warning"] and r["folds"] is None and r["tuning"] == TUNING_CROSS_FIT
+    assert len(r["points"]) == 2
+    for pt in r["points"]:
+        assert math.isnan(pt["threshold"]) and pt["tp"] is None and math.isnan(pt["sensitivity"]["value"])
+
+
+def test_fewer_positives_than_folds_says_so():
+    p = np.linspace(-3, 3, 30)
+    y = np.zeros(30, bool)
+    y[-3:] = True
+    with pytest.warns(UserWarning, match=r"3-fold stratified, not 5: only 3 positives of class mel"):
+        r = operating_points(p, y, targets=(0.8,), positive_name="mel")
+    assert r["folds"] == 3 and len(r["points"][0]["fold_thresholds"]) == 3
+
+
+def test_validation_split_without_positives_is_undefined():
+    with pytest.warns(UndefinedMetricWarning, match="no positives of class mel among the 4 validation images"):
+        r = operating_points([0.9, 0.1], [True, False], [0.5, 0.4, 0.3, 0.2], [False] * 4, targets=(0.8,),
+                             positive_name="mel")
+    assert r["tuning"] == TUNING_VALIDATION and math.isnan(r["points"][0]["threshold"])

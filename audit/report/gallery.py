@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..cam import map_concentration
+from ..errors import UndefinedMetricWarning
 from ..summary import most_confident_first
 from .inputs import ReportInputs, fnum
 from .overlay import overlay_image
@@ -55,9 +58,12 @@ class GalleryItem:
     confidence: float
     p_pos: float
     top3: list[tuple[str, float]]
-    caption: str
+    caption: str          # shown in report.html beside the overlay, not drawn into the PNG
     reading: str
     note: str = ""
+    peak_share: float = math.nan   # `audit.cam.map_concentration` of the raw map: max cell / Σ cells
+    entropy: float = math.nan      # normalised entropy of the raw map, 1 = flat, 0 = one cell
+    n_cells: int = 0               # h·w of the map (a flat map's peak share is 1/n_cells)
 
 
 @dataclass
@@ -93,6 +99,22 @@ class Words:
                 f"share of the Grad-CAM mass outside that target region. \"Read as X without the <artifact>\" "
                 f"(with the counterfactual check): the prediction became X when that region was filled in. Ties "
                 f"in confidence are ranked by the logit margin.")
+
+
+def concentration_text(peak_share: float, entropy: float, n_cells: int, head: str = "map: ") -> str:
+    """"map: peak cell 31% of the evidence (flat 2%), entropy 0.62": how concentrated the raw map is, which the
+    per-image min-max colours hide; "map: all zero" when it has no evidence."""
+    if not math.isfinite(peak_share):
+        return f"{head}all zero"
+    flat = f" (flat {100 / n_cells:.0f}%)" if n_cells else ""
+    ent = f", entropy {entropy:.2f}" if math.isfinite(entropy) else ""
+    return f"{head}peak cell {100 * peak_share:.0f}% of the evidence{flat}{ent}"
+
+
+CONCENTRATION_LEGEND = ("Each overlay is min-max scaled on its own, so a near-flat map is painted as red as a "
+                        "focused one: \"map: peak cell\" is the largest cell's share of the raw map's evidence (a "
+                        "flat map's is 1/(h·w), given as \"flat\") and the entropy is normalised (1 = flat, "
+                        "0 = one cell); per_image.csv has both as cam_peak_share and cam_entropy.")
 
 
 def words_for(inp: ReportInputs) -> Words:
@@ -246,7 +268,11 @@ def build_gallery(inp: ReportInputs, n_per_group: int = 8, blocky: bool = False,
                 g.skipped.append((iid, note))
                 continue
             cap = caption(row, inp.positive, inp.kinds, inp.classes)
-            im = overlay_image(grid, inp.cams[inp.cam_index[iid]], masks, inp.kinds, cap, blocky=blocky)
+            cam = inp.cams[inp.cam_index[iid]]
+            im = overlay_image(grid, cam, masks, inp.kinds, "", blocky=blocky)  # the caption is text in the report
+            with warnings.catch_warnings():  # an all-zero map: NaN, and the overlay says "CAM all zero"
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                peak, ent = map_concentration(cam)
             rank = len(g.items) + 1
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{rank:02d}_{_safe(iid)}.png"
@@ -257,7 +283,7 @@ def build_gallery(inp: ReportInputs, n_per_group: int = 8, blocky: bool = False,
                 p_pos=fnum(row.get(f"p_{inp.positive}")) if inp.positive else math.nan,
                 top3=top_k(row, inp.classes), caption=cap,
                 reading=reading(row, inp.positive, inp.kinds, words, inp.classes),
-                note=note))
+                note=note, peak_share=float(peak[0]), entropy=float(ent[0]), n_cells=int(np.size(cam))))
             if progress:
                 progress()
         groups.append(g)
@@ -281,7 +307,7 @@ def gallery_markdown(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool
              + f"green = target ({', '.join(targets) or 'none'}), magenta = artifact ({', '.join(artifacts) or 'none'}).",
              "",
              f"Positive class: {_md(inp.positive) if inp.positive else 'not configured'}. Words: {words.legend()}",
-             ""]
+             "", CONCENTRATION_LEGEND, ""]
     for h in (inp.summary.get("counterfactual") or {}).get("hidden") or []:  # the colours do not show these
         lines += [f"**Shortcut the maps do not show: {_md(h.get('region'))}.** {_md(h.get('text'))}. The overlays "
                   "below under-show it; their readings name it where removing it changed the prediction.", ""]
@@ -292,13 +318,14 @@ def gallery_markdown(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool
         if g.note:
             lines += [f"_{_md(g.note)}_", ""]
         if g.items:
-            lines += [f"| # | image | truth | top-1 | {pos_h} | top-3 | reading |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| # | image | truth | top-1 | {pos_h} | top-3 | reading | map |", "|---|---|---|---|---|---|---|---|"]
             for it in g.items:
                 rel = it.path.relative_to(inp.out_dir).as_posix()
                 top3 = ", ".join(f"{_md(c)} {p:.2f}" for c, p in it.top3)
                 pp = f"{it.p_pos:.2f}" if math.isfinite(it.p_pos) else "n/a"
                 lines.append(f"| {it.rank} | [{_md(it.image_id)}]({rel}) | {_md(it.truth)} | "
-                             f"{_md(it.pred)} ({it.confidence:.2f}) | {pp} | {top3} | {_md(it.reading)} |")
+                             f"{_md(it.pred)} ({it.confidence:.2f}) | {pp} | {top3} | {_md(it.reading)} | "
+                             f"{_md(concentration_text(it.peak_share, it.entropy, it.n_cells, head=''))} |")
             lines.append("")
         for iid, why in g.skipped:
             lines.append(f"- skipped {_md(iid)}: {_md(why)}")

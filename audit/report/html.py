@@ -13,7 +13,7 @@ from pathlib import Path
 from ..stats import small_text
 from ..summary import lift_alarm, target_floor
 from ..thresholds import fmt_threshold
-from .gallery import GalleryGroup, words_for
+from .gallery import CONCENTRATION_LEGEND, GalleryGroup, concentration_text, words_for
 from .inputs import ReportInputs
 
 CSS = """
@@ -142,6 +142,8 @@ def _header(inp: ReportInputs) -> str:
              + (f" · positive class <b>{esc(inp.positive)}</b>" if inp.positive else ""),
              f"<br>rendered {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
              f"{esc(inp.out_dir)}</p>"]
+    if data.get("split_note"):
+        parts.append(f'<p class="note">Split: {esc(data["split_note"])}</p>')
     if data.get("grid_note"):
         parts.append(f'<p class="meta">Grid: {esc(data["grid_note"])}</p>')
     if data.get("bit_depth_note"):
@@ -286,8 +288,11 @@ def _operating_points(inp: ReportInputs) -> str:
             "positive). Predicted positive when P ≥ threshold.</p>")
     if op.get("warning"):
         head += f'<p class="note">{esc(op["warning"])}</p>'
+    rule = ""
+    if op.get("rule") and any(_finite(p.get("threshold")) for p in op.get("points") or []):
+        rule = f'<p class="meta">Thresholds: {esc(op["rule"])}.</p>'
     return head + _table(["target sensitivity", "threshold", "sensitivity", "specificity", "PPV", "NPV",
-                          "TP / FN / TN / FP"], rows, left=0)
+                          "TP / FN / TN / FP"], rows, left=0) + rule
 
 
 def _counterfactual(inp: ReportInputs) -> str:
@@ -501,7 +506,7 @@ def _gallery(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool) -> str
            + ", min-max per image for display only; red = most evidence). Outlines: "
            '<span style="color:#00a000;font-weight:bold">green = target</span>, '
            '<span style="color:#d000d0;font-weight:bold">magenta = artifact</span>.</p>',
-           f'<p class="meta">{esc(words.legend())}</p>']
+           f'<p class="meta">{esc(words.legend())}</p>', f'<p class="meta">{esc(CONCENTRATION_LEGEND)}</p>']
     for g in groups:
         out.append(f"<h3>{esc(g.spec.title)}</h3><p class=\"meta\">{esc(g.spec.description)}; showing "
                    f"{len(g.items)} of {g.n_candidates}.</p>")
@@ -513,7 +518,8 @@ def _gallery(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool) -> str
                 top3 = ", ".join(f"{c} {p:.2f}" for c, p in it.top3)
                 out.append(f'<figure><img src="{data_uri(it.path)}" alt="{esc(it.image_id)}">'
                            f"<figcaption><b>#{it.rank} {esc(it.image_id)}</b><br>{esc(it.caption)}<br>"
-                           f"top-3: {esc(top3)}<br><i>{esc(it.reading)}</i>"
+                           f"top-3: {esc(top3)}<br>{esc(concentration_text(it.peak_share, it.entropy, it.n_cells))}"
+                           f"<br><i>{esc(it.reading)}</i>"
                            + (f'<br><span class="note">{esc(it.note)}</span>' if it.note else "")
                            + "</figcaption></figure>")
             out.append("</div>")

@@ -119,7 +119,7 @@ def build_multilabel_gallery(ml: MLInputs, n_per_group: int = 4, blocky: bool = 
                 if grid is None:
                     items.append(MLItem(f, key, iid, None, cap, note))
                     continue
-                im = overlay_image(grid, ml.cams[int(row["map"])], masks, kinds, cap, blocky=blocky)
+                im = overlay_image(grid, ml.cams[int(row["map"])], masks, kinds, "", blocky=blocky)  # caption: text
                 folder = root / _safe(f) / key
                 folder.mkdir(parents=True, exist_ok=True)
                 rank = sum(1 for it in items if it.finding == f and it.group == key) + 1
@@ -163,13 +163,15 @@ def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>multi-label audit</title><style>"
          "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
-         ".fail{color:#b00}.pass{color:#070}img{max-width:260px;margin:4px}</style></head><body>",
+         ".fail{color:#b00}.pass{color:#070}img{max-width:260px;margin:4px}.grid{display:flex;flex-wrap:wrap}"
+         "figure{margin:4px;width:270px;font-size:0.8em}</style></head><body>",
          f"<h1>Multi-label audit: {len(s['findings'])} findings</h1>",
          f"<p>n = {d['n']} images ({esc(d['split'])} split of {esc(d['manifest'])}); labels: 1 positive, 0 negative, "
          f"blank missing, -1 read as {esc(d['uncertain'])}; thresholds tuned on {esc(d['tuning'])}. "
          f"Grad-CAM at {esc(s['cam']['layer'])} {s['cam']['resolution']}, head {esc(', '.join(s['cam']['head']))}, "
          f"{s['cam']['n_maps']} maps ({esc(s['cam']['maps'])}). Gates: <b>{esc(str(s.get('verdict', 'none')).upper())}</b>."
-         "</p>", "<h2 id='comparison'>Findings compared</h2><table>"]
+         "</p>", *([f"<p class='fail'>Split: {esc(d['split_note'])}</p>"] if d.get("split_note") else []),
+         "<h2 id='comparison'>Findings compared</h2><table>"]
     ts = _num(s["comparison"][0]["target_sensitivity"]) if s.get("comparison") else "n/a"
     h.append(_row(["finding", "n labelled", "positives", "AUROC [95% CI]", f"sensitivity @{ts}",
                    f"specificity @{ts}", "false negatives", "target share", "top artifact lift", "top flip rate",
@@ -229,9 +231,10 @@ def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
             for key, title in ML_GROUPS:
                 g = [i for i in its if i.group == key]
                 if g:
-                    h.append(f"<h4>{esc(title)}</h4>" + "".join(
-                        f"<img src='{esc(i.path.relative_to(ml.out_dir).as_posix())}' title='{esc(i.caption)}'>"
-                        for i in g))
+                    h.append(f"<h4>{esc(title)}</h4><div class='grid'>" + "".join(
+                        f"<figure><img src='{esc(i.path.relative_to(ml.out_dir).as_posix())}' "
+                        f"alt='{esc(i.image_id)}'><figcaption>{esc(i.image_id)}<br>{esc(i.caption)}</figcaption>"
+                        "</figure>" for i in g) + "</div>")
     h.append("</body></html>")
     return "\n".join(h)
 
