@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="twice: the baseline's then the candidate's run directory, audited first (cached)")
     c.add_argument("--data", help="manifest CSV for --run-dir audits")
     c.add_argument("--split", help="split for --run-dir audits (default: test)")
-    c.add_argument("--config", dest="preset", help="YAML preset for --run-dir audits (regions, options)")
+    c.add_argument("--config", dest="preset",
+                   help="YAML preset: its compare.gates (margins), and for --run-dir audits its regions and options")
     c.add_argument("--limit", type=int, help="--run-dir audits: only the first N images")
     c.add_argument("--counterfactual", action="store_true", default=None, help="--run-dir audits: flip rates too")
     c.add_argument("--device", help="--run-dir audits: cpu (default), cuda, cuda:N")
@@ -352,7 +353,11 @@ def cmd_compare(args) -> int:
     from audit.errors import ConfigError
     if bool(args.audits) == bool(args.run_dir) or len(args.audits or args.run_dir) != 2:
         raise ConfigError("compare: pass BASELINE_AUDIT_DIR CANDIDATE_AUDIT_DIR, or --run-dir A --run-dir B --data CSV")
-    gates = read_gates_file(args.gates) if args.gates else {}
+    gates = {}
+    if args.preset:  # the preset's compare.gates, overridden by --gates FILE, overridden by --gate NAME=MARGIN
+        from masks.presets import compare_gates, load_preset
+        gates.update(compare_gates(load_preset(args.preset)))
+    gates.update(read_gates_file(args.gates) if args.gates else {})
     gates.update(parse_gates(args.gate))
     gates = parse_gates(gates)  # checked before any audit runs
     for opt, v in (("--n-boot", args.n_boot), ("--gallery-n", args.gallery_n)):

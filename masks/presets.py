@@ -10,8 +10,9 @@ from audit.errors import ConfigError
 from .registry import build_regions
 
 #: The sections a preset may hold: `regions` (this package), `input` (the grid for `masks` / `scan`; an audit
-#: takes its input from the run), `data` (manifest columns), `audit` (AuditConfig options), `gates`, `scan`.
-SECTIONS = ("regions", "input", "data", "audit", "gates", "scan")
+#: takes its input from the run), `data` (manifest columns), `audit` (AuditConfig options), `gates`, `scan`,
+#: `compare` (`gates:` the non-inferiority margins of `cli.py compare`, audit/compare.py GATES).
+SECTIONS = ("regions", "input", "data", "audit", "gates", "scan", "compare")
 
 
 def load_preset(path: str | Path) -> dict:
@@ -70,3 +71,20 @@ def _check_sections(cfg: dict) -> None:
     if not isinstance(gates, dict):
         raise ConfigError(f"gates: expected a mapping of gate name → threshold, got {type(gates).__name__}")
     evaluate_gates(gates, {})
+    compare_gates(cfg)
+
+
+def compare_gates(cfg: dict) -> dict[str, float]:
+    """The preset's `compare: {gates: {name: margin}}` (empty when absent), checked by `audit.compare.parse_gates`."""
+    from audit.compare import parse_gates
+    c = cfg.get("compare") or {}
+    if not isinstance(c, dict) or set(c) - {"gates"}:
+        raise ConfigError("compare: expected a mapping with one key, gates (non-inferiority margins), got "
+                          f"{sorted(c) if isinstance(c, dict) else type(c).__name__}")
+    g = c.get("gates") or {}
+    if not isinstance(g, dict):
+        raise ConfigError(f"compare.gates: expected a mapping of gate name → margin, got {type(g).__name__}")
+    try:
+        return parse_gates(g)
+    except ConfigError as e:
+        raise ConfigError(f"compare.gates: {e}") from None

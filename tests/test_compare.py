@@ -362,3 +362,23 @@ def test_cli_reads_gates_from_a_yaml_file(tmp_path, base_table):
     assert not (tmp_path / "o" / "compare.html").exists() and d["gallery"] == {}
     f.write_text("- not a mapping\n")
     assert _cli("compare", a, b, "--gates", f, "--out", tmp_path / "o") == 2
+
+
+def test_cli_reads_gates_from_the_presets_compare_section_overridden_by_the_cli(tmp_path, base_table):
+    a = write_audit(tmp_path / "a", base_table, "a")
+    b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  border: {width: 0.1}\ncompare:\n  gates:\n    max_sensitivity_drop[0.90]: 0.02\n")
+    assert _cli("compare", a, b, "--config", preset, "--out", tmp_path / "o", "--quiet", "--no-report") == 1
+    d = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert [(g["name"], g["margin"], g["status"]) for g in d["gates"]] == [("max_sensitivity_drop[0.90]", 0.02, "fail")]
+    # --gate overrides the preset's margin for the same gate (a 5-of-30 drop is within a 0.5 margin)
+    assert _cli("compare", a, b, "--config", preset, "--gate", "max_sensitivity_drop[0.90]=0.5", "--out",
+                tmp_path / "o2", "--quiet", "--no-report") == 0
+    d = json.loads((tmp_path / "o2" / "compare.json").read_text())
+    assert [(g["name"], g["margin"]) for g in d["gates"]] == [("max_sensitivity_drop[0.90]", 0.5)]
+    preset.write_text("compare:\n  gates:\n    max_sensitivity_dorp: 0.02\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: compare.gates: compare gate 'max_sensitivity_dorp': unknown"):
+        from masks.presets import load_preset
+        load_preset(preset)
+    assert _cli("compare", a, b, "--config", preset, "--out", tmp_path / "o3") == 2
