@@ -228,32 +228,75 @@ def _run_with_window(run_dir: Path, window: str) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_path, capsys):
+#: identifying values written into the test DICOMs: none may reach any output (the UIDs are read back per file)
+SECRETS = dict(PatientName="Doe^Jane", PatientID="SECRET-ID-42", PatientBirthDate="19450317",
+               AccessionNumber="ACC778899", StudyDate="20200101", StudyTime="101530", OperatorsName="Smith^Op",
+               ReferringPhysicianName="Who^Doctor", ImageComments="free text: patient fell on 3rd March",
+               InstitutionAddress="1 Secret Road", StudyID="STUDY-5511")
+
+
+def _secret_strings(paths) -> set[str]:
+    """The identifying values of these DICOM files, as written: SECRETS and every UID the files hold."""
+    out = {v for v in SECRETS.values()}
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        out |= {str(e.value) for e in ds.iterall() if e.VR == "UI" and "1.2.840.10008" not in str(e.value)}
+        out |= {str(e.value) for e in ds.file_meta if e.VR == "UI" and "1.2.840.10008" not in str(e.value)}
+    return out
+
+
+def _assert_nothing_identifying(out: Path, secrets: set[str]) -> int:
+    """No secret string in any file under `out` (text and binary alike); returns the number of files read."""
+    n = 0
+    for f in out.rglob("*"):
+        if f.is_file():
+            b = f.read_bytes()
+            n += 1
+            for s in secrets:
+                assert s.encode() not in b, (s, f)
+    return n
+
+
+def _block_decoder(monkeypatch) -> None:
+    """pydicom as it is on a machine without pylibjpeg-libjpeg: no plugin for JPEG-LS lossless."""
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+    monkeypatch.setattr(JPEGLSLosslessDecoder, "_available", {})
+
+
+NO_DECODER_REASON = ("compressed transfer syntax JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and "
+                     "no decoder for it installed: install the DICOM extra (pip install -e '.[dicom]')")
+
+
+def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_path, monkeypatch):
     """A manifest mixing PNG and DICOM (.dcm and suffix-less) audits; the refused DICOMs (multi-frame, no
-    PixelData, truncated) are errors.csv rows with their one-line reason, the rest is audited; the header
-    columns reach per_image.csv, `--by dicom_Manufacturer` works, and no identifying value is in any output."""
+    PixelData, truncated, JPEG-LS without its decoder) are errors.csv rows with their one-line reason, the rest
+    is audited; the header columns reach per_image.csv, `--by dicom_Manufacturer` gives accuracy and evidence
+    by device, `discover` reads the columns, and no identifying value is in any output (report included)."""
     data = tiny_run.parent / "data"
     man = pd.read_csv(data / "manifest.csv")
-    rows = []
+    rows, written = [], []
     for i, name in enumerate(man["image"]):
         a = np.asarray(Image.open(data / name).convert("L"))
         if i % 2:
             p = write_dicom(data / f"d{i}.dcm" if i % 4 == 1 else data / f"d{i}", a, Manufacturer=f"V{i % 3}",
-                            PatientName="Doe^Jane", PatientID="SECRET-ID-42", StudyDate="20200101",
-                            InstitutionName="General Hospital")
+                            InstitutionName="General Hospital", **SECRETS)
+            written.append(p)
             rows.append({**man.iloc[i].to_dict(), "image": p.name})
         else:
             rows.append(man.iloc[i].to_dict())
-    (data / "rtplan.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
-    (data / "two.dcm").write_bytes(Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes())
-    (data / "cut.dcm").write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes())
-    for k, n in enumerate(("rtplan.dcm", "two.dcm", "cut.dcm")):
+    refused = {"rtplan.dcm": "rtplan.dcm", "two.dcm": "SC_rgb_rle_2frame.dcm", "cut.dcm": "MR_truncated.dcm",
+               "jls.dcm": "MR_small_jpeg_ls_lossless.dcm"}
+    for n, src in refused.items():
+        (data / n).write_bytes(Path(get_testdata_file(src)).read_bytes())
         rows.append({"image": n, "label": "a", "split": "test", "site": "x"})
     pd.DataFrame(rows).to_csv(data / "mixed.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("audit: {min_n: 1}\nregions:\n  border: {width: 0.25}\n")
     _run_with_window(tiny_run, "full")
+    _block_decoder(monkeypatch)
     out = tmp_path / "out"
     assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "mixed.csv"), "--out", str(out),
-                     "--workers", "0", "--quiet", "--no-report", "--n-boot", "20", "--split", "all",
+                     "--workers", "0", "--quiet", "--n-boot", "20", "--split", "all", "--config", str(preset),
                      "--by", "dicom_Manufacturer"]) == 0
     per = pd.read_csv(out / "per_image.csv")
     assert len(per) == 6 and sorted(per["src_format"]) == ["DICOM"] * 3 + ["PNG"] * 3
@@ -263,17 +306,31 @@ def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_p
     assert per.loc[per["src_format"] == "PNG", "dicom_Manufacturer"].isna().all()
     err = pd.read_csv(out / "errors.csv")
     reasons = dict(zip(err["image"].map(lambda p: Path(p).name), err["reason"]))
-    assert set(reasons) == {"rtplan.dcm", "two.dcm", "cut.dcm"}
+    assert set(reasons) == set(refused)
     assert "DICOM without PixelData" in reasons["rtplan.dcm"]
     assert "multi-frame DICOM (2 frames)" in reasons["two.dcm"]
     assert "truncated DICOM" in reasons["cut.dcm"]
+    assert reasons["jls.dcm"].endswith(NO_DECODER_REASON)
+    assert all("\n" not in r for r in reasons.values())
     s = json.loads((out / "summary.json").read_text())
     assert set(s["accuracy_by_group"]["dicom_Manufacturer"]) >= {"V0", "V1", "V2"}
+    # evidence by device: the border share's median for each manufacturer's images (one image each: its own share)
+    ev = {r["group"]: r for r in s["by_group"]["rows"]
+          if r["group_col"] == "dicom_Manufacturer" and r["stat"] == "median_all" and r["region"] == "frac_border"}
+    assert set(ev) >= {"V0", "V1", "V2"}
+    for g in ("V0", "V1", "V2"):
+        assert ev[g]["n"] == 1
+        assert ev[g]["value"] == pytest.approx(float(d.loc[d["dicom_Manufacturer"] == g, "frac_border"].iloc[0]))
     assert yaml_load(out / "config.resolved.yaml")["run"]["input"]["dicom_window"] == "full"
-    for f in out.rglob("*"):
-        if f.is_file() and f.suffix in (".csv", ".json", ".yaml", ".md", ".html", ".txt"):
-            text = f.read_text(errors="ignore")
-            assert "SECRET-ID-42" not in text and "Doe^Jane" not in text and "20200101" not in text, f
+    assert (out / "report.html").is_file()
+    assert _assert_nothing_identifying(out, _secret_strings(written)) > 5
+    # discover runs on this audit, and its candidate attributes (what it tests each group for) are read from
+    # per_image.csv: every level of the header's text columns is one (6 images: none enriched at p < 0.05 here)
+    from audit.discover import _attributes
+    assert cli.main(["discover", "--out", str(out), "--quiet", "--no-report", "--min-n", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["discover"]["n"] == 6
+    attrs = {(c, lv) for c, lv, _, _ in _attributes(pd.read_csv(out / "per_image.csv"))}
+    assert {("dicom_Manufacturer", "V0"), ("dicom_Manufacturer", "V1"), ("dicom_Manufacturer", "V2")} <= attrs
 
 
 def yaml_load(p: Path) -> dict:
