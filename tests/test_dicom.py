@@ -192,6 +192,54 @@ def test_missing_decoder_and_missing_extra_name_the_extra(tmp_path):
                                   "(pip install -e '.[dicom]')"), out.stderr
 
 
+_CLI_NO_PYDICOM = """
+import sys
+sys.modules["pydicom"] = None  # as on a machine without the dicom extra: `import pydicom` raises ImportError
+import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_without_pydicom_a_real_audit_names_the_extra(tiny_run, tmp_path):
+    """Without pydicom (ImportError simulated in a fresh interpreter): the audit of a mixed manifest audits the
+    PNGs and lists every DICOM in errors.csv with one line naming the extra (exit 0); a scan of DICOMs only stops
+    with that line (exit 2), no traceback."""
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv")
+    rows = []
+    for i, name in enumerate(man["image"]):
+        if i % 2:
+            a = np.asarray(Image.open(data / name).convert("L"))
+            p = write_dicom(data / (f"n{i}.dcm" if i != 3 else "n3"), a)  # n3: suffix-less, DICM preamble
+            rows.append({**man.iloc[i].to_dict(), "image": p.name})
+        else:
+            rows.append(man.iloc[i].to_dict())
+    pd.DataFrame(rows).to_csv(data / "mixed.csv", index=False)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", _CLI_NO_PYDICOM, "audit", "--run-dir", str(tiny_run), "--data",
+                        str(data / "mixed.csv"), "--out", str(out), "--workers", "0", "--quiet", "--no-report",
+                        "--n-boot", "20", "--split", "all"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(pd.read_csv(out / "per_image.csv")["src_format"]) == ["PNG"] * 3
+    err = pd.read_csv(out / "errors.csv")
+    assert sorted(err["image"].map(lambda p: Path(p).name)) == ["n1.dcm", "n3", "n5.dcm"]
+    assert all(x.endswith("a DICOM file, and pydicom is not installed: install the DICOM extra "
+                          "(pip install -e '.[dicom]')") for x in err["reason"]), err["reason"].tolist()
+    only = data / "only.csv"
+    pd.DataFrame([rw for rw in rows if not str(rw["image"]).endswith(".png")]).to_csv(only, index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64}\nregions:\n  text: {}\n")
+    r = subprocess.run([sys.executable, "-c", _CLI_NO_PYDICOM, "scan", "--data", str(only), "--config", str(preset),
+                        "--out", str(tmp_path / "scan"), "--workers", "0", "--quiet"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: manifest: none of the 3 images could be read")
+    assert lines[0].endswith("a DICOM file, and pydicom is not installed: install the DICOM extra "
+                             "(pip install -e '.[dicom]'))"), lines
+
+
 # ================================================================================================ header
 
 def test_header_columns_never_hold_identifying_data(tmp_path):
@@ -478,3 +526,76 @@ def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_colu
     assert not per["present_text"].astype(bool).any()  # BurnedInAnnotation NO: known absent
     attrs = {(c, lv) for c, lv, _, _ in _attributes(per)}
     assert {("dicom_Manufacturer", "M1"), ("dicom_Manufacturer", "M2")} <= attrs
+
+
+def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, monkeypatch, capsys):
+    """`scan` on DICOMs (one PNG among them): the refused files are errors.csv rows with their one-line reason and
+    the rest is scanned; the preset's `input.dicom_fields` decides the header columns; `--id-col
+    dicom_patient_hash` finds the patient in two splits by HMAC(salt, PatientID) while the id itself, like every
+    other identifying value, is in no output; without a salt the scan stops with one line (exit 2)."""
+    from audit.dicom import PATIENT_HASH
+    rng = np.random.default_rng(1)
+    d = tmp_path / "data"
+    d.mkdir()
+    rows, written = [], []
+    pids = ["P-0001", "P-0002", "P-0003", "P-0001", "P-0004"]  # P-0001 in train (0) and test (3)
+    for i, pid in enumerate(pids):
+        yy, xx = np.mgrid[:48, :48]
+        a = ((np.sin(xx / (3 + i)) + np.cos(yy / (2 + i))) * 60 + 128 + rng.normal(0, 5, (48, 48))).clip(0, 255)
+        p = write_dicom(d / (f"s{i}.dcm" if i != 4 else "s4"), a.astype(np.uint8), Manufacturer=f"M{i % 2}",
+                        ViewPosition="PA", StationName="ST9", ManufacturerModelName="Model X",
+                        **{**SECRETS, "PatientID": pid})
+        written.append(p)
+        rows.append({"image": p.name, "label": "ab"[i % 2], "split": "train" if i < 3 else "test"})
+    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(d / "plain.png")
+    rows.append({"image": "plain.png", "label": "a", "split": "test"})
+    refused = {"rtplan.dcm": "rtplan.dcm", "two.dcm": "SC_rgb_rle_2frame.dcm", "cut.dcm": "MR_truncated.dcm",
+               "jls.dcm": "MR_small_jpeg_ls_lossless.dcm"}
+    for n, src in refused.items():
+        (d / n).write_bytes(Path(get_testdata_file(src)).read_bytes())
+        rows.append({"image": n, "label": "b", "split": "test"})
+    pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64, dicom_window: minmax, dicom_fields: [Manufacturer, ViewPosition, "
+                      "StationName]}\nscan: {min_n: 1}\nregions:\n  text: {}\n")
+    _block_decoder(monkeypatch)
+    monkeypatch.setenv("AUDIT_ID_SALT", "pepper-for-the-test")
+    out = tmp_path / "scan"
+    assert cli.main(["scan", "--data", str(d / "m.csv"), "--config", str(preset), "--out", str(out),
+                     "--workers", "0", "--quiet", "--id-col", PATIENT_HASH]) == 0
+    per = pd.read_csv(out / "scan.csv")
+    assert sorted(per["image"].map(lambda p: Path(p).name)) == ["plain.png", "s0.dcm", "s1.dcm", "s2.dcm", "s3.dcm",
+                                                                "s4"]
+    assert [c for c in per.columns if c.startswith("dicom_")] == [
+        PATIENT_HASH, "dicom_Manufacturer", "dicom_ViewPosition", "dicom_StationName", "dicom_signature"]
+    dc = per[per["src_format"] == "DICOM"].sort_values("image_id")
+    assert list(dc["dicom_Manufacturer"]) == ["M0", "M1", "M0", "M1", "M0"]
+    assert set(dc["dicom_signature"]) == {"M0 / ST9", "M1 / ST9"}  # the configured signature fields only
+    err = pd.read_csv(out / "errors.csv")
+    reasons = dict(zip(err["image"].map(lambda p: Path(p).name), err["reason"]))
+    assert set(reasons) == set(refused) and all("\n" not in r for r in reasons.values())
+    assert "DICOM without PixelData" in reasons["rtplan.dcm"] and "multi-frame DICOM (2 frames)" in reasons["two.dcm"]
+    assert "truncated DICOM" in reasons["cut.dcm"] and reasons["jls.dcm"].endswith(NO_DECODER_REASON)
+    s = json.loads((out / "scan.json").read_text())
+    assert s["data"]["n_scanned"] == 6 and s["data"]["n_skipped"] == 4
+    assert s["data"]["input"]["dicom_window"] == "minmax"
+    assert set(s["device"]["attributes"]) == {"manufacturer", "view", "station", "acquisition signature"}
+    ids = s["leakage"]["ids"]
+    h = patient_hash("P-0001", "pepper-for-the-test")
+    # the refused files' headers are read for their PatientID too (they are in the manifest's splits)
+    n_refused_ids = len({str(pydicom.dcmread(d / n, stop_before_pixels=True, force=True).get("PatientID", ""))
+                         for n in refused} - {""})
+    assert ids["checked"] and ids["n_ids"] == 4 + n_refused_ids and ids["n_leaking"] == 1
+    assert ids["leaking"][0]["id"] == h
+    assert ids["leaking"][0]["splits"] == ["test", "train"]
+    assert pd.read_csv(out / "leaking_ids.csv")["id"].tolist() == [h]
+    secrets = _secret_strings(written) | set(pids)
+    assert _assert_nothing_identifying(out, secrets) >= 4
+    # no salt: one line naming the variable, exit 2, before any image is read
+    monkeypatch.delenv("AUDIT_ID_SALT")
+    capsys.readouterr()
+    assert cli.main(["scan", "--data", str(d / "m.csv"), "--config", str(preset), "--out", str(tmp_path / "s2"),
+                     "--workers", "0", "--quiet", "--id-col", PATIENT_HASH]) == 2
+    e = capsys.readouterr().err.strip()
+    assert e == ("error: --id-col dicom_patient_hash: dicom_patient_hash: set a secret salt in the environment "
+                 "variable AUDIT_ID_SALT"), e
