@@ -129,6 +129,32 @@ def test_compressed_test_files_decode_equal_to_the_uncompressed_reference(name):
         np.testing.assert_array_equal(b, a)
 
 
+#: (compressed file, its reference, max |difference| in grey levels) among pydicom's own test files. The
+#: uncompressed SC_rgb.dcm is not shipped, so its lossless RLE copy stands in for it (RLE itself is checked
+#: exactly against uncompressed references above and by rtdose_rle_1frame here). The lossy JPEG baseline files
+#: differ by the IDCT's rounding only: SC_rgb_jpeg_dcmd.dcm is dcmtk's own decompression of SC_rgb_jpeg.dcm.
+PAIRS = [("SC_rgb_jpeg.dcm", "SC_rgb_jpeg_dcmd.dcm", 1),  # JPEG baseline (process 1), YBR → RGB; ref uncompressed
+         ("SC_rgb_dcmtk_+eb+cr.dcm", "SC_rgb_rle.dcm", 1),  # JPEG baseline, RGB
+         ("SC_rgb_jpeg_gdcm.dcm", "SC_rgb_rle.dcm", 0),  # JPEG lossless (process 14, SV1)
+         ("SC_rgb_gdcm_KY.dcm", "SC_rgb_rle.dcm", 0),  # JPEG 2000 (reversible wavelet)
+         ("rtdose_rle_1frame.dcm", "rtdose_1frame.dcm", 0)]  # RLE, 32-bit grayscale; reference uncompressed
+
+
+@pytest.mark.parametrize("name,ref,tol", PAIRS, ids=[p[0] for p in PAIRS])
+def test_compressed_syntaxes_decode_equal_to_their_reference(name, ref, tol):
+    """JPEG baseline, JPEG lossless, JPEG 2000 and RLE files decode (pydicom + the pylibjpeg plugins) to their
+    reference: exactly for the lossless syntaxes, within `tol` grey levels for lossy JPEG baseline; and
+    `read_dicom` (the auditor's pixels) gives the same image for both files."""
+    dc, dr = pydicom.dcmread(get_testdata_file(name)), pydicom.dcmread(get_testdata_file(ref))
+    assert dc.file_meta.TransferSyntaxUID.is_compressed
+    assert not dr.file_meta.TransferSyntaxUID.is_compressed or ref == "SC_rgb_rle.dcm"
+    a, b = dc.pixel_array.astype(np.int64), dr.pixel_array.astype(np.int64)
+    assert a.shape == b.shape and int(np.abs(a - b).max()) <= tol
+    x, y = read_dicom(get_testdata_file(name), "minmax"), read_dicom(get_testdata_file(ref), "minmax")
+    assert x.shape == y.shape == (dr.Rows, dr.Columns, 3) and len(np.unique(y)) > 1
+    assert int(np.abs(x.astype(np.int64) - y).max()) <= tol
+
+
 @pytest.mark.parametrize("name", ("JPEG2000.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm",
                                   "SC_rgb_rle.dcm"))
 def test_lossy_and_colour_compressed_files_decode(name):
