@@ -523,9 +523,10 @@ def test_audit_of_dicom_copies_of_the_shared_pngs_equals_the_png_audit(tiny_run,
     assert set(res["dcm"][0]["src_format"]) == {"DICOM"} and set(res["png"][0]["src_format"]) == {"PNG"}
 
 
-def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_columns(tiny_run, tmp_path):
-    """`scan --run-dir` on DICOMs: accuracy with vs without each manufacturer (n and counts by hand from
-    scan.csv); discover's candidate attributes include each level of the header's text columns."""
+def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_columns(tiny_run, tmp_path, capsys):
+    """`scan --run-dir --positive a` on DICOMs: accuracy, sensitivity and specificity with vs without each
+    manufacturer, values and Wilson CIs by hand from scan.csv, in scan.json and the terminal; discover's
+    candidate attributes include each level of the header's text columns."""
     from audit.discover import _attributes
     data = tiny_run.parent / "data"
     man = pd.read_csv(data / "manifest.csv")
@@ -540,15 +541,30 @@ def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_colu
                       "regions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
     out = tmp_path / "scan"
     assert cli.main(["scan", "--data", str(data / "dcm.csv"), "--config", str(preset), "--out", str(out),
-                     "--workers", "0", "--quiet", "--run-dir", str(tiny_run)]) == 0
+                     "--workers", "0", "--run-dir", str(tiny_run), "--positive", "a"]) == 0
+    term = capsys.readouterr().out
+    assert "Model by device: this device vs the others" in term and "Device and site by label" in term
     s = json.loads((out / "scan.json").read_text())
     per = pd.read_csv(out / "scan.csv")
     bd = s["model"]["by_device"]
     e = bd["manufacturer=M1"]
     m1 = per["dicom_Manufacturer"] == "M1"
     assert e["with"]["n"] == 4 and e["without"]["n"] == 2
-    assert e["with"]["accuracy"]["value"] == pytest.approx(per.loc[m1, "correct"].mean())
-    assert e["without"]["accuracy"]["value"] == pytest.approx(per.loc[~m1, "correct"].mean())
+
+    def wilson_ci(k, n, z=1.959963984540054):  # Wilson 1927, written out here rather than taken from audit.stats
+        c, h = (k / n + z * z / (2 * n)), z * np.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n))
+        return (c - h) / (1 + z * z / n), (c + h) / (1 + z * z / n)
+    for st, m in (("with", m1), ("without", ~m1)):
+        sub = per[m]
+        pos, pp = sub["label"] == "a", sub["pred"] == "a"
+        for k, (num, den) in {"accuracy": (int(sub["correct"].sum()), len(sub)),
+                              "sensitivity": (int((pos & pp).sum()), int(pos.sum())),
+                              "specificity": (int((~pos & ~pp).sum()), int((~pos).sum()))}.items():
+            x = e[st][k]
+            assert x["n"] == den, (st, k)
+            if den:
+                lo, hi = wilson_ci(num, den)
+                assert (x["value"], x["lo"], x["hi"]) == pytest.approx((num / den, lo, hi)), (st, k)
     assert not per["present_text"].astype(bool).any()  # BurnedInAnnotation NO: known absent
     attrs = {(c, lv) for c, lv, _, _ in _attributes(per)}
     assert {("dicom_Manufacturer", "M1"), ("dicom_Manufacturer", "M2")} <= attrs
