@@ -110,6 +110,28 @@ def test_dicom_window_option_is_validated():
         InputSpec(dicom_fields=("Manufacturer", "PatientID", "StudyDate"))
 
 
+def test_header_fields_follow_the_preset_and_the_regions_presence_from(tmp_path):
+    """The fields read: the preset's input.dicom_fields (else the default list), plus what a region's
+    presence_from names; an identifying one is refused naming the region's option."""
+    from audit.config import resolve_config
+    from audit.dicom import DEFAULT_FIELDS, fields_for_regions
+    from audit.pipeline import header_spec
+    text = {"text": {"presence_from": "dicom_BurnedInAnnotation"}}
+    assert fields_for_regions(None, {}) is None and fields_for_regions(None, text) is None  # in the default list
+    assert fields_for_regions(("Manufacturer",), text) == ("Manufacturer", "BurnedInAnnotation")
+    assert fields_for_regions(("Manufacturer",), {"text": {"presence_from": "dicom_signature"}}) == ("Manufacturer",)
+    assert fields_for_regions(("Manufacturer",), {"text": {"presence_from": "burned"}}) == ("Manufacturer",)
+    with pytest.raises(ConfigError, match=r"^regions\.text\.presence_from: dicom_PatientName is identifying"):
+        fields_for_regions(None, {"text": {"presence_from": "dicom_PatientName"}})
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {dicom_fields: [StationName]}\nregions:\n  text: {presence_from: dicom_DetectorType}\n")
+    cfg = resolve_config({"run_dir": str(tmp_path)}, preset)
+    spec = header_spec(InputSpec(), cfg)
+    assert spec.dicom_fields == ("StationName", "DetectorType") and spec.to_dict() == InputSpec().to_dict()
+    assert header_spec(InputSpec(), resolve_config({"run_dir": str(tmp_path)})).dicom_fields is None
+    assert "DetectorType" in DEFAULT_FIELDS
+
+
 # ================================================================================================ compressed
 
 REFERENCE = "MR_small.dcm"
@@ -586,7 +608,7 @@ def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, 
         a = ((np.sin(xx / (3 + i)) + np.cos(yy / (2 + i))) * 60 + 128 + rng.normal(0, 5, (48, 48))).clip(0, 255)
         p = write_dicom(d / (f"s{i}.dcm" if i != 4 else "s4"), a.astype(np.uint8), Manufacturer=f"M{i % 2}",
                         ViewPosition="PA", StationName="ST9", ManufacturerModelName="Model X",
-                        **{**SECRETS, "PatientID": pid})
+                        BurnedInAnnotation="YES" if i in (1, 2) else "NO", **{**SECRETS, "PatientID": pid})
         written.append(p)
         rows.append({"image": p.name, "label": "ab"[i % 2], "split": "train" if i < 3 else "test"})
     Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(d / "plain.png")
@@ -599,7 +621,7 @@ def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, 
     pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
     preset = tmp_path / "p.yaml"
     preset.write_text("input: {size: 64, dicom_window: minmax, dicom_fields: [Manufacturer, ViewPosition, "
-                      "StationName]}\nscan: {min_n: 1}\nregions:\n  text: {}\n")
+                      "StationName]}\nscan: {min_n: 1}\nregions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
     _block_decoder(monkeypatch)
     monkeypatch.setenv("AUDIT_ID_SALT", "pepper-for-the-test")
     out = tmp_path / "scan"
@@ -608,9 +630,15 @@ def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, 
     per = pd.read_csv(out / "scan.csv")
     assert sorted(per["image"].map(lambda p: Path(p).name)) == ["plain.png", "s0.dcm", "s1.dcm", "s2.dcm", "s3.dcm",
                                                                 "s4"]
+    # the configured fields, then the one the text region's presence_from asks for, then the signature
     assert [c for c in per.columns if c.startswith("dicom_")] == [
-        PATIENT_HASH, "dicom_Manufacturer", "dicom_ViewPosition", "dicom_StationName", "dicom_signature"]
+        PATIENT_HASH, "dicom_Manufacturer", "dicom_ViewPosition", "dicom_StationName", "dicom_BurnedInAnnotation",
+        "dicom_signature"]
     dc = per[per["src_format"] == "DICOM"].sort_values("image_id")
+    assert list(dc["present_text"].astype(bool)) == [False, True, True, False, False]  # the header's YES / NO
+    assert dc["region_notes"].str.contains("presence from dicom_BurnedInAnnotation").all()
+    png = per[per["src_format"] == "PNG"].iloc[0]  # no header: the detector decides
+    assert "presence from" not in str(png.get("region_notes", ""))
     assert list(dc["dicom_Manufacturer"]) == ["M0", "M1", "M0", "M1", "M0"]
     assert set(dc["dicom_signature"]) == {"M0 / ST9", "M1 / ST9"}  # the configured signature fields only
     err = pd.read_csv(out / "errors.csv")
@@ -621,7 +649,8 @@ def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, 
     s = json.loads((out / "scan.json").read_text())
     assert s["data"]["n_scanned"] == 6 and s["data"]["n_skipped"] == 4
     assert s["data"]["input"]["dicom_window"] == "minmax"
-    assert set(s["device"]["attributes"]) == {"manufacturer", "view", "station", "acquisition signature"}
+    assert set(s["device"]["attributes"]) == {"manufacturer", "view", "station", "burned-in annotation",
+                                              "acquisition signature"}
     ids = s["leakage"]["ids"]
     h = patient_hash("P-0001", "pepper-for-the-test")
     # the refused files' headers are read for their PatientID too (they are in the manifest's splits)
