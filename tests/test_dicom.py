@@ -670,3 +670,30 @@ def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, 
     e = capsys.readouterr().err.strip()
     assert e == ("error: --id-col dicom_patient_hash: dicom_patient_hash: set a secret salt in the environment "
                  "variable AUDIT_ID_SALT"), e
+
+
+def test_masks_reads_dicom_and_the_header_presence(tmp_path):
+    """`cli.py masks` on DICOMs: each region exported, the text region's presence from BurnedInAnnotation
+    (YES / NO, the field added to the preset's dicom_fields because the region asks for it), a refused file in
+    regions.csv's status column with its one-line reason."""
+    rng = np.random.default_rng(2)
+    d = tmp_path / "data"
+    rows = []
+    for i, burned in enumerate(("YES", "NO")):
+        p = write_dicom(d / f"m{i}.dcm", rng.integers(0, 256, (40, 40), dtype=np.uint8), BurnedInAnnotation=burned)
+        rows.append({"image": p.name, "label": "a"})
+    (d / "rtplan.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
+    rows.append({"image": "rtplan.dcm", "label": "a"})
+    pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64, dicom_fields: [Manufacturer]}\nregions:\n"
+                      "  text: {presence_from: dicom_BurnedInAnnotation}\n  border: {width: 0.1}\n")
+    out = tmp_path / "masks"
+    with pytest.warns(Warning):  # the refused file is a MaskWarning
+        assert cli.main(["masks", "--config", str(preset), "--data", str(d / "m.csv"), "--out", str(out)]) == 0
+    t = pd.read_csv(out / "regions.csv")
+    assert list(t["status"].iloc[:2]) == ["ok", "ok"]
+    assert t["status"].iloc[2].startswith("unreadable image: ValueError: DICOM without PixelData")
+    assert list(t["text_present"].iloc[:2].astype(bool)) == [True, False]
+    assert t["text_note"].iloc[:2].str.contains("presence from dicom_BurnedInAnnotation").all()
+    assert (out / "m0" / "border.png").is_file() and (out / "m1" / "border.png").is_file()
