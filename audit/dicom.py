@@ -103,6 +103,29 @@ def fields_value(v: object) -> tuple[str, ...]:
     return tuple(v)
 
 
+def fields_for_regions(fields: tuple[str, ...] | None, regions) -> tuple[str, ...] | None:
+    """The header keywords to read: `fields` (None = `DEFAULT_FIELDS`) plus the keyword of every region's
+    `presence_from: dicom_<Keyword>` that is not among them, so that a region asking for a header field gets it
+    even when the preset's `input.dicom_fields` leaves it out. Returns `fields` unchanged when nothing is added.
+    Raises ConfigError (one line naming the region's option) for an identifying keyword."""
+    from .errors import ConfigError
+    base = tuple(fields) if fields is not None else DEFAULT_FIELDS
+    extra: list[str] = []
+    for name, opts in (regions or {}).items():
+        col = (opts or {}).get("presence_from") if isinstance(opts, dict) else None
+        if not (isinstance(col, str) and col.startswith("dicom_")) or col == PATIENT_HASH:
+            continue
+        k = col[len("dicom_"):]
+        if k in ("spacing_tier", "signature"):
+            continue  # derived columns, there whenever their fields are
+        if identifying(k):
+            raise ConfigError(f"regions.{name}.presence_from: {col} is identifying (or not a DICOM keyword) and "
+                              "is never read from the header")
+        if k not in base and k not in extra:
+            extra.append(k)
+    return fields if not extra else base + tuple(extra)
+
+
 def identifying(keyword: str) -> bool:
     """Whether a keyword is kept out of every output: person names, dates and times, UIDs, free text, sequences
     and binary values (by VR), and patient / accession / physician / operator fields, ids and addresses (by name).

@@ -143,10 +143,21 @@ def build_region_fn(cfg: AuditConfig):
     return rs.compute, dict(rs.kinds)
 
 
+def header_spec(spec: InputSpec, cfg: AuditConfig) -> InputSpec:
+    """`spec` reading the DICOM header fields of the preset (`input.dicom_fields`: the preset's, not the model's)
+    and those the regions' `presence_from: dicom_<Keyword>` name (`audit.dicom.fields_for_regions`). Pixels, and
+    so the cache key, are unchanged."""
+    from .dicom import fields_for_regions
+    pre = (cfg.preset_input or {}).get("dicom_fields")
+    fields = fields_for_regions(tuple(pre) if pre is not None else spec.dicom_fields, cfg.regions)
+    return spec if fields == spec.dicom_fields else dataclasses.replace(spec, dicom_fields=fields)
+
+
 def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult:
     """Run the whole audit and write its files; returns the table and the summary."""
     t0 = time.perf_counter()
     model, run = load_run(cfg.run_dir, cfg.arch, cfg.classes, cfg.source, cfg.checkpoint)
+    run.input = header_spec(run.input, cfg)
     if run.multilabel:  # one sigmoid output per finding: every finding in one pass (audit/multilabel.py)
         from .multilabel import run_multilabel_audit
         return run_multilabel_audit(cfg, model, run, progress)
@@ -155,8 +166,6 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     device = resolve_device(cfg.device)
     full, rows, split, manifest_path = load_audit_manifest(cfg, run)
     spec = run.input
-    if (cfg.preset_input or {}).get("dicom_fields") is not None:  # header columns: the preset's, not the model's
-        spec = dataclasses.replace(spec, dicom_fields=tuple(cfg.preset_input["dicom_fields"]))
     layer = cfg.layer or default_layer(model, (1, spec.channels, spec.size, spec.size))
     get_module(model, layer)  # validates the name with a listing of candidates
     target_rule = resolve_target(cfg.target, run.classes)

@@ -87,7 +87,8 @@ PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation", "scale16", "
 
 def scan_input_spec(preset: Mapping | None) -> InputSpec:
     """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct, interpolation,
-    scale16 for 16-bit images), default 224 stretch."""
+    scale16 for 16-bit images, dicom_window, dicom_fields plus the header fields a region's presence_from
+    names), default 224 stretch."""
     inp = dict((preset or {}).get("input") or {})
     from .run import INPUT_KEYS
     unknown = [str(k) for k in inp if k not in INPUT_KEYS and k not in PRESET_INPUT_KEYS]
@@ -97,12 +98,14 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
     if model_only:  # accepted and ignored, they would look as if they changed something
         raise ConfigError(f"input: {model_only} belong to the run's config.yaml (the model's own preprocessing); "
                           f"a preset's input sets the grid of scan and masks: {list(PRESET_INPUT_KEYS)}")
+    from .dicom import fields_for_regions
     try:
         return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
                          crop_pct=float(inp.get("crop_pct", 1.0)),
                          interpolation=str(inp.get("interpolation", "bilinear")),
                          scale16=scale16_value(inp.get("scale16", "max")),
-                         dicom_window=str(inp.get("dicom_window", "header")), dicom_fields=inp.get("dicom_fields"))
+                         dicom_window=str(inp.get("dicom_window", "header")),
+                         dicom_fields=fields_for_regions(inp.get("dicom_fields"), (preset or {}).get("regions")))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"input: invalid value ({e})") from None
 

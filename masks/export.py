@@ -76,8 +76,9 @@ def export_masks(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: Inpu
         for i, row in enumerate(df.to_dict("records")):
             iid = str(row.get("image_id", i))
             rec: dict = {"image_id": iid}
+            info: dict = {}
             try:
-                img = load_rgb(row["image"], spec.scale16, dicom_window=spec.dicom_window,
+                img = load_rgb(row["image"], spec.scale16, info, dicom_window=spec.dicom_window,
                                dicom_fields=spec.dicom_fields)
             except Exception as e:  # unreadable image: record and go on
                 msg = f"unreadable image: {type(e).__name__}: {e}"
@@ -91,7 +92,8 @@ def export_masks(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: Inpu
                     progress(i + 1, total)
                 continue
             grid = image_to_grid(img, spec)
-            res = rs.compute(grid, row, spec, img.shape[:2])
+            # a DICOM's header columns (dicom_BurnedInAnnotation) can give a region's known presence, as in the audit
+            res = rs.compute(grid, {**info["dicom"], **row} if info.get("dicom") else row, spec, img.shape[:2])
             d = out_dir / _safe(iid)
             d.mkdir(parents=True, exist_ok=True)
             rec["status"] = "ok"

@@ -110,6 +110,28 @@ def test_dicom_window_option_is_validated():
         InputSpec(dicom_fields=("Manufacturer", "PatientID", "StudyDate"))
 
 
+def test_header_fields_follow_the_preset_and_the_regions_presence_from(tmp_path):
+    """The fields read: the preset's input.dicom_fields (else the default list), plus what a region's
+    presence_from names; an identifying one is refused naming the region's option."""
+    from audit.config import resolve_config
+    from audit.dicom import DEFAULT_FIELDS, fields_for_regions
+    from audit.pipeline import header_spec
+    text = {"text": {"presence_from": "dicom_BurnedInAnnotation"}}
+    assert fields_for_regions(None, {}) is None and fields_for_regions(None, text) is None  # in the default list
+    assert fields_for_regions(("Manufacturer",), text) == ("Manufacturer", "BurnedInAnnotation")
+    assert fields_for_regions(("Manufacturer",), {"text": {"presence_from": "dicom_signature"}}) == ("Manufacturer",)
+    assert fields_for_regions(("Manufacturer",), {"text": {"presence_from": "burned"}}) == ("Manufacturer",)
+    with pytest.raises(ConfigError, match=r"^regions\.text\.presence_from: dicom_PatientName is identifying"):
+        fields_for_regions(None, {"text": {"presence_from": "dicom_PatientName"}})
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {dicom_fields: [StationName]}\nregions:\n  text: {presence_from: dicom_DetectorType}\n")
+    cfg = resolve_config({"run_dir": str(tmp_path)}, preset)
+    spec = header_spec(InputSpec(), cfg)
+    assert spec.dicom_fields == ("StationName", "DetectorType") and spec.to_dict() == InputSpec().to_dict()
+    assert header_spec(InputSpec(), resolve_config({"run_dir": str(tmp_path)})).dicom_fields is None
+    assert "DetectorType" in DEFAULT_FIELDS
+
+
 # ================================================================================================ compressed
 
 REFERENCE = "MR_small.dcm"
@@ -127,6 +149,32 @@ def test_compressed_test_files_decode_equal_to_the_uncompressed_reference(name):
         a, b = read_dicom(ref, w), read_dicom(comp, w)
         assert a.shape == (64, 64, 3) and len(np.unique(a)) > 50
         np.testing.assert_array_equal(b, a)
+
+
+#: (compressed file, its reference, max |difference| in grey levels) among pydicom's own test files. The
+#: uncompressed SC_rgb.dcm is not shipped, so its lossless RLE copy stands in for it (RLE itself is checked
+#: exactly against uncompressed references above and by rtdose_rle_1frame here). The lossy JPEG baseline files
+#: differ by the IDCT's rounding only: SC_rgb_jpeg_dcmd.dcm is dcmtk's own decompression of SC_rgb_jpeg.dcm.
+PAIRS = [("SC_rgb_jpeg.dcm", "SC_rgb_jpeg_dcmd.dcm", 1),  # JPEG baseline (process 1), YBR → RGB; ref uncompressed
+         ("SC_rgb_dcmtk_+eb+cr.dcm", "SC_rgb_rle.dcm", 1),  # JPEG baseline, RGB
+         ("SC_rgb_jpeg_gdcm.dcm", "SC_rgb_rle.dcm", 0),  # JPEG lossless (process 14, SV1)
+         ("SC_rgb_gdcm_KY.dcm", "SC_rgb_rle.dcm", 0),  # JPEG 2000 (reversible wavelet)
+         ("rtdose_rle_1frame.dcm", "rtdose_1frame.dcm", 0)]  # RLE, 32-bit grayscale; reference uncompressed
+
+
+@pytest.mark.parametrize("name,ref,tol", PAIRS, ids=[p[0] for p in PAIRS])
+def test_compressed_syntaxes_decode_equal_to_their_reference(name, ref, tol):
+    """JPEG baseline, JPEG lossless, JPEG 2000 and RLE files decode (pydicom + the pylibjpeg plugins) to their
+    reference: exactly for the lossless syntaxes, within `tol` grey levels for lossy JPEG baseline; and
+    `read_dicom` (the auditor's pixels) gives the same image for both files."""
+    dc, dr = pydicom.dcmread(get_testdata_file(name)), pydicom.dcmread(get_testdata_file(ref))
+    assert dc.file_meta.TransferSyntaxUID.is_compressed
+    assert not dr.file_meta.TransferSyntaxUID.is_compressed or ref == "SC_rgb_rle.dcm"
+    a, b = dc.pixel_array.astype(np.int64), dr.pixel_array.astype(np.int64)
+    assert a.shape == b.shape and int(np.abs(a - b).max()) <= tol
+    x, y = read_dicom(get_testdata_file(name), "minmax"), read_dicom(get_testdata_file(ref), "minmax")
+    assert x.shape == y.shape == (dr.Rows, dr.Columns, 3) and len(np.unique(y)) > 1
+    assert int(np.abs(x.astype(np.int64) - y).max()) <= tol
 
 
 @pytest.mark.parametrize("name", ("JPEG2000.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm",
@@ -192,6 +240,54 @@ def test_missing_decoder_and_missing_extra_name_the_extra(tmp_path):
                                   "(pip install -e '.[dicom]')"), out.stderr
 
 
+_CLI_NO_PYDICOM = """
+import sys
+sys.modules["pydicom"] = None  # as on a machine without the dicom extra: `import pydicom` raises ImportError
+import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_without_pydicom_a_real_audit_names_the_extra(tiny_run, tmp_path):
+    """Without pydicom (ImportError simulated in a fresh interpreter): the audit of a mixed manifest audits the
+    PNGs and lists every DICOM in errors.csv with one line naming the extra (exit 0); a scan of DICOMs only stops
+    with that line (exit 2), no traceback."""
+    data = tiny_run.parent / "data"
+    man = pd.read_csv(data / "manifest.csv")
+    rows = []
+    for i, name in enumerate(man["image"]):
+        if i % 2:
+            a = np.asarray(Image.open(data / name).convert("L"))
+            p = write_dicom(data / (f"n{i}.dcm" if i != 3 else "n3"), a)  # n3: suffix-less, DICM preamble
+            rows.append({**man.iloc[i].to_dict(), "image": p.name})
+        else:
+            rows.append(man.iloc[i].to_dict())
+    pd.DataFrame(rows).to_csv(data / "mixed.csv", index=False)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", _CLI_NO_PYDICOM, "audit", "--run-dir", str(tiny_run), "--data",
+                        str(data / "mixed.csv"), "--out", str(out), "--workers", "0", "--quiet", "--no-report",
+                        "--n-boot", "20", "--split", "all"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(pd.read_csv(out / "per_image.csv")["src_format"]) == ["PNG"] * 3
+    err = pd.read_csv(out / "errors.csv")
+    assert sorted(err["image"].map(lambda p: Path(p).name)) == ["n1.dcm", "n3", "n5.dcm"]
+    assert all(x.endswith("a DICOM file, and pydicom is not installed: install the DICOM extra "
+                          "(pip install -e '.[dicom]')") for x in err["reason"]), err["reason"].tolist()
+    only = data / "only.csv"
+    pd.DataFrame([rw for rw in rows if not str(rw["image"]).endswith(".png")]).to_csv(only, index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64}\nregions:\n  text: {}\n")
+    r = subprocess.run([sys.executable, "-c", _CLI_NO_PYDICOM, "scan", "--data", str(only), "--config", str(preset),
+                        "--out", str(tmp_path / "scan"), "--workers", "0", "--quiet"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: manifest: none of the 3 images could be read")
+    assert lines[0].endswith("a DICOM file, and pydicom is not installed: install the DICOM extra "
+                             "(pip install -e '.[dicom]'))"), lines
+
+
 # ================================================================================================ header
 
 def test_header_columns_never_hold_identifying_data(tmp_path):
@@ -228,32 +324,75 @@ def _run_with_window(run_dir: Path, window: str) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_path, capsys):
+#: identifying values written into the test DICOMs: none may reach any output (the UIDs are read back per file)
+SECRETS = dict(PatientName="Doe^Jane", PatientID="SECRET-ID-42", PatientBirthDate="19450317",
+               AccessionNumber="ACC778899", StudyDate="20200101", StudyTime="101530", OperatorsName="Smith^Op",
+               ReferringPhysicianName="Who^Doctor", ImageComments="free text: patient fell on 3rd March",
+               InstitutionAddress="1 Secret Road", StudyID="STUDY-5511")
+
+
+def _secret_strings(paths) -> set[str]:
+    """The identifying values of these DICOM files, as written: SECRETS and every UID the files hold."""
+    out = {v for v in SECRETS.values()}
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        out |= {str(e.value) for e in ds.iterall() if e.VR == "UI" and "1.2.840.10008" not in str(e.value)}
+        out |= {str(e.value) for e in ds.file_meta if e.VR == "UI" and "1.2.840.10008" not in str(e.value)}
+    return out
+
+
+def _assert_nothing_identifying(out: Path, secrets: set[str]) -> int:
+    """No secret string in any file under `out` (text and binary alike); returns the number of files read."""
+    n = 0
+    for f in out.rglob("*"):
+        if f.is_file():
+            b = f.read_bytes()
+            n += 1
+            for s in secrets:
+                assert s.encode() not in b, (s, f)
+    return n
+
+
+def _block_decoder(monkeypatch) -> None:
+    """pydicom as it is on a machine without pylibjpeg-libjpeg: no plugin for JPEG-LS lossless."""
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+    monkeypatch.setattr(JPEGLSLosslessDecoder, "_available", {})
+
+
+NO_DECODER_REASON = ("compressed transfer syntax JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and "
+                     "no decoder for it installed: install the DICOM extra (pip install -e '.[dicom]')")
+
+
+def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_path, monkeypatch):
     """A manifest mixing PNG and DICOM (.dcm and suffix-less) audits; the refused DICOMs (multi-frame, no
-    PixelData, truncated) are errors.csv rows with their one-line reason, the rest is audited; the header
-    columns reach per_image.csv, `--by dicom_Manufacturer` works, and no identifying value is in any output."""
+    PixelData, truncated, JPEG-LS without its decoder) are errors.csv rows with their one-line reason, the rest
+    is audited; the header columns reach per_image.csv, `--by dicom_Manufacturer` gives accuracy and evidence
+    by device, `discover` reads the columns, and no identifying value is in any output (report included)."""
     data = tiny_run.parent / "data"
     man = pd.read_csv(data / "manifest.csv")
-    rows = []
+    rows, written = [], []
     for i, name in enumerate(man["image"]):
         a = np.asarray(Image.open(data / name).convert("L"))
         if i % 2:
             p = write_dicom(data / f"d{i}.dcm" if i % 4 == 1 else data / f"d{i}", a, Manufacturer=f"V{i % 3}",
-                            PatientName="Doe^Jane", PatientID="SECRET-ID-42", StudyDate="20200101",
-                            InstitutionName="General Hospital")
+                            InstitutionName="General Hospital", **SECRETS)
+            written.append(p)
             rows.append({**man.iloc[i].to_dict(), "image": p.name})
         else:
             rows.append(man.iloc[i].to_dict())
-    (data / "rtplan.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
-    (data / "two.dcm").write_bytes(Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes())
-    (data / "cut.dcm").write_bytes(Path(get_testdata_file("MR_truncated.dcm")).read_bytes())
-    for k, n in enumerate(("rtplan.dcm", "two.dcm", "cut.dcm")):
+    refused = {"rtplan.dcm": "rtplan.dcm", "two.dcm": "SC_rgb_rle_2frame.dcm", "cut.dcm": "MR_truncated.dcm",
+               "jls.dcm": "MR_small_jpeg_ls_lossless.dcm"}
+    for n, src in refused.items():
+        (data / n).write_bytes(Path(get_testdata_file(src)).read_bytes())
         rows.append({"image": n, "label": "a", "split": "test", "site": "x"})
     pd.DataFrame(rows).to_csv(data / "mixed.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("audit: {min_n: 1}\nregions:\n  border: {width: 0.25}\n")
     _run_with_window(tiny_run, "full")
+    _block_decoder(monkeypatch)
     out = tmp_path / "out"
     assert cli.main(["audit", "--run-dir", str(tiny_run), "--data", str(data / "mixed.csv"), "--out", str(out),
-                     "--workers", "0", "--quiet", "--no-report", "--n-boot", "20", "--split", "all",
+                     "--workers", "0", "--quiet", "--n-boot", "20", "--split", "all", "--config", str(preset),
                      "--by", "dicom_Manufacturer"]) == 0
     per = pd.read_csv(out / "per_image.csv")
     assert len(per) == 6 and sorted(per["src_format"]) == ["DICOM"] * 3 + ["PNG"] * 3
@@ -263,17 +402,31 @@ def test_audit_mixed_manifest_refused_rows_header_columns_and_by(tiny_run, tmp_p
     assert per.loc[per["src_format"] == "PNG", "dicom_Manufacturer"].isna().all()
     err = pd.read_csv(out / "errors.csv")
     reasons = dict(zip(err["image"].map(lambda p: Path(p).name), err["reason"]))
-    assert set(reasons) == {"rtplan.dcm", "two.dcm", "cut.dcm"}
+    assert set(reasons) == set(refused)
     assert "DICOM without PixelData" in reasons["rtplan.dcm"]
     assert "multi-frame DICOM (2 frames)" in reasons["two.dcm"]
     assert "truncated DICOM" in reasons["cut.dcm"]
+    assert reasons["jls.dcm"].endswith(NO_DECODER_REASON)
+    assert all("\n" not in r for r in reasons.values())
     s = json.loads((out / "summary.json").read_text())
     assert set(s["accuracy_by_group"]["dicom_Manufacturer"]) >= {"V0", "V1", "V2"}
+    # evidence by device: the border share's median for each manufacturer's images (one image each: its own share)
+    ev = {r["group"]: r for r in s["by_group"]["rows"]
+          if r["group_col"] == "dicom_Manufacturer" and r["stat"] == "median_all" and r["region"] == "frac_border"}
+    assert set(ev) >= {"V0", "V1", "V2"}
+    for g in ("V0", "V1", "V2"):
+        assert ev[g]["n"] == 1
+        assert ev[g]["value"] == pytest.approx(float(d.loc[d["dicom_Manufacturer"] == g, "frac_border"].iloc[0]))
     assert yaml_load(out / "config.resolved.yaml")["run"]["input"]["dicom_window"] == "full"
-    for f in out.rglob("*"):
-        if f.is_file() and f.suffix in (".csv", ".json", ".yaml", ".md", ".html", ".txt"):
-            text = f.read_text(errors="ignore")
-            assert "SECRET-ID-42" not in text and "Doe^Jane" not in text and "20200101" not in text, f
+    assert (out / "report.html").is_file()
+    assert _assert_nothing_identifying(out, _secret_strings(written)) > 5
+    # discover runs on this audit, and its candidate attributes (what it tests each group for) are read from
+    # per_image.csv: every level of the header's text columns is one (6 images: none enriched at p < 0.05 here)
+    from audit.discover import _attributes
+    assert cli.main(["discover", "--out", str(out), "--quiet", "--no-report", "--min-n", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["discover"]["n"] == 6
+    attrs = {(c, lv) for c, lv, _, _ in _attributes(pd.read_csv(out / "per_image.csv"))}
+    assert {("dicom_Manufacturer", "V0"), ("dicom_Manufacturer", "V1"), ("dicom_Manufacturer", "V2")} <= attrs
 
 
 def yaml_load(p: Path) -> dict:
@@ -392,9 +545,10 @@ def test_audit_of_dicom_copies_of_the_shared_pngs_equals_the_png_audit(tiny_run,
     assert set(res["dcm"][0]["src_format"]) == {"DICOM"} and set(res["png"][0]["src_format"]) == {"PNG"}
 
 
-def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_columns(tiny_run, tmp_path):
-    """`scan --run-dir` on DICOMs: accuracy with vs without each manufacturer (n and counts by hand from
-    scan.csv); discover's candidate attributes include each level of the header's text columns."""
+def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_columns(tiny_run, tmp_path, capsys):
+    """`scan --run-dir --positive a` on DICOMs: accuracy, sensitivity and specificity with vs without each
+    manufacturer, values and Wilson CIs by hand from scan.csv, in scan.json and the terminal; discover's
+    candidate attributes include each level of the header's text columns."""
     from audit.discover import _attributes
     data = tiny_run.parent / "data"
     man = pd.read_csv(data / "manifest.csv")
@@ -409,15 +563,137 @@ def test_scan_with_run_dir_gives_the_model_by_device_and_discover_reads_the_colu
                       "regions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
     out = tmp_path / "scan"
     assert cli.main(["scan", "--data", str(data / "dcm.csv"), "--config", str(preset), "--out", str(out),
-                     "--workers", "0", "--quiet", "--run-dir", str(tiny_run)]) == 0
+                     "--workers", "0", "--run-dir", str(tiny_run), "--positive", "a"]) == 0
+    term = capsys.readouterr().out
+    assert "Model by device: this device vs the others" in term and "Device and site by label" in term
     s = json.loads((out / "scan.json").read_text())
     per = pd.read_csv(out / "scan.csv")
     bd = s["model"]["by_device"]
     e = bd["manufacturer=M1"]
     m1 = per["dicom_Manufacturer"] == "M1"
     assert e["with"]["n"] == 4 and e["without"]["n"] == 2
-    assert e["with"]["accuracy"]["value"] == pytest.approx(per.loc[m1, "correct"].mean())
-    assert e["without"]["accuracy"]["value"] == pytest.approx(per.loc[~m1, "correct"].mean())
+
+    def wilson_ci(k, n, z=1.959963984540054):  # Wilson 1927, written out here rather than taken from audit.stats
+        c, h = (k / n + z * z / (2 * n)), z * np.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n))
+        return (c - h) / (1 + z * z / n), (c + h) / (1 + z * z / n)
+    for st, m in (("with", m1), ("without", ~m1)):
+        sub = per[m]
+        pos, pp = sub["label"] == "a", sub["pred"] == "a"
+        for k, (num, den) in {"accuracy": (int(sub["correct"].sum()), len(sub)),
+                              "sensitivity": (int((pos & pp).sum()), int(pos.sum())),
+                              "specificity": (int((~pos & ~pp).sum()), int((~pos).sum()))}.items():
+            x = e[st][k]
+            assert x["n"] == den, (st, k)
+            if den:
+                lo, hi = wilson_ci(num, den)
+                assert (x["value"], x["lo"], x["hi"]) == pytest.approx((num / den, lo, hi)), (st, k)
     assert not per["present_text"].astype(bool).any()  # BurnedInAnnotation NO: known absent
     attrs = {(c, lv) for c, lv, _, _ in _attributes(per)}
     assert {("dicom_Manufacturer", "M1"), ("dicom_Manufacturer", "M2")} <= attrs
+
+
+def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, monkeypatch, capsys):
+    """`scan` on DICOMs (one PNG among them): the refused files are errors.csv rows with their one-line reason and
+    the rest is scanned; the preset's `input.dicom_fields` decides the header columns; `--id-col
+    dicom_patient_hash` finds the patient in two splits by HMAC(salt, PatientID) while the id itself, like every
+    other identifying value, is in no output; without a salt the scan stops with one line (exit 2)."""
+    from audit.dicom import PATIENT_HASH
+    rng = np.random.default_rng(1)
+    d = tmp_path / "data"
+    d.mkdir()
+    rows, written = [], []
+    pids = ["P-0001", "P-0002", "P-0003", "P-0001", "P-0004"]  # P-0001 in train (0) and test (3)
+    for i, pid in enumerate(pids):
+        yy, xx = np.mgrid[:48, :48]
+        a = ((np.sin(xx / (3 + i)) + np.cos(yy / (2 + i))) * 60 + 128 + rng.normal(0, 5, (48, 48))).clip(0, 255)
+        p = write_dicom(d / (f"s{i}.dcm" if i != 4 else "s4"), a.astype(np.uint8), Manufacturer=f"M{i % 2}",
+                        ViewPosition="PA", StationName="ST9", ManufacturerModelName="Model X",
+                        BurnedInAnnotation="YES" if i in (1, 2) else "NO", **{**SECRETS, "PatientID": pid})
+        written.append(p)
+        rows.append({"image": p.name, "label": "ab"[i % 2], "split": "train" if i < 3 else "test"})
+    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(d / "plain.png")
+    rows.append({"image": "plain.png", "label": "a", "split": "test"})
+    refused = {"rtplan.dcm": "rtplan.dcm", "two.dcm": "SC_rgb_rle_2frame.dcm", "cut.dcm": "MR_truncated.dcm",
+               "jls.dcm": "MR_small_jpeg_ls_lossless.dcm"}
+    for n, src in refused.items():
+        (d / n).write_bytes(Path(get_testdata_file(src)).read_bytes())
+        rows.append({"image": n, "label": "b", "split": "test"})
+    pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64, dicom_window: minmax, dicom_fields: [Manufacturer, ViewPosition, "
+                      "StationName]}\nscan: {min_n: 1}\nregions:\n  text: {presence_from: dicom_BurnedInAnnotation}\n")
+    _block_decoder(monkeypatch)
+    monkeypatch.setenv("AUDIT_ID_SALT", "pepper-for-the-test")
+    out = tmp_path / "scan"
+    assert cli.main(["scan", "--data", str(d / "m.csv"), "--config", str(preset), "--out", str(out),
+                     "--workers", "0", "--quiet", "--id-col", PATIENT_HASH]) == 0
+    per = pd.read_csv(out / "scan.csv")
+    assert sorted(per["image"].map(lambda p: Path(p).name)) == ["plain.png", "s0.dcm", "s1.dcm", "s2.dcm", "s3.dcm",
+                                                                "s4"]
+    # the configured fields, then the one the text region's presence_from asks for, then the signature
+    assert [c for c in per.columns if c.startswith("dicom_")] == [
+        PATIENT_HASH, "dicom_Manufacturer", "dicom_ViewPosition", "dicom_StationName", "dicom_BurnedInAnnotation",
+        "dicom_signature"]
+    dc = per[per["src_format"] == "DICOM"].sort_values("image_id")
+    assert list(dc["present_text"].astype(bool)) == [False, True, True, False, False]  # the header's YES / NO
+    assert dc["region_notes"].str.contains("presence from dicom_BurnedInAnnotation").all()
+    png = per[per["src_format"] == "PNG"].iloc[0]  # no header: the detector decides
+    assert "presence from" not in str(png.get("region_notes", ""))
+    assert list(dc["dicom_Manufacturer"]) == ["M0", "M1", "M0", "M1", "M0"]
+    assert set(dc["dicom_signature"]) == {"M0 / ST9", "M1 / ST9"}  # the configured signature fields only
+    err = pd.read_csv(out / "errors.csv")
+    reasons = dict(zip(err["image"].map(lambda p: Path(p).name), err["reason"]))
+    assert set(reasons) == set(refused) and all("\n" not in r for r in reasons.values())
+    assert "DICOM without PixelData" in reasons["rtplan.dcm"] and "multi-frame DICOM (2 frames)" in reasons["two.dcm"]
+    assert "truncated DICOM" in reasons["cut.dcm"] and reasons["jls.dcm"].endswith(NO_DECODER_REASON)
+    s = json.loads((out / "scan.json").read_text())
+    assert s["data"]["n_scanned"] == 6 and s["data"]["n_skipped"] == 4
+    assert s["data"]["input"]["dicom_window"] == "minmax"
+    assert set(s["device"]["attributes"]) == {"manufacturer", "view", "station", "burned-in annotation",
+                                              "acquisition signature"}
+    ids = s["leakage"]["ids"]
+    h = patient_hash("P-0001", "pepper-for-the-test")
+    # the refused files' headers are read for their PatientID too (they are in the manifest's splits)
+    n_refused_ids = len({str(pydicom.dcmread(d / n, stop_before_pixels=True, force=True).get("PatientID", ""))
+                         for n in refused} - {""})
+    assert ids["checked"] and ids["n_ids"] == 4 + n_refused_ids and ids["n_leaking"] == 1
+    assert ids["leaking"][0]["id"] == h
+    assert ids["leaking"][0]["splits"] == ["test", "train"]
+    assert pd.read_csv(out / "leaking_ids.csv")["id"].tolist() == [h]
+    secrets = _secret_strings(written) | set(pids)
+    assert _assert_nothing_identifying(out, secrets) >= 4
+    # no salt: one line naming the variable, exit 2, before any image is read
+    monkeypatch.delenv("AUDIT_ID_SALT")
+    capsys.readouterr()
+    assert cli.main(["scan", "--data", str(d / "m.csv"), "--config", str(preset), "--out", str(tmp_path / "s2"),
+                     "--workers", "0", "--quiet", "--id-col", PATIENT_HASH]) == 2
+    e = capsys.readouterr().err.strip()
+    assert e == ("error: --id-col dicom_patient_hash: dicom_patient_hash: set a secret salt in the environment "
+                 "variable AUDIT_ID_SALT"), e
+
+
+def test_masks_reads_dicom_and_the_header_presence(tmp_path):
+    """`cli.py masks` on DICOMs: each region exported, the text region's presence from BurnedInAnnotation
+    (YES / NO, the field added to the preset's dicom_fields because the region asks for it), a refused file in
+    regions.csv's status column with its one-line reason."""
+    rng = np.random.default_rng(2)
+    d = tmp_path / "data"
+    rows = []
+    for i, burned in enumerate(("YES", "NO")):
+        p = write_dicom(d / f"m{i}.dcm", rng.integers(0, 256, (40, 40), dtype=np.uint8), BurnedInAnnotation=burned)
+        rows.append({"image": p.name, "label": "a"})
+    (d / "rtplan.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
+    rows.append({"image": "rtplan.dcm", "label": "a"})
+    pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("input: {size: 64, dicom_fields: [Manufacturer]}\nregions:\n"
+                      "  text: {presence_from: dicom_BurnedInAnnotation}\n  border: {width: 0.1}\n")
+    out = tmp_path / "masks"
+    with pytest.warns(Warning):  # the refused file is a MaskWarning
+        assert cli.main(["masks", "--config", str(preset), "--data", str(d / "m.csv"), "--out", str(out)]) == 0
+    t = pd.read_csv(out / "regions.csv")
+    assert list(t["status"].iloc[:2]) == ["ok", "ok"]
+    assert t["status"].iloc[2].startswith("unreadable image: ValueError: DICOM without PixelData")
+    assert list(t["text_present"].iloc[:2].astype(bool)) == [True, False]
+    assert t["text_note"].iloc[:2].str.contains("presence from dicom_BurnedInAnnotation").all()
+    assert (out / "m0" / "border.png").is_file() and (out / "m1" / "border.png").is_file()
