@@ -58,7 +58,7 @@ def finding_labels(rows: pd.DataFrame, findings: Sequence[str], uncertain: str =
     Cells: 1 / 1.0 positive, 0 / 0.0 negative, blank missing (NaN), −1 uncertain → NaN (ignore), 0 (zeros) or
     1 (ones). ManifestError naming the file, column and row for a missing column or another value."""
     if uncertain not in UNCERTAIN:
-        raise ConfigError(f"--uncertain: expected one of {', '.join(UNCERTAIN)}, got {uncertain!r}")
+        raise ConfigError(f"uncertain: expected one of {', '.join(UNCERTAIN)}, got {uncertain!r}", param="uncertain")
     missing = [f for f in findings if f not in rows.columns]
     if missing:
         raise ManifestError(f"{path}: no label column for finding(s) {missing} (a multi-label manifest has one "
@@ -88,7 +88,7 @@ def select_findings(classes: list[str], wanted: Sequence[str] | None) -> list[in
         return list(range(len(classes)))
     unknown = [f for f in wanted if f not in classes]
     if unknown:
-        raise ConfigError(f"--findings: {unknown} not among the model's findings {classes}")
+        raise ConfigError(f"findings: {unknown} not among the model's findings {classes}", param="findings")
     return [classes.index(f) for f in dict.fromkeys(wanted)]
 
 
@@ -436,13 +436,14 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         raise ConfigError(f"{', '.join(unsupported)}: not available for a multi-label audit yet (docs/multilabel.md)")
     device = resolve_device(cfg.device)
     if cfg.maps not in MAPS:
-        raise ConfigError(f"--maps: expected one of {', '.join(MAPS)}, got {cfg.maps!r}")
+        raise ConfigError(f"maps: expected one of {', '.join(MAPS)}, got {cfg.maps!r}", param="maps")
     fidx = select_findings(run.classes, cfg.findings)
     findings = [run.classes[i] for i in fidx]
     uncertain = cfg.uncertain or run.uncertain
     path = Path(cfg.data) if cfg.data else run.manifest
     if path is None:
-        raise ManifestError("no data manifest: pass --data CSV or set data.manifest in the run's config.yaml")
+        raise ManifestError("no manifest: pass data (a manifest CSV) or set data.manifest in the run's "
+                            "config.yaml", param="data")
     spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
     spec_d.update(cfg.data_spec or {})
     full = load_manifest(path, DataSpec.from_dict(spec_d), classes=None, require_label=False)

@@ -45,9 +45,9 @@ class AuditResult:
 
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        raise ConfigError(f"device {name!r}: CUDA is not available on this machine (use cpu)", param="device")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: MPS is not available on this machine (use --device cpu)")
+        raise ConfigError("device 'mps': MPS is not available on this machine (use cpu)", param="device")
     return torch.device(name)
 
 
@@ -56,7 +56,7 @@ def resolve_target(rule: str, classes: list[str]) -> str | int:
         return rule
     if rule in classes:
         return classes.index(rule)
-    raise ConfigError(f"--target {rule!r}: expected 'pred', 'true' or one of the classes {classes}")
+    raise ConfigError(f"target {rule!r}: expected 'pred', 'true' or one of the classes {classes}", param="target")
 
 
 #: Split names read as the validation split that operating-point thresholds are tuned on (the first present).
@@ -119,7 +119,8 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
     """(full manifest, audited rows, split name, manifest path)."""
     path = Path(cfg.data) if cfg.data else run.manifest
     if path is None:
-        raise ManifestError("no data manifest: pass --data CSV or set data.manifest in the run's config.yaml")
+        raise ManifestError("no manifest: pass data (a manifest CSV) or set data.manifest in the run's "
+                            "config.yaml", param="data")
     spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
     spec_d.update(cfg.data_spec or {})
     full = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes)
@@ -129,8 +130,8 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
         rows = rows.iloc[: cfg.limit].reset_index(drop=True)
     for col in cfg.by:
         if col not in rows.columns and col not in FORMAT_COLUMNS.values() and not col.startswith("dicom_"):
-            raise ManifestError(f"{path}: --by column {col!r} not found; columns are {list(rows.columns)} and the "
-                                f"image-format columns {list(FORMAT_COLUMNS.values())}")
+            raise ManifestError(f"{path}: by column {col!r} not found; columns are {list(rows.columns)} and the "
+                                f"image-format columns {list(FORMAT_COLUMNS.values())}", param="by")
     return full, rows, split, path
 
 
@@ -151,7 +152,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         from .multilabel import run_multilabel_audit
         return run_multilabel_audit(cfg, model, run, progress)
     if cfg.findings:
-        raise ConfigError("--findings: the run is not multi-label (set model.task: multilabel in its config)")
+        raise ConfigError("findings: the run is not multi-label (set model.task: multilabel in its config)",
+                          param="findings")
     device = resolve_device(cfg.device)
     full, rows, split, manifest_path = load_audit_manifest(cfg, run)
     spec = run.input
@@ -163,7 +165,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     region_fn, kinds = build_region_fn(cfg)
     positive = cfg.positive or run.positive_class
     if positive is not None and positive not in run.classes:
-        raise ConfigError(f"--positive {positive!r}: not among the classes {run.classes}")
+        raise ConfigError(f"positive {positive!r}: not among the classes {run.classes}", param="positive")
     rank, world = dist_info()
     rows = rows.assign(_row=np.arange(len(rows)))
     if world > 1:
