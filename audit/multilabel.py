@@ -421,8 +421,8 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .data import make_loader
     from .formats import format_record
     from .manifest import DataSpec, default_split, load_manifest, select_split
-    from .pipeline import (AuditResult, VALIDATION_SPLITS, _json_default, build_region_fn, model_for_cam,
-                           predict_logits, resolve_device)
+    from .pipeline import (PipelineResult, VALIDATION_SPLITS, _json_default, build_region_fn, model_for_cam,
+                           predict_logits, resolve_device, run_name)
     from .preprocess import normalize
     from .scores import region_columns, score_batch
     from .spill import SpillArray, write_npz
@@ -461,7 +461,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     get_module(model, layer)
     region_fn, kinds = build_region_fn(cfg)
     artifacts = [r for r, k in kinds.items() if k == "artifact"]
-    name = run.run_dir.name if run.run_dir else Path(run.checkpoint).stem
+    name = run_name(run)
     out = Path(cfg.out) if cfg.out else Path("reports") / name
     out.mkdir(parents=True, exist_ok=True)
     cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
@@ -619,7 +619,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
                     "regions": kinds, "findings": findings})
     model.cpu()
     cam_model.cpu()
-    return AuditResult(out_dir=out, per_image=per_image, summary=summary,
+    return PipelineResult(out_dir=out, per_image=per_image, summary=summary,
                        errors=[(0, *e) for e in errors])
 
 

@@ -36,11 +36,21 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 
 @dataclass
-class AuditResult:
+class PipelineResult:
+    """What the pipeline hands back (the public, typed result is `audit.api.AuditResult`). summary: summary.json's
+    dict; errors: (manifest row, image_id, image, reason) of the unreadable images."""
+
     out_dir: Path
     per_image: pd.DataFrame
     summary: dict
     errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_name(run: RunConfig) -> str:
+    """The run's name for the default out folder: the run dir's, else the checkpoint's stem, else the model's."""
+    if run.run_dir:
+        return run.run_dir.name
+    return Path(run.checkpoint).stem if run.checkpoint else run.model_name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,10 +154,16 @@ def build_region_fn(cfg: AuditConfig):
     return rs.compute, dict(rs.kinds)
 
 
-def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult:
-    """Run the whole audit and write its files; returns the table and the summary."""
+def run_audit(cfg: AuditConfig, progress: Progress | None = None,
+              loaded: tuple[torch.nn.Module, RunConfig] | None = None) -> PipelineResult:
+    """Run the whole audit and write its files; returns the table and the summary.
+
+    loaded: (model, run) to audit instead of `load_run(cfg.run_dir, ...)`: a model the audit may modify (moved,
+    BatchNorm folded, hooks added; `audit.api.run_audit` passes a copy of the caller's module) in eval mode, and
+    the RunConfig describing it."""
     t0 = time.perf_counter()
-    model, run = load_run(cfg.run_dir, cfg.arch, cfg.classes, cfg.source, cfg.checkpoint)
+    model, run = loaded if loaded is not None else load_run(cfg.run_dir, cfg.arch, cfg.classes, cfg.source,
+                                                            cfg.checkpoint)
     if run.multilabel:  # one sigmoid output per finding: every finding in one pass (audit/multilabel.py)
         from .multilabel import run_multilabel_audit
         return run_multilabel_audit(cfg, model, run, progress)
@@ -170,7 +186,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     rows = rows.assign(_row=np.arange(len(rows)))
     if world > 1:
         rows = rows.iloc[rank::world].reset_index(drop=True)
-    name = run.run_dir.name if run.run_dir else Path(run.checkpoint).stem
+    name = run_name(run)
     out = Path(cfg.out) if cfg.out else Path("reports") / name
     out.mkdir(parents=True, exist_ok=True)
 
@@ -282,7 +298,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         gathered = gather_to_rank0((records, cams_spill.read(), emb_spill.read(), tgt_np, errors, t_model, t_cf,
                                     cache.hits, cache.computed, t_score, t_decode, t_regions))
         if rank != 0:
-            return AuditResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
+            return PipelineResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
         records = [r for g in gathered for r in g[0]]
         cams_out = np.concatenate([g[1] for g in gathered if len(g[1])])
         emb_out = np.concatenate([g[2] for g in gathered if len(g[2])])
@@ -380,7 +396,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                     "manifest": str(manifest_path), "regions": kinds})
     model.cpu()
     cam_model.cpu()
-    return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
+    return PipelineResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
 
 
 def top2_margin(logits: torch.Tensor) -> np.ndarray:
