@@ -565,7 +565,7 @@ def run_audit(run_dir_or_model: PathLike | torch.nn.Module, manifest_or_datafram
     """
     from .pipeline import run_audit as pipeline_audit
     is_module = isinstance(run_dir_or_model, torch.nn.Module)
-    allowed = [k for k in OPTIONS if not (is_module and (k in RUN_DIR_ONLY or k == "classes"))]
+    allowed = [k for k in OPTIONS if not (is_module and k in RUN_DIR_ONLY) and k != "classes"]  # classes: named
     _check_options(options, "run_audit", allowed)
     if not is_module:
         for k, v in (("input", input), ("input_size", input_size), ("mean", mean), ("std", std),
@@ -606,8 +606,8 @@ def run_audit(run_dir_or_model: PathLike | torch.nn.Module, manifest_or_datafram
                                 "pass a CSV path or a DataFrame", param="manifest_or_dataframe")
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_df:
-        cfg.data, image_root = _dataframe_manifest(manifest_or_dataframe, out_dir, root)
-        cfg.data = str(cfg.data)
+        path, image_root = _dataframe_manifest(manifest_or_dataframe, out_dir, root)
+        cfg.data = str(path)
         cfg.data_spec = {**(cfg.data_spec or {}), "image_root": image_root}
     res = pipeline_audit(cfg, progress=progress, loaded=loaded)
     return AuditResult(out_dir=Path(res.out_dir), per_image=res.per_image, summary=Summary.from_dict(res.summary),

@@ -241,3 +241,34 @@ def test_scan_discover_compare_through_the_api(tmp_path, preset):
     c = audit.compare(a, b, gates={"max_accuracy_drop": 0.5}, out=tmp_path / "cmp", report=False)
     assert c.verdict in ("pass", "fail", "inconclusive") and len(c.per_image) == 8
     assert (tmp_path / "cmp" / "compare.json").is_file()
+
+
+def test_exports_are_the_api_functions_even_after_the_submodules_load():
+    """`audit.scan` / `discover` / `compare` stay the API's functions once the submodules of the same names have
+    been imported (the import system binds a submodule onto its package); `import audit` loads no torch."""
+    import subprocess
+    import sys
+    import audit.compare
+    import audit.discover
+    import audit.scan
+    from audit import api
+    from audit.scan import run_scan
+    assert audit.scan is api.scan and audit.discover is api.discover and audit.compare is api.compare
+    assert callable(run_scan) and sys.modules["audit.scan"].run_scan is run_scan
+    assert set(audit.__all__) >= {"run_audit", "AuditResult", "Summary", "Maps", "render_reports", "load_result"}
+    code = "import sys, audit; print('torch' in sys.modules, audit.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["False", audit.__version__]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_module_is_audited_on_its_device_and_stays_there(tmp_path):
+    df = png_set(tmp_path, n=2)
+    model = tiny_net().cuda()
+    res = audit.run_audit(model, df, classes=["a", "b"], input_size=S, mean=MEAN, std=STD, root=tmp_path,
+                          out=tmp_path / "o", layer="2", workers=0, n_boot=10)
+    assert all(p.is_cuda for p in model.parameters())
+    assert res.summary.raw["cam"] and len(res.per_image) == 2
+    p = expected_probs(tiny_net(), tmp_path, df["image"].tolist())
+    np.testing.assert_allclose(res.per_image[["p_a", "p_b"]].to_numpy(), p, atol=1e-4)
