@@ -28,6 +28,23 @@ def _verdict_exit(verdict: str | None) -> int:
     """The audit's exit code for its verdict: fail 1, inconclusive 3, pass / none 0."""
     return {"fail": EXIT_GATES, "inconclusive": EXIT_INCONCLUSIVE}.get(str(verdict), EXIT_OK)
 
+#: Library parameter → the flag that sets it, where the flag is not `--` + the name with '-' for '_'.
+FLAGS = {"preset": "--config", "channels_last": "--no-channels-last", "fold_bn": "--no-fold-bn",
+         "cache": "--no-cache"}
+
+
+def flag_message(e: Exception) -> str:
+    """The one-line message of a library error as the CLI prints it: the parameter the error names (its `.param`,
+    e.g. "batch_size") rewritten to the flag that sets it ("--batch-size"), at its first bare occurrence (not
+    inside quotes, a path or a dotted key such as audit.batch_size)."""
+    import re
+    text = str(e)
+    param = getattr(e, "param", None)
+    if not param:
+        return text
+    flag = FLAGS.get(param, "--" + param.replace("_", "-"))
+    return re.sub(rf"(?<![\w./'\"-]){re.escape(param)}(?![\w./'\"-])", flag, text, count=1)
+
 
 def _csv_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
@@ -402,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except AuditError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {flag_message(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(INTERRUPTED.get(args.command, "interrupted"), file=sys.stderr)

@@ -44,8 +44,8 @@ def get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
         return mods[path]
     cands = [n for n in mods if n and n.count(".") <= 1]
     near = [n for n in cands if n.split(".")[0] == path.split(".")[0]] or cands
-    raise LayerError(f"--layer {path!r}: no such module; candidates: {', '.join(near[:30])}"
-                     + (" ..." if len(near) > 30 else ""))
+    raise LayerError(f"layer {path!r}: no such module; candidates: {', '.join(near[:30])}"
+                     + (" ..." if len(near) > 30 else ""), param="layer")
 
 
 def _token_grid(model: torch.nn.Module, n_tokens: int) -> tuple[int, int, int] | None:

@@ -16,7 +16,10 @@ from .errors import ConfigError
 
 @dataclass
 class AuditConfig:
-    """Options of `cli.py audit` (see `python cli.py audit --help` for each)."""
+    """Options of an audit: `audit.run_audit(..., **options)` and `cli.py audit` (`python cli.py audit --help`).
+
+    Validated on construction (`_validate`): a bad value raises ConfigError (a ValueError) naming the parameter,
+    e.g. "batch_size: expected a positive integer, got 0"; its `.param` is the field name."""
 
     run_dir: str | None = None
     arch: str | None = None
@@ -61,6 +64,9 @@ class AuditConfig:
     data_spec: dict = field(default_factory=dict)
     preset_input: dict = field(default_factory=dict)  # the preset's grid for scan/masks; the audit uses the run's
     gates: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +121,7 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
         merged["preset"] = str(preset)
     for k, v in cli.items():
         if k not in AUDIT_KEYS:
-            raise ConfigError(f"unknown option {k!r}")
+            raise ConfigError(f"unknown option {k!r}", param=k)
         if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 0 and k == "by"):
             merged[k] = v
     cfg = AuditConfig(**merged)
@@ -123,38 +129,76 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
         cfg.counterfactual = True  # a gate cannot be checked on a measurement that was not made
     if "max_sanity_correlation" in (cfg.gates or {}):
         cfg.sanity = True
-    _validate(cfg)
     return cfg
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _expect(ok: bool, param: str, what: str, v) -> None:
+    if not ok:
+        raise ConfigError(f"{param}: expected {what}, got {v!r}", param=param)
+
+
+_BOOL_FIELDS = ("counterfactual", "discover", "sanity", "channels_last", "fold_bn", "cache")
+_STR_FIELDS = ("run_dir", "arch", "source", "checkpoint", "data", "split", "out", "layer", "preset", "positive",
+               "amp", "uncertain")
+
+
 def _validate(cfg: AuditConfig) -> None:
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise ConfigError(f"--limit: expected a positive integer, got {cfg.limit}")
-    if cfg.n_boot < 1:
-        raise ConfigError(f"--n-boot: expected a positive integer (bootstrap resamples per CI), got {cfg.n_boot}")
-    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2 ** 32:
-        raise ConfigError(f"--seed: expected an integer in [0, 2^32), got {cfg.seed!r}")
-    if not cfg.sensitivities or not all(0 < float(x) <= 1 for x in cfg.sensitivities):
-        raise ConfigError(f"{cfg.preset + ': ' if cfg.preset else ''}audit.sensitivities: expected target "
-                          f"sensitivities in (0, 1], got {cfg.sensitivities!r}")
-    if not 0 < cfg.high_conf <= 1:
-        raise ConfigError(f"--high-conf: expected a probability in (0, 1], got {cfg.high_conf}")
+    """Every option checked, in the config object itself: ConfigError (a ValueError) naming the parameter, what
+    was expected and what came ("batch_size: expected a positive integer, got 0"); `.param` holds its name."""
+    for k in _STR_FIELDS:
+        v = getattr(cfg, k)
+        _expect(v is None or isinstance(v, (str, os.PathLike)), k, "a string or None", v)
+        if isinstance(v, os.PathLike):
+            setattr(cfg, k, os.fspath(v))
+    for k in _BOOL_FIELDS:
+        _expect(isinstance(getattr(cfg, k), bool), k, "True or False", getattr(cfg, k))
+    for k in ("target", "maps", "device"):
+        _expect(isinstance(getattr(cfg, k), str), k, "a string", getattr(cfg, k))
+    for k in ("classes", "findings"):
+        v = getattr(cfg, k)
+        _expect(v is None or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)), k,
+                "a list of strings or None", v)
+        if isinstance(v, tuple):
+            setattr(cfg, k, list(v))
+    _expect(isinstance(cfg.by, (list, tuple)) and all(isinstance(x, str) for x in cfg.by), "by",
+            "a list of column names", cfg.by)
+    cfg.by = list(cfg.by)
+    _expect(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", "a positive integer", cfg.batch_size)
+    _expect(cfg.limit is None or (_is_int(cfg.limit) and cfg.limit >= 1), "limit", "a positive integer or None",
+            cfg.limit)
+    _expect(_is_int(cfg.n_boot) and cfg.n_boot >= 1, "n_boot", "a positive integer (bootstrap resamples per CI)",
+            cfg.n_boot)
+    _expect(_is_int(cfg.seed) and 0 <= cfg.seed < 2 ** 32, "seed", "an integer in [0, 2^32)", cfg.seed)
+    _expect(_is_int(cfg.min_n) and cfg.min_n >= 1, "min_n", "a positive integer (smallest group reported)",
+            cfg.min_n)
+    _expect(_is_int(cfg.sanity_n) and cfg.sanity_n >= 1, "sanity_n", "a positive integer", cfg.sanity_n)
+    _expect(_is_int(cfg.hit_tolerance) and cfg.hit_tolerance >= 0, "hit_tolerance", "an integer ≥ 0 (pixels)",
+            cfg.hit_tolerance)
+    _expect(_is_int(cfg.workers) and cfg.workers >= 0, "workers", "an integer ≥ 0", cfg.workers)
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    _expect(num(cfg.high_conf) and 0 < cfg.high_conf <= 1, "high_conf", "a probability in (0, 1]", cfg.high_conf)
+    _expect(num(cfg.off_target_frac) and 0 <= cfg.off_target_frac <= 1, "off_target_frac", "a share in [0, 1]",
+            cfg.off_target_frac)
+    _expect(num(cfg.artifact_lift) and cfg.artifact_lift >= 0, "artifact_lift", "a lift ≥ 0", cfg.artifact_lift)
+    if not (isinstance(cfg.sensitivities, (list, tuple)) and cfg.sensitivities
+            and all(num(x) and 0 < float(x) <= 1 for x in cfg.sensitivities)):
+        where = f"{cfg.preset}: audit.sensitivities" if cfg.preset else "sensitivities"
+        raise ConfigError(f"{where}: expected target sensitivities in (0, 1], got {cfg.sensitivities!r}",
+                          param="sensitivities")
+    cfg.sensitivities = [float(x) for x in cfg.sensitivities]
     if cfg.device != "cpu" and not cfg.device.startswith("cuda") and cfg.device != "mps":
-        raise ConfigError(f"--device: expected cpu, cuda[:N] or mps, got {cfg.device!r}")
-    if cfg.amp not in (None, "bf16", "fp16"):
-        raise ConfigError(f"--amp: expected bf16 or fp16, got {cfg.amp!r}")
-    if cfg.maps not in ("needed", "all"):
-        raise ConfigError(f"--maps: expected needed or all, got {cfg.maps!r}")
-    if cfg.uncertain not in (None, "ignore", "zeros", "ones"):
-        raise ConfigError(f"--uncertain: expected ignore, zeros or ones, got {cfg.uncertain!r}")
-    if cfg.workers < 0:
-        raise ConfigError(f"--workers: expected ≥ 0, got {cfg.workers}")
+        raise ConfigError(f"device: expected cpu, cuda[:N] or mps, got {cfg.device!r}", param="device")
+    _expect(cfg.amp in (None, "bf16", "fp16"), "amp", "bf16, fp16 or None", cfg.amp)
+    _expect(cfg.maps in ("needed", "all"), "maps", "needed or all", cfg.maps)
+    _expect(cfg.uncertain in (None, "ignore", "zeros", "ones"), "uncertain", "ignore, zeros, ones or None",
+            cfg.uncertain)
     from .gates import UNDEFINED_POLICIES, evaluate_gates, split_policy
-    if cfg.undefined_gates not in (None, *UNDEFINED_POLICIES):
-        raise ConfigError(f"--undefined-gates: expected one of {', '.join(UNDEFINED_POLICIES)}, "
-                          f"got {cfg.undefined_gates!r}")
+    _expect(cfg.undefined_gates in (None, *UNDEFINED_POLICIES), "undefined_gates",
+            f"one of {', '.join(UNDEFINED_POLICIES)} or None", cfg.undefined_gates)
     evaluate_gates(cfg.gates, {})  # unknown gate names and non-numeric thresholds fail here, before any work
     if cfg.undefined_gates is None:  # resolved once: the preset's policy, else the default, written into the report
         cfg.undefined_gates = split_policy(cfg.gates)[1] or "inconclusive"

@@ -2,7 +2,15 @@
 
 
 class AuditError(Exception):
-    """Bad input the user can fix. The message is one line naming the file/option/column and what was expected."""
+    """Bad input the user can fix. The message is one line naming the file/parameter/column and what was expected.
+
+    param: the library parameter the message names (e.g. "batch_size"), or None. Messages name parameters, never
+    command-line flags; the CLI rewrites that name to its flag when it prints (`cli.py` `FLAGS`).
+    """
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class RunDirError(AuditError):
@@ -17,8 +25,8 @@ class LayerError(AuditError):
     """The requested target layer does not exist in the model."""
 
 
-class ConfigError(AuditError):
-    """A config preset or option does not parse or holds an invalid value."""
+class ConfigError(AuditError, ValueError):
+    """A config preset or option does not parse or holds an invalid value (also a ValueError, for library users)."""
 
 
 class MaskError(AuditError):

@@ -171,7 +171,8 @@ def select_split(df: pd.DataFrame, split: str | None, csv_path) -> pd.DataFrame:
         return df.reset_index(drop=True)
     present = sorted(df["split"].dropna().unique().tolist())
     if split not in present:
-        raise ManifestError(f"{csv_path}: --split {split!r} not found in column 'split' (present: {present})")
+        raise ManifestError(f"{csv_path}: split {split!r} not found in column 'split' (present: {present})",
+                            param="split")
     return df[df["split"] == split].reset_index(drop=True)
 
 
@@ -184,8 +185,8 @@ def default_split(df: pd.DataFrame, csv_path=None) -> str:
         return "test"
     if not present:
         return "all"
-    raise ManifestError(f"{csv_path}: column 'split' holds {present} but no 'test': pass --split NAME to audit one "
-                        "of them, or --split all for every row (training images included)")
+    raise ManifestError(f"{csv_path}: column 'split' holds {present} but no 'test': pass split NAME to audit one "
+                        "of them, or all for every row (training images included)", param="split")
 
 
 def split_note(df: pd.DataFrame, split: str | None) -> str | None:

@@ -58,7 +58,7 @@ def finding_labels(rows: pd.DataFrame, findings: Sequence[str], uncertain: str =
     Cells: 1 / 1.0 positive, 0 / 0.0 negative, blank missing (NaN), −1 uncertain → NaN (ignore), 0 (zeros) or
     1 (ones). ManifestError naming the file, column and row for a missing column or another value."""
     if uncertain not in UNCERTAIN:
-        raise ConfigError(f"--uncertain: expected one of {', '.join(UNCERTAIN)}, got {uncertain!r}")
+        raise ConfigError(f"uncertain: expected one of {', '.join(UNCERTAIN)}, got {uncertain!r}", param="uncertain")
     missing = [f for f in findings if f not in rows.columns]
     if missing:
         raise ManifestError(f"{path}: no label column for finding(s) {missing} (a multi-label manifest has one "
@@ -88,7 +88,7 @@ def select_findings(classes: list[str], wanted: Sequence[str] | None) -> list[in
         return list(range(len(classes)))
     unknown = [f for f in wanted if f not in classes]
     if unknown:
-        raise ConfigError(f"--findings: {unknown} not among the model's findings {classes}")
+        raise ConfigError(f"findings: {unknown} not among the model's findings {classes}", param="findings")
     return [classes.index(f) for f in dict.fromkeys(wanted)]
 
 
@@ -422,8 +422,8 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .data import make_loader
     from .formats import format_record
     from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
-    from .pipeline import (AuditResult, VALIDATION_SPLITS, _json_default, build_region_fn, model_for_cam,
-                           predict_logits, resolve_device)
+    from .pipeline import (PipelineResult, VALIDATION_SPLITS, _json_default, build_region_fn, model_for_cam,
+                           predict_logits, resolve_device, run_name)
     from .preprocess import normalize
     from .scores import region_columns, score_batch
     from .spill import SpillArray, write_npz
@@ -437,13 +437,14 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         raise ConfigError(f"{', '.join(unsupported)}: not available for a multi-label audit yet (docs/multilabel.md)")
     device = resolve_device(cfg.device)
     if cfg.maps not in MAPS:
-        raise ConfigError(f"--maps: expected one of {', '.join(MAPS)}, got {cfg.maps!r}")
+        raise ConfigError(f"maps: expected one of {', '.join(MAPS)}, got {cfg.maps!r}", param="maps")
     fidx = select_findings(run.classes, cfg.findings)
     findings = [run.classes[i] for i in fidx]
     uncertain = cfg.uncertain or run.uncertain
     path = Path(cfg.data) if cfg.data else run.manifest
     if path is None:
-        raise ManifestError("no data manifest: pass --data CSV or set data.manifest in the run's config.yaml")
+        raise ManifestError("no manifest: pass data (a manifest CSV) or set data.manifest in the run's "
+                            "config.yaml", param="data")
     spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
     spec_d.update(cfg.data_spec or {})
     full = load_manifest(path, DataSpec.from_dict(spec_d), classes=None, require_label=False)
@@ -461,7 +462,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     get_module(model, layer)
     region_fn, kinds = build_region_fn(cfg)
     artifacts = [r for r, k in kinds.items() if k == "artifact"]
-    name = run.run_dir.name if run.run_dir else Path(run.checkpoint).stem
+    name = run_name(run)
     out = Path(cfg.out) if cfg.out else Path("reports") / name
     out.mkdir(parents=True, exist_ok=True)
     cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
@@ -622,7 +623,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
                     "regions": kinds, "findings": findings})
     model.cpu()
     cam_model.cpu()
-    return AuditResult(out_dir=out, per_image=per_image, summary=summary,
+    return PipelineResult(out_dir=out, per_image=per_image, summary=summary,
                        errors=[(0, *e) for e in errors])
 
 

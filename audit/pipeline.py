@@ -36,18 +36,28 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 
 @dataclass
-class AuditResult:
+class PipelineResult:
+    """What the pipeline hands back (the public, typed result is `audit.api.AuditResult`). summary: summary.json's
+    dict; errors: (manifest row, image_id, image, reason) of the unreadable images."""
+
     out_dir: Path
     per_image: pd.DataFrame
     summary: dict
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
+def run_name(run: RunConfig) -> str:
+    """The run's name for the default out folder: the run dir's, else the checkpoint's stem, else the model's."""
+    if run.run_dir:
+        return run.run_dir.name
+    return Path(run.checkpoint).stem if run.checkpoint else run.model_name
+
+
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        raise ConfigError(f"device {name!r}: CUDA is not available on this machine (use cpu)", param="device")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: MPS is not available on this machine (use --device cpu)")
+        raise ConfigError("device 'mps': MPS is not available on this machine (use cpu)", param="device")
     return torch.device(name)
 
 
@@ -56,7 +66,7 @@ def resolve_target(rule: str, classes: list[str]) -> str | int:
         return rule
     if rule in classes:
         return classes.index(rule)
-    raise ConfigError(f"--target {rule!r}: expected 'pred', 'true' or one of the classes {classes}")
+    raise ConfigError(f"target {rule!r}: expected 'pred', 'true' or one of the classes {classes}", param="target")
 
 
 #: Split names read as the validation split that operating-point thresholds are tuned on (the first present).
@@ -119,7 +129,8 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
     """(full manifest, audited rows, split name, manifest path)."""
     path = Path(cfg.data) if cfg.data else run.manifest
     if path is None:
-        raise ManifestError("no data manifest: pass --data CSV or set data.manifest in the run's config.yaml")
+        raise ManifestError("no manifest: pass data (a manifest CSV) or set data.manifest in the run's "
+                            "config.yaml", param="data")
     spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
     spec_d.update(cfg.data_spec or {})
     full = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes)
@@ -129,8 +140,8 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
         rows = rows.iloc[: cfg.limit].reset_index(drop=True)
     for col in cfg.by:
         if col not in rows.columns and col not in FORMAT_COLUMNS.values() and not col.startswith("dicom_"):
-            raise ManifestError(f"{path}: --by column {col!r} not found; columns are {list(rows.columns)} and the "
-                                f"image-format columns {list(FORMAT_COLUMNS.values())}")
+            raise ManifestError(f"{path}: by column {col!r} not found; columns are {list(rows.columns)} and the "
+                                f"image-format columns {list(FORMAT_COLUMNS.values())}", param="by")
     return full, rows, split, path
 
 
@@ -153,16 +164,23 @@ def header_spec(spec: InputSpec, cfg: AuditConfig) -> InputSpec:
     return spec if fields == spec.dicom_fields else dataclasses.replace(spec, dicom_fields=fields)
 
 
-def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult:
-    """Run the whole audit and write its files; returns the table and the summary."""
+def run_audit(cfg: AuditConfig, progress: Progress | None = None,
+              loaded: tuple[torch.nn.Module, RunConfig] | None = None) -> PipelineResult:
+    """Run the whole audit and write its files; returns the table and the summary.
+
+    loaded: (model, run) to audit instead of `load_run(cfg.run_dir, ...)`: a model the audit may modify (moved,
+    BatchNorm folded, hooks added; `audit.api.run_audit` passes a copy of the caller's module) in eval mode, and
+    the RunConfig describing it."""
     t0 = time.perf_counter()
-    model, run = load_run(cfg.run_dir, cfg.arch, cfg.classes, cfg.source, cfg.checkpoint)
+    model, run = loaded if loaded is not None else load_run(cfg.run_dir, cfg.arch, cfg.classes, cfg.source,
+                                                            cfg.checkpoint)
     run.input = header_spec(run.input, cfg)
     if run.multilabel:  # one sigmoid output per finding: every finding in one pass (audit/multilabel.py)
         from .multilabel import run_multilabel_audit
         return run_multilabel_audit(cfg, model, run, progress)
     if cfg.findings:
-        raise ConfigError("--findings: the run is not multi-label (set model.task: multilabel in its config)")
+        raise ConfigError("findings: the run is not multi-label (set model.task: multilabel in its config)",
+                          param="findings")
     device = resolve_device(cfg.device)
     full, rows, split, manifest_path = load_audit_manifest(cfg, run)
     spec = run.input
@@ -172,12 +190,12 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
     region_fn, kinds = build_region_fn(cfg)
     positive = cfg.positive or run.positive_class
     if positive is not None and positive not in run.classes:
-        raise ConfigError(f"--positive {positive!r}: not among the classes {run.classes}")
+        raise ConfigError(f"positive {positive!r}: not among the classes {run.classes}", param="positive")
     rank, world = dist_info()
     rows = rows.assign(_row=np.arange(len(rows)))
     if world > 1:
         rows = rows.iloc[rank::world].reset_index(drop=True)
-    name = run.run_dir.name if run.run_dir else Path(run.checkpoint).stem
+    name = run_name(run)
     out = Path(cfg.out) if cfg.out else Path("reports") / name
     out.mkdir(parents=True, exist_ok=True)
 
@@ -291,7 +309,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
         gathered = gather_to_rank0((records, cams_spill.read(), emb_spill.read(), tgt_np, errors, t_model, t_cf,
                                     cache.hits, cache.computed, t_score, t_decode, t_regions))
         if rank != 0:
-            return AuditResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
+            return PipelineResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
         records = [r for g in gathered for r in g[0]]
         cams_out = np.concatenate([g[1] for g in gathered if len(g[1])])
         emb_out = np.concatenate([g[2] for g in gathered if len(g[2])])
@@ -394,7 +412,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None) -> AuditResult
                     "manifest": str(manifest_path), "regions": kinds})
     model.cpu()
     cam_model.cpu()
-    return AuditResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
+    return PipelineResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
 
 
 def top2_margin(logits: torch.Tensor) -> np.ndarray:

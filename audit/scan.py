@@ -106,6 +106,8 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
                          scale16=scale16_value(inp.get("scale16", "max")),
                          dicom_window=str(inp.get("dicom_window", "header")),
                          dicom_fields=fields_for_regions(inp.get("dicom_fields"), (preset or {}).get("regions")))
+    except ConfigError:  # InputSpec's own one-line message names the key
+        raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"input: invalid value ({e})") from None
 
@@ -179,7 +181,8 @@ def _artifact_plan(preset: Mapping, flag_cols: Sequence[str]):
             skipped[c.name] = "geometric region (no detection)"
     for col in flag_cols:
         if col in sources:
-            raise ConfigError(f"--flag-cols: {col!r} is also a region of the preset; rename the column")
+            raise ConfigError(f"flag_cols: {col!r} is also a region of the preset; rename the column",
+                              param="flag_cols")
         sources[col] = "flag"
     return RegionSet(keep), sources, skipped
 
@@ -203,8 +206,8 @@ def _parse_flags(s: pd.Series, col: str) -> pd.Series:
         elif t == "":
             out.append(pd.NA)
         else:
-            raise ManifestError(f"--flag-cols: column {col!r} holds {v!r} in row {i + 2}; expected 0/1 "
-                                "(or true/false; empty = unknown)")
+            raise ManifestError(f"flag_cols: column {col!r} holds {v!r} in row {i + 2}; expected 0/1 "
+                                "(or true/false; empty = unknown)", param="flag_cols")
     return pd.Series(out, index=s.index, dtype="boolean")
 
 
@@ -559,20 +562,22 @@ def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, wo
     cols = list(manifest.columns)
     for c in by:
         if c not in cols and not str(c).startswith("dicom_"):
-            raise ManifestError(f"--by column {c!r} not found; columns are {cols}")
+            raise ManifestError(f"by column {c!r} not found; columns are {cols}", param="by")
     if id_col is not None and id_col not in cols:
-        raise ManifestError(f"--id-col {id_col!r} not found; columns are {cols}")
+        raise ManifestError(f"id_col {id_col!r} not found; columns are {cols}", param="id_col")
     for c in flag_cols:
         if c not in cols:
-            raise ManifestError(f"--flag-cols: column {c!r} not found; columns are {cols}")
+            raise ManifestError(f"flag_cols: column {c!r} not found; columns are {cols}", param="flag_cols")
     if not (isinstance(phash_threshold, (int, np.integer)) and 0 <= phash_threshold <= PHASH_BITS):
-        raise ConfigError(f"--phash-threshold: expected an integer in [0, {PHASH_BITS}], got {phash_threshold!r}")
+        raise ConfigError(f"phash_threshold: expected an integer in [0, {PHASH_BITS}], got {phash_threshold!r}",
+                          param="phash_threshold")
     if not (isinstance(detail_threshold, (int, np.integer)) and 0 <= detail_threshold <= DETAIL_BITS):
-        raise ConfigError(f"--detail-threshold: expected an integer in [0, {DETAIL_BITS}], got {detail_threshold!r}")
+        raise ConfigError(f"detail_threshold: expected an integer in [0, {DETAIL_BITS}], got {detail_threshold!r}",
+                          param="detail_threshold")
     if not (isinstance(workers, (int, np.integer)) and workers >= 0):
-        raise ConfigError(f"--workers: expected an integer ≥ 0, got {workers!r}")
+        raise ConfigError(f"workers: expected an integer ≥ 0, got {workers!r}", param="workers")
     if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
-        raise ConfigError(f"--limit: expected a positive integer, got {limit!r}")
+        raise ConfigError(f"limit: expected a positive integer, got {limit!r}", param="limit")
     _check_int_option("min_n", min_n)
     _check_int_option("top_k", top_k)
 
@@ -618,7 +623,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         try:
             manifest = add_patient_hash(manifest)
         except ValueError as e:
-            raise ConfigError(f"--id-col {PATIENT_HASH}: {e}") from None
+            raise ConfigError(f"id_col {PATIENT_HASH}: {e}", param="id_col") from None
     _validate(manifest, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k, detail_threshold)
     rs, sources, skipped = _artifact_plan(preset, flag_cols)
     if not sources:
@@ -644,7 +649,8 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                                 f"classes {run.classes}")
         positive = positive or run.positive_class or (preset.get("audit") or {}).get("positive")
         if positive is not None and positive not in run.classes:
-            raise ConfigError(f"--positive {positive!r}: not among the run's classes {run.classes}")
+            raise ConfigError(f"positive {positive!r}: not among the run's classes {run.classes}",
+                              param="positive")
         geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16,
                 run.input.dicom_window)
         # same grid (same pixels): predict in the scan's own pass
@@ -654,7 +660,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         positive = positive or (preset.get("audit") or {}).get("positive")
         labels_seen = set(rows["label"].dropna().astype(str))
         if positive is not None and positive not in labels_seen:
-            raise ConfigError(f"--positive {positive!r}: not among the labels {sorted(labels_seen)}")
+            raise ConfigError(f"positive {positive!r}: not among the labels {sorted(labels_seen)}", param="positive")
         in_loop = False
 
     from masks.export import PALETTE, THUMB, contact_sheet, overlay

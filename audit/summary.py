@@ -154,7 +154,7 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
         "schema_version": SCHEMA_VERSION,
         "run": {"name": run.run_dir.name if run.run_dir else None, "run_dir": str(run.run_dir) if run.run_dir else None,
                 "model": f"{run.source}:{run.model_name}" + _outputs_suffix(run),
-                "checkpoint": str(run.checkpoint),
+                "checkpoint": str(run.checkpoint) if run.checkpoint else None,
                 "checkpoint_sha256": run.checkpoint_sha256, "classes": run.classes,
                 "state_key": run.state_key, "weights_note": run.weights_note or None},
         "data": {"manifest": str(manifest), "split": split, "n": n, "n_skipped": n_skipped},

@@ -88,10 +88,11 @@ def _bad_manifest(tiny_run, text):
     (["--run-dir", "{run}", "--n-boot", "0"], "--n-boot: expected a positive integer"),
     (["--run-dir", "{run}", "--gallery-n", "-1"], "--gallery-n: expected an integer ≥ 0"),
     (["--run-dir", "{run}", "--seed", "-1"], "--seed: expected an integer in [0, 2^32)"),
+    (["--run-dir", "{run}", "--batch-size", "0"], "error: --batch-size: expected a positive integer, got 0"),
     (["--run-dir", "{run}", "--config", "{topkey}"], "unknown top-level section(s) ['gate']"),
     (["--run-dir", "{run}", "--device", "cuda:0"], None),
 ], ids=["run-dir", "no-config", "layer", "target", "split", "manifest", "no-label", "bad-label", "bad-yaml", "by", "n-boot",
-        "gallery-n", "seed", "preset-section", "device"])
+        "gallery-n", "seed", "batch-size", "preset-section", "device"])
 def test_bad_input_exit_2(tiny_run, tmp_path, capsys, args, match):
     import torch
     if match is None:
@@ -533,3 +534,18 @@ def test_top_level_help_is_for_users(capsys, monkeypatch):
     sub = " ".join(capsys.readouterr().out.split())
     assert "--batch-size BATCH_SIZE images per model pass (default 32" in sub
     assert "--seed SEED seed of the bootstrap CIs" in sub
+
+
+@pytest.mark.parametrize("param,text,printed", [
+    ("batch_size", "batch_size: expected a positive integer, got 0", "--batch-size: expected a positive integer, got 0"),
+    ("preset", "preset: not found", "--config: not found"),
+    ("split", "/d/split/m.csv: split 'x' not found in column 'split'", "/d/split/m.csv: --split 'x' not found in column 'split'"),
+    ("data", "no manifest: pass data (a manifest CSV) or set data.manifest", "no manifest: pass --data (a manifest CSV) or set data.manifest"),
+    ("sensitivities", "p.yaml: audit.sensitivities: expected", "p.yaml: audit.sensitivities: expected"),
+    (None, "batch_size: x", "batch_size: x"),
+])
+def test_library_parameter_names_become_flags_when_printed(param, text, printed):
+    """Library errors name parameters; the CLI prints the flag that sets it, at the first bare occurrence only
+    (a path, a quoted column or a dotted preset key holding the same word is left alone)."""
+    from audit.errors import ConfigError
+    assert cli.flag_message(ConfigError(text, param=param)) == printed

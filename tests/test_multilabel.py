@@ -73,7 +73,7 @@ def test_labels_one_column_per_finding_with_uncertain_options():
     with pytest.raises(ManifestError, match=r"no label column for finding\(s\) \['c'\]"):
         finding_labels(rows, ["a", "c"])
     assert select_findings(["a", "b", "c"], ["c", "a"]) == [2, 0]
-    with pytest.raises(ConfigError, match=r"--findings: \['z'\] not among"):
+    with pytest.raises(ConfigError, match=r"^findings: \['z'\] not among"):
         select_findings(["a", "b"], ["z"])
 
 

@@ -244,7 +244,7 @@ def test_default_split_never_falls_back_to_training_images():
     assert default_split(pd.DataFrame({"split": ["train", "test", None]})) == "test"
     assert default_split(pd.DataFrame({"split": [pd.NA, pd.NA]})) == "all"
     with pytest.raises(ManifestError, match=r"m.csv: column 'split' holds \['Test', 'train'\] but no 'test': "
-                                            r"pass --split NAME") as e:
+                                            r"pass split NAME") as e:
         default_split(pd.DataFrame({"split": ["train", "Test", None]}), "m.csv")
     assert "\n" not in str(e.value)
 

@@ -406,11 +406,11 @@ def test_workers_give_the_same_table(tmp_path):
 # ------------------------------------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("kw, exc, words", [
-    ({"by": ["nope"]}, ManifestError, "--by column 'nope'"),
-    ({"id_col": "patient"}, ManifestError, "--id-col 'patient'"),
+    ({"by": ["nope"]}, ManifestError, "by column 'nope'"),
+    ({"id_col": "patient"}, ManifestError, "id_col 'patient'"),
     ({"flag_cols": ["label"]}, ManifestError, "expected 0/1"),
-    ({"phash_threshold": 65}, ConfigError, "--phash-threshold"),
-    ({"positive": "bcc"}, ConfigError, "--positive 'bcc'"),
+    ({"phash_threshold": 65}, ConfigError, "phash_threshold"),
+    ({"positive": "bcc"}, ConfigError, "positive 'bcc'"),
 ])
 def test_bad_input_one_line(tmp_path, kw, exc, words):
     df = make_set(tmp_path, n_mel=2, n_nv=2, ink_mel=0, ink_nv=0)
