@@ -202,7 +202,6 @@ def _progress(console, total_label: str):
 
 def cmd_audit(args) -> int:
     from audit.config import resolve_config
-    from audit.pipeline import run_audit
     from audit.terminal import print_summary
     cli = {k: getattr(args, k) for k in ("run_dir", "arch", "source", "classes", "checkpoint", "data", "split",
                                          "out", "layer", "target", "batch_size", "device", "limit", "workers",

@@ -34,7 +34,7 @@ class _AuditModule(types.ModuleType):
     system binds a submodule onto its package when it is first imported, which would replace the function."""
 
     def _api(name: str):  # type: ignore[misc]
-        def get(self):
+        def get(self):  # noqa: ARG001 (a property's getter)
             from . import api
             return getattr(api, name)
 

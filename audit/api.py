@@ -32,7 +32,7 @@ import torch
 
 from .config import AUDIT_KEYS, AuditConfig, resolve_config
 from .errors import ConfigError, ManifestError, RunDirError
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from .preprocess import InputSpec
 from .stats import Estimate
 
 __all__ = ["run_audit", "load_result", "scan", "discover", "render_reports", "compare", "AuditResult", "Summary",

@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -345,7 +346,7 @@ def minmax(cams: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return c / (hi + eps)
 
 
-def map_concentration(cams) -> tuple["np.ndarray", "np.ndarray"]:
+def map_concentration(cams) -> tuple[np.ndarray, np.ndarray]:
     """How concentrated raw Grad-CAM maps are, at layer resolution: (peak share (N,), normalised entropy (N,)).
 
     cams: N×h×w (or h×w) raw maps (negative values clipped to 0). With p = cam / Σ cam over the h·w cells:

@@ -32,13 +32,16 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
 from .errors import AuditError, ConfigError, UndefinedMetricWarning
+
+if TYPE_CHECKING:
+    from .report.inputs import ReportInputs
 from .stats import NAN, Estimate, bootstrap_ci, proportion_ci
 from .thresholds import TUNING_VALIDATION, class_score, tune_threshold
 
@@ -279,7 +282,7 @@ def wilcoxon_p(d: np.ndarray) -> tuple[float, float, str]:
 # ----------------------------------------------------------------------------------------------------------------
 # reading and checking the two audits
 
-def _load(path) -> "ReportInputs":
+def _load(path) -> ReportInputs:
     from .report.inputs import read_out_dir
     inp = read_out_dir(path)
     dup = inp.per_image["image_id"].astype(str)
@@ -575,7 +578,7 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
     vague = [f"{f.key} ({f.verdict}, n={f.difference.n})" for f in figs if f.verdict in ("too small", "undefined")]
     if vague:
         warnings.warn(f"compare: no paired difference for {', '.join(vague)}", UndefinedMetricWarning, stacklevel=2)
-    changes, pairs = _changes(a, da, db, opts)
+    changes, pairs = _changes(a, da, db)
     gate_res, verdict = evaluate_compare_gates(gates or {}, figs)
     return Comparison(baseline=_describe(a), candidate=_describe(b),
                       data={"n": n, "classes": list(a.classes), "positive": pos, "regions": dict(a.kinds),
@@ -594,7 +597,7 @@ def _describe(inp) -> dict:
             "audit_verdict": inp.summary.get("verdict")}
 
 
-def _changes(a, da: pd.DataFrame, db: pd.DataFrame, opts: dict) -> tuple[dict, pd.DataFrame]:
+def _changes(a, da: pd.DataFrame, db: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """Per-image changes: prediction changed; maps moved off the target (target share ≥ the off-target rule's
     floor in the baseline, below it in the candidate) or back on; onto an artifact (no artifact lift above the
     rule's alarm in the baseline, one in the candidate) or off. Each a Wilson rate over the images where the

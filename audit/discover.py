@@ -427,8 +427,7 @@ def _save_png(m: np.ndarray, path: Path) -> None:
 
 
 def group_report(kind: str, gid: int, in_g: np.ndarray, df: pd.DataFrame, maps: np.ndarray, hw: tuple[int, int],
-                 regions: dict[str, str], attrs, median_target: dict[str, float], classes: list[str],
-                 centre_space: np.ndarray, min_n: int) -> dict:
+                 regions: dict[str, str], attrs, centre_space: np.ndarray, min_n: int) -> dict:
     """The description of one group (see the module docstring); suspicion and words are added by the caller."""
     correct = df["correct"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
     n, nr = int(in_g.sum()), int((~in_g).sum())
@@ -511,7 +510,7 @@ def flag_of(parts: dict) -> str | None:
     return "+".join(why) or None
 
 
-def _words(g: dict, classes: list[str], regions: dict[str, str]) -> str:
+def _words(g: dict) -> str:
     name = f"{g['kind']} {g['id']}" + (f" (predicted {g['pred_class']})" if g.get("pred_class") else "")
     acc, rest = g["accuracy"]["value"], g["accuracy_rest"]["value"]
     s = f"{name}: {g['n']} images"
@@ -616,7 +615,7 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
     cl, cl_info = explanation_clusters(maps, pred, k=k, seed=seed, min_n=min_n)
     groups: list[dict] = []
     for cid in sorted(set(cl.tolist()) - {-1}):
-        g = group_report("cluster", cid, cl == cid, df, maps, hw, regions, attrs, median_target, classes, maps, min_n)
+        g = group_report("cluster", cid, cl == cid, df, maps, hw, regions, attrs, maps, min_n)
         g["pred_class"] = str(pred[cl == cid][0])
         groups.append(g)
 
@@ -636,8 +635,8 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
         sl, feats, slice_info = error_slices(emb, onehot, probs, n_slices=n_slices, gamma=gamma, seed=seed,
                                              min_n=min_n)
         for sid in sorted(set(sl.tolist())):
-            groups.append(group_report("slice", sid, sl == sid, df, maps, hw, regions, attrs, median_target,
-                                       classes, feats, min_n))
+            groups.append(group_report("slice", sid, sl == sid, df, maps, hw, regions, attrs, feats,
+                                       min_n))
 
     # multiple testing over every attribute test of the run; keep over-representation only
     allp = [(gi, ai) for gi, g in enumerate(groups) for ai in range(len(g["over_represented"]))]
@@ -660,7 +659,7 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
             g["map"]["png"] = str(png)
         else:
             g["map"]["png"] = None
-        g["text"] = _words(g, classes, regions)
+        g["text"] = _words(g)
 
     # ranked within each kind (an error-aware slice gathers errors by construction, so its gap is not comparable
     # with a cluster's); `ranking` lists both kinds by suspicion for convenience

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .cam import _frozen, as_maps, default_layer, get_module
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
-from .stats import NAN, Estimate, _percentile_ci, bootstrap_ci, proportion_ci, region_stats
+from .stats import NAN, Estimate, bootstrap_ci, proportion_ci, region_stats
 
 Progress = Callable[[int, int], None]
 MAPS = ("needed", "all")
@@ -410,10 +410,6 @@ def evaluate_multilabel_gates(gates: dict, summary: dict, policy: str | None = N
 
 # ----------------------------------------------------------------------------------------------------------------
 # the audit
-
-def _pick_finding(s: dict, gates: list[dict], f: str) -> list[dict]:
-    return [g for g in gates if g["name"].split("[", 2)[1].rstrip("]") == f] if gates else []
-
 
 def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | None = None):
     """The multi-label audit (called by `audit.pipeline.run_audit` for a run with model.task: multilabel)."""

@@ -353,7 +353,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
         t_val = time.perf_counter() - tv
     else:
         t_val = 0.0
-    summary = build_summary(per_image, kinds, run, cfg, full=full, split=split, manifest=manifest_path,
+    summary = build_summary(per_image, kinds, run, cfg, split=split, manifest=manifest_path,
                             layer=layer, cam_hw=cam_hw, n_skipped=len(errors),
                             timing={"total_s": time.perf_counter() - t0, "model_s": t_model,
                                     "counterfactual_s": t_cf, "val_inference_s": t_val, "scoring_s": t_score,

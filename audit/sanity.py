@@ -79,7 +79,8 @@ def _layer_hw(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[int,
     return int(shape["s"][2]), int(shape["s"][3])
 
 
-def edge_explainer(model: torch.nn.Module, x: torch.Tensor, layer: str, target: torch.Tensor) -> torch.Tensor:
+def edge_explainer(model: torch.nn.Module, x: torch.Tensor, layer: str,
+                   target: torch.Tensor) -> torch.Tensor:  # noqa: ARG001 (an explainer's signature; ignores target)
     """A "map" that ignores the model: the Sobel gradient magnitude of the channel-mean input, average-pooled to
     the target layer's grid (the grid is read from one forward; the weights do not enter the values).
 

@@ -370,7 +370,7 @@ def region_stats(frac, correct, confidence, n_boot: int = 1000, seed: int = 0, m
             continue
         r = _group_replicates(rng, xg, qg, n_boot, err=~c if g == "all" else None) if n_boot else {}
         reps[g] = r
-        ci = (lambda k: _percentile_ci(r[k], alpha)) if n_boot else (lambda k: (NAN, NAN))
+        ci = (lambda k: _percentile_ci(r[k], alpha)) if n_boot else (lambda _k: (NAN, NAN))
         out[f"mean_{g}"] = Estimate(float(np.mean(xg)), *ci("mean"), n)
         out[f"median_{g}"] = Estimate(float(np.median(xg)), *ci("median"), n)
         if np.ptp(xg) == 0 or np.ptp(qg) == 0:

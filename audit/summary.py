@@ -144,7 +144,7 @@ def confidence_ranks(per_image: pd.DataFrame) -> np.ndarray:
 
 
 def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig, cfg: AuditConfig, *,
-                  full: pd.DataFrame | None, split: str, manifest, layer: str, cam_hw: tuple, n_skipped: int,
+                  split: str, manifest, layer: str, cam_hw: tuple, n_skipped: int,
                   timing: dict, positive: str | None = None, val: tuple | None = None) -> dict:
     n = len(per_image)
     correct = per_image["correct"].astype(bool).to_numpy()
@@ -228,7 +228,7 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             P = np.column_stack([class_score(per_image, c)[0] for c in run.classes])  # AUCs rank log-odds
             s["isic_metrics"] = _jsonable(isic_metrics(y, P, run.classes, n_boot=cfg.n_boot, seed=cfg.seed,
                                                        min_n=cfg.min_n))
-        s["by_artifact"] = _by_artifact(per_image, kinds, run, positive, cfg)
+        s["by_artifact"] = _by_artifact(per_image, kinds, positive, cfg)
         if cfg.by:
             s["accuracy_by_group"] = {col: accuracy_by_group(per_image, col, cfg.min_n) for col in cfg.by}
         frac_cols = [f"frac_{r}" for r in kinds if f"frac_{r}" in per_image]
@@ -397,7 +397,7 @@ def accuracy_by_group(df: pd.DataFrame, col: str, min_n: int) -> dict:
             for g, (k, n) in zip(t.index, t.to_numpy())}
 
 
-def _by_artifact(df: pd.DataFrame, kinds: dict, run: RunConfig, positive: str | None, cfg: AuditConfig) -> dict:
+def _by_artifact(df: pd.DataFrame, kinds: dict, positive: str | None, cfg: AuditConfig) -> dict:
     """Accuracy (and the positive class's top-1 sensitivity/specificity) with vs without each detected artifact."""
     out = {}
     flags = {r: f"present_{r}" for r, kind in kinds.items() if kind == "artifact" and f"present_{r}" in df}

@@ -10,7 +10,6 @@ the baseline trained 2 epochs, the candidate 8. CPU only, a few minutes on 2 cor
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import sys
 import time

@@ -20,7 +20,6 @@ Writes benchmarks/results/discover_realdata.md and the table between the markers
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -89,7 +88,6 @@ def discover_row(audit: Path, tmp: Path) -> dict:
 
 
 def sanity_row(run_dir: Path, audit: Path) -> dict:
-    import torch
 
     from audit.cam import default_layer
     from audit.manifest import load_manifest

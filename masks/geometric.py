@@ -46,6 +46,6 @@ def corners(image: np.ndarray, ctx: RegionContext) -> RegionResult:
 
 
 @register_region("device", kind="artifact", default_source="file", detector=False)
-def device(image: np.ndarray, ctx: RegionContext) -> RegionResult:
+def device(image: np.ndarray, ctx: RegionContext) -> RegionResult:  # noqa: ARG001 (provider signature)
     """Devices/markup over the anatomy (tubes, leads, pacemakers): from a mask file only (e.g. V7 value 127)."""
     return RegionResult(None, math.nan, None, "no device detector: give a mask file (source: file, values: [...])")

@@ -278,11 +278,12 @@ class RegionSet:
 
 def _check_result(res: RegionResult, s: int, name: str, ident: str) -> RegionResult:
     if not isinstance(res, RegionResult):
-        raise TypeError(f"region {name!r}: provider returned {type(res).__name__}, expected RegionResult")
+        raise TypeError(f"{ident}: region {name!r}: provider returned {type(res).__name__}, expected RegionResult")
     if res.mask is not None:
         m = np.asarray(res.mask)
         if m.shape != (s, s):
-            raise ValueError(f"region {name!r}: provider returned a mask of shape {m.shape}, expected {(s, s)}")
+            raise ValueError(f"{ident}: region {name!r}: provider returned a mask of shape {m.shape}, "
+                             f"expected {(s, s)}")
         res.mask = m.astype(bool, copy=False)
     return res
 

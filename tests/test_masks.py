@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from audit.errors import ConfigError, MaskWarning
 from audit.preprocess import InputSpec, image_to_grid, mask_to_grid
@@ -378,7 +378,7 @@ def test_export_writes_pngs_contact_sheet_and_csv(tmp_path):
     out = tmp_path / "out"
     seen = []
     with pytest.warns(MaskWarning, match="unreadable image"):
-        tab = export_masks(preset, df, out, InputSpec(size=50), progress=lambda d, t: seen.append((d, t)))
+        export_masks(preset, df, out, InputSpec(size=50), progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (4, 4)
     assert (out / "contact_sheet.png").is_file() and (out / "regions.csv").is_file()
     png = np.asarray(Image.open(out / "i0" / "lesion.png"))

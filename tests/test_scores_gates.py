@@ -149,7 +149,7 @@ def test_by_artifact_from_metadata_flag():
     df = pd.DataFrame({"label": ["mel"] * 4 + ["nv"] * 6, "pred": ["mel"] * 3 + ["nv"] + ["mel"] + ["nv"] * 5,
                        "ink": [1] * 4 + [0] * 6})
     df["correct"] = df["label"] == df["pred"]
-    out = _by_artifact(df, {}, None, "mel", AuditConfig(by=["ink"], min_n=2))
+    out = _by_artifact(df, {}, "mel", AuditConfig(by=["ink"], min_n=2))
     w, wo = out["ink"]["with"], out["ink"]["without"]
     assert w["n"] == 4 and w["sensitivity"]["value"] == 0.75 and w["specificity"]["value"] is None
     assert wo["n"] == 6 and wo["specificity"]["value"] == 5 / 6 and wo["accuracy"]["value"] == 5 / 6
@@ -158,7 +158,6 @@ def test_by_artifact_from_metadata_flag():
 def test_off_target_rate_counts_only_images_where_the_flag_is_defined():
     """An image whose map is all zero has no fraction and no lift: it is neither on nor off target, so it leaves
     the rate's n instead of counting as 'on target'."""
-    import numpy as np
     import pandas as pd
 
     from audit.config import AuditConfig
@@ -180,7 +179,7 @@ def test_off_target_rate_counts_only_images_where_the_flag_is_defined():
     assert df["flag_off_target"].tolist() == [True, True, False, False, False]
     assert off_target_defined(df, kinds).tolist() == [True, True, False, True, False]
     run = RunConfig(model_name="resnet18", source="torchvision", classes=["x", "y"], input=InputSpec())
-    s = build_summary(df, kinds, run, cfg, full=None, split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7),
+    s = build_summary(df, kinds, run, cfg, split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7),
                       n_skipped=0, timing={})
     assert s["off_target"]["rate"]["n"] == 3 and s["off_target"]["n_undefined"] == 2
     assert s["off_target"]["rate"]["value"] == pytest.approx(2 / 3)
@@ -291,12 +290,12 @@ def test_confidence_rho_ranks_the_top1_log_odds_where_float32_confidence_ties_at
     kinds = {"lungs": "target", "text": "artifact"}
     run = RunConfig(model_name="resnet18", source="torchvision", classes=["x", "y"], input=InputSpec())
     cfg = AuditConfig(n_boot=50)
-    s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, full=None, split="test", manifest="m.csv",
+    s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, split="test", manifest="m.csv",
                       layer="layer4", cam_hw=(7, 7), n_skipped=0, timing={})
     assert s["regions"]["lungs"]["stats"]["spearman_conf_all"]["value"] == pytest.approx(1.0)
     assert s["regions"]["text"]["stats"]["spearman_conf_all"]["value"] == pytest.approx(-1.0)
     s_old = build_summary(add_flags(df.drop(columns=["logodds_x", "logodds_y"]), kinds, cfg), kinds, run, cfg,
-                          full=None, split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7), n_skipped=0,
+                          split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7), n_skipped=0,
                           timing={})
     assert s_old["regions"]["lungs"]["stats"]["spearman_conf_all"]["value"] is None   # ties only: undefined
 
@@ -320,7 +319,7 @@ def test_by_group_leaves_out_groups_a_region_never_occurs_in():
     kinds = {"lungs": "target", "text": "artifact"}
     run = RunConfig(model_name="resnet18", source="torchvision", classes=["x", "y"], input=InputSpec())
     cfg = AuditConfig(n_boot=20, min_n=5)
-    s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, full=None, split="test", manifest="m.csv",
+    s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, split="test", manifest="m.csv",
                       layer="layer4", cam_hw=(7, 7), n_skipped=0, timing={})
     rows = {(r["region"], r["group"], r["stat"]) for r in s["by_group"]["rows"]}
     assert ("frac_text", "x", "median_all") in rows and ("frac_lungs", "y", "median_all") in rows

@@ -4,7 +4,6 @@ files (per_image.csv, per_finding.csv, cams.npz, summary.json, config.resolved.y
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +156,7 @@ def _row(cells: list[str], tag: str = "td") -> str:
 def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
     """report.html: the comparison table, then one section per finding (labels and n, AUROC, decision threshold,
     operating points, regions with lift, counterfactual flips, gates, gallery)."""
-    from ..multilabel import _ci, _num, _v
+    from ..multilabel import _ci, _num
     s = ml.summary
     d = s["data"]
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>multi-label audit</title><style>"

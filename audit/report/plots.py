@@ -233,7 +233,7 @@ def roc(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     for i, p in enumerate(pts):
         ax.plot(p["fpr"], p["tpr"], markers[i % len(markers)], ms=7, label=f"{p['label']}: sens {p['tpr']:.2f}, "
                 f"spec {1 - p['fpr']:.2f}")
-    ax.set_xlabel(f"1 − specificity (false-positive rate)")
+    ax.set_xlabel("1 − specificity (false-positive rate)")
     ax.set_ylabel(f"sensitivity for {pos}")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)

@@ -218,7 +218,7 @@ def section_dataset(ds, runs, audits, cmds, work, lines, overview):
                                  f"(thresholds {fmt_threshold(pt['threshold'], pt.get('threshold_logodds'))} / "
                                  f"{fmt_threshold(ps['threshold'], ps.get('threshold_logodds'))})",
                                  est(pt["sensitivity"]), est(ps["sensitivity"])])
-                    rows.append([f"specificity at that threshold", est(pt["specificity"]), est(ps["specificity"])])
+                    rows.append(["specificity at that threshold", est(pt["specificity"]), est(ps["specificity"])])
             rows.append(["verdict (audit exit code)",
                          f"{S['clean']['verdict']} ({cmds.get(names['clean'], {}).get('exit_code', 'n/a')})",
                          f"{S['shortcut']['verdict']} ({cmds.get(names['shortcut'], {}).get('exit_code', 'n/a')})"])
@@ -380,8 +380,6 @@ def render(work: Path) -> str:
             rows.append([f"`{n}`", f"test images of class `{c}`", b["n"], f(b["p_pred_pos_without"]),
                          f(b["p_pred_pos_with"]), f(b["mean_p_pos_without"]), f(b["mean_p_pos_with"]),
                          est(wilson(b["n_flips"], b["n"]), n=False)])
-    if runs:
-        pos = next(iter(runs.values()))["verify"]["positive"]
     L += [table(["run", "images", "n", "P(pred = positive) without", "… with", "mean P(positive) without",
                  "… with", "flip rate [CI]"], rows), ""]
     rows = [[f"`{n}`", f(r["verify"]["auc_original"]), f(r["verify"]["auc_all_planted"]),
