@@ -219,8 +219,14 @@ def cmd_audit(args) -> int:
     if rank > 0:
         return EXIT_OK
     if res.summary.get("task") == "multilabel":
-        from audit.multilabel import multilabel_outputs
-        multilabel_outputs(res, args, _out_console())
+        from audit.multilabel import print_multilabel_summary
+        from audit.report.multilabel import render_multilabel_reports
+        if not args.no_report:
+            render_multilabel_reports(res.out_dir, n_per_group=min(args.gallery_n, 8), blocky=args.blocky)
+        if args.json:
+            print(json.dumps(res.summary, indent=2))
+        elif not args.quiet:
+            print_multilabel_summary(res.summary, str(res.out_dir), _out_console())
         return _verdict_exit(res.summary.get("verdict"))
     if not args.no_report:
         from audit.report import render_reports

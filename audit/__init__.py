@@ -13,7 +13,7 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["run_audit", "load_result", "scan", "discover", "render_reports", "compare", "AuditResult", "Summary",
            "Gate", "RegionSummary", "OperatingPoint", "OperatingPoints", "Maps", "AuditConfig", "InputSpec",

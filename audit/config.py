@@ -206,19 +206,8 @@ def _validate(cfg: AuditConfig) -> None:
         raise ConfigError(f"{cfg.preset}: 'regions' must be a mapping of region name → options")
 
 
-def package_versions() -> dict:
-    import importlib.metadata as md
-    out = {}
-    for p in ("torch", "torchvision", "timm", "numpy", "scikit-image", "scikit-learn", "pandas", "rich"):
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            out[p] = None
-    return out
-
-
 def write_resolved(path: Path, cfg: AuditConfig, run: dict, extra: dict | None = None) -> None:
-    from . import __version__
+    from ._version import __version__, package_versions
     doc = {"auditor_version": __version__, "options": cfg.to_dict(), "run": run, "versions": package_versions()}
     if extra:
         doc.update(extra)

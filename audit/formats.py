@@ -56,10 +56,10 @@ def format_by_label(per_image: pd.DataFrame, classes: list[str], min_n: int, alp
                     seed: int, columns: dict | None = None) -> dict:
     """scan.json's `format`: per attribute with ≥ 2 levels among the labelled images, each level's n, its overall
     share and its share of every class (Wilson CI, `too_small` below min_n images in the class), and Cramér's V
-    (bias-corrected, bootstrap CI; `audit.scan.cramers_v`) of the level × class table; attributes with one
+    (bias-corrected, bootstrap CI; `audit.association.cramers_v`) of the level × class table; attributes with one
     level go to `constant` (attribute → level). Images without a label are left out. columns: attribute →
     column to test instead of `FORMAT_COLUMNS` (the DICOM header fields, `audit.dicom.device_by_label`)."""
-    from .scan import _prev, cramers_v
+    from .association import cramers_v, prevalence
     lab = per_image["label"]
     known = lab.notna().to_numpy()
     labs = lab[known].astype(str).to_numpy()
@@ -79,8 +79,8 @@ def format_by_label(per_image: pd.DataFrame, classes: list[str], min_n: int, alp
         attrs[name] = {
             "column": col,
             "levels": {x: {"n": int((lv == x).sum()),
-                           "prevalence": _prev(int((lv == x).sum()), len(lv), min_n, alpha),
-                           "by_label": {c: _prev(table[i][j], n_cls[c], min_n, alpha) for j, c in enumerate(classes)}}
+                           "prevalence": prevalence(int((lv == x).sum()), len(lv), min_n, alpha),
+                           "by_label": {c: prevalence(table[i][j], n_cls[c], min_n, alpha) for j, c in enumerate(classes)}}
                        for i, x in enumerate(levels)},
             "association": cramers_v(table, seed=seed, n_boot=n_boot, alpha=alpha)}
     return {"attributes": attrs, "constant": constant, "n": int(known.sum()),

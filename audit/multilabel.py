@@ -418,15 +418,14 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .data import make_loader
     from .formats import format_record
     from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
-    from .pipeline import (PipelineResult, VALIDATION_SPLITS, _json_default, build_region_fn, model_for_cam,
-                           predict_logits, resolve_device, run_name)
+    from .pipeline import PipelineResult, VALIDATION_SPLITS, _json_default, build_region_fn, run_name
+    from .predict import dist_info, model_for_cam, predict_logits, resolve_device
     from .preprocess import normalize
     from .scores import region_columns, score_batch
     from .spill import SpillArray, write_npz
     from .summary import clean_json
 
     t0 = time.perf_counter()
-    from .pipeline import dist_info
     unsupported = [o for o, on in (("--discover", cfg.discover), ("--sanity", cfg.sanity), ("--by", bool(cfg.by)),
                                    ("torchrun", dist_info()[1] > 1)) if on]
     if unsupported:
@@ -591,7 +590,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     val = None
     if val_name is not None:
         vrows = full[full["split"] == val_name].reset_index(drop=True)
-        vz = predict_logits(cam_model, vrows, spec, device, cfg)
+        vz = predict_logits(cam_model, vrows, spec, device, cfg.batch_size, cfg.workers)
         vy, _ = finding_labels(vrows, findings, uncertain, path)
         val = (vz[:, fidx] if vz.shape[1] else np.full((len(vrows), len(fidx)), np.nan), vy)
     summary: dict = {"task": "multilabel", "findings": {}, "data": {
@@ -719,14 +718,3 @@ def print_multilabel_summary(s: dict, out_dir: str | None = None, console=None) 
     if out_dir:
         con.print(f"files: {out_dir}/ (per_image.csv, per_finding.csv, cams.npz, summary.json, report.html)",
                   markup=False)
-
-
-def multilabel_outputs(res, args, console) -> None:
-    """The CLI's rendering of a multi-label audit: reports (unless --no-report), then JSON or the summary."""
-    if not args.no_report:
-        from .report.multilabel import render_multilabel_reports
-        render_multilabel_reports(res.out_dir, n_per_group=min(args.gallery_n, 8), blocky=args.blocky)
-    if args.json:
-        print(json.dumps(res.summary, indent=2))
-    elif not args.quiet:
-        print_multilabel_summary(res.summary, str(res.out_dir), console)

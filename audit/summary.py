@@ -8,16 +8,19 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .config import AuditConfig
 from .errors import UndefinedMetricWarning
-from .run import RunConfig
 from .stats import (bootstrap_ci, ece_if_calibrated, expected_calibration_error, group_keys, grouped_region_stats,
                     proportion_ci, region_stats)
 from .thresholds import class_score, isic_metrics, operating_points, prob_from_logodds
+
+if TYPE_CHECKING:
+    from .config import AuditConfig
+    from .run import RunConfig
 
 
 SCHEMA_VERSION = "2.0"  # docs/summary_schema.md; bump the major on a breaking change

@@ -191,7 +191,7 @@ PLAIN_CHILD = PEAK + r"""
 import json, sys, time, torch
 sys.path.insert(0, {root!r})
 from audit.manifest import load_manifest
-from audit.pipeline import predict_probs, prepare_model
+from audit.predict import predict_probs, prepare_model
 from audit.config import resolve_config
 from audit.run import load_run
 t = time.perf_counter()
@@ -201,7 +201,7 @@ fold_batchnorm(model, torch.zeros(1, 3, run.input.size, run.input.size))  # like
 prepare_model(model, torch.device("cpu"), resolve_config({{}}).channels_last)
 rows = load_manifest({manifest!r}, classes=run.classes)
 cfg = resolve_config({{"batch_size": {bs}, "workers": {workers}}})
-predict_probs(model, rows, run.input, torch.device("cpu"), cfg)
+predict_probs(model, rows, run.input, torch.device("cpu"), cfg.batch_size, cfg.workers)
 print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}}))
 """
 

@@ -9,14 +9,12 @@ Public API::
     RegionSet.kinds -> dict[str, str]
     RegionSet.compute(grid_img, row, spec, src_hw) -> dict[str, RegionResult]
     RegionResult(mask: bool S×S | None, score: float, present: bool | None, note: str)
-    load_preset(path) -> dict
     export_masks(preset, manifest, out_dir, spec, limit=None, progress=None) -> pandas.DataFrame
 
 The preset schema is documented in ``masks.registry``.
 """
 from .registry import (RegionContext, RegionResult, RegionSet, build_regions, list_regions, region_kind,
                        register_region)
-from .presets import load_preset
 from . import geometric as _geometric, detect_cxr as _detect_cxr, detect_derm as _detect_derm  # noqa: F401
 
 
@@ -27,4 +25,4 @@ def export_masks(*args, **kwargs):
 
 
 __all__ = ["RegionContext", "RegionResult", "RegionSet", "build_regions", "export_masks", "list_regions",
-           "load_preset", "region_kind", "register_region"]
+           "region_kind", "register_region"]

@@ -54,11 +54,11 @@ def _check_sections(cfg: dict) -> None:
     from audit.config import AUDIT_KEYS, audit_value
     from audit.gates import evaluate_gates
     from audit.manifest import DataSpec
-    from audit.scan import _scan_options, scan_input_spec
+    from audit.scan.core import scan_options, scan_input_spec
     build_regions(cfg.get("regions"))
     DataSpec.from_dict(cfg.get("data"))
     scan_input_spec(cfg)
-    _scan_options(cfg)
+    scan_options(cfg)
     audit = cfg.get("audit") or {}
     if not isinstance(audit, dict):
         raise ConfigError(f"audit: expected a mapping of options, got {type(audit).__name__}")

@@ -45,16 +45,21 @@ def test_compare_two_runs_on_ham10000(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                                # the audits go to ./reports/<run-name>/
     argv = ["compare", "--run-dir", str(a), "--run-dir", str(b), "--data", str(man), "--config",
             str(REPO / "configs" / "ham10000.yaml"), "--workers", "0", "--out", "cmp", "--quiet", "--gallery-n", "2"]
-    assert cli.main(argv + ["--gate", "max_accuracy_drop=1.0"]) == 0
+    # the preset's compare.gates apply, each overridden here by a margin no pair of models can miss
+    wide = ["--gate", "max_accuracy_drop=1.0", "--gate", "max_sensitivity_drop=1.0", "--gate", "max_lift_increase=1000"]
+    assert cli.main(argv + wide) == 0
     d = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert d["data"]["n"] == 24 and d["data"]["positive"] == "mel" and d["verdict"] == "pass"
+    assert {g["name"].split("[")[0] for g in d["gates"]} == {"max_accuracy_drop", "max_sensitivity_drop",
+                                                             "max_lift_increase"}
     assert d["data"]["regions"]["lesion"] == "target" and "lift[ruler]" in {f["key"] for f in d["figures"]}
     fig = {f["key"]: f for f in d["figures"]}
     per_a = pd.read_csv(tmp_path / "reports" / "a" / "per_image.csv")
     assert fig["accuracy"]["baseline"]["value"] == pytest.approx(per_a["correct"].mean())
     assert (tmp_path / "cmp" / "compare.html").is_file()
-    # again: both audits come from their caches, the figures are the same
-    assert cli.main(argv) == 0
+    # again: both audits come from their caches, the figures are the same; the preset's own margins decide
+    rc = cli.main(argv)
+    assert rc == (0 if json.loads((tmp_path / "cmp" / "compare.json").read_text())["verdict"] == "pass" else 1)
     s = json.loads((tmp_path / "reports" / "b" / "summary.json").read_text())
     assert s["cache"]["from_cache"] == 24 and s["cache"]["computed"] == 0
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["figures"] == d["figures"]

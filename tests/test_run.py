@@ -370,7 +370,7 @@ def test_one_output_of_a_multi_label_model_audited_as_binary(tmp_path):
 
 def test_top2_margin_is_log_odds_of_the_top_two():
     import numpy as np
-    from audit.pipeline import top2_margin
+    from audit.predict import top2_margin
     from audit.run import two_class_logits
     z = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [40.0, 0.0, -3.0]])
     np.testing.assert_allclose(top2_margin(z), [1.0, 0.0, 40.0])
@@ -399,7 +399,7 @@ def test_log_odds_ranks_what_the_float32_softmax_saturates():
     """log p_c/(1 − p_c) = z_c − logsumexp_{k≠c} z_k, in float64: equal to the softmax's where p is not saturated,
     exact where float32 p has rounded to 1.0, and the logit itself for a sigmoid output read as [−z/2, z/2]."""
     import numpy as np
-    from audit.pipeline import log_odds
+    from audit.predict import log_odds
     from audit.run import two_class_logits
     z = torch.tensor([[2.0, 0.0, 1.0], [0.5, -0.3, 0.1], [40.0, 0.0, -1.0], [60.0, 0.0, -1.0]])
     p = torch.softmax(z[:2].double(), 1).numpy()

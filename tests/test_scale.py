@@ -80,7 +80,7 @@ def test_channels_last_audit_equals_contiguous(tiny_run, tmp_path):
     import torch
     import torchvision
 
-    from audit.pipeline import prepare_model
+    from audit.predict import prepare_model
     m = torchvision.models.resnet18(num_classes=2)
     assert prepare_model(m, torch.device("cpu"), True).conv1.weight.is_contiguous(memory_format=torch.channels_last)
     m = prepare_model(torchvision.models.resnet18(num_classes=2), torch.device("cpu"), False)

@@ -1,0 +1,604 @@
+"""The scan's pass (`run_scan`): detectors and flag columns over every image in DataLoader workers, prevalence,
+label association, split leakage and, with a run dir, the model with vs without each artifact. The package's
+docstring (`audit.scan`) describes the outputs."""
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ..association import by_table, cramers_v, model_by_artifact, one_vs_rest, association_strength, prevalence
+from ..errors import ConfigError, ManifestError, UndefinedMetricWarning
+from ..formats import format_by_label, format_record
+from ..preprocess import InputSpec, scale16_value
+from ..stats import group_keys
+from .hashing import (DETAIL_BITS, DETAIL_SIZE, DETAIL_THRESHOLD, PHASH_BITS, PHASH_SIZE, detail_hash_images, near_duplicate_pairs,
+                      phash_images)
+
+SCHEMA_VERSION = 2       # 2: Cramér's `value` is bias-corrected (1: the plain V); near_duplicates lists confirmed pairs
+PAIR_SHEET_PAIRS = 16    # near-duplicate pairs drawn in near_duplicates.png
+SCAN_KEYS = ("flag_cols", "by", "id_col", "min_n", "top_k")
+MAX_JSON_PAIRS = 1000    # near-duplicate pairs / leaking ids listed in scan.json (all of them in the CSVs)
+Progress = Callable[[int, int], None]
+NAN = float("nan")
+
+@dataclass
+class ScanResult:
+    """per_image: scan.csv's table. summary: scan.json's dict (strict-JSON values). out_dir: where files went.
+    errors: (image_id, image, reason) of the skipped, unreadable images."""
+
+    per_image: pd.DataFrame
+    summary: dict
+    out_dir: Path
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+# ================================================================================================ input helpers
+
+PRESET_INPUT_KEYS = ("size", "resize", "crop_pct", "interpolation", "scale16", "dicom_window", "dicom_fields")
+
+
+def scan_input_spec(preset: Mapping | None) -> InputSpec:
+    """The grid the detectors run on: the preset's `input:` section (size, resize, crop_pct, interpolation,
+    scale16 for 16-bit images, dicom_window, dicom_fields plus the header fields a region's presence_from
+    names), default 224 stretch."""
+    inp = dict((preset or {}).get("input") or {})
+    from ..run import INPUT_KEYS
+    unknown = [str(k) for k in inp if k not in INPUT_KEYS and k not in PRESET_INPUT_KEYS]
+    if unknown:
+        raise ConfigError(f"input: unknown key(s) {unknown}; expected some of {list(PRESET_INPUT_KEYS)}")
+    model_only = [str(k) for k in inp if k not in PRESET_INPUT_KEYS]
+    if model_only:  # accepted and ignored, they would look as if they changed something
+        raise ConfigError(f"input: {model_only} belong to the run's config.yaml (the model's own preprocessing); "
+                          f"a preset's input sets the grid of scan and masks: {list(PRESET_INPUT_KEYS)}")
+    from ..dicom import fields_for_regions
+    try:
+        return InputSpec(size=int(inp.get("size", 224)), resize=str(inp.get("resize", "stretch")),
+                         crop_pct=float(inp.get("crop_pct", 1.0)),
+                         interpolation=str(inp.get("interpolation", "bilinear")),
+                         scale16=scale16_value(inp.get("scale16", "max")),
+                         dicom_window=str(inp.get("dicom_window", "header")),
+                         dicom_fields=fields_for_regions(inp.get("dicom_fields"), (preset or {}).get("regions")))
+    except ConfigError:  # InputSpec's own one-line message names the key
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"input: invalid value ({e})") from None
+
+
+INT_OPTIONS = {"min_n": 1, "top_k": 0}  # smallest value of each integer option (top_k 0: no contact sheets)
+
+
+def _check_int_option(key: str, v) -> None:
+    lo = INT_OPTIONS[key]
+    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo):
+        raise ConfigError(f"scan.{key}: expected " + ("a positive integer" if lo == 1 else f"an integer ≥ {lo}")
+                          + f", got {v!r}")
+
+
+def scan_options(preset: Mapping) -> dict:
+    sec = preset.get("scan") or {}
+    if not isinstance(sec, Mapping):
+        raise ConfigError(f"scan: expected a mapping of options, got {type(sec).__name__}")
+    unknown = sorted(set(sec) - set(SCAN_KEYS))
+    if unknown:
+        raise ConfigError(f"scan: unknown key(s) {unknown}; expected {list(SCAN_KEYS)}")
+    for k, v in sec.items():
+        if k in INT_OPTIONS:
+            _check_int_option(k, v)
+    for k in ("flag_cols", "by"):
+        v = sec.get(k)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            raise ConfigError(f"scan.{k}: expected a list of column names, got {v!r}")
+    if sec.get("id_col") is not None and not isinstance(sec["id_col"], str):
+        raise ConfigError(f"scan.id_col: expected a column name, got {sec['id_col']!r}")
+    return dict(sec)
+
+
+def _artifact_plan(preset: Mapping, flag_cols: Sequence[str]):
+    """(RegionSet of the scanned artifact regions, {artifact: source}, {region: why not scanned})."""
+    from masks import build_regions, list_regions
+    from masks.registry import RegionSet
+    rs = build_regions(preset.get("regions"))
+    detectors = {d["name"]: d["detector"] for d in list_regions(details=True)}
+    keep, sources, skipped = [], {}, {}
+    for c in rs.configs:
+        if c.kind != "artifact":
+            skipped[c.name] = "target region"
+        elif c.source == "file":
+            keep.append(c)
+            sources[c.name] = "file"
+        elif detectors.get(c.name):
+            keep.append(c)
+            sources[c.name] = "detector"
+        else:
+            skipped[c.name] = "geometric region (no detection)"
+    for col in flag_cols:
+        if col in sources:
+            raise ConfigError(f"flag_cols: {col!r} is also a region of the preset; rename the column",
+                              param="flag_cols")
+        sources[col] = "flag"
+    return RegionSet(keep), sources, skipped
+
+
+_TRUE = {"1", "1.0", "true", "yes", "y", "t"}
+_FALSE = {"0", "0.0", "false", "no", "n", "f"}
+
+
+def _parse_flags(s: pd.Series, col: str) -> pd.Series:
+    """0/1 (or true/false) column → pandas 'boolean' (NA = unknown). ManifestError on anything else."""
+    out = []
+    for i, v in enumerate(s.tolist()):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            out.append(pd.NA)
+            continue
+        t = str(v).strip().lower()
+        if t in _TRUE:
+            out.append(True)
+        elif t in _FALSE:
+            out.append(False)
+        elif t == "":
+            out.append(pd.NA)
+        else:
+            raise ManifestError(f"flag_cols: column {col!r} holds {v!r} in row {i + 2}; expected 0/1 "
+                                "(or true/false; empty = unknown)", param="flag_cols")
+    return pd.Series(out, index=s.index, dtype="boolean")
+
+
+def _none_if_na(v):
+    """A manifest value for JSON: None where missing, else the value as text."""
+    return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def differ(a, b) -> bool:
+    """Two known values (ids or labels of a near-duplicate pair, as text) that are not the same."""
+    return a is not None and b is not None and a != b
+
+
+def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k,
+              detail_threshold=DETAIL_THRESHOLD) -> None:
+    if not isinstance(manifest, pd.DataFrame) or "image" not in manifest.columns:
+        raise ManifestError("manifest: expected a DataFrame from audit.manifest.load_manifest (column 'image')")
+    if "label" not in manifest.columns or manifest["label"].notna().sum() == 0:
+        raise ManifestError("manifest: no label column (map one with data.columns: {label: COL} or --label-col COL)")
+    cols = list(manifest.columns)
+    for c in by:
+        if c not in cols and not str(c).startswith("dicom_"):
+            raise ManifestError(f"by column {c!r} not found; columns are {cols}", param="by")
+    if id_col is not None and id_col not in cols:
+        raise ManifestError(f"id_col {id_col!r} not found; columns are {cols}", param="id_col")
+    for c in flag_cols:
+        if c not in cols:
+            raise ManifestError(f"flag_cols: column {c!r} not found; columns are {cols}", param="flag_cols")
+    if not (isinstance(phash_threshold, (int, np.integer)) and 0 <= phash_threshold <= PHASH_BITS):
+        raise ConfigError(f"phash_threshold: expected an integer in [0, {PHASH_BITS}], got {phash_threshold!r}",
+                          param="phash_threshold")
+    if not (isinstance(detail_threshold, (int, np.integer)) and 0 <= detail_threshold <= DETAIL_BITS):
+        raise ConfigError(f"detail_threshold: expected an integer in [0, {DETAIL_BITS}], got {detail_threshold!r}",
+                          param="detail_threshold")
+    if not (isinstance(workers, (int, np.integer)) and workers >= 0):
+        raise ConfigError(f"workers: expected an integer ≥ 0, got {workers!r}", param="workers")
+    if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
+        raise ConfigError(f"limit: expected a positive integer, got {limit!r}", param="limit")
+    _check_int_option("min_n", min_n)
+    _check_int_option("top_k", top_k)
+
+
+def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpec, by: Sequence[str] = (),
+             id_col: str | None = None, flag_cols: Sequence[str] = (), run_dir: str | None = None,
+             positive: str | None = None, workers: int = 0, limit: int | None = None, phash_threshold: int = 6,
+             detail_threshold: int = DETAIL_THRESHOLD,
+             progress: Progress | None = None, *, min_n: int | None = None, top_k: int | None = None,
+             alpha: float = 0.05, batch_size: int = 32, device: str = "cpu", n_boot: int = 1000,
+             seed: int = 0) -> ScanResult:
+    """Scan a dataset for artifacts, their association with the label, and split leakage (no model needed).
+
+    preset: a parsed preset (`masks.presets.load_preset`): its artifact `regions:` are scanned (detectors and
+      `source: file` regions; geometric bands such as border/corners are skipped, having nothing to detect),
+      and an optional `scan:` section {flag_cols, by, id_col, min_n, top_k} supplies defaults for arguments
+      left empty. manifest: canonical rows (`audit.manifest.load_manifest`); needs a label column.
+    out_dir: folder for scan.csv, scan.json, contact_<artifact>.png, errors.csv, near_duplicates.csv,
+      leaking_ids.csv. spec: the grid the detectors (and the pHash) see, e.g. `scan_input_spec(preset)`.
+    by: metadata columns to tabulate prevalence by (site, view, split). id_col: patient / lesion id column for
+      split leakage. flag_cols: 0/1 metadata columns scanned as extra artifacts (e.g. bissoto_ink).
+    run_dir: a training run (`audit.run.load_run`): adds the model's metrics with vs without each artifact.
+      positive: the safety-critical class (default: the run's positive_class, then the preset's
+      audit.positive); for a binary label without it, the minority class is compared with the other.
+    workers: DataLoader worker processes (0 = main process). limit: scan only the first N rows.
+    phash_threshold: a candidate near-duplicate pair when the 64-bit pHashes differ in ≤ this many bits (default 6);
+      detail_threshold: the candidate is confirmed when the 256-bit detail hashes differ in ≤ this many (48).
+    progress: called as progress(done, total) after each batch. min_n: groups below it are too small (10).
+    top_k: images per contact sheet (16). alpha: 1 − CI level. n_boot, seed: bootstrap of mean P(positive).
+    Raises ManifestError / ConfigError / RunDirError with one line for bad input; unreadable images are
+    skipped, counted and listed in errors.csv. Returns a ScanResult.
+    """
+    t0 = time.perf_counter()
+    preset = dict(preset or {})
+    opts = scan_options(preset)
+    by = list(by or opts.get("by") or [])
+    flag_cols = list(flag_cols or opts.get("flag_cols") or [])
+    id_col = id_col or opts.get("id_col")
+    min_n = int(min_n if min_n is not None else opts.get("min_n", 10))  # preset values checked by _scan_options
+    top_k = int(top_k if top_k is not None else opts.get("top_k", 16))
+    from ..dicom import PATIENT_HASH, add_patient_hash
+    if id_col == PATIENT_HASH and PATIENT_HASH not in manifest.columns:  # salted PatientID hash for leakage
+        try:
+            manifest = add_patient_hash(manifest)
+        except ValueError as e:
+            raise ConfigError(f"id_col {PATIENT_HASH}: {e}", param="id_col") from None
+    _validate(manifest, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k, detail_threshold)
+    rs, sources, skipped = _artifact_plan(preset, flag_cols)
+    if not sources:
+        raise ConfigError("scan: nothing to scan: the preset has no artifact detector or file region, and no "
+                          "--flag-cols were given")
+    rows = manifest if limit is None else manifest.iloc[:limit]
+    rows = rows.reset_index(drop=True)
+    flags = {c: _parse_flags(rows[c], c) for c in flag_cols}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- the model (optional): loaded before the pass so bad run dirs fail before any work
+    model = run = None
+    if run_dir is not None:
+        from ..predict import resolve_device
+        from ..run import load_run
+        model, run = load_run(run_dir)
+        dev = resolve_device(device)
+        bad = ~rows["label"].isna() & ~rows["label"].isin(run.classes)
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise ManifestError(f"manifest: label {rows['label'].iloc[i]!r} (row {i + 2}) is not among the run's "
+                                f"classes {run.classes}")
+        positive = positive or run.positive_class or (preset.get("audit") or {}).get("positive")
+        if positive is not None and positive not in run.classes:
+            raise ConfigError(f"positive {positive!r}: not among the run's classes {run.classes}",
+                              param="positive")
+        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16,
+                run.input.dicom_window)
+        # same grid (same pixels): predict in the scan's own pass
+        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16, spec.dicom_window)
+        model.to(dev)
+    else:
+        positive = positive or (preset.get("audit") or {}).get("positive")
+        labels_seen = set(rows["label"].dropna().astype(str))
+        if positive is not None and positive not in labels_seen:
+            raise ConfigError(f"positive {positive!r}: not among the labels {sorted(labels_seen)}", param="positive")
+        in_loop = False
+
+    from masks.export import PALETTE, THUMB, contact_sheet, overlay
+    from masks.registry import RegionResult
+
+    from ..data import make_loader
+    from ..preprocess import normalize
+    region_names = rs.names
+    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(sources)}
+    heaps: dict[str, list] = {a: [] for a in sources}
+    recs = rows.to_dict("records")
+    records, hashes, details, errors, probs_rows, row_pos = [], [], [], [], [], []
+    n_warn = 0
+    loader = make_loader(rows, spec, batch_size, int(workers), rs.compute if len(rs) else None)
+    done = 0
+    try:
+        for batch in loader:
+            for i, err in batch["failed"]:
+                errors.append((str(recs[i]["image_id"]), str(recs[i]["image"]), err))
+            done += len(batch["failed"])
+            if batch["img"] is not None:
+                idx = batch["idx"]
+                hs = phash_images(batch["img"])
+                hd = detail_hash_images(batch["img"])
+                if in_loop:
+                    with torch.no_grad():
+                        pr = torch.softmax(model(normalize(batch["img"].to(dev), run.input)).float(), 1).cpu().numpy()
+                for j, i in enumerate(idx):
+                    r = recs[i]
+                    rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
+                    for c in [id_col, *by]:
+                        if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
+                            rec[c] = r[c]
+                    rec.update(format_record(batch["src_hw"][j], batch["src_info"][j]))
+                    rec["phash"] = f"{int(hs[j]):016x}"
+                    rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
+                    masks = batch["masks"][j] if "masks" in batch else {}
+                    notes = batch["notes"][j] if "notes" in batch else {}
+                    n_warn += len(batch["warnings"][j]) if "warnings" in batch else 0
+                    for a in region_names:
+                        pres = batch["present"][j].get(a)  # a file region's presence is what its file says
+                        if sources[a] == "file":
+                            score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
+                        else:
+                            score = batch["scores"][j].get(a, NAN)
+                        rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
+                    for c in flag_cols:
+                        v = flags[c].iloc[i]
+                        rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
+                        rec[f"present_{c}"] = None if v is pd.NA else bool(v)
+                    if notes:
+                        rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
+                    for c, v in r.items():  # the manifest's metadata, after the scan's own columns
+                        if c not in rec and f"present_{c}" not in rec or c in flag_cols:
+                            rec.setdefault(c, v)
+                    if in_loop:
+                        probs_rows.append((i, pr[j]))
+                    # contact sheets: keep the top_k scores per artifact, thumbnails made only for entrants
+                    for a in sources:
+                        s = rec[f"score_{a}"]
+                        if top_k == 0 or s is None or not np.isfinite(s):
+                            continue
+                        key = (float(s), -len(records))
+                        hp = heaps[a]
+                        if len(hp) < top_k or key > hp[0][:2]:
+                            grid = batch["img"][j].numpy()
+                            m = masks.get(a)
+                            ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, colors)
+                            th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
+                            cap = f"{'*' if rec[f'present_{a}'] else ' '}{s:.3g} {r['image_id']}"
+                            item = (key[0], key[1], cap, th)
+                            if len(hp) < top_k:
+                                heapq.heappush(hp, item)
+                            else:
+                                heapq.heapreplace(hp, item)
+                    records.append(rec)
+                    row_pos.append(i)
+                    hashes.append(hs[j])
+                    details.append(hd[j])
+                done += len(idx)
+            if progress:
+                progress(done, len(rows))
+    except BaseException:  # interrupted (Ctrl-C) or failed: the rows scanned so far are kept
+        if records:
+            pd.DataFrame.from_records(records).to_csv(out_dir / "scan.partial.csv", index=False)
+        raise
+    (out_dir / "scan.partial.csv").unlink(missing_ok=True)  # a finished scan replaces an interrupted one
+    t_pass = time.perf_counter() - t0
+
+    if not records:
+        raise ManifestError(f"manifest: none of the {len(rows)} images could be read "
+                            f"(first error: {errors[0][2] if errors else 'none'})")
+    per_image = pd.DataFrame.from_records(records)
+    for a in sources:
+        per_image[f"present_{a}"] = per_image[f"present_{a}"].astype("boolean")
+    h = np.array(hashes, dtype=np.uint64)
+    hd_all = np.array(details, dtype=np.uint64).reshape(len(details), DETAIL_BITS // 64)
+
+    # --- model predictions
+    classes_run = None
+    if run is not None:
+        classes_run = list(run.classes)
+        if in_loop:
+            P = np.full((len(rows), len(classes_run)), np.nan)
+            for i, p in probs_rows:
+                P[i] = p
+        else:
+            from ..predict import predict_probs
+            P = predict_probs(model, rows, run.input, dev, batch_size, int(workers))
+        model.cpu()
+        Pi = P[np.asarray(row_pos, dtype=np.int64)]
+        valid = np.isfinite(Pi).all(1)
+        per_image["pred"] = pd.array([classes_run[int(k)] if v else pd.NA
+                                      for k, v in zip(np.nan_to_num(Pi).argmax(1), valid)], dtype="object")
+        per_image["confidence"] = np.where(valid, np.nan_to_num(Pi).max(1), np.nan)
+        per_image["correct"] = pd.array([(l == p) if p is not pd.NA and l is not pd.NA and not pd.isna(l) else pd.NA
+                                         for l, p in zip(per_image["label"], per_image["pred"])], dtype="boolean")
+        for k, c in enumerate(classes_run):
+            per_image[f"p_{c}"] = Pi[:, k]
+
+    # --- statistics
+    lab_all = per_image["label"]
+    labelled = lab_all.notna().to_numpy()
+    classes = sorted(lab_all[labelled].astype(str).unique().tolist())
+    lab = lab_all.astype(object).where(lab_all.notna(), None).to_numpy()
+    artifacts: dict[str, dict] = {}
+    associations: list[dict] = []
+    undefined: list[str] = []
+    for a, src in sources.items():
+        pres_s = per_image[f"present_{a}"]
+        known = pres_s.notna().to_numpy()
+        pres = pres_s.fillna(False).to_numpy(dtype=bool)
+        k_all, n_all = int(pres[known].sum()), int(known.sum())
+        m = known & labelled
+        labs, pl = lab[m].astype(str), pres[m]
+        by_label = {c: prevalence(int(pl[labs == c].sum()), int((labs == c).sum()), min_n, alpha) for c in classes}
+        cv = cramers_v([[int((pl & (labs == c)).sum()), int((~pl & (labs == c)).sum())] for c in classes],
+                       seed=seed, n_boot=n_boot, alpha=alpha)
+        if not np.isfinite(cv["value"]):
+            undefined.append(f"cramers_v[{a}]")
+        scores = per_image[f"score_{a}"].to_numpy(dtype=np.float64)
+        artifacts[a] = {"source": src, "n_known": n_all, "n_present": k_all, "n_unknown": int(len(known) - n_all),
+                        "prevalence": prevalence(k_all, n_all, min_n, alpha), "by_label": by_label,
+                        "label_association": cv,
+                        "score_median": float(np.nanmedian(scores)) if np.isfinite(scores).any() else NAN}
+        assoc = one_vs_rest(labs, pl, a, classes, positive, min_n, alpha)
+        undefined += [f"odds_ratio[{e['artifact']}, {e['class']}]" for e in assoc
+                      if not e["too_small"] and not np.isfinite(e["odds_ratio"]["value"])]
+        associations += assoc
+    associations.sort(key=association_strength)
+    for rank, e in enumerate(associations, 1):
+        e["rank"] = rank
+
+    by_out: dict[str, dict] = {}
+    for col in by:
+        keys = group_keys(per_image[col]).to_numpy()
+        by_out[col] = {}
+        for a in sources:
+            pres_s = per_image[f"present_{a}"]
+            known = pres_s.notna().to_numpy()
+            prev, cv = by_table(keys[known], pres_s.fillna(False).to_numpy(dtype=bool)[known], min_n, alpha,
+                                 n_boot, seed)
+            by_out[col][a] = {"groups": prev, "association": cv}
+
+    fmt = format_by_label(per_image, classes, min_n, alpha, n_boot, seed)
+    from ..dicom_bias import device_by_label, device_markdown, model_by_device
+    device = device_by_label(per_image, classes, min_n, alpha, n_boot, seed)  # DICOM header fields, if any
+
+    # --- leakage
+    leakage = _leakage(rows, per_image, h, hd_all, id_col, phash_threshold, detail_threshold, out_dir)
+
+    # --- model metrics
+    model_out = None
+    if run is not None:
+        model_out = {"run_dir": str(run.run_dir) if run.run_dir else None, "model": f"{run.source}:{run.model_name}",
+                     "classes": classes_run, "positive": positive, "input": run.input.to_dict(),
+                     "inference": "same pass as the scan" if in_loop else "separate pass (the run's input spec)",
+                     "accuracy": prevalence(int(per_image["correct"].fillna(False).sum()),
+                                       int(per_image["correct"].notna().sum()), min_n, alpha),
+                     "by_artifact": model_by_artifact(per_image, list(sources), positive, min_n, alpha, n_boot,
+                                                       seed),
+                     "reference": "Winkler et al. 2019, JAMA Dermatol 155(10):1135-1141"}
+        if device:
+            model_out["by_device"] = model_by_device(per_image, device, positive, min_n, alpha, n_boot, seed)
+
+    # --- files
+    sheets = {}
+    for a, hp in heaps.items():
+        if not hp:
+            continue
+        items = sorted(hp, key=lambda t: (-t[0], -t[1]))
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in a)
+        contact_sheet([(t[2], t[3]) for t in items], {a: colors[a]}).save(out_dir / f"contact_{safe}.png")
+        sheets[a] = f"contact_{safe}.png"
+    per_image.to_csv(out_dir / "scan.csv", index=False)
+    if device:
+        (out_dir / "device_bias.md").write_text(device_markdown(device, classes))
+    if errors:
+        pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out_dir / "errors.csv", index=False)
+    elif (out_dir / "errors.csv").exists():
+        (out_dir / "errors.csv").unlink()
+    from .._version import package_versions
+    from ..summary import clean_json
+    label_counts = {c: int((lab_all[labelled].astype(str) == c).sum()) for c in classes}
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "data": {"n_rows": len(rows), "n_scanned": len(per_image), "n_skipped": len(errors),
+                 "n_unlabelled": int((~labelled).sum()), "classes": classes, "label_counts": label_counts,
+                 "splits": sorted(per_image["split"].dropna().astype(str).unique().tolist()),
+                 "input": spec.to_dict()},
+        "options": {"by": by, "id_col": id_col, "flag_cols": flag_cols, "positive": positive, "min_n": min_n,
+                    "alpha": alpha, "phash_threshold": int(phash_threshold), "phash_bits": PHASH_BITS,
+                    "detail_threshold": int(detail_threshold), "detail_bits": DETAIL_BITS,
+                    "workers": int(workers), "limit": limit, "top_k": top_k, "run_dir": run_dir},
+        "methods": {
+            "prevalence": "Wilson score 95% CI; groups with n < min_n are too small (value null)",
+            "odds_ratio": "one class vs the rest (binary label: positive/minority class vs the other); Woolf logit "
+                          "CI, Haldane-Anscombe +0.5 to every cell when one is zero; Fisher exact two-sided p",
+            "association": "Pearson chi-square without continuity correction; Cramér's V bias-corrected "
+                           "(Bergsma 2013; `uncorrected`: sqrt(chi2/(n(min(r,c)-1)))) with a percentile bootstrap "
+                           f"CI ({n_boot} multinomial tables, seeded); p by Monte Carlo (4000 tables, same margins) "
+                           "when > 20% of expected counts < 5",
+            "ranking": "strongest first: the CI bound nearer OR = 1 on the log scale, then |log OR|",
+            "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; a candidate "
+                     f"near-duplicate pair when Hamming distance <= {int(phash_threshold)} of 64 bits, confirmed when "
+                     f"the 256-bit DCT hash of the {DETAIL_SIZE}x{DETAIL_SIZE} image differs in <= "
+                     f"{int(detail_threshold)} of 256 bits"},
+        "artifacts": artifacts, "skipped_regions": skipped, "associations": associations, "by": by_out,
+        "format": fmt, **({"device": device} if device else {}),
+        "leakage": leakage, "model": model_out, "contact_sheets": sheets,
+        "timing": {"total_s": time.perf_counter() - t0, "scan_pass_s": t_pass,
+                   "images_per_s": len(rows) / max(t_pass, 1e-9)},
+        "n_mask_warnings": n_warn, "versions": package_versions(),
+    }
+    if undefined:
+        warnings.warn(f"scan: undefined (NaN): {', '.join(undefined[:10])}"
+                      f"{' …' if len(undefined) > 10 else ''} (artifact never or always present)",
+                      UndefinedMetricWarning, stacklevel=2)
+    summary = clean_json(summary)
+    (out_dir / "scan.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    return ScanResult(per_image=per_image, summary=summary, out_dir=out_dir, errors=errors)
+
+
+def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, hd: np.ndarray, id_col: str | None,
+             thr: int, detail_thr: int, out_dir: Path) -> dict:
+    """Ids in several splits, and near-duplicate image pairs: candidates by the 64-bit pHash (h (N,), ≤ thr bits),
+    confirmed by the 256-bit detail hash (hd (N, 4), ≤ detail_thr bits). All candidates go to
+    near_duplicates.csv with `confirmed`; scan.json lists the confirmed pairs."""
+    splits_all = group_keys(rows["split"])
+    n_splits = rows["split"].dropna().nunique()
+    out: dict = {"n_splits": int(n_splits)}
+    # same id in several splits (all manifest rows: no image needed)
+    ids_path = out_dir / "leaking_ids.csv"
+    if id_col is None:
+        out["ids"] = {"checked": False, "note": "no --id-col given"}
+    elif n_splits < 2:
+        one = rows["split"].dropna().astype(str).unique()
+        out["ids"] = {"checked": False, "id_col": id_col,
+                      "note": f"every image is in split {one[0]!r}" if len(one) else "the manifest has no split column"}
+    else:
+        d = pd.DataFrame({"id": rows[id_col], "split": splits_all, "image_id": rows["image_id"]}).dropna(subset=["id"])
+        g = d.groupby("id", sort=True)
+        ns = g["split"].nunique()
+        bad = ns[ns > 1].index
+        table = [{"id": str(i), "splits": sorted(set(d.loc[d["id"] == i, "split"])),
+                  "image_ids": d.loc[d["id"] == i, "image_id"].astype(str).tolist()} for i in bad]
+        out["ids"] = {"checked": True, "id_col": id_col, "n_ids": int(d["id"].nunique()), "n_leaking": len(table),
+                      "leaking": table[:MAX_JSON_PAIRS], "truncated": len(table) > MAX_JSON_PAIRS}
+        if table:
+            pd.DataFrame([{"id": t["id"], "splits": ";".join(t["splits"]), "image_ids": ";".join(t["image_ids"])}
+                          for t in table]).to_csv(ids_path, index=False)
+    if not (out["ids"].get("n_leaking")) and ids_path.exists():
+        ids_path.unlink()
+    # near-duplicate images by pHash
+    sp = group_keys(per_image["split"]).to_numpy()
+    cross = n_splits >= 2
+    ids = per_image["image_id"].astype(str).to_numpy()
+    lab = per_image["label"].astype(object).to_numpy()
+    pid = per_image[id_col].astype(object).to_numpy() if id_col is not None and id_col in per_image else None
+    cand = []
+    for i, j, d, dd in near_duplicate_pairs(h, hd, sp, thr, cross_only=cross):
+        e = {"image_id_a": ids[i], "split_a": sp[i], "image_id_b": ids[j], "split_b": sp[j], "distance": d,
+             "detail_distance": dd, "confirmed": dd <= detail_thr,
+             "label_a": _none_if_na(lab[i]), "label_b": _none_if_na(lab[j])}
+        if pid is not None:
+            e.update(id_a=_none_if_na(pid[i]), id_b=_none_if_na(pid[j]))
+        cand.append(e)
+    lst = [e for e in cand if e["confirmed"]]
+    out["near_duplicates"] = {"scope": "across splits" if cross else "within the set (no splits)",
+                              "threshold": int(thr), "bits": PHASH_BITS, "n_pairs": len(lst),
+                              "detail_threshold": int(detail_thr), "detail_bits": DETAIL_BITS,
+                              "n_candidates": len(cand), "n_unconfirmed": len(cand) - len(lst),
+                              # one picture under two ids defeats a split by id; under two labels, a label is wrong
+                              "id_col": id_col if pid is not None else None,
+                              "n_different_ids": (sum(differ(p["id_a"], p["id_b"]) for p in lst)
+                                                  if pid is not None else None),
+                              "n_different_labels": sum(differ(p["label_a"], p["label_b"]) for p in lst),
+                              "n_images": len({p["image_id_a"] for p in lst} | {p["image_id_b"] for p in lst}),
+                              "pairs": lst[:MAX_JSON_PAIRS], "truncated": len(lst) > MAX_JSON_PAIRS}
+    dup_path, sheet_path = out_dir / "near_duplicates.csv", out_dir / "near_duplicates.png"
+    if cand:
+        pd.DataFrame(cand).to_csv(dup_path, index=False)
+        out["near_duplicates"]["sheet"] = _pair_sheet(cand, per_image, sheet_path)
+    else:
+        dup_path.unlink(missing_ok=True)
+        sheet_path.unlink(missing_ok=True)
+    return out
+
+
+def _pair_sheet(cand: list[dict], per_image: pd.DataFrame, path: Path) -> str | None:
+    """near_duplicates.png: the confirmed pairs, then the unconfirmed ones by detail distance, two pairs per row
+    (left ~ right; captions "H<pHash bits> D<detail bits>" and "same" or "check"), re-read from their files."""
+    from masks.export import THUMB, contact_sheet
+
+    from ..preprocess import load_rgb
+    where = dict(zip(per_image["image_id"].astype(str), per_image["image"].astype(str)))
+    thumbs: list[tuple[str, Image.Image]] = []
+    for e in sorted(cand, key=lambda e: (not e["confirmed"], e["detail_distance"], e["distance"]))[:PAIR_SHEET_PAIRS]:
+        try:
+            a, b = (Image.fromarray(load_rgb(where[e[k]])).resize((THUMB, THUMB), Image.BILINEAR)
+                    for k in ("image_id_a", "image_id_b"))
+        except (OSError, ValueError, KeyError):
+            continue
+        thumbs += [(f"{e['image_id_a'][:16]} H{e['distance']} D{e['detail_distance']}", a),
+                   (f"{e['image_id_b'][:16]} {'same' if e['confirmed'] else 'check'}", b)]
+    if not thumbs:
+        return None
+    contact_sheet(thumbs, {"pairs, left ~ right: H = pHash bits, D = detail bits (same: D within the threshold)":
+                           (90, 200, 90)}, cols=4).save(path)
+    return path.name
