@@ -295,7 +295,7 @@ def cmd_masks(args) -> int:
     from audit.manifest import DataSpec, load_manifest
     from audit.scan import scan_input_spec
     from masks.export import export_masks
-    from masks.presets import load_preset
+    from audit.config import load_preset
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit: expected a positive integer, got {args.limit}")
     preset = load_preset(args.config)
@@ -377,7 +377,7 @@ def cmd_compare(args) -> int:
         raise ConfigError("compare: pass BASELINE_AUDIT_DIR CANDIDATE_AUDIT_DIR, or --run-dir A --run-dir B --data CSV")
     gates = {}
     if args.preset:  # the preset's compare.gates, overridden by --gates FILE, overridden by --gate NAME=MARGIN
-        from masks.presets import compare_gates, load_preset
+        from audit.config import compare_gates, load_preset
         gates.update(compare_gates(load_preset(args.preset)))
     gates.update(read_gates_file(args.gates) if args.gates else {})
     gates.update(parse_gates(args.gate))

@@ -684,7 +684,7 @@ def scan(manifest_or_dataframe: PathLike | pd.DataFrame, preset: PathLike, *, ou
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="scan_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(manifest_or_dataframe, pd.DataFrame):
-        from masks.presets import load_preset
+        from audit.config import load_preset
 
         from .manifest import DataSpec, load_manifest
         from .scan import scan_input_spec

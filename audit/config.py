@@ -1,4 +1,5 @@
-"""One typed config for an audit, resolved once: CLI options > YAML preset (`audit:` section) > defaults.
+"""One typed config for an audit, resolved once: CLI options > YAML preset (`audit:` section) > defaults; and the
+preset files themselves (`load_preset`: one YAML per dataset, configs/*.yaml, every section checked).
 
 The resolved config is written into every output folder (`config.resolved.yaml`) with the run's own config and
 the package versions, so a report says everything that decided its numbers.
@@ -110,7 +111,6 @@ def resolve_config(cli: dict, preset: str | Path | None = None) -> AuditConfig:
     merged: dict = {}
     pre: dict = {}
     if preset:
-        from masks.presets import load_preset
         pre = load_preset(preset)
         # keys and values were checked by load_preset; audit_value also coerces (an int to a float field)
         merged.update({k: audit_value(k, v, str(preset)) for k, v in (pre.get("audit") or {}).items()})
@@ -212,3 +212,87 @@ def write_resolved(path: Path, cfg: AuditConfig, run: dict, extra: dict | None =
     if extra:
         doc.update(extra)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+# ================================================================================================ preset files
+
+#: The sections a preset may hold: `regions` (masks/registry.py), `input` (the grid for `masks` / `scan`; an audit
+#: takes its input from the run), `data` (manifest columns), `audit` (AuditConfig options), `gates`, `scan`,
+#: `compare` (`gates:` the non-inferiority margins of `cli.py compare`, audit/compare.py GATES).
+SECTIONS = ("regions", "input", "data", "audit", "gates", "scan", "compare")
+
+
+def load_preset(path: str | Path) -> dict:
+    """Parse a preset YAML into a dict and validate its ``regions:`` section.
+
+    Raises ConfigError (one line naming the file) when the file is missing, is not valid YAML, is not a
+    mapping, has a top-level section other than `SECTIONS` (a misspelt or mis-indented section would otherwise
+    be ignored without a word), or names an unknown region, option, data / input / scan / audit key or gate.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: preset not found")
+    try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read preset ({type(e).__name__}: {e})") from None
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(cfg).__name__}")
+    unknown = [k for k in cfg if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{p}: unknown top-level section(s) {unknown}; expected some of {list(SECTIONS)}")
+    try:
+        _check_sections(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return cfg
+
+
+def _check_sections(cfg: dict) -> None:
+    """Every section checked key by key, whichever command reads the preset (a typo in `gates:` fails `scan`
+    too, so that a preset that scans also audits)."""
+    from masks import build_regions
+
+    from .gates import evaluate_gates
+    from .manifest import DataSpec
+    from .scan.core import scan_input_spec, scan_options
+    build_regions(cfg.get("regions"))
+    DataSpec.from_dict(cfg.get("data"))
+    scan_input_spec(cfg)
+    scan_options(cfg)
+    audit = cfg.get("audit") or {}
+    if not isinstance(audit, dict):
+        raise ConfigError(f"audit: expected a mapping of options, got {type(audit).__name__}")
+    unknown = sorted(set(audit) - AUDIT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in audit: {unknown}")
+    for k, v in audit.items():
+        audit_value(k, v)
+    gates = cfg.get("gates") or {}
+    if not isinstance(gates, dict):
+        raise ConfigError(f"gates: expected a mapping of gate name → threshold, got {type(gates).__name__}")
+    evaluate_gates(gates, {})
+    compare_gates(cfg)
+
+
+def compare_gates(cfg: dict) -> dict[str, float]:
+    """The preset's `compare: {gates: {name: margin}}` (empty when absent), checked by `audit.compare.parse_gates`."""
+    from .compare import parse_gates
+    c = cfg.get("compare") or {}
+    if not isinstance(c, dict) or set(c) - {"gates"}:
+        raise ConfigError("compare: expected a mapping with one key, gates (non-inferiority margins), got "
+                          f"{sorted(c) if isinstance(c, dict) else type(c).__name__}")
+    g = c.get("gates") or {}
+    if not isinstance(g, dict):
+        raise ConfigError(f"compare.gates: expected a mapping of gate name → margin, got {type(g).__name__}")
+    try:
+        return parse_gates(g)
+    except ConfigError as e:
+        raise ConfigError(f"compare.gates: {e}") from None

@@ -418,7 +418,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .data import make_loader
     from .formats import format_record
     from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
-    from .pipeline import PipelineResult, VALIDATION_SPLITS, _json_default, build_region_fn, run_name
+    from .common import PipelineResult, VALIDATION_SPLITS, json_default, build_region_fn, run_name
     from .predict import dist_info, model_for_cam, predict_logits, resolve_device
     from .preprocess import normalize
     from .scores import region_columns, score_batch
@@ -612,7 +612,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     summary["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "model_s": round(t_model, 3),
                          "counterfactual_s": round(t_cf, 3)}
     summary = clean_json(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     write_resolved(out / "config.resolved.yaml", cfg, run.to_dict(),
                    {"layer": layer, "cam_resolution": list(cam.shape[1:]), "split": split, "manifest": str(path),
                     "regions": kinds, "findings": findings})

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +26,7 @@ from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .formats import FORMAT_COLUMNS, format_record
 from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
 from .preprocess import InputSpec, bit_depth, normalize
+from .common import VALIDATION_SPLITS, PipelineResult, build_region_fn, json_default, run_name
 from .run import RunConfig, load_run
 from .predict import (dist_info, gather_to_rank0, log_odds, model_for_cam, predict_logits, release_freed_heap,
                       resolve_device, top2_margin)
@@ -37,23 +37,6 @@ from .spill import SpillArray, write_npz
 Progress = Callable[[int, int], None]  # (done, total)
 
 
-@dataclass
-class PipelineResult:
-    """What the pipeline hands back (the public, typed result is `audit.api.AuditResult`). summary: summary.json's
-    dict; errors: (manifest row, image_id, image, reason) of the unreadable images."""
-
-    out_dir: Path
-    per_image: pd.DataFrame
-    summary: dict
-    errors: list[tuple[str, str]] = field(default_factory=list)
-
-
-def run_name(run: RunConfig) -> str:
-    """The run's name for the default out folder: the run dir's, else the checkpoint's stem, else the model's."""
-    if run.run_dir:
-        return run.run_dir.name
-    return Path(run.checkpoint).stem if run.checkpoint else run.model_name
-
 
 
 def resolve_target(rule: str, classes: list[str]) -> str | int:
@@ -63,9 +46,6 @@ def resolve_target(rule: str, classes: list[str]) -> str | int:
         return classes.index(rule)
     raise ConfigError(f"target {rule!r}: expected 'pred', 'true' or one of the classes {classes}", param="target")
 
-
-#: Split names read as the validation split that operating-point thresholds are tuned on (the first present).
-VALIDATION_SPLITS = ("val", "valid", "validation")
 
 
 def grid_note(preset_input: dict, spec) -> str | None:
@@ -139,14 +119,6 @@ def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame,
                                 f"image-format columns {list(FORMAT_COLUMNS.values())}", param="by")
     return full, rows, split, path
 
-
-def build_region_fn(cfg: AuditConfig):
-    """(region_fn or None, {region: kind}) from the preset's `regions:` section."""
-    if not cfg.regions:
-        return None, {}
-    from masks import build_regions
-    rs = build_regions(cfg.regions)
-    return rs.compute, dict(rs.kinds)
 
 
 def header_spec(spec: InputSpec, cfg: AuditConfig) -> InputSpec:
@@ -401,7 +373,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                         "note": (f"model outputs of {cache.hits} images read from the cache; the model ran on "
                                  f"{cache.computed}") if cache.hits else ""}
     summary = clean_json(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     write_resolved(out / "config.resolved.yaml", cfg, run.to_dict(),
                    {"layer": layer, "cam_resolution": list(cam_hw), "split": split,
                     "manifest": str(manifest_path), "regions": kinds})
@@ -420,18 +392,3 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _targets_match(cached: torch.Tensor, labels: torch.Tensor) -> bool:
     lab = labels.to(cached.device)
     return bool(((lab < 0) | (cached == lab)).all())
-
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating,)):
-        return None if np.isnan(o) else float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

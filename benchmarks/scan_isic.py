@@ -29,7 +29,7 @@ from audit.errors import UndefinedMetricWarning  # noqa: E402
 from audit.manifest import DataSpec, load_manifest  # noqa: E402
 from audit.scan import run_scan, scan_input_spec  # noqa: E402
 from audit.stats import proportion_ci  # noqa: E402
-from masks.presets import load_preset  # noqa: E402
+from audit.config import load_preset  # noqa: E402
 
 DETECTOR_VS_LABEL = {"ruler": "bissoto_ruler", "ink": "bissoto_ink", "dark_corners": "bissoto_dark_corner",
                      "patches": "bissoto_patches", "gel_border": "bissoto_gel_border"}

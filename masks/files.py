@@ -86,9 +86,9 @@ def region_from_array(raw: np.ndarray, file_opts: dict) -> np.ndarray:
 
 def file_region(cfg, row: Mapping, spec: InputSpec, src_hw: tuple[int, int], cache: dict | None = None):
     """RegionResult for a ``source: file`` region (cfg: a RegionConfig). Never raises for per-image problems."""
-    from .registry import RegionResult, _row_id
+    from .types import RegionResult, row_id
 
-    ident = _row_id(row)
+    ident = row_id(row)
     name = cfg.name
 
     artifact = cfg.kind == "artifact"

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -48,42 +48,12 @@ import numpy as np
 from audit.errors import ConfigError, MaskWarning
 from audit.preprocess import InputSpec
 
+from .types import RegionContext, RegionResult, row_id
+
 KINDS = ("target", "artifact")
 SOURCES = ("file", "heuristic")
 FILE_KEYS = ("column", "pattern", "root", "values", "threshold", "absent_when_empty")
 COMMON_KEYS = ("source", "fallback", "presence_from")
-
-
-@dataclass
-class RegionResult:
-    """One region of one image.
-
-    mask: bool S×S on the model grid, or None when the region is missing (NaN downstream; see ``note``).
-    score: image-level detector score (higher = more likely present); NaN when the provider is not a detector.
-    present: whether the artifact is on the image (True/False): a detector's decision, or for an artifact file
-      region what its file says (a region pixel: True; the file lacks the region's values or is all zero: False;
-      no file for the image: False with ``absent_when_empty``, else None); None when unknown, for targets and
-      for geometry.
-    note: where the mask came from ("file", "heuristic", "geometry") or why it is missing.
-    """
-
-    mask: np.ndarray | None
-    score: float = math.nan
-    present: bool | None = None
-    note: str = ""
-
-
-@dataclass
-class RegionContext:
-    """What a provider may use besides the image: its parameters, the manifest row and the geometry."""
-
-    name: str
-    kind: str
-    params: dict
-    row: Mapping = field(default_factory=dict)
-    spec: InputSpec | None = None
-    src_hw: tuple[int, int] | None = None
-    cache: dict = field(default_factory=dict)  # shared by the regions of one image (e.g. decoded mask files)
 
 
 @dataclass(frozen=True)
@@ -124,13 +94,8 @@ def register_region(name: str, kind: str, params: dict | None = None, default_so
     return deco
 
 
-def _ensure_builtins() -> None:
-    from . import detect_cxr, detect_derm, geometric  # noqa: F401  (registration side effects)
-
-
 def list_regions(kind: str | None = None, details: bool = False) -> list[str] | list[dict]:
     """Registered region names (sorted), optionally of one kind; details=True gives dicts with kind/params/doc."""
-    _ensure_builtins()
     es = [e for n, e in sorted(_REGISTRY.items()) if kind is None or e.kind == kind]
     if details:
         return [{"name": e.name, "kind": e.kind, "params": dict(e.params), "default_source": e.default_source,
@@ -144,7 +109,6 @@ def region_kind(name: str) -> str:
 
 
 def _entry(name: str) -> _Entry:
-    _ensure_builtins()
     if name not in _REGISTRY:
         raise KeyError(f"unknown region {name!r}; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
@@ -255,7 +219,7 @@ class RegionSet:
     def _one(self, c: RegionConfig, img, row, spec, src_hw, cache) -> RegionResult:
         from .files import file_region
 
-        ident = _row_id(row)
+        ident = row_id(row)
         if c.source == "file":
             res = file_region(c, row, spec, src_hw, cache)
             if res.mask is not None or c.fallback != "heuristic":
@@ -286,14 +250,6 @@ def _check_result(res: RegionResult, s: int, name: str, ident: str) -> RegionRes
                              f"expected {(s, s)}")
         res.mask = m.astype(bool, copy=False)
     return res
-
-
-def _row_id(row: Mapping) -> str:
-    try:
-        v = row.get("image_id") if hasattr(row, "get") else None
-        return str(v) if v is not None else str(row.get("image", "?"))
-    except Exception:
-        return "?"
 
 
 def build_regions(cfg: Mapping | None) -> RegionSet:

@@ -379,6 +379,6 @@ def test_cli_reads_gates_from_the_presets_compare_section_overridden_by_the_cli(
     assert [(g["name"], g["margin"]) for g in d["gates"]] == [("max_sensitivity_drop[0.90]", 0.5)]
     preset.write_text("compare:\n  gates:\n    max_sensitivity_dorp: 0.02\n")
     with pytest.raises(ConfigError, match=r"p.yaml: compare.gates: compare gate 'max_sensitivity_dorp': unknown"):
-        from masks.presets import load_preset
+        from audit.config import load_preset
         load_preset(preset)
     assert _cli("compare", a, b, "--config", preset, "--out", tmp_path / "o3") == 2

@@ -9,7 +9,7 @@ under `if TYPE_CHECKING:` are annotations only and do not count, function-local 
   engine    Grad-CAM (cam, fold), scores, data loading, the output cache, counterfactual edits, run dirs, models
   analyses  summary, thresholds, gates, association statistics, formats, discover, sanity, compare, the scan's
             hashing and pass, device bias, reading a finished audit (report.inputs)
-  app       the config and presets (they check every section against the analyses), the audit pipelines
+  app       the config and the preset files (every section is checked against the analyses), the audit pipelines
             (single-label and multi-label), the scan's preparation from files
   render    the terminal, report.html and the gallery, compare's report, the scan's tables
   api       the public Python API (audit/__init__, audit/api), the demo
@@ -30,14 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("audit.errors", "audit.stats", "audit.preprocess", "audit.dicom", "audit.manifest", "audit.spill",
               "audit._version")),
-    ("regions", ("masks.registry", "masks._util", "masks.geometric", "masks.detect_cxr", "masks.detect_derm",
+    ("regions", ("masks.types", "masks.registry", "masks._util", "masks.geometric", "masks.detect_cxr", "masks.detect_derm",
                  "masks.files", "masks.export", "masks")),
-    ("engine", ("audit.cam", "audit.fold", "audit.scores", "audit.data", "audit.cache", "audit.counterfactual",
+    ("engine", ("audit.cam", "audit.fold", "audit.scores", "audit.data", "audit.cache", "audit.counterfactual", "audit.common",
                 "audit.run", "audit.xrv", "audit.predict")),
     ("analyses", ("audit.association", "audit.formats", "audit.thresholds", "audit.gates", "audit.summary",
                   "audit.discover", "audit.sanity", "audit.compare", "audit.dicom_bias", "audit.scan.hashing",
                   "audit.scan.core", "audit.report.inputs")),
-    ("app", ("audit.config", "masks.presets", "audit.pipeline", "audit.multilabel", "audit.scan.prepare")),
+    ("app", ("audit.config", "audit.pipeline", "audit.multilabel", "audit.scan.prepare")),
     ("render", ("audit.terminal", "audit.report", "audit.report.html", "audit.report.gallery",
                 "audit.report.overlay", "audit.report.plots", "audit.report.multilabel", "audit.compare_report",
                 "audit.scan.render", "audit.scan")),
@@ -123,3 +123,52 @@ def test_ruff_finds_nothing():
     r = subprocess.run([exe, "check", "--output-format", "concise", str(ROOT)], capture_output=True, text=True,
                        cwd=ROOT)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or round a circle (a package's __init__ re-exporting its own
+    submodules is not a circle: it is left out, as Python imports it before any of them)."""
+    mods = project_modules()
+    pkgs = {m for m, p in mods.items() if p.name == "__init__.py"}
+    graph = {m: {t for t, _ in ts if t not in pkgs} for m, ts in imports(mods).items() if m not in pkgs}
+    assert not _cycles(graph), f"import cycles: {_cycles(graph)}"
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []

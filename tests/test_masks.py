@@ -13,7 +13,7 @@ from PIL import Image
 from audit.errors import ConfigError, MaskWarning
 from audit.preprocess import InputSpec, image_to_grid, mask_to_grid
 from masks import RegionResult, build_regions, list_regions, region_kind, register_region
-from masks.presets import load_preset
+from audit.config import load_preset
 from masks.export import export_masks
 from masks.registry import _REGISTRY
 

@@ -482,14 +482,15 @@ def test_model_metrics_with_and_without_artifact(tiny_run, tmp_path):
 
 
 def test_p_values_that_underflow_do_not_read_zero():
-    from audit.scan import _associations, _fp, _fv
-    assert _fp(0.0) == "< 1e-300" and _fp(3.14e-6) == "3.1e-06" and _fp(None) == "—"
-    assert _fv({"value": 0.7, "p": 0.0}) == "0.70\np < 1e-300"
-    assert _fv({"value": 0.7, "lo": 0.61, "hi": 0.79, "p": 3e-6, "p_method": "monte carlo"}) == \
+    from audit.association import fmt_p, one_vs_rest
+    from audit.scan.render import fmt_v
+    assert fmt_p(0.0) == "< 1e-300" and fmt_p(3.14e-6) == "3.1e-06" and fmt_p(None) == "—"
+    assert fmt_v({"value": 0.7, "p": 0.0}) == "0.70\np < 1e-300"
+    assert fmt_v({"value": 0.7, "lo": 0.61, "hi": 0.79, "p": 3e-6, "p_method": "monte carlo"}) == \
         "0.70 [0.61,0.79]\np 3e-06*"
     lab = np.array(["mel"] * 500 + ["nv"] * 4000)
     pres = np.array([True] * 480 + [False] * 20 + [True] * 100 + [False] * 3900)
-    e = _associations(lab, pres, "ink", ["mel", "nv"], "mel", min_n=10, alpha=0.05)[0]
+    e = one_vs_rest(lab, pres, "ink", ["mel", "nv"], "mel", min_n=10, alpha=0.05)[0]
     assert e["odds_ratio"]["p"] == 0.0 and "Fisher p < 1e-300" in e["text"]
 
 
@@ -498,7 +499,7 @@ def test_p_values_that_underflow_do_not_read_zero():
                                        ({"by": "site"}, "scan.by: expected a list of column names"),
                                        ({"id_col": 3}, "scan.id_col: expected a column name")])
 def test_scan_section_values_are_checked(tmp_path, sec, words):
-    from masks.presets import load_preset
+    from audit.config import load_preset
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump({"regions": {"ink": {}}, "scan": sec}))
     with pytest.raises(ConfigError) as ei:
@@ -508,7 +509,7 @@ def test_scan_section_values_are_checked(tmp_path, sec, words):
 
 def test_scan_top_k_zero_is_allowed(tmp_path):
     """top_k: 0 turns the contact sheets off (the preset check must not refuse what the scan supports)."""
-    from masks.presets import load_preset
+    from audit.config import load_preset
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump({"regions": {"ink": {}}, "scan": {"top_k": 0, "min_n": 3}}))
     assert load_preset(p)["scan"]["top_k"] == 0
@@ -627,7 +628,7 @@ def test_near_duplicate_candidates_are_confirmed_by_the_detail_hash(tmp_path):
 
 
 def test_cramers_v_bootstrap_ci_is_seeded_covers_and_agrees_with_the_vectorised_formula():
-    from audit.scan import _corrected_v
+    from audit.association import corrected_v
     t = np.array([[30, 20], [25, 40], [50, 35]])
     cv = cramers_v(t, seed=3, n_boot=400)
     assert cv["lo"] <= cv["value"] <= cv["hi"] and 0 <= cv["lo"] and cv["hi"] <= 1
@@ -635,7 +636,7 @@ def test_cramers_v_bootstrap_ci_is_seeded_covers_and_agrees_with_the_vectorised_
     assert cramers_v(t, n_boot=0)["lo"] is None
     # the vectorised formula used for the bootstrap equals the scalar one, zero rows dropped per table
     tabs = np.array([[[5, 5], [2, 8], [9, 1]], [[0, 0], [2, 8], [9, 1]], [[3, 0], [4, 0], [5, 0]]])
-    vv = _corrected_v(tabs)
+    vv = corrected_v(tabs)
     assert vv[0] == pytest.approx(cramers_v(tabs[0], n_boot=0)["value"])
     assert vv[1] == pytest.approx(cramers_v(tabs[1][1:], n_boot=0)["value"])
     assert np.isnan(vv[2])                                                 # one non-empty column: undefined

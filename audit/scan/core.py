@@ -202,7 +202,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
              seed: int = 0) -> ScanResult:
     """Scan a dataset for artifacts, their association with the label, and split leakage (no model needed).
 
-    preset: a parsed preset (`masks.presets.load_preset`): its artifact `regions:` are scanned (detectors and
+    preset: a parsed preset (`audit.config.load_preset`): its artifact `regions:` are scanned (detectors and
       `source: file` regions; geometric bands such as border/corners are skipped, having nothing to detect),
       and an optional `scan:` section {flag_cols, by, id_col, min_n, top_k} supplies defaults for arguments
       left empty. manifest: canonical rows (`audit.manifest.load_manifest`); needs a label column.

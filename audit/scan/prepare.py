@@ -16,7 +16,7 @@ def prepare_scan(data: str | Path, config: str | Path, label_col: str | None = N
     """(preset, manifest, spec) for `cli.py scan`: load the preset, then the manifest with the preset's `data:`
     mapping; `label_col` maps the label onto that column (e.g. "isic2017_class"), overriding the preset.
     Raises ConfigError / ManifestError with one line."""
-    from masks.presets import load_preset
+    from audit.config import load_preset
 
     from ..manifest import DataSpec, load_manifest
     preset = load_preset(config)

@@ -13,7 +13,7 @@ def _fe(e: dict | None, pct: bool = True) -> str:
     return _fmt_est(e, pct=pct)
 
 
-def _fv(cv: dict) -> str:
+def fmt_v(cv: dict) -> str:
     """Cramér's V with its bootstrap CI over its p, for the terminal ("0.21 [0.15,0.27]" / "p 0.00025*"); "*"
     marks a Monte Carlo p (sparse table, see `cramers_v`)."""
     if cv.get("value") is None:
@@ -70,7 +70,7 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
     for a, e in s["artifacts"].items():
         t.add_row(Text.assemble(a, "\n", (e["source"], "dim")), f"{e['n_present']}/{e['n_known']}",
                   _fe(e["prevalence"]), *(_fe(e["by_label"].get(c)) for c in classes),
-                  _fv(e["label_association"]))
+                  fmt_v(e["label_association"]))
     parts.append(t)
     if any(e["label_association"].get("p_method") == "monte carlo" for e in s["artifacts"].values()):
         parts.append(Text(_MC_NOTE, style="dim"))
@@ -122,7 +122,7 @@ def scan_renderable(s: dict, out_dir: str | None = None, max_rows: int = 12):
         for g in shown:
             t.add_row(Text(str(g)), str(sizes[g]), *(_fe(e["groups"].get(g)) for e in per_a.values()))
         t.add_row(Text("Cramér's V\n(95% CI), p", style="bold"), "",
-                  *(_fv(e["association"]) for e in per_a.values()))
+                  *(fmt_v(e["association"]) for e in per_a.values()))
         parts.append(t)
         if len(groups) > len(shown):
             rest = groups[len(shown):]
@@ -205,7 +205,7 @@ def format_renderables(fmt: dict | None, classes: list[str], max_levels: int = 6
             for i, (x, lv) in enumerate(list(e["levels"].items())[:max_levels]):
                 t.add_row(Text(f"{a}: {x}" if i == 0 else f"  {x}"), str(lv["n"]), _fe(lv["prevalence"]),
                           *(_fe(lv["by_label"].get(c)) for c in classes),
-                          _fv(e["association"]) if i == 0 else "", style="bold red" if strong and i == 0 else "",
+                          fmt_v(e["association"]) if i == 0 else "", style="bold red" if strong and i == 0 else "",
                           end_section=i == min(len(e["levels"]), max_levels) - 1)
         out.append(t)
         if any(e["association"].get("p_method") == "monte carlo" for e in fmt["attributes"].values()):

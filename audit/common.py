@@ -1,0 +1,59 @@
+"""What the single-label pipeline (audit/pipeline.py) and the multi-label audit (audit/multilabel.py) share: the
+result of a pass, the run's default folder name, the validation split names, the regions function, JSON writing."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .config import AuditConfig
+    from .run import RunConfig
+
+
+@dataclass
+class PipelineResult:
+    """What the pipeline hands back (the public, typed result is `audit.api.AuditResult`). summary: summary.json's
+    dict; errors: (manifest row, image_id, image, reason) of the unreadable images."""
+
+    out_dir: Path
+    per_image: pd.DataFrame
+    summary: dict
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_name(run: RunConfig) -> str:
+    """The run's name for the default out folder: the run dir's, else the checkpoint's stem, else the model's."""
+    if run.run_dir:
+        return run.run_dir.name
+    return Path(run.checkpoint).stem if run.checkpoint else run.model_name
+
+
+#: Split names read as the validation split that operating-point thresholds are tuned on (the first present).
+VALIDATION_SPLITS = ("val", "valid", "validation")
+
+
+def build_region_fn(cfg: AuditConfig):
+    """(region_fn or None, {region: kind}) from the preset's `regions:` section."""
+    if not cfg.regions:
+        return None, {}
+    from masks import build_regions
+    rs = build_regions(cfg.regions)
+    return rs.compute, dict(rs.kinds)
+
+
+def json_default(o):
+    if isinstance(o, (np.floating,)):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
