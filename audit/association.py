@@ -250,7 +250,8 @@ def model_by_artifact(df: pd.DataFrame, artifacts: list[str], positive: str | No
                 pp = (sub["pred"].astype(str) == positive).to_numpy()
                 e["sensitivity"] = prevalence(int((yp & pp).sum()), int(yp.sum()), min_n, alpha)
                 e["specificity"] = prevalence(int((~yp & ~pp).sum()), int((~yp).sum()), min_n, alpha)
-                v = sub.loc[~yp, f"p_{positive}"].to_numpy(dtype=np.float64)
+                v = (sub.loc[~yp, f"p_{positive}"].to_numpy(dtype=np.float64) if f"p_{positive}" in sub
+                     else np.array([]))
                 v = v[np.isfinite(v)]
                 pneg[name] = v
                 if len(v) < min_n:

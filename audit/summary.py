@@ -401,32 +401,26 @@ def accuracy_by_group(df: pd.DataFrame, col: str, min_n: int) -> dict:
 
 
 def _by_artifact(df: pd.DataFrame, kinds: dict, positive: str | None, cfg: AuditConfig) -> dict:
-    """Accuracy (and the positive class's top-1 sensitivity/specificity) with vs without each detected artifact."""
-    out = {}
+    """Accuracy (and the positive class's top-1 sensitivity/specificity, and the mean P(positive) of the negatives)
+    with vs without each detected artifact or 0/1 metadata flag (`--by`): the scan's analysis
+    (`audit.association.model_by_artifact`, with its too-small rule at min_n), plus n_unknown: images whose
+    presence is unknown (a detector failed on them), in neither stratum."""
+    from .association import model_by_artifact
     flags = {r: f"present_{r}" for r, kind in kinds.items() if kind == "artifact" and f"present_{r}" in df}
     for col in cfg.by:  # metadata artifact flags (0/1 columns given with --by)
         vals = set(pd.to_numeric(df[col], errors="coerce").dropna().unique()) if col in df else set()
         if vals and vals <= {0, 1} and df[col].notna().all():
             flags[col] = col
+    if not flags:
+        return {}
+    frame = df[[c for c in ("label", "pred", f"p_{positive}") if c in df]].copy()
     for r, col in flags.items():
-        if r == col:
-            pres = pd.to_numeric(df[col], errors="coerce").fillna(0).astype(bool).to_numpy()
-            known = np.ones(len(df), bool)
-        else:  # a detector that failed on an image leaves its presence unknown: in neither stratum
-            b = df[col].astype("boolean")
-            known, pres = b.notna().to_numpy(), b.fillna(False).to_numpy(dtype=bool)
-        entry = {"n_unknown": int((~known).sum())}
-        for name, m in (("with", known & pres), ("without", known & ~pres)):
-            sub = df[m]
-            e = {"n": int(m.sum()), "accuracy": rate(sub["correct"].astype(bool).sum(), len(sub))}
-            if positive is not None:
-                yp = (sub["label"] == positive).to_numpy()
-                pp = (sub["pred"] == positive).to_numpy()
-                e["sensitivity"] = rate((yp & pp).sum(), yp.sum())
-                e["specificity"] = rate((~yp & ~pp).sum(), (~yp).sum())
-            entry[name] = e
-        out[r] = entry
-    return out
+        frame[f"present_{r}"] = (pd.to_numeric(df[col], errors="coerce").fillna(0).astype(bool).astype("boolean")
+                                 if r == col else df[col].astype("boolean"))
+    out = model_by_artifact(frame, list(flags), positive, cfg.min_n, 0.05, cfg.n_boot, cfg.seed)
+    for r, e in out.items():
+        e["n_unknown"] = int(len(df) - e["n_known"])
+    return clean_json(out)
 
 
 def _nanmed(x: np.ndarray):

@@ -155,6 +155,29 @@ def test_by_artifact_from_metadata_flag():
     assert wo["n"] == 6 and wo["specificity"]["value"] == 5 / 6 and wo["accuracy"]["value"] == 5 / 6
 
 
+def test_audit_and_scan_share_one_with_without_analysis_and_its_too_small_rule():
+    """#26 §4: the audit's by_artifact and the scan's model-by-artifact were two copies, one without a too-small
+    rule. Now one (`audit.association.model_by_artifact`): the same numbers, and a stratum below min_n is small."""
+    import pandas as pd
+
+    from audit.association import model_by_artifact
+    from audit.config import AuditConfig
+    from audit.summary import _by_artifact, clean_json
+    rng = np.random.default_rng(0)
+    n = 40
+    lab = np.where(np.arange(n) < 16, "mel", "nv")
+    df = pd.DataFrame({"label": lab, "pred": np.where(rng.random(n) < 0.8, lab, np.where(lab == "mel", "nv", "mel")),
+                       "p_mel": rng.random(n), "present_ink": pd.array([True] * 6 + [False] * 33 + [None], "boolean")})
+    df["correct"] = df["label"] == df["pred"]
+    cfg = AuditConfig(min_n=10, n_boot=50)
+    audit = _by_artifact(df, {"ink": "artifact"}, "mel", cfg)["ink"]
+    scan = clean_json(model_by_artifact(df, ["ink"], "mel", 10, 0.05, 50, 0))["ink"]
+    assert audit["n_unknown"] == 1 and {k: v for k, v in audit.items() if k != "n_unknown"} == scan
+    assert audit["with"]["n"] == 6 and audit["with"]["accuracy"]["too_small"] and audit["with"]["accuracy"]["value"] is None
+    k = int(df["correct"][6:39].sum())
+    assert audit["without"]["accuracy"]["value"] == pytest.approx(k / 33)
+
+
 def test_off_target_rate_counts_only_images_where_the_flag_is_defined():
     """An image whose map is all zero has no fraction and no lift: it is neither on nor off target, so it leaves
     the rate's n instead of counting as 'on target'."""
