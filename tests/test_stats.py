@@ -245,7 +245,7 @@ def test_by_artifact_leaves_unknown_presence_out_of_both_strata():
     df = pd.DataFrame({"label": ["a", "b", "a", "b", "a"], "pred": ["a", "a", "a", "b", "b"],
                        "correct": [True, False, True, True, False],
                        "present_ink": pd.array([True, True, None, False, False], dtype="boolean")})
-    out = _by_artifact(df, {"ink": "artifact"}, None, "a", AuditConfig())["ink"]
+    out = _by_artifact(df, {"ink": "artifact"}, "a", AuditConfig(min_n=1))["ink"]  # min_n=1: strata of 2 not small
     assert out["n_unknown"] == 1 and out["with"]["n"] == 2 and out["without"]["n"] == 2
     assert out["with"]["accuracy"]["value"] == pytest.approx(0.5)        # rows 0, 1
     assert out["without"]["accuracy"]["value"] == pytest.approx(0.5)     # rows 3, 4
