@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .compare import Comparison
+from .stats import fmt_estimate
 
 __all__ = ["compare_renderable", "write_compare", "build_compare_gallery", "render_compare_html", "fmt_diff",
            "fmt_p", "GALLERY_GROUPS"]
@@ -39,14 +40,8 @@ def _num(v, digits: int = 3, sign: bool = False) -> str:
 
 
 def fmt_diff(d: dict, digits: int = 3) -> str:
-    """"+0.125 [+0.031,+0.250]" for a difference Estimate dict; "small n=7" when too small; "n/a" undefined."""
-    if d.get("too_small"):
-        return f"small n={d.get('n')}"
-    if d.get("value") is None:
-        return "n/a"
-    ci = f" [{_num(d.get('lo'), digits, True)},{_num(d.get('hi'), digits, True)}]" if d.get("lo") is not None else ""
-    return _num(d["value"], digits, True) + ci
-
+    """"+0.125 [+0.031,+0.250]" for a difference Estimate dict (`audit.stats.fmt_estimate` with a sign)."""
+    return fmt_estimate(d, digits=digits, sign=True)
 
 def fmt_p(p) -> str:
     """"0.13", "0.004", "<0.001", "—" (no test)."""

@@ -435,6 +435,47 @@ def small_text(e: dict) -> str:
     return f"small n={n}"
 
 
+
+def _finite_num(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_estimate(e, pct: bool = False, digits: int = 2, compact: bool = False, sign: bool = False,
+                 sep: str = ",") -> str:
+    """The one way an estimate is written, in the terminal, report.html, the scan and compare: "0.61 [0.58,0.64]".
+
+    e: an Estimate dict {value, lo, hi, n, too_small, note} (a bare number is written alone; None → "—"). Too
+    small → `small_text` ("small n=7", "no errors"); value undefined (None, NaN) → "n/a"; the CI only when both
+    bounds are finite. pct: "61%"; compact: ".61" for narrow cells; sign: "+0.125"; sep: between the bounds
+    ("," in the terminal, ", " in HTML)."""
+    if e is None:
+        return "—"
+
+    def f(x) -> str:
+        x = float(x)
+        if pct:
+            return f"{100 * x:.0f}%"
+        if sign:
+            return f"{x:+.{digits}f}"
+        t = f"{x:.{digits}f}"
+        return t.replace("0.", ".", 1) if compact and t.startswith(("0.", "-0.")) else t
+
+    if not isinstance(e, dict):
+        try:
+            return f(e) if _finite_num(e) else "n/a"
+        except (TypeError, ValueError):
+            return str(e)
+    if e.get("too_small"):
+        return small_text(e)
+    if not _finite_num(e.get("value")):
+        return "n/a"
+    lo, hi = e.get("lo"), e.get("hi")
+    ci = f" [{f(lo)}{sep}{f(hi)}]" if _finite_num(lo) and _finite_num(hi) else ""
+    return f(e["value"]) + ci
+
 def group_keys(values: pd.Series) -> pd.Series:
     """A metadata column as group names (str), a missing value as the group "<missing>"."""
     return values.astype(object).where(values.notna(), "<missing>").astype(str)

@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .stats import small_text
+from .stats import fmt_estimate
 from .summary import ABSENT_REASONS, lift_alarm, target_floor
 from .thresholds import fmt_threshold
 
@@ -28,38 +28,11 @@ def out_console(file=None, quiet: bool = False, width: int = 100) -> Console:
     return Console(file=file, quiet=quiet, width=None if tty else width, soft_wrap=not tty)
 
 
-def _short(x: float, digits: int = 2) -> str:
-    """0.61 → .61, −0.16 → -.16: a compact number for narrow table cells."""
-    t = f"{x:.{digits}f}"
-    return t.replace("0.", ".", 1) if t.startswith(("0.", "-0.")) else t
-
-
 def _finite(v) -> bool:
     try:
         return v is not None and math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
-
-
-def _fmt_est(e: dict | None, pct: bool = False, digits: int = 2, compact: bool = False) -> str:
-    """An estimate as "value [lo,hi]"; "small n=7" (or "no errors", see `small_text`) for a group too small to
-    say anything; "n/a" if undefined."""
-    if not e:
-        return "—"
-    if e.get("too_small"):
-        return small_text(e)
-    v = e.get("value")
-    if v is None:
-        return "n/a"
-    if pct:
-        f = lambda x: f"{100 * x:.0f}%"  # noqa: E731
-    elif compact:
-        f = lambda x: _short(x, digits)  # noqa: E731
-    else:
-        f = lambda x: f"{x:.{digits}f}"  # noqa: E731
-    lo, hi = e.get("lo"), e.get("hi")
-    ci = f" [{f(lo)},{f(hi)}]" if lo is not None and hi is not None else ""
-    return f"{f(v)}{ci}"
 
 
 def discover_renderable(d: dict, out_dir: str | None = None, n: int = 3):
@@ -92,7 +65,7 @@ def _ece_text(cal: dict) -> str:
         return ""
     floor = cal.get("ece_if_calibrated")
     ok = not e.get("too_small") and isinstance(floor, (int, float)) and math.isfinite(floor)
-    return f" · ECE {_fmt_est(e)}" + (f" (a calibrated model reads ~{floor:.2f} at this n)" if ok else "")
+    return f" · ECE {fmt_estimate(e)}" + (f" (a calibrated model reads ~{floor:.2f} at this n)" if ok else "")
 
 
 def summary_renderable(s: dict, out_dir: str | None = None):
@@ -101,7 +74,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         ("Audit ", "bold"), (str(s["run"].get("name")), "bold cyan"), f" · {s['run']['model']} · data {d['manifest']}",
         f" · split {d['split']} · n={d['n']}", (f" · skipped {d['n_skipped']} (unreadable: see errors.csv)" if d["n_skipped"] else ""),
         f"\nGrad-CAM at {s['cam']['layer']} ({'×'.join(map(str, s['cam']['resolution']))}), explaining "
-        f"{s['cam']['target']} class · accuracy {_fmt_est(acc, pct=True)}"
+        f"{s['cam']['target']} class · accuracy {fmt_estimate(acc, pct=True)}"
         + _ece_text(s.get("calibration") or {}))
     parts = [head]
     if d.get("split_note"):  # no split chose the rows: training images may be among them
@@ -144,10 +117,10 @@ def summary_renderable(s: dict, out_dir: str | None = None):
                 elif kind == "target":
                     med = st["median_all"].get("value")
                     style = "green" if med is not None and med >= floor else "yellow"
-                t.add_row(Text(r), str(e["n_present"]), _fmt_est(st["median_all"], compact=True),
+                t.add_row(Text(r), str(e["n_present"]), fmt_estimate(st["median_all"], compact=True),
                           ("small" if le.get("too_small") else "—") if lift is None else f"{lift:.1f}×",
-                          _fmt_est(st["diff_median"], compact=True), _fmt_est(st["spearman_conf_all"], compact=True),
-                          _fmt_est(st["auroc_error"], compact=True), style=style)
+                          fmt_estimate(st["diff_median"], compact=True), fmt_estimate(st["spearman_conf_all"], compact=True),
+                          fmt_estimate(st["auroc_error"], compact=True), style=style)
         parts.append(t)
         undef = [(r, e) for r, e in s["regions"].items() if e.get("missing_reasons")]
         if undef:
@@ -162,9 +135,9 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     hce = s.get("high_conf_errors") or {}
     if hce:
         ot = s.get("off_target") or {}
-        off = (f" · off-target evidence: {_fmt_est(ot['rate'], pct=True)} of {ot['rate'].get('n')}"
+        off = (f" · off-target evidence: {fmt_estimate(ot['rate'], pct=True)} of {ot['rate'].get('n')}"
                if ot and s.get("regions") else "")  # no regions configured: no notion of off-target
-        parts.append(Text(f"High-confidence errors (≥ {hce['threshold']}): {_fmt_est(hce['rate'], pct=True)}"
+        parts.append(Text(f"High-confidence errors (≥ {hce['threshold']}): {fmt_estimate(hce['rate'], pct=True)}"
                           f" of {d['n']}" + off))
         if hce.get("top"):
             t = Table(title="Errors, most confident first", title_justify="left", pad_edge=False)
@@ -187,11 +160,11 @@ def summary_renderable(s: dict, out_dir: str | None = None):
         for p in op["points"]:
             thr = p.get("threshold")
             t.add_row(f"{p['target_sensitivity']:.2f}", fmt_threshold(thr, p.get("threshold_logodds")),
-                      *(_fmt_est(p.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
+                      *(fmt_estimate(p.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
         top1 = op.get("top1") or {}
         if top1:
             t.add_row("top-1", "argmax",
-                      *(_fmt_est(top1.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
+                      *(fmt_estimate(top1.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
         parts.append(t)
         if op.get("rule") and any(_finite(p.get("threshold")) for p in op["points"]):
             parts.append(Text(f"Thresholds: {op['rule']}.", style="dim"))
@@ -200,7 +173,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
     cf = (s.get("counterfactual") or {}).get("regions")
     if cf:
         parts.append(Text("Counterfactual (artifact removed): " + " · ".join(
-            f"{r} flips {_fmt_est(e.get('flip_rate'), pct=True)} (n={e.get('n')})" for r, e in cf.items())))
+            f"{r} flips {fmt_estimate(e.get('flip_rate'), pct=True)} (n={e.get('n')})" for r, e in cf.items())))
     for a in (s.get("counterfactual") or {}).get("attribution") or []:
         if a.get("decision") in ("contained", "undetermined"):
             parts.append(Text(f"Whose flips: {a['text']}.", style="bold" if a["decision"] == "contained" else ""))

@@ -287,3 +287,19 @@ def test_ece_floor_of_a_calibrated_model_is_the_plug_in_bias():
     assert ece_if_calibrated(np.full(400, 1.0)) == 0.0   # always right at confidence 1: no noise at all
     assert ece_if_calibrated(rng.uniform(0.5, 1, 5000)) < 0.02
     assert math.isnan(ece_if_calibrated(np.array([np.nan])))
+
+
+def test_one_estimate_formatter_for_every_renderer():
+    """#26 §4: terminal, report.html, the scan and compare write estimates through `fmt_estimate`."""
+    from audit.compare_report import fmt_diff
+    from audit.report.html import fmt_est
+    from audit.stats import fmt_estimate
+    from audit.terminal import fmt_estimate as term
+    e = {"value": 0.6123, "lo": 0.58, "hi": 0.641, "n": 120, "too_small": False}
+    assert fmt_estimate(e) == "0.61 [0.58,0.64]" and fmt_est(e) == "0.61 [0.58, 0.64]" and term is fmt_estimate
+    assert fmt_estimate(e, pct=True) == "61% [58%,64%]" and fmt_estimate(e, compact=True) == ".61 [.58,.64]"
+    assert fmt_diff({"value": 0.125, "lo": 0.03125, "hi": 0.25, "n": 40}) == "+0.125 [+0.031,+0.250]"
+    assert fmt_estimate({"value": 0.5, "lo": float("nan"), "hi": None}) == "0.50"      # no CI when undefined
+    assert fmt_estimate({"value": float("nan")}) == "n/a" and fmt_estimate(None) == "—"
+    assert fmt_estimate({"value": None, "n": 7, "too_small": True}) == "small n=7" == fmt_est({"n": 7, "too_small": True})
+    assert fmt_estimate(0.25, digits=3) == "0.250" and fmt_estimate("x") == "n/a"

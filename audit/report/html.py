@@ -10,7 +10,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..stats import small_text
+from ..stats import fmt_estimate, small_text
 from ..summary import lift_alarm, target_floor
 from ..thresholds import fmt_threshold
 from .gallery import CONCENTRATION_LEGEND, GalleryGroup, concentration_text, words_for
@@ -58,20 +58,8 @@ def _num(v, digits: int = 2, pct: bool = False) -> str:
 
 
 def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
-    """An Estimate dict ({value, lo, hi, n, too_small}) as "v [lo, hi]"; "small n=…" (or "no errors", see
-    `small_text`) when too small."""
-    if not isinstance(e, dict):
-        return _num(e, digits, pct) if e is not None else "—"
-    if e.get("too_small"):
-        return small_text(e)
-    v = e.get("value")
-    if v is None:
-        return "n/a"
-    s = _num(v, digits, pct)
-    if s != "n/a" and _finite(e.get("lo")) and _finite(e.get("hi")):
-        s += f" [{_num(e['lo'], digits, pct)}, {_num(e['hi'], digits, pct)}]"
-    return s
-
+    """An estimate in HTML: `audit.stats.fmt_estimate` with ", " between the bounds ("0.61 [0.58, 0.64]")."""
+    return fmt_estimate(e, pct=pct, digits=digits, sep=", ")
 
 def _finite(v) -> bool:
     try:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 
 from ..association import fmt_or, fmt_p, fmt_pct
+from ..stats import fmt_estimate
 from ..dicom_bias import DEVICE_TITLE, device_text
 from .core import ScanResult, differ
 
-def _fe(e: dict | None, pct: bool = True) -> str:
-    """An estimate for the terminal, as the audit's summary writes it ("41% [35%,47%]", "small n=7")."""
-    from ..terminal import _fmt_est
-    return _fmt_est(e, pct=pct)
 
+def _fe(e: dict | None, pct: bool = True) -> str:
+    """An estimate in the scan's tables: a share by default ("41% [35%,47%]"; `audit.stats.fmt_estimate`)."""
+    return fmt_estimate(e, pct=pct)
 
 def fmt_v(cv: dict) -> str:
     """Cramér's V with its bootstrap CI over its p, for the terminal ("0.21 [0.15,0.27]" / "p 0.00025*"); "*"
