@@ -237,6 +237,8 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
     assert rc == {"pass": 0, "fail": 1, "inconclusive": 3}[s["verdict"]]
     assert "border" in s["counterfactual"]["regions"] and s["counterfactual"]["regions"]["border"]["n"] == 4
     assert s["counterfactual"]["hidden"] == hidden_shortcuts(s)  # computed on the finished summary, gates included
+    from audit.summary_schema import undocumented
+    assert undocumented(s) == []          # every top-level key is in docs/summary_schema.md (audit/summary_schema.py)
     assert s["cam"]["finer_layer"] == {"layer": "layer3", "resolution": [4, 4]}   # resnet18 at 64 px: layer4 is 2×2
     assert s["by_group"]["columns"] == ["label", "site"]
 

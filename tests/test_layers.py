@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("audit.cam", "audit.fold", "audit.scores", "audit.data", "audit.cache", "audit.counterfactual", "audit.common",
                 "audit.run", "audit.xrv", "audit.predict")),
     ("analyses", ("audit.association", "audit.formats", "audit.thresholds", "audit.gates", "audit.summary",
-                  "audit.discover", "audit.sanity", "audit.compare", "audit.dicom_bias", "audit.scan.hashing",
+                  "audit.summary_schema", "audit.discover", "audit.sanity", "audit.compare", "audit.dicom_bias", "audit.scan.hashing",
                   "audit.scan.core", "audit.report.inputs")),
     ("app", ("audit.config", "audit.pipeline", "audit.multilabel", "audit.scan.prepare")),
     ("render", ("audit.terminal", "audit.report", "audit.report.html", "audit.report.gallery",

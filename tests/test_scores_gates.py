@@ -413,3 +413,15 @@ def test_a_region_whose_flips_are_contained_is_not_a_hidden_shortcut():
     assert hidden_shortcuts(s) == []
     s["counterfactual"]["attribution"][0]["decision"] = "own effect"
     assert [x["region"] for x in hidden_shortcuts(s)] == [r]
+
+
+def test_summary_schema_doc_is_generated_from_the_code():
+    """docs/summary_schema.md is written by `python -m audit.summary_schema`: the committed file is current."""
+    from pathlib import Path
+
+    from audit.summary import SCHEMA_VERSION
+    from audit.summary_schema import KEYS, markdown, undocumented
+    doc = Path(__file__).resolve().parents[1] / "docs" / "summary_schema.md"
+    assert doc.read_text(encoding="utf-8") == markdown(), "run: python -m audit.summary_schema"
+    assert f"schema_version {SCHEMA_VERSION}" in markdown() and {"verdict", "verdict_detail", "gates"} <= set(KEYS)
+    assert undocumented({"verdict": "pass", "surprise": 1}) == ["surprise"]
