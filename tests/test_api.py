@@ -272,3 +272,19 @@ def test_a_cuda_module_is_audited_on_its_device_and_stays_there(tmp_path):
     assert res.summary.raw["cam"] and len(res.per_image) == 2
     p = expected_probs(tiny_net(), tmp_path, df["image"].tolist())
     np.testing.assert_allclose(res.per_image[["p_a", "p_b"]].to_numpy(), p, atol=1e-4)
+
+
+def test_an_undefined_gate_reads_inconclusive_through_the_api(tiny_run, tmp_path):
+    """The three-valued verdict (#26 §1) reaches the typed summary: verdict and the headline naming the gate."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("gates: {min_accuracy: 0.0, min_sensitivity_at_0.90: 0.5}\n")
+    data = tiny_run.parent / "data"
+    r = audit.run_audit(str(tiny_run), data / "manifest.csv", preset=str(preset), out=tmp_path / "o", workers=0,
+                        n_boot=20)
+    assert r.summary.verdict == "inconclusive"
+    assert r.summary.verdict_headline.startswith("the 1 measured gate passes; 1 could not be measured: "
+                                                 "min_sensitivity_at_0.90")
+    assert [g.passed for g in r.summary.gates] == [True, None]
+    r2 = audit.run_audit(str(tiny_run), data / "manifest.csv", preset=str(preset), out=tmp_path / "o2", workers=0,
+                         n_boot=20, undefined_gates="ignore")
+    assert r2.summary.verdict == "pass"
