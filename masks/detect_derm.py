@@ -297,6 +297,11 @@ def ink_evidence(image: np.ndarray, cache: dict | None = None, window: float = 0
     return f[key]
 
 
+def _signed_depth(m: np.ndarray) -> np.ndarray:
+    """float: distance inside the bool mask `m` (> 0), minus the distance outside it (≤ 0 outside)."""
+    return ndi.distance_transform_edt(m) - ndi.distance_transform_edt(~m)
+
+
 def _robust(v: np.ndarray) -> tuple[float, float]:
     """(median, 1.4826 × MAD) of a 1-D sample; (0, 0) when empty."""
     if v.size == 0:
@@ -329,9 +334,10 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
     wider), no point deeper than 1.5 × `max_width` (``2 × max(distance transform) − 1``: a lesion with holes
     has a thin skeleton but a wide core), and either a stroke — skeleton length ≥ `min_length` × side and ≥
     `elongation` × w — or a dot (shorter: a round blob of marker width). A component is not ink when more than
-    30 % of it lies deeper inside the lesion heuristic than w + 2 % of the side (the lesion's own pigment; a
-    circle drawn round the lesion sits on the heuristic's rim, since hole filling may swallow what it
-    encloses)."""
+    30 % of it lies deeper inside the lesion heuristic than w + 2 % of the side, or more than half inside
+    it unless 80 % of it hugs its rim within w + 1 px (the lesion's own pigment; a dark circle drawn round
+    the lesion may become the heuristic's rim, since hole filling swallows what it encloses), nor a dot of which more than half lies inside it or within 2 % of the side of it, or that lies in the central disk of a quarter of the
+    half-side (a small dark lesion is a dot too, and dermoscopy centres the lesion; as in `patches`)."""
     from skimage.morphology import skeletonize
 
     p = {**_INK_DEFAULTS, **(params or {})}
@@ -340,9 +346,13 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
     if key in f:
         return f[key]
     n = image.shape[0]
-    fov = ~ndi.binary_dilation(f["vignette"], iterations=px(0.02, n))
+    vig = f["vignette"]
+    if vig.any():  # the vignette's thick part only: a dark stroke running off the edge joins it
+        vig = ndi.distance_transform_edt(~(ndi.distance_transform_edt(vig) > p["max_width"] * n / 2)) <= (
+            p["max_width"] * n / 2)
+    fov = ~ndi.binary_dilation(vig, iterations=px(0.02, n))
     glare = ndi.binary_opening((f["v"] > 0.9) & (f["s"] < 0.2))
-    glare = ndi.binary_dilation(glare, iterations=px(0.06, n))  # bluish fringes of LED reflections
+    glare = ndi.binary_dilation(glare, iterations=px(0.02, n))  # bluish fringes of LED reflections
     fov &= ~glare
     les, _ = lesion_mask(image, cache)
     les = np.zeros((n, n), bool) if les is None else les
@@ -359,7 +369,7 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
     black = (amin - mb >= max(p["black"], p["sigmas"] * sb)) & (a_b - a_r <= p["neutral"])
     e = px(0.03, n)
     black[:e] = black[-e:] = black[:, :e] = black[:, -e:] = False  # the field stop's grey rim
-    cand = (chroma | black) & fov & (corner_weight(n) <= 1.25)
+    cand = (chroma | black) & fov & (corner_weight(n) <= p["corner"])
     r = int(0.008 * n)
     if r >= 1:
         cand = ndi.binary_opening(cand, structure=disk(r))
@@ -372,7 +382,9 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
         length = ndi.sum_labels(sk, lab, idx)
         width = 2 * np.nan_to_num(np.asarray(ndi.median(dt, lab * sk, idx), float)) - 1
         thick = 2 * np.asarray(ndi.maximum(dt, lab, idx), float) - 1
-        depth = ndi.distance_transform_edt(les) if les.any() else np.zeros((n, n))
+        sdep = _signed_depth(les) if les.any() else np.full((n, n), -float(n))
+        depth = np.maximum(sdep, 0.0)
+        cw = corner_weight(n)
         ok = (length > 0) & (width >= p["min_width"] * n) & (width <= p["max_width"] * n)
         ok &= thick <= 1.5 * p["max_width"] * n
         for i in idx[ok]:
@@ -380,8 +392,11 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
             wi = width[i - 1]
             if (depth[comp] > wi + 0.02 * n).mean() > 0.3:
                 continue  # the lesion's own pigment
+            if (sdep[comp] > 0).mean() > 0.5 and (sdep[comp] <= wi + 1).mean() < 0.8:
+                continue  # inside the lesion and not hugging its rim
             stroke = length[i - 1] >= max(p["min_length"] * n, p["elongation"] * wi)
-            dot = not stroke and length[i - 1] < p["elongation"] * wi
+            dot = (not stroke and length[i - 1] < p["elongation"] * wi and (sdep[comp] > -0.02 * n).mean() <= 0.5
+                   and cw[comp].mean() > 0.25)
             if stroke or dot:
                 out |= comp
     f[key] = out
@@ -389,11 +404,12 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
 
 
 _INK_DEFAULTS = {"chroma": 0.15, "black": 0.5, "neutral": 0.1, "sigmas": 5.0,
-                 "min_width": 0.018, "max_width": 0.11, "elongation": 3.0, "min_length": 0.06}
+                 "min_width": 0.018, "max_width": 0.14, "elongation": 3.0, "min_length": 0.06,
+                 "corner": 1.35}
 
 
 @register_region("ink", kind="artifact",
-                 params={"threshold": 2e-5, "contrast": 0.1, "noise": 4.0, "window": 0.1, "lesion_margin": 0.02, "strokes": 0.001,
+                 params={"threshold": 2e-5, "contrast": 0.1, "noise": 4.0, "window": 0.1, "lesion_margin": -0.05, "strokes": 0.001,
                          **_INK_DEFAULTS})
 def ink(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     """Pen and surgical-marker ink (violet / purple / blue / black: dots, strokes, hatching, circles round the
@@ -401,9 +417,10 @@ def ink(image: np.ndarray, ctx: RegionContext) -> RegionResult:
 
     - faint dye (thin pen lines, hatching): the mean over the image of the ink evidence (see `ink_evidence`)
       above a floor — `contrast`, or `noise` robust standard deviations (1.4826 × MAD) of the image's own
-      evidence where that is higher (chroma noise of red or dark images), not counted deeper inside the
-      lesion heuristic than `lesion_margin` × side (its own violaceous vessels and blue-grey speckles; the
-      rim stays, where a circle round the lesion may touch it; 0 turns this off);
+      evidence where that is higher (chroma noise of red or dark images), not counted where the signed
+      depth inside the lesion heuristic exceeds `lesion_margin` × side (−0.05: the lesion and a ring of 5 %
+      of the side round it — its own violaceous vessels, blue-grey speckles and their fringes; a thick
+      circle drawn closer is still found as a stroke);
     - marker strokes of marker width (see `ink_strokes`: colour against the image's own skin, width, length):
       their area share, scaled so that a share of `strokes` (0.1 % of the image: a 6 × 8-px dash at 224)
       reaches `threshold`.
@@ -418,8 +435,8 @@ def ink(image: np.ndarray, ctx: RegionContext) -> RegionResult:
         v = e[ok]
         floor = max(floor, p["noise"] * 1.4826 * float(np.median(np.abs(v - np.median(v)))))
     les, _ = lesion_mask(image, ctx.cache)
-    if les is not None and p["lesion_margin"] > 0:  # the lesion's own pigment (violaceous vessels, speckles)
-        ok = ok & ~(ndi.distance_transform_edt(les) > p["lesion_margin"] * n)
+    if les is not None and les.any():  # the lesion's own pigment (violaceous vessels, speckles)
+        ok = ok & ~(_signed_depth(les) > p["lesion_margin"] * n)
     excess = np.where(ok, np.maximum(e - floor, 0.0), 0.0)
     strokes = ink_strokes(image, ctx.cache, {k: p[k] for k in _INK_DEFAULTS})
     share = float(strokes.mean())
@@ -452,7 +469,7 @@ def _not_strokes(comps: np.ndarray, strokes: np.ndarray, elongation: float, clai
 
 @register_region("patches", kind="artifact",
                  params={"chroma": 30.0, "smooth": 4.0, "min_area": 0.01, "solid": 0.02, "centre": 0.25,
-                         "elongation": 4.5, "claimed": 0.5, "threshold": 0.01})
+                         "elongation": 4.5, "stroke_width": 0.11, "claimed": 0.5, "threshold": 0.01})
 def patches(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     """Coloured stickers: large, flat, solid blobs whose colour is far from the image's own skin colour.
 
@@ -462,7 +479,8 @@ def patches(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     that hold a disk of radius `solid` × side (a sticker is solid, a pen stroke thin) and stay outside the
     central disk of radius `centre` × half the side (the lesion, centred by dermoscopy convention: a smooth
     magenta or brown lesion would pass the other tests), and are not pen strokes: not thin and elongated (area
-    above `elongation` × the area of the largest disk they hold, that disk no wider than a marker stroke, see
+    above `elongation` × the area of the largest disk they hold, that disk no wider than `stroke_width` × side, a
+    marker stroke (20 px at 224 and its soft edge), see
     `_not_strokes`) and at most `claimed` of their pixels claimed by
     `ink_strokes` (a wide surgical-marker stroke is flat and coloured too). Score = their area share; mask = them, holes filled;
     threshold 0.01 = any such component (the 95th percentile of the design half's negatives is 0). Designed on
@@ -488,7 +506,7 @@ def patches(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     comps = _solid_components(cand, n, ctx.params["min_area"], ctx.params["solid"])
     if comps.any():
         comps = _not_strokes(comps, ink_strokes(image, ctx.cache), ctx.params["elongation"], ctx.params["claimed"],
-                             _INK_DEFAULTS["max_width"])
+                             ctx.params["stroke_width"])
     mask = ndi.binary_fill_holes(comps) if comps.any() else comps
     score = float(comps.mean())
     present = score >= ctx.params["threshold"]
