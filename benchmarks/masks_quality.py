@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audit.preprocess import InputSpec, image_to_grid, load_rgb, mask_to_grid  # noqa: E402
-from masks.registry import RegionContext, _entry  # noqa: E402
-from masks.files import read_mask_file  # noqa: E402
-from masks.synth_ink import COLOURS, SHAPES, draw_stroke  # noqa: E402
 from audit.stats import proportion_ci  # noqa: E402
+from masks.files import read_mask_file  # noqa: E402
+from masks.registry import RegionContext, _entry  # noqa: E402
+from masks.synth_ink import COLOURS, SHAPES, draw_stroke  # noqa: E402
 
 SPEC = InputSpec(size=224, resize="stretch")
 ARTIFACTS = {"ruler": "bissoto_ruler", "ink": "bissoto_ink", "dark_corners": "bissoto_dark_corner",
@@ -64,6 +64,27 @@ NOTES = """Notes
   images, so V7 is not fully held out; Shenzhen (n = 10) is independent. A few images get worse than with the
   plain superellipse, badly where a template lands on dark background beside a narrow body. No heart notch.
   Prefer `source: file` masks (the chest_xray preset does, with the heuristic as fallback).
+- ink, marker strokes (#27): the detector described below (the "faint dye" evidence) missed wide surgical-marker
+  strokes (Winkler et al. 2019 style, 10-16 px at 224: a dark violet stroke loses blue too, and the blue-darkness
+  and hair exclusions removed it) and `patches` took them for stickers. Now `ink` also has stroke evidence
+  (`masks.detect_derm.ink_strokes`): optical density against the median skin of the same image outside the
+  lesion heuristic; chroma q = max(a_G, a_R) − a_B − max(0, a_G / 2 − a_R) above max(0.15, 5 σ_skin) with green
+  or red darkened by ≥ 0.15, or black: min(a) above max(0.5, 5 σ_skin) and a_B − a_R ≤ 0.1; then per component
+  after a Euclidean opening of 0.9 % of the side: width (2 × median distance transform on the skeleton − 1) in
+  1.8-14 % of the side, a stroke (skeleton ≥ 6 % of the side and ≥ 3 × its width) or a dot, and not the lesion's
+  own pigment. The faint-dye evidence no longer counts on the lesion heuristic and a 5 % ring round it (it
+  flagged violaceous vessels and blue-grey speckles: 5 of 96 clean images in the synthetic rows before).
+  `patches` drops components that are thin and elongated (area > 4.5 × the largest inscribed disk, that disk at
+  most 11 % of the side wide) or claimed by `ink_strokes`. Before, on the same synthetic images (seed 0; after: the
+  table): ink on inked 0.479 (96 px) / 0.542 (224 px) / 0.431 (full resolution), on the clean copies 0.042 /
+  0.062 / 0.034, patches on inked 0.125 / 0.135 / 0.052; black strokes were found on 5 of 82, and the median
+  share of the stroke inside the ink mask was 0.00-0.02. The 35 Bissoto images before: ink AUROC 0.821 (sensitivity 6/12, specificity 23/23), ruler 0.933,
+  dark_corners 1.000, patches 1.000; HAM10000 marking AUROC 0.879 (vs ruler + bubble) and 0.895 (vs random).
+  The stroke constants were set on the 224-px synthetic rows of seed 0 and the real HAM10000 random sample
+  (their false alarms looked at by eye: two "clean" images carry real, unlabelled ink, ISIC_0031263 and the
+  image of case 11; real markings are left out of the synthetic pool); the 96 / 128 px and full-resolution
+  rows and the Bissoto rows were not used to choose them. Still missed: dots beside gel bubbles (the glare
+  margin), a dark purple blot with hair (ISIC_0031524), ink under a pixel wide at 224.
 - ink: violet and blue pen dye absorbs green (and red) but lets blue through, while melanin, blood, hair and
   rulers absorb blue at least as much. Per pixel: the log darkening of each channel against the brightest skin
   nearby (window 10 % of the side); evidence = green loss − blue loss − max(0, green loss / 2 − red loss);

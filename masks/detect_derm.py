@@ -311,35 +311,38 @@ def _robust(v: np.ndarray) -> tuple[float, float]:
 
 
 def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | None = None) -> np.ndarray:
-    """bool H×W: surgical-marker strokes, dots and circles of marker width (purple, blue or black), found by
-    colour against the image's own skin and by shape. `params` defaults: see `ink` (keys chroma, black, neutral, sigmas, min_width, max_width, elongation, min_length).
+    """bool H×W (the image's side n): surgical-marker strokes, dots and circles of marker width (purple, blue or
+    black), found by colour against the image's own skin and by shape. `params`: see `ink` (keys chroma, black,
+    neutral, sigmas, min_width, max_width, elongation, min_length, corner; defaults in `_INK_DEFAULTS`).
 
-    Colour, in optical density against the image's own skin (``a_c = log(median_skin(c)) − log(c)``, so the
-    skin tone and white balance drop out; skin = the field of view outside the lesion heuristic dilated by 3 %
-    of the side, glare and the vignette): marker dyes pass blue best — gentian violet absorbs green, blue dye
-    red — while melanin and blood absorb blue at least as much as green (Bissoto et al. 2020 describe the
-    markings; the absorbance contrast is that of Beer-Lambert stain separation, Ruifrok & Johnston 2001). So
-    chroma ``q = max(a_G, a_R) − a_B − max(0, a_G / 2 − a_R)`` (the last term: haemoglobin, which loses red far
-    less than green). Black marker: every channel dark, ``min(a) ≥ black`` and neutral, ``a_B − a_R ≤
-    neutral`` (dark brown pigment loses more blue than red), not within 3 % of the side of the image edge
-    (the dermoscope's grey field-stop rim, lighter than the vignette). Thresholds are relative to the skin's own
-    distribution in the same image: a pixel is chromatic ink where ``q`` exceeds the skin's median by ``max(chroma, sigmas × σ)`` and
-    it is darker than the skin in green or red by at least `chroma` (a dye absorbs: bright bluish-white
-    regression or glare has a high ``q`` only because it is bright), and
-    black where ``min(a)`` does by ``max(black, sigmas × σ)`` (σ = 1.4826 × MAD).
+    Colour, in optical density against the image's own skin, ``a_c = log(median_skin(c)) − log(c)`` per
+    channel (≥ 0 where darker than the skin; skin tone and white balance drop out), skin = the field of view
+    outside the lesion heuristic dilated by 3 % of the side, glare and the vignette. Marker dyes pass blue best
+    — gentian violet absorbs green, blue dye red — while melanin and blood absorb blue at least as much as
+    green (the Beer-Lambert absorbance contrast of stain separation, Ruifrok & Johnston 2001; the marks are
+    those of Bissoto et al. 2020 and Winkler et al. 2019). So:
 
-    Shape, per connected component after a Euclidean opening of radius 0.9 % of the side where that is at
-    least 1.5 px (hair is 1–3 px wide at 224; below 160 px hair is under 1.5 px and the width rule alone
-    drops it), inside
-    `corner` × the inscribed circle (the corners' vignette rims): width ``w = 2 × median(distance transform on
-    the skeleton) − 1`` within [`min_width`, `max_width`] × side (hair is thinner, a lesion or sticker
-    wider), no point deeper than 1.5 × `max_width` (``2 × max(distance transform) − 1``: a lesion with holes
-    has a thin skeleton but a wide core), and either a stroke — skeleton length ≥ `min_length` × side and ≥
-    `elongation` × w — or a dot (shorter: a round blob of marker width). A component is not ink when more than
-    30 % of it lies deeper inside the lesion heuristic than w + 2 % of the side, or more than half inside
-    it unless 80 % of it hugs its rim within w + 1 px (the lesion's own pigment; a dark circle drawn round
-    the lesion may become the heuristic's rim, since hole filling swallows what it encloses), nor a dot of which more than half lies inside it or within 2 % of the side of it, or that lies in the central disk of a quarter of the
-    half-side (a small dark lesion is a dot too, and dermoscopy centres the lesion; as in `patches`)."""
+    - chromatic ink: ``q = max(a_G, a_R) − a_B − max(0, a_G / 2 − a_R)`` (the last term: haemoglobin, which
+      loses red far less than green) exceeds the skin's median q by ``max(chroma, sigmas × σ)``, and green or
+      red is darker than the skin by at least `chroma` (a dye absorbs: bright bluish-white regression has a
+      high q only because it is bright);
+    - black ink: ``min(a)`` exceeds the skin's median by ``max(black, sigmas × σ)`` and it is neutral, ``a_B −
+      a_R ≤ neutral`` (dark brown pigment loses more blue than red); not within 3 % of the side of the image
+      edge (the dermoscope's grey field-stop rim, lighter than the vignette);
+
+    σ = 1.4826 × MAD over the skin. Shape, per connected component after a Euclidean opening of radius 0.9 %
+    of the side where that is at least 1.5 px (hair is 1–3 px wide at 224; below 160 px it is under 1.5 px and
+    the width rule drops it), inside `corner` × the inscribed circle (the corners' vignette rims):
+
+    - width ``w = 2 × median(distance transform on the skeleton) − 1`` within [`min_width`, `max_width`] ×
+      side (hair is thinner, a lesion or sticker wider), and nowhere thicker than 1.5 × `max_width` (``2 ×
+      max(distance transform) − 1``: a lesion with holes has a thin skeleton but a wide core);
+    - a stroke (skeleton length ≥ `min_length` × side and ≥ `elongation` × w) or a dot (shorter);
+    - not the lesion's own pigment: not more than 30 % of it deeper inside the lesion heuristic than w + 2 %
+      of the side, nor more than half inside it unless 80 % of it hugs its rim within w + 1 px (a dark circle
+      drawn round the lesion may become the heuristic's rim: hole filling swallows what it encloses); a dot
+      not mostly inside or within 2 % of the side of it, nor in the central disk of a quarter of the half-side
+      (a small dark lesion is a dot too, and dermoscopy centres the lesion, as in `patches`)."""
     from skimage.morphology import skeletonize
 
     p = {**_INK_DEFAULTS, **(params or {})}
@@ -411,7 +414,8 @@ _INK_DEFAULTS = {"chroma": 0.15, "black": 0.5, "neutral": 0.1, "sigmas": 5.0,
 
 
 @register_region("ink", kind="artifact",
-                 params={"threshold": 2e-5, "contrast": 0.1, "noise": 4.0, "window": 0.1, "lesion_margin": -0.05, "strokes": 0.001,
+                 params={"threshold": 2e-5, "contrast": 0.1, "noise": 4.0, "window": 0.1, "lesion_margin": -0.05,
+                         "strokes": 0.001,
                          **_INK_DEFAULTS})
 def ink(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     """Pen and surgical-marker ink (violet / purple / blue / black: dots, strokes, hatching, circles round the
@@ -480,11 +484,11 @@ def patches(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     `smooth`), HSV value above 0.35; opened at 1 % of the side; components of at least `min_area` of the image
     that hold a disk of radius `solid` × side (a sticker is solid, a pen stroke thin) and stay outside the
     central disk of radius `centre` × half the side (the lesion, centred by dermoscopy convention: a smooth
-    magenta or brown lesion would pass the other tests), and are not pen strokes: not thin and elongated (area
-    above `elongation` × the area of the largest disk they hold, that disk no wider than `stroke_width` × side, a
-    marker stroke (20 px at 224 and its soft edge), see
-    `_not_strokes`) and at most `claimed` of their pixels claimed by
-    `ink_strokes` (a wide surgical-marker stroke is flat and coloured too). Score = their area share; mask = them, holes filled;
+    magenta or brown lesion would pass the other tests), and are not pen strokes (#27, `_not_strokes`): not
+    thin and elongated (area above `elongation` × the area of the largest disk they hold while that disk is at
+    most `stroke_width` × side wide: a 20-px marker stroke at 224 and its soft edge), and at most `claimed` of
+    their pixels claimed by `ink_strokes` (a wide marker stroke is flat and coloured too). Score = their area
+    share; mask = them, holes filled;
     threshold 0.01 = any such component (the 95th percentile of the design half's negatives is 0). Designed on
     a seeded half of held-out ISIC 2017 images (chroma 25 / 30 / 35, smooth 4 / 6 / 9, centre 0 / 0.25 / 0.4 /
     0.5; the centre rule costs nothing there and cuts flags on random HAM10000 images, which carry no

@@ -48,7 +48,7 @@ def _polyline(pts: np.ndarray, hw: tuple[int, int], width: float, ss: int) -> np
     im = Image.new("L", (w * ss, h * ss), 0)
     d = ImageDraw.Draw(im)
     p = [(float(x) * ss, float(y) * ss) for x, y in pts]
-    lw = max(1, int(round(width * ss)))
+    lw = max(1, round(width * ss))
     d.line(p, fill=255, width=lw, joint="curve")
     r = lw / 2
     for x, y in (p[0], p[-1]):  # round caps
@@ -127,7 +127,7 @@ def draw_stroke(image: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
         raise ValueError(f"draw_stroke: shape must be one of {SHAPES}, got {shape!r}")
     h, w = image.shape[:2]
     n = min(h, w)
-    keep_out = ndi.binary_dilation(lesion, iterations=max(1, int(round(margin * n)))) if lesion.any() else lesion
+    keep_out = ndi.binary_dilation(lesion, iterations=max(1, round(margin * n))) if lesion.any() else lesion
     inner = np.zeros((h, w), bool)
     inner[1:-1, 1:-1] = True
     free = ndi.distance_transform_edt(inner & ~keep_out)  # distance to the lesion zone or the edge
