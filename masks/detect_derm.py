@@ -297,9 +297,45 @@ def ink_evidence(image: np.ndarray, cache: dict | None = None, window: float = 0
     return f[key]
 
 
-def _signed_depth(m: np.ndarray) -> np.ndarray:
-    """float: distance inside the bool mask `m` (> 0), minus the distance outside it (≤ 0 outside)."""
-    return ndi.distance_transform_edt(m) - ndi.distance_transform_edt(~m)
+def _label_median(labels: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """float (k,): the median of `values` per label 1..k (1-D arrays of equal length; 0 where a label has none)."""
+    out = np.zeros(k)
+    if labels.size == 0:
+        return out
+    order = np.lexsort((values, labels))
+    lab_s, val_s = labels[order], values[order]
+    cnt = np.bincount(lab_s, minlength=k + 1)
+    start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+    has = cnt[1:] > 0
+    lo = start[1:] + (cnt[1:] - 1) // 2
+    hi = start[1:] + cnt[1:] // 2
+    out[has] = 0.5 * (val_s[lo[has]] + val_s[hi[has]])
+    return out
+
+
+def _near(m: np.ndarray, r: int) -> np.ndarray:
+    """bool: `m` dilated `r` times by the 4-neighbour cross (city-block distance ≤ r; nothing when empty)."""
+    return ndi.binary_dilation(m, iterations=r) if m.any() else np.zeros(m.shape, bool)
+
+
+def _lesion(image: np.ndarray, f: dict, cache: dict | None) -> np.ndarray:
+    """bool: the lesion heuristic's mask (all False when it finds none), cached with the image's features."""
+    if "lesion_mask" not in f:
+        m, _ = lesion_mask(image, cache)
+        f["lesion_mask"] = np.zeros(image.shape[:2], bool) if m is None else m
+    return f["lesion_mask"]
+
+
+def _signed_depth(m: np.ndarray, f: dict | None = None) -> np.ndarray:
+    """float: distance inside the bool mask `m` (> 0), minus the distance outside it (≤ 0 outside; −side when
+    `m` is empty); cached in `f` (the image's features) for the lesion mask."""
+    if f is not None and f.get("lesion_mask") is m and "lesion_depth" in f:
+        return f["lesion_depth"]
+    d = (ndi.distance_transform_edt(m) - ndi.distance_transform_edt(~m) if m.any()
+         else np.full(m.shape, -float(m.shape[0])))
+    if f is not None and f.get("lesion_mask") is m:
+        f["lesion_depth"] = d
+    return d
 
 
 def _robust(v: np.ndarray) -> tuple[float, float]:
@@ -355,13 +391,11 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
     if vig.any():  # the vignette's thick part only: a dark stroke running off the edge joins it
         vig = ndi.distance_transform_edt(~(ndi.distance_transform_edt(vig) > p["max_width"] * n / 2)) <= (
             p["max_width"] * n / 2)
-    fov = ~ndi.binary_dilation(vig, iterations=px(0.02, n))
+    fov = ~_near(vig, px(0.02, n))
     glare = ndi.binary_opening((f["v"] > 0.9) & (f["s"] < 0.2))
-    glare = ndi.binary_dilation(glare, iterations=px(0.02, n))  # bluish fringes of LED reflections
-    fov &= ~glare
-    les, _ = lesion_mask(image, cache)
-    les = np.zeros((n, n), bool) if les is None else les
-    skin = fov & ~ndi.binary_dilation(les, iterations=px(0.03, n))
+    fov &= ~_near(glare, px(0.02, n))  # and the bluish fringes of LED reflections
+    les = _lesion(image, f, cache)
+    skin = fov & ~_near(les, px(0.03, n))
     if skin.sum() < 0.05 * n * n:
         skin = fov if fov.any() else np.ones((n, n), bool)
     logs = [np.log(f["rgb"][..., i] + _EPS) for i in range(3)]
@@ -384,26 +418,30 @@ def ink_strokes(image: np.ndarray, cache: dict | None = None, params: dict | Non
         idx = np.arange(1, k + 1)
         dt = ndi.distance_transform_edt(cand)
         sk = skeletonize(cand)
-        length = ndi.sum_labels(sk, lab, idx)
-        width = 2 * np.nan_to_num(np.asarray(ndi.median(dt, lab * sk, idx), float)) - 1
-        thick = 2 * np.asarray(ndi.maximum(dt, lab, idx), float) - 1
-        sdep = _signed_depth(les) if les.any() else np.full((n, n), -float(n))
-        depth = np.maximum(sdep, 0.0)
+        length = np.bincount(lab[sk], minlength=k + 1)[1:].astype(float)
+        width = 2 * _label_median(lab[sk], dt[sk], k) - 1
+        inside = lab > 0
+        thick = np.zeros(k + 1)
+        np.maximum.at(thick, lab[inside], dt[inside])
+        thick = 2 * thick[1:] - 1
+        sdep = _signed_depth(les, f)
         cw = corner_weight(n)
         ok = (length > 0) & (width >= p["min_width"] * n) & (width <= p["max_width"] * n)
         ok &= thick <= 1.5 * p["max_width"] * n
+        slices = ndi.find_objects(lab)
         for i in idx[ok]:
-            comp = lab == i
-            wi = width[i - 1]
-            if (depth[comp] > wi + 0.02 * n).mean() > 0.3:
+            sl = slices[i - 1]
+            comp = lab[sl] == i
+            wi, d = width[i - 1], sdep[sl][comp]
+            if (d > wi + 0.02 * n).mean() > 0.3:
                 continue  # the lesion's own pigment
-            if (sdep[comp] > 0).mean() > 0.5 and (sdep[comp] <= wi + 1).mean() < 0.8:
+            if (d > 0).mean() > 0.5 and (d <= wi + 1).mean() < 0.8:
                 continue  # inside the lesion and not hugging its rim
             stroke = length[i - 1] >= max(p["min_length"] * n, p["elongation"] * wi)
-            dot = (not stroke and length[i - 1] < p["elongation"] * wi and (sdep[comp] > -0.02 * n).mean() <= 0.5
-                   and cw[comp].mean() > 0.25)
+            dot = (not stroke and length[i - 1] < p["elongation"] * wi and (d > -0.02 * n).mean() <= 0.5
+                   and cw[sl][comp].mean() > 0.25)
             if stroke or dot:
-                out |= comp
+                out[sl] |= comp
     f[key] = out
     return out
 
@@ -440,9 +478,10 @@ def ink(image: np.ndarray, ctx: RegionContext) -> RegionResult:
     if ok.any():
         v = e[ok]
         floor = max(floor, p["noise"] * 1.4826 * float(np.median(np.abs(v - np.median(v)))))
-    les, _ = lesion_mask(image, ctx.cache)
-    if les is not None and les.any():  # the lesion's own pigment (violaceous vessels, speckles)
-        ok = ok & ~(_signed_depth(les) > p["lesion_margin"] * n)
+    f = _feats(image, ctx.cache)
+    les = _lesion(image, f, ctx.cache)
+    if les.any():  # the lesion's own pigment (violaceous vessels, speckles)
+        ok = ok & ~(_signed_depth(les, f) > p["lesion_margin"] * n)
     excess = np.where(ok, np.maximum(e - floor, 0.0), 0.0)
     strokes = ink_strokes(image, ctx.cache, {k: p[k] for k in _INK_DEFAULTS})
     share = float(strokes.mean())

@@ -513,3 +513,12 @@ def test_synth_ink_generator_is_seeded_and_keeps_off_the_lesion():
         draw_stroke(img, lesion, np.random.default_rng(0), 10, "green")
     with pytest.raises(ValueError, match="shape"):
         draw_stroke(img, lesion, np.random.default_rng(0), 10, "blue", "spiral")
+
+
+def test_label_median_matches_known_values():
+    """_label_median: per-label medians by hand — label 1: [3, 1, 2] → 2; label 2: [4, 10] → 7; label 3 empty → 0."""
+    from masks.detect_derm import _label_median
+
+    labels = np.array([1, 2, 1, 1, 2])
+    values = np.array([3.0, 4.0, 1.0, 2.0, 10.0])
+    assert _label_median(labels, values, 3).tolist() == [2.0, 7.0, 0.0]
