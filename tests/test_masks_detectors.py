@@ -346,3 +346,179 @@ def test_auroc_ceiling_of_the_benchmark_matches_the_best_reranking():
         best = np.where((y == 1) & (s > 0), 2.0, s)  # every positive that scores > 0 above every negative
         assert auroc_ceiling(y, s) == pytest.approx(roc_auc_score(y, best))
         assert auroc_ceiling(y, s) >= roc_auc_score(y, s) - 1e-12
+
+
+# --------------------------------------------------------------------------------- surgical-marker strokes (#27)
+
+def derm_scene(seed=0, n=S):
+    """Skin with smooth shading and noise, a textured brown lesion ellipse in the centre and eight dark hairs
+    (2 px at 224); returns (image uint8 n×n×3, lesion mask, hair mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    img = np.empty((n, n, 3), np.float32)
+    img[:] = (214, 168, 150)
+    img *= (1 + 0.05 * np.sin(3 * xx + 2 * yy))[..., None]
+    img += rng.normal(0, 3, img.shape)
+    lesion = ((xx - 0.5) / 0.17) ** 2 + ((yy - 0.5) / 0.13) ** 2 < 1
+    img[lesion] = np.array([125, 82, 60]) + rng.normal(0, 8, (int(lesion.sum()), 3))
+    im = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+    hair_im = Image.new("L", (n, n), 0)
+    for d in (ImageDraw.Draw(im), ImageDraw.Draw(hair_im)):
+        hr = np.random.default_rng(seed + 100)
+        for _ in range(8):
+            x0, y0, x1, y1 = (float(v) for v in hr.uniform(0, n, 4))
+            xm, ym = (x0 + x1) / 2 + hr.normal(0, 0.05 * n), (y0 + y1) / 2 + hr.normal(0, 0.05 * n)
+            fill = (60, 45, 40) if d.im.mode == "RGB" else 255
+            d.line([(x0, y0), (xm, ym), (x1, y1)], fill=fill, width=max(1, round(2 * n / S)))
+    return np.asarray(im), lesion, np.asarray(hair_im) > 0
+
+
+@pytest.mark.parametrize("colour", ["purple", "blue", "black"])
+@pytest.mark.parametrize("shape, width", [("curve", 14), ("line", 8), ("circle", 12), ("dots", 16)])
+def test_ink_finds_marker_strokes_not_the_lesion_or_hair(colour, shape, width):
+    """A marker stroke drawn on a skin + lesion + hair scene (masks/synth_ink.py) is found: ≥ 90 % of its pixels
+    inside the ink mask, and the mask holds nothing of the lesion nor of the hairs away from the stroke; the
+    same scene without the stroke is no ink (score 0: neither the faint-dye nor the stroke evidence)."""
+    from masks.synth_ink import draw_stroke
+
+    img, lesion, hair = derm_scene(1)
+    st = draw_stroke(img, lesion, np.random.default_rng(7), width, colour, shape)
+    assert st.shape == shape
+    r = compute("ink", st.image)
+    assert r.present and r.mask is not None
+    assert (r.mask & st.mask).sum() >= 0.9 * st.mask.sum()
+    assert not (r.mask & lesion).any()
+    from scipy import ndimage as ndi
+    far = hair & ~ndi.binary_dilation(st.mask, iterations=8)
+    assert not (r.mask & far).any()
+    neg = compute("ink", img)
+    assert not neg.present and neg.score == 0
+
+
+@pytest.mark.parametrize("n", [96, 128, 448])
+def test_ink_strokes_at_other_grids(n):
+    """The same kind of stroke, sized relative to the side (12 px at 224), is found at 96, 128 and 448 px and the
+    clean scene is not flagged."""
+    from masks.synth_ink import draw_stroke
+
+    img, lesion, _ = derm_scene(2, n)
+    st = draw_stroke(img, lesion, np.random.default_rng(3), 12 * n / S, "purple", "curve")
+    spec = InputSpec(size=n)
+    rs = build_regions({"ink": {}})
+    pos = rs.compute(st.image, {"image_id": "p"}, spec, (n, n))["ink"]
+    neg = rs.compute(img, {"image_id": "n"}, spec, (n, n))["ink"]
+    assert pos.present and (pos.mask & st.mask).sum() >= 0.9 * st.mask.sum()
+    assert not neg.present
+
+
+def test_ink_stroke_width_rule_separates_hair_from_marker():
+    """Known widths: black lines of 2 px (hair) are not strokes, a black line of 8 px at 224 is; a black disk of
+    60 px (wider than 14 % of the side) away from the centre is no dot; a dark violet dot of 16 px is."""
+    from masks.detect_derm import ink_strokes
+
+    base = skin(4)
+    im = Image.fromarray(base)
+    d = ImageDraw.Draw(im)
+    for y in (30, 60, 90):
+        d.line([(20, y), (200, y + 20)], fill=(35, 30, 30), width=2)
+    assert not ink_strokes(np.asarray(im)).any()
+    d.line([(30, 190), (190, 190)], fill=(35, 30, 30), width=8)  # rows 186-193
+    found = ink_strokes(np.asarray(im))
+    assert found[187:193, 40:180].mean() > 0.9 and not found[:120].any()
+    big = Image.fromarray(base)
+    ImageDraw.Draw(big).ellipse([140, 20, 200, 80], fill=(35, 30, 30))
+    assert not ink_strokes(np.asarray(big)).any()
+    dot = Image.fromarray(base)
+    d = ImageDraw.Draw(dot)
+    d.ellipse([82, 87, 142, 137], fill=(120, 80, 60))  # the lesion (without one, the dot is the darkest blob)
+    d.ellipse([170, 30, 186, 46], fill=(60, 30, 90))
+    assert ink_strokes(np.asarray(dot))[38, 178]
+
+
+def test_ink_small_dark_centred_lesion_is_no_dot():
+    """A small (20 px) dark round lesion in the centre of the picture is not an ink dot."""
+    img = skin(5)
+    yy, xx = np.mgrid[0:S, 0:S]
+    img[np.hypot(yy - 112, xx - 110) < 10] = (45, 35, 38)
+    assert not compute("ink", img).present
+
+
+def test_patches_does_not_claim_a_marker_stroke_but_finds_a_sticker():
+    """A wide (16 px) purple marker curve is no patch; with a round blue sticker added, patches outlines the
+    sticker only (Dice > 0.8 with the disk) and ink keeps the stroke."""
+    from masks.synth_ink import draw_stroke
+
+    img, lesion, _ = derm_scene(3)
+    st = draw_stroke(img, lesion, np.random.default_rng(11), 16, "purple", "curve")
+    assert not compute("patches", st.image).present
+    yy, xx = np.mgrid[0:S, 0:S]
+    disk = np.hypot(yy - 190, xx - 190) < 26
+    assert not (disk & ndimage_dilate(st.mask, 6)).any()
+    both = st.image.copy()
+    both[disk] = (30, 160, 220)
+    p = compute("patches", both)
+    assert p.present and dice(p.mask, disk) > 0.8 and not (p.mask & st.mask).any()
+    i = compute("ink", both)
+    assert i.present and (i.mask & st.mask).sum() >= 0.9 * st.mask.sum()
+
+
+def ndimage_dilate(m, k):
+    from scipy import ndimage as ndi
+    return ndi.binary_dilation(m, iterations=k)
+
+
+def test_not_strokes_known_answers():
+    """_not_strokes: a 16 × 120 bar (area / largest inscribed disk = 1920 / (π 8²) = 9.5 > 4.5) is dropped; a
+    disk of radius 30 (ratio 1) is kept; a 40 × 120 bar (ratio 4800 / (π 20²) = 3.8) is kept; a 30 × 200 bar
+    (ratio 8.5, but wider than 11 % of 224 = 24.6 px) is kept; a disk that ink claims is dropped."""
+    from masks.detect_derm import _not_strokes
+
+    m = np.zeros((S, S), bool)
+    m[10:26, 20:140] = True           # thin bar
+    yy, xx = np.mgrid[0:S, 0:S]
+    m |= np.hypot(yy - 150, xx - 60) <= 30
+    m[60:100, 150:220] = True          # 40 × 70 block
+    keep = _not_strokes(m, np.zeros_like(m), 4.5, 0.5, 0.11)
+    assert not keep[18, 80] and keep[150, 60] and keep[80, 180]
+    wide = np.zeros((S, S), bool)
+    wide[100:130, 10:210] = True
+    assert _not_strokes(wide, np.zeros_like(wide), 4.5, 0.5, 0.11)[115, 100]
+    claimed = np.hypot(yy - 150, xx - 60) <= 30
+    assert not _not_strokes(m, claimed, 4.5, 0.5, 0.11)[150, 60]
+
+
+def test_synth_ink_generator_is_seeded_and_keeps_off_the_lesion():
+    """draw_stroke: the same seed gives the same image; the stroke keeps 4 % of the side off the lesion; its
+    width (2 × the distance transform's median on the skeleton − 1) is the width asked for within 2 px; the dye
+    darkens green most for purple and red most for blue; bad names raise ValueError."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import skeletonize
+
+    from masks.synth_ink import draw_stroke
+
+    img, lesion, _ = derm_scene(4)
+    a = draw_stroke(img, lesion, np.random.default_rng(5), 12, "purple", "line")
+    b = draw_stroke(img, lesion, np.random.default_rng(5), 12, "purple", "line")
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert not (a.mask & ndi.binary_dilation(lesion, iterations=round(0.04 * S))).any()
+    dt = ndi.distance_transform_edt(a.mask)
+    w = 2 * np.median(dt[skeletonize(a.mask)]) - 1
+    assert abs(w - 12) <= 2
+    loss = np.log(img[a.mask].astype(float) + 1).mean(0) - np.log(a.image[a.mask].astype(float) + 1).mean(0)
+    assert loss[1] > loss[0] > loss[2]          # purple: green lost most, blue least
+    c = draw_stroke(img, lesion, np.random.default_rng(5), 12, "blue", "line")
+    loss = np.log(img[c.mask].astype(float) + 1).mean(0) - np.log(c.image[c.mask].astype(float) + 1).mean(0)
+    assert loss[0] > loss[1] > loss[2]          # blue: red lost most
+    with pytest.raises(ValueError, match="colour"):
+        draw_stroke(img, lesion, np.random.default_rng(0), 10, "green")
+    with pytest.raises(ValueError, match="shape"):
+        draw_stroke(img, lesion, np.random.default_rng(0), 10, "blue", "spiral")
+
+
+def test_label_median_matches_known_values():
+    """_label_median: per-label medians by hand — label 1: [3, 1, 2] → 2; label 2: [4, 10] → 7; label 3 empty → 0."""
+    from masks.detect_derm import _label_median
+
+    labels = np.array([1, 2, 1, 1, 2])
+    values = np.array([3.0, 4.0, 1.0, 2.0, 10.0])
+    assert _label_median(labels, values, 3).tolist() == [2.0, 7.0, 0.0]
