@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("audit.errors", "audit.stats", "audit.preprocess", "audit.dicom", "audit.manifest", "audit.spill",
               "audit._version")),
     ("regions", ("masks.types", "masks.registry", "masks._util", "masks.geometric", "masks.detect_cxr", "masks.detect_derm",
-                 "masks.files", "masks.export", "masks")),
+                 "masks.files", "masks.export", "masks.synth_ink", "masks")),
     ("engine", ("audit.cam", "audit.fold", "audit.scores", "audit.data", "audit.cache", "audit.counterfactual", "audit.common",
                 "audit.run", "audit.xrv", "audit.predict")),
     ("analyses", ("audit.association", "audit.formats", "audit.thresholds", "audit.gates", "audit.summary",
