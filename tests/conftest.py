@@ -45,3 +45,22 @@ def tiny_run(tmp_path) -> Path:
         "model": {"name": "resnet18", "source": "torchvision", "num_classes": 3}, "classes": classes,
         "input": {"size": 64}, "data": {"manifest": "../data/manifest.csv"}}))
     return rd
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def assert_golden(name: str, text: str) -> None:
+    """One golden rendering per renderer at a fixed width (tests/golden/<name>): the text must equal it.
+    After an intended change of the rendering, rewrite the files with UPDATE_GOLDEN=1 and review the diff."""
+    path = GOLDEN / name
+    text = "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.is_file(), f"{path} missing: run the test with UPDATE_GOLDEN=1 once and commit the file"
+    want = path.read_text(encoding="utf-8")
+    if text != want:
+        import difflib
+        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True), "golden", "rendered", n=1))
+        raise AssertionError(f"{name} differs from its golden rendering (UPDATE_GOLDEN=1 if intended):\n{diff}")

@@ -382,3 +382,16 @@ def test_cli_reads_gates_from_the_presets_compare_section_overridden_by_the_cli(
         from audit.config import load_preset
         load_preset(preset)
     assert _cli("compare", a, b, "--config", preset, "--out", tmp_path / "o3") == 2
+
+
+def test_golden_rendering_of_the_compare_table(tmp_path, base_table):
+    from rich.console import Console
+
+    from audit.compare_report import compare_renderable
+    from conftest import assert_golden
+    a = write_audit(tmp_path / "a", base_table, "a")
+    b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
+    d = compare_audits(a, b, gates={"max_sensitivity_drop": 0.02, "max_lift_increase": 0.2}).to_dict()
+    con = Console(width=100, record=True, color_system=None, file=io.StringIO())
+    con.print(compare_renderable(d))
+    assert_golden("compare_table.txt", con.export_text())

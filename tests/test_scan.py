@@ -326,6 +326,8 @@ def test_by_table_lists_groups_largest_first_and_counts_the_hidden():
     flat = " ".join(text.split())
     assert "3 smaller site group(s) not shown (105 images; all in scan.json): g12, g13, g14" in flat
     assert "0.30" in text and "p 0.01*" in text and "* p by Monte Carlo" in flat
+    from conftest import assert_golden
+    assert_golden("scan_by_table.txt", text)
 
 
 def test_scan_text_quotes_comma_labels_groups_small_comparisons_and_omits_absent_splits():

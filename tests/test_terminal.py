@@ -297,3 +297,11 @@ def test_split_note_is_a_line_of_its_own():
     con = Console(width=300, color_system=None, force_terminal=False, record=True)
     print_summary(SUMMARY, None, con)
     assert "Split:" not in con.export_text()
+
+
+def test_golden_rendering_at_100_columns():
+    """The whole terminal summary of the fixture, as text, against tests/golden/terminal_summary.txt."""
+    from conftest import assert_golden
+    con = Console(width=100, color_system=None, force_terminal=False, record=True)
+    print_summary(SUMMARY, "reports/run_x", con)
+    assert_golden("terminal_summary.txt", con.export_text())
