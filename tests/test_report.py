@@ -379,3 +379,32 @@ def test_overlays_carry_no_caption_and_near_flat_maps_say_so(out_dir):
     assert page.count("Pred benign (0.92) · True melanoma") == 2                          # text, in 2 groups
     md = paths["gallery_md"].read_text(encoding="utf-8")
     assert "| peak cell 7% of the evidence (flat 6%), entropy 1.00 |" in md
+
+
+def test_plot_fixes_of_the_newcomer_review(out_dir, monkeypatch):
+    """#26 §1 plots: the reliability gap is a hatched outline (no filled bar in a colour the legend lacks), the
+    ROC title wraps instead of being cut off, the counterfactual title counts region edits, and no title line
+    is wider than its figure."""
+    from matplotlib.patches import Rectangle
+
+    import audit.report.plots as plots
+    figs = {}
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.setdefault(Path(path).stem, fig) and real(fig, path))
+    render_reports(out_dir)
+    ax = figs["reliability"].axes[0]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    gap = [p for p in bars if p.get_hatch() == "///"]
+    assert gap and all(not p.get_fill() for p in gap)                      # outline only: nothing painted over
+    assert all(p.get_fill() for p in bars if p.get_hatch() != "///")       # the accuracy bars themselves
+    assert "gap to mean confidence" in [t.get_text() for t in ax.get_legend().get_texts()]
+    roc_title = figs["roc"].axes[0].get_title()
+    assert "operating points tuned by" in roc_title and all(len(line) <= 75 for line in roc_title.splitlines())
+    cf_title = figs["counterfactual"].axes[0].get_title()
+    assert "region edits" in cf_title and "edited images" not in cf_title
+    for name, fig in figs.items():            # every title fits the figure's width once drawn
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        for a in fig.axes:
+            t = a.title.get_window_extent(r)
+            assert t.x0 >= -1 and t.x1 <= fig.bbox.width + 1, name

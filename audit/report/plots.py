@@ -276,8 +276,8 @@ def counterfactual(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of predictions that flip")
     n_tot = (cf.get("cost") or {}).get("n_edited")
-    ax.set_title("Counterfactual: prediction flips when the region is filled in\n(Wilson 95% CI"
-                 + (f"; {n_tot} region edits, one per image and region present)" if n_tot is not None else ")"), fontsize=10)
+    sub = "(Wilson 95% CI" + (f"; {n_tot} region edits, one per image and region present)" if n_tot is not None else ")")
+    ax.set_title("Counterfactual: prediction flips when the region is filled in\n" + textwrap.fill(sub, 60), fontsize=10)
     return _save(fig, path), ""
 
 
