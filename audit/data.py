@@ -1,14 +1,15 @@
 """Manifest rows → batches on the model grid, decoded (and region masks built) in DataLoader workers.
 
 Each item is a dict: idx (row index), ok (bool), error (str), img (uint8 S×S×3 tensor), src_hw, src_info (the
-file's format and mode, see `load_rgb`), and — when a
-region function is given — masks {region: bool S×S tensor} for the regions that could be built. A failing image
-never raises: it comes back with ok=False and the reason, and the batch goes on without it.
+file's format and mode, see `load_rgb`), and — when a region function is given — masks {region: bool S×S tensor}
+for the regions that could be built; `collate` stacks them into a `Batch`. A failing image never raises: it
+comes back with ok=False and the reason, and the batch goes on without it.
 """
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -75,21 +76,50 @@ class ManifestDataset(Dataset):
         return item
 
 
-def collate(items: list[dict]) -> dict:
+@dataclass
+class Batch:
+    """One batch of readable images on the model grid, as the DataLoader hands it to the audit and the scan.
+
+    idx: the manifest row indices of the readable images (in the dataset's order); img: uint8 N×S×S×3 (None
+    when no image of the batch could be read); src_hw / src_info: each image's source size and file format;
+    failed: (row index, one-line reason) of the unreadable ones; t_decode / t_regions: seconds spent in the
+    workers. With a region function: masks (per image {region: bool S×S tensor}), scores, notes, present and
+    warnings, one entry per readable image; None without one."""
+
+    idx: list[int]
+    img: torch.Tensor | None
+    src_hw: list[tuple[int, int]]
+    src_info: list[dict]
+    failed: list[tuple[int, str]]
+    t_decode: float = 0.0
+    t_regions: float = 0.0
+    masks: list[dict] | None = None
+    scores: list[dict] | None = None
+    notes: list[dict] | None = None
+    present: list[dict] | None = None
+    warnings: list[list[str]] | None = None
+
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader with pin_memory=True: the images go to page-locked memory."""
+        if self.img is not None:
+            self.img = self.img.pin_memory()
+        return self
+
+
+def collate(items: list[dict]) -> Batch:
     """Stack the readable images; keep the failures aside."""
     ok = [it for it in items if it["ok"]]
-    out = {"idx": [it["idx"] for it in ok], "failed": [(it["idx"], it["error"]) for it in items if not it["ok"]],
-           "src_hw": [it["src_hw"] for it in ok], "src_info": [it["src_info"] for it in ok],
-           "t_decode": sum(it["t_decode"] for it in items),
-           "t_regions": sum(it["t_regions"] for it in items)}
-    out["img"] = torch.stack([it["img"] for it in ok]) if ok else None
+    b = Batch(idx=[it["idx"] for it in ok], img=torch.stack([it["img"] for it in ok]) if ok else None,
+              src_hw=[it["src_hw"] for it in ok], src_info=[it["src_info"] for it in ok],
+              failed=[(it["idx"], it["error"]) for it in items if not it["ok"]],
+              t_decode=sum(it["t_decode"] for it in items), t_regions=sum(it["t_regions"] for it in items))
     if ok and "masks" in ok[0]:
-        out["masks"] = [it["masks"] for it in ok]
-        out["scores"] = [it["scores"] for it in ok]
-        out["notes"] = [it["notes"] for it in ok]
-        out["present"] = [it["present"] for it in ok]
-        out["warnings"] = [it["warnings"] for it in ok]
-    return out
+        b.masks = [it["masks"] for it in ok]
+        b.scores = [it["scores"] for it in ok]
+        b.notes = [it["notes"] for it in ok]
+        b.present = [it["present"] for it in ok]
+        b.warnings = [it["warnings"] for it in ok]
+    return b
 
 
 def make_loader(rows: pd.DataFrame, spec: InputSpec, batch_size: int, workers: int,

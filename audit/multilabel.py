@@ -471,13 +471,13 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     region_cols = region_columns(kinds)
     fi = torch.tensor(fidx)
     for batch in loader:
-        for i, err in batch["failed"]:
+        for i, err in batch.failed:
             errors.append((rows.iloc[i]["image_id"], rows.iloc[i]["image"], err))
-        done += len(batch["failed"])
-        if batch["img"] is None:
+        done += len(batch.failed)
+        if batch.img is None:
             continue
-        idx = batch["idx"]
-        x = normalize(batch["img"].to(device), spec)
+        idx = batch.idx
+        x = normalize(batch.img.to(device), spec)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(Y[idx])
@@ -489,7 +489,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         pred = z >= thr_z[None]
         # the pairs mapped: positive in truth or predicted positive (default), or every pair (--maps all)
         need = torch.ones_like(pred) if cfg.maps == "all" else (y == 1) | pred
-        masks = batch.get("masks") or [{} for _ in idx]
+        masks = batch.masks or [{} for _ in idx]
         nn_, ff = torch.nonzero(need, as_tuple=True)
         pc = res.cams[nn_, ff].cpu()
         with warnings.catch_warnings():
@@ -509,7 +509,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         cf_delta: dict = {}
         if cfg.counterfactual and artifacts:
             tc = time.perf_counter()
-            imgs = batch["img"].numpy()
+            imgs = batch.img.numpy()
             edits = []
             for j in range(len(idx)):
                 for r in artifacts:
@@ -533,7 +533,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         for j, i in enumerate(idx):
             r = rows.iloc[i]
             rec = {"image_id": r["image_id"], "image": r["image"], "split": r["split"],
-                   **format_record(batch["src_hw"][j], batch["src_info"][j])}
+                   **format_record(batch.src_hw[j], batch.src_info[j])}
             for k, f in enumerate(findings):
                 rec[f"y_{f}"] = Y[i, k]
                 rec[f"p_{f}"] = float(p[j, k])

@@ -8,6 +8,7 @@ process holds grows only by the table's rows (and, under torchrun, rank 0 gather
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import json
 import time
 import warnings
@@ -46,6 +47,20 @@ def resolve_target(rule: str, classes: list[str]) -> str | int:
         return classes.index(rule)
     raise ConfigError(f"target {rule!r}: expected 'pred', 'true' or one of the classes {classes}", param="target")
 
+
+
+@dataclass
+class RankPart:
+    """What one torchrun rank hands to rank 0 at the end of its share of the pass."""
+
+    records: list[dict]
+    cams: np.ndarray
+    emb: np.ndarray
+    targets: np.ndarray
+    errors: list[tuple]
+    seconds: dict[str, float]
+    from_cache: int
+    computed: int
 
 
 def grid_note(preset_input: dict, spec) -> str | None:
@@ -184,19 +199,19 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
     partial = out / ("per_image.partial.csv" if world == 1 else f"per_image.partial.rank{rank}.csv")
     try:
         for batch in loader:
-            t_decode += batch["t_decode"]
-            t_regions += batch["t_regions"]
-            for i, err in batch["failed"]:
+            t_decode += batch.t_decode
+            t_regions += batch.t_regions
+            for i, err in batch.failed:
                 r = rows.iloc[i]
                 errors.append((int(r["_row"]), r["image_id"], r["image"], err))
-            done += len(batch["failed"])
-            if batch["img"] is None:
+            done += len(batch.failed)
+            if batch.img is None:
                 if progress:
                     progress(done, len(rows))
                 continue
-            idx = batch["idx"]
+            idx = batch.idx
             recs = dict(zip(idx, rows.iloc[list(idx)].to_dict("records")))  # this batch's manifest rows only
-            x = normalize(batch["img"].to(device, non_blocking=True), spec)
+            x = normalize(batch.img.to(device, non_blocking=True), spec)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             labels = torch.tensor([cls_idx.get(recs[i]["label"], -1) for i in idx], device=device)
@@ -213,14 +228,14 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
             ts = time.perf_counter()
             with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
-                sc = score_batch(res.cams, batch.get("masks") or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
+                sc = score_batch(res.cams, batch.masks or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
                 peak, ent = map_concentration(res.cams)
             t_score += time.perf_counter() - ts
             tgt = res.target.cpu().numpy()
             cf = {}
             if cfg.counterfactual and artifact_regions:
                 tc = time.perf_counter()
-                cf = counterfactual_batch(cam_model, batch["img"], batch.get("masks") or [{} for _ in idx],
+                cf = counterfactual_batch(cam_model, batch.img, batch.masks or [{} for _ in idx],
                                           artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
                 t_cf += time.perf_counter() - tc
             batch_records = []
@@ -232,8 +247,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                        "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
                        "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
                        "cam_sum": float(res.cams[j].sum()), "cam_peak_share": float(peak[j]),
-                       "cam_entropy": float(ent[j]), "bit_depth": bit_depth(batch["src_info"][j].get("mode")),
-                       **format_record(batch["src_hw"][j], batch["src_info"][j])}
+                       "cam_entropy": float(ent[j]), "bit_depth": bit_depth(batch.src_info[j].get("mode")),
+                       **format_record(batch.src_hw[j], batch.src_info[j])}
                 for c, k in cls_idx.items():
                     rec[f"p_{c}"] = float(p[k])
                 for c, k in cls_idx.items():
@@ -242,14 +257,14 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                     rec[col] = float(sc[col][j]) if col in sc else float("nan")
                 for col, v in cf.items():
                     rec[col] = v[j].item() if hasattr(v[j], "item") else v[j]
-                if "scores" in batch:
-                    for reg, sc_ in batch["scores"][j].items():
+                if batch.scores is not None:
+                    for reg, sc_ in batch.scores[j].items():
                         rec[f"score_{reg}"] = sc_
-                    for reg, pr in batch["present"][j].items():
+                    for reg, pr in batch.present[j].items():
                         rec[f"present_{reg}"] = pr
                     # mask warnings raised in the workers (empty, all-ones, unreadable, resized with another aspect)
-                    notes = [f"{k}: {v}" for k, v in batch["notes"][j].items()]
-                    notes += [w for w in batch["warnings"][j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
+                    notes = [f"{k}: {v}" for k, v in batch.notes[j].items()]
+                    notes += [w for w in batch.warnings[j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
                     if notes:
                         rec["region_notes"] = "; ".join(notes)
                 for col, v in r.items():
@@ -273,18 +288,21 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
     tgt_np = np.concatenate(tgt_all).astype(np.int64) if tgt_all else np.zeros(0, np.int64)
     cams_out, emb_out = cams_spill, emb_spill  # on disk; under torchrun rank 0 holds the gathered arrays
     if world > 1:
-        gathered = gather_to_rank0((records, cams_spill.read(), emb_spill.read(), tgt_np, errors, t_model, t_cf,
-                                    cache.hits, cache.computed, t_score, t_decode, t_regions))
+        mine = RankPart(records, cams_spill.read(), emb_spill.read(), tgt_np, errors,
+                        {"model": t_model, "counterfactual": t_cf, "score": t_score, "decode": t_decode,
+                         "regions": t_regions}, cache.hits, cache.computed)
+        gathered: list[RankPart] = gather_to_rank0(mine)
         if rank != 0:
             return PipelineResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
-        records = [r for g in gathered for r in g[0]]
-        cams_out = np.concatenate([g[1] for g in gathered if len(g[1])])
-        emb_out = np.concatenate([g[2] for g in gathered if len(g[2])])
-        tgt_np = np.concatenate([g[3] for g in gathered])
-        errors = sorted((e for g in gathered for e in g[4]), key=lambda e: e[0])
-        t_model, t_cf = sum(g[5] for g in gathered), sum(g[6] for g in gathered)
-        cache.hits, cache.computed = sum(g[7] for g in gathered), sum(g[8] for g in gathered)
-        t_score, t_decode, t_regions = (sum(g[k] for g in gathered) for k in (9, 10, 11))
+        records = [r for g in gathered for r in g.records]
+        cams_out = np.concatenate([g.cams for g in gathered if len(g.cams)])
+        emb_out = np.concatenate([g.emb for g in gathered if len(g.emb)])
+        tgt_np = np.concatenate([g.targets for g in gathered])
+        errors = sorted((e for g in gathered for e in g.errors), key=lambda e: e[0])
+        secs = {k: sum(g.seconds[k] for g in gathered) for k in mine.seconds}
+        t_model, t_cf, t_score, t_decode, t_regions = (secs[k] for k in ("model", "counterfactual", "score",
+                                                                         "decode", "regions"))
+        cache.hits, cache.computed = sum(g.from_cache for g in gathered), sum(g.computed for g in gathered)
     per_image = _concat(records)
     if per_image.empty:
         raise ManifestError(f"{manifest_path}: none of the {len(rows)} audited images could be read "

@@ -133,12 +133,12 @@ def predict_logits(model: torch.nn.Module, rows: pd.DataFrame, spec: InputSpec, 
     out = np.full((len(rows), 0), np.nan)
     with eval_mode(model), torch.no_grad():
         for batch in make_loader(rows, spec, batch_size, workers, None):
-            if batch["img"] is None:
+            if batch.img is None:
                 continue
-            z = model(normalize(batch["img"].to(device), spec)).double().cpu().numpy()
+            z = model(normalize(batch.img.to(device), spec)).double().cpu().numpy()
             if out.shape[1] == 0:
                 out = np.full((len(rows), z.shape[1]), np.nan)
-            out[batch["idx"]] = z
+            out[batch.idx] = z
     return out
 
 

@@ -396,11 +396,11 @@ def load_sample(rows, spec, n: int = 32, seed: int = 0, region_fn=None, device: 
     sub = rows.iloc[pick].reset_index(drop=True)
     imgs, ids, masks = [], [], []
     for batch in make_loader(sub, spec, batch_size=min(32, len(sub)), workers=0, region_fn=region_fn):
-        if batch["img"] is None:
+        if batch.img is None:
             continue
-        imgs.append(normalize(batch["img"], spec))
-        ids += [str(sub.iloc[i]["image_id"]) for i in batch["idx"]]
-        masks += batch.get("masks") or [{} for _ in batch["idx"]]
+        imgs.append(normalize(batch.img, spec))
+        ids += [str(sub.iloc[i]["image_id"]) for i in batch.idx]
+        masks += batch.masks or [{} for _ in batch.idx]
     if not imgs:
         raise ValueError("load_sample: none of the sampled images could be read")
     x = torch.cat(imgs).to(device)

@@ -289,34 +289,34 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     done = 0
     try:
         for batch in loader:
-            for i, err in batch["failed"]:
+            for i, err in batch.failed:
                 errors.append((str(recs[i]["image_id"]), str(recs[i]["image"]), err))
-            done += len(batch["failed"])
-            if batch["img"] is not None:
-                idx = batch["idx"]
-                hs = phash_images(batch["img"])
-                hd = detail_hash_images(batch["img"])
+            done += len(batch.failed)
+            if batch.img is not None:
+                idx = batch.idx
+                hs = phash_images(batch.img)
+                hd = detail_hash_images(batch.img)
                 if in_loop:
                     with torch.no_grad():
-                        pr = torch.softmax(model(normalize(batch["img"].to(dev), run.input)).float(), 1).cpu().numpy()
+                        pr = torch.softmax(model(normalize(batch.img.to(dev), run.input)).float(), 1).cpu().numpy()
                 for j, i in enumerate(idx):
                     r = recs[i]
                     rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
                     for c in [id_col, *by]:
                         if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
                             rec[c] = r[c]
-                    rec.update(format_record(batch["src_hw"][j], batch["src_info"][j]))
+                    rec.update(format_record(batch.src_hw[j], batch.src_info[j]))
                     rec["phash"] = f"{int(hs[j]):016x}"
                     rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
-                    masks = batch["masks"][j] if "masks" in batch else {}
-                    notes = batch["notes"][j] if "notes" in batch else {}
-                    n_warn += len(batch["warnings"][j]) if "warnings" in batch else 0
+                    masks = batch.masks[j] if batch.masks is not None else {}
+                    notes = batch.notes[j] if batch.notes is not None else {}
+                    n_warn += len(batch.warnings[j]) if batch.warnings is not None else 0
                     for a in region_names:
-                        pres = batch["present"][j].get(a)  # a file region's presence is what its file says
+                        pres = batch.present[j].get(a)  # a file region's presence is what its file says
                         if sources[a] == "file":
                             score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
                         else:
-                            score = batch["scores"][j].get(a, NAN)
+                            score = batch.scores[j].get(a, NAN)
                         rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
                     for c in flag_cols:
                         v = flags[c].iloc[i]
@@ -337,7 +337,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
                         key = (float(s), -len(records))
                         hp = heaps[a]
                         if len(hp) < top_k or key > hp[0][:2]:
-                            grid = batch["img"][j].numpy()
+                            grid = batch.img[j].numpy()
                             m = masks.get(a)
                             ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, colors)
                             th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
