@@ -107,7 +107,9 @@ KEYS: dict[str, str] = {
         'flip_rate, mean_delta, by_class}, cost, hidden: [{region, flip_rate, lift, median_frac, flip_allowed, '
         'lift_alarm, median_area, cell_area, shown_artifacts (other artifacts that flip decisions and that the '
         'maps show: filling this region may remove them too), text}] (the shortcuts the maps do not show, '
-        '`audit.summary.hidden_shortcuts`)}'
+        '`audit.summary.hidden_shortcuts`), attribution: [{region, contains, n_inside, n_without, median_within, '
+        'flips_inside, flips_without (estimates), same_pixels, decision (contained / own effect / undetermined), '
+        'text}] (whose flips: `audit.counterfactual.attribute_flips`)}'
     ),
     'gates': (
         'list of {name, value, ci, threshold, passed (true/false/null = not measured), status '
