@@ -423,6 +423,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .preprocess import normalize
     from .scores import region_columns, score_batch
     from .spill import SpillArray, write_npz
+    from .stream import stream_batches, write_errors
     from .summary import clean_json
 
     t0 = time.perf_counter()
@@ -463,19 +464,15 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
     cams_spill = SpillArray(out, "cams")  # the maps stream to a file: memory holds the table rows only
-    img_recs, long_frames, pair_img, pair_f, emb_all, logit_rows, row_ids = [], [], [], [], [], [], []
-    errors: list = []
+    long_frames, pair_img, pair_f, emb_all, logit_rows, row_ids = [], [], [], [], [], []
     heads: set[str] = set()
     t_model = t_cf = 0.0
-    done = n_maps = 0
+    n_maps = 0
     region_cols = region_columns(kinds)
     fi = torch.tensor(fidx)
-    for batch in loader:
-        for i, err in batch.failed:
-            errors.append((rows.iloc[i]["image_id"], rows.iloc[i]["image"], err))
-        done += len(batch.failed)
-        if batch.img is None:
-            continue
+    def on_batch(batch) -> pd.DataFrame:
+        nonlocal t_model, t_cf, n_maps
+        batch_recs = []
         idx = batch.idx
         x = normalize(batch.img.to(device), spec)
         if cfg.channels_last:
@@ -542,7 +539,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
             for col, v in r.items():
                 if col not in rec and col not in findings:
                     rec[col] = v
-            img_recs.append(rec)
+            batch_recs.append(rec)
             for k, f in enumerate(findings):
                 lab = Y[i, k]
                 pr = bool(pred[j, k])
@@ -558,13 +555,14 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
                     e[f"cf_delta_{rg}"] = cf_delta[(j, rg)][k] if (j, rg) in cf_delta else np.nan
                 lrecs.append(e)
         long_frames.append(pd.DataFrame.from_records(lrecs))
-        done += len(idx)
-        if progress:
-            progress(done, len(rows))
-    if not img_recs:
+        return pd.DataFrame.from_records(batch_recs)
+
+    streamed = stream_batches(loader, rows, on_batch, progress=progress, partial=out / "per_image.partial.csv")
+    errors = streamed.failures
+    if not streamed.frames:
         raise ManifestError(f"{path}: none of the {len(rows)} audited images could be read "
-                            f"(first error: {errors[0][2] if errors else 'none'})")
-    per_image = pd.DataFrame.from_records(img_recs)
+                            f"(first error: {errors[0].reason if errors else 'none'})")
+    per_image = streamed.table()
     long = pd.concat(long_frames, ignore_index=True)
     lab = long["label"].to_numpy(np.float64)
     long["flag_high_conf_error"] = np.isfinite(lab) & (long["correct"] == 0) & (long["confidence"] >= cfg.high_conf)
@@ -584,8 +582,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
                                  "embedding": np.concatenate(emb_all)[order],
                                  "head": np.array(",".join(sorted(heads)))})
     cams_spill.discard()
-    if errors:
-        pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out / "errors.csv", index=False)
+    write_errors(out / "errors.csv", errors)
     val_name = next((v for v in VALIDATION_SPLITS if v != split and (full["split"] == v).any()), None)
     val = None
     if val_name is not None:
@@ -619,7 +616,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     model.cpu()
     cam_model.cpu()
     return PipelineResult(out_dir=out, per_image=per_image, summary=summary,
-                       errors=[(0, *e) for e in errors])
+                       errors=errors)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from .predict import (dist_info, gather_to_rank0, log_odds, model_for_cam, predi
 from .counterfactual import attribute_flips, counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
 from .spill import SpillArray, write_npz
+from .stream import concat_frames, stream_batches, write_errors
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -185,7 +186,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
     cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
     cls_idx = {c: i for i, c in enumerate(run.classes)}
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
-    records, tgt_all, errors = [], [], []
+    tgt_all = []
     cams_spill, emb_spill = SpillArray(out, "cams"), SpillArray(out, "embedding")
     region_cols = region_columns(kinds)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
@@ -193,98 +194,85 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                                         "target": cfg.target, "input": spec.to_dict(), "amp": cfg.amp,
                                         "channels_last": cfg.channels_last, "fold_bn": cfg.fold_bn,
                                         "model": f"{run.source}:{run.model_name}"}, enabled=cfg.cache)
-    t_model = t_cf = t_score = t_decode = t_regions = 0.0
+    t_model = t_cf = t_score = 0.0
     artifact_regions = [r for r, k in kinds.items() if k == "artifact"]
-    done = 0
     partial = out / ("per_image.partial.csv" if world == 1 else f"per_image.partial.rank{rank}.csv")
-    try:
-        for batch in loader:
-            t_decode += batch.t_decode
-            t_regions += batch.t_regions
-            for i, err in batch.failed:
-                r = rows.iloc[i]
-                errors.append((int(r["_row"]), r["image_id"], r["image"], err))
-            done += len(batch.failed)
-            if batch.img is None:
-                if progress:
-                    progress(done, len(rows))
-                continue
-            idx = batch.idx
-            recs = dict(zip(idx, rows.iloc[list(idx)].to_dict("records")))  # this batch's manifest rows only
-            x = normalize(batch.img.to(device, non_blocking=True), spec)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            labels = torch.tensor([cls_idx.get(recs[i]["label"], -1) for i in idx], device=device)
-            ids = [recs[i]["image_id"] for i in idx]
-            res = cache.get(ids, device)
-            if res is None or (target_rule == "true" and not _targets_match(res.target, labels)):
-                tm = time.perf_counter()
-                res = grad_cam(cam_model, x, layer, target_rule, labels, amp=amp)
-                t_model += time.perf_counter() - tm
-                cache.put(ids, res)
-            probs = torch.softmax(res.logits, 1).cpu().numpy()
-            margins = top2_margin(res.logits)
-            lodds = log_odds(res.logits)
-            ts = time.perf_counter()
-            with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
-                warnings.simplefilter("ignore", UndefinedMetricWarning)
-                sc = score_batch(res.cams, batch.masks or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
-                peak, ent = map_concentration(res.cams)
-            t_score += time.perf_counter() - ts
-            tgt = res.target.cpu().numpy()
-            cf = {}
-            if cfg.counterfactual and artifact_regions:
-                tc = time.perf_counter()
-                cf = counterfactual_batch(cam_model, batch.img, batch.masks or [{} for _ in idx],
-                                          artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
-                t_cf += time.perf_counter() - tc
-            batch_records = []
-            for j, i in enumerate(idx):
-                r = recs[i]
-                p = probs[j]
-                pred = int(p.argmax())
-                rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
-                       "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
-                       "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
-                       "cam_sum": float(res.cams[j].sum()), "cam_peak_share": float(peak[j]),
-                       "cam_entropy": float(ent[j]), "bit_depth": bit_depth(batch.src_info[j].get("mode")),
-                       **format_record(batch.src_hw[j], batch.src_info[j])}
-                for c, k in cls_idx.items():
-                    rec[f"p_{c}"] = float(p[k])
-                for c, k in cls_idx.items():
-                    rec[f"logodds_{c}"] = float(lodds[j, k])
-                for col in region_cols:
-                    rec[col] = float(sc[col][j]) if col in sc else float("nan")
-                for col, v in cf.items():
-                    rec[col] = v[j].item() if hasattr(v[j], "item") else v[j]
-                if batch.scores is not None:
-                    for reg, sc_ in batch.scores[j].items():
-                        rec[f"score_{reg}"] = sc_
-                    for reg, pr in batch.present[j].items():
-                        rec[f"present_{reg}"] = pr
-                    # mask warnings raised in the workers (empty, all-ones, unreadable, resized with another aspect)
-                    notes = [f"{k}: {v}" for k, v in batch.notes[j].items()]
-                    notes += [w for w in batch.warnings[j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
-                    if notes:
-                        rec["region_notes"] = "; ".join(notes)
-                for col, v in r.items():
-                    if col not in rec:
-                        rec[col] = v
-                batch_records.append(rec)
-            # one small DataFrame per batch: a dict per image would cost ~8 KB each at the end of a long run
-            records.append(pd.DataFrame.from_records(batch_records))
-            cams_spill.append(res.cams.cpu().numpy())
-            emb_spill.append(res.features.cpu().numpy())
-            tgt_all.append(tgt)
-            done += len(idx)
-            release_freed_heap()  # else glibc keeps the freed activation buffers and the resident set creeps up with N
-            if progress:
-                progress(done, len(rows))
-    except BaseException:  # interrupted (Ctrl-C) or failed: the rows audited so far are kept
-        if records:
-            _concat(records).drop(columns="_row", errors="ignore").to_csv(partial, index=False)
-        raise
-    partial.unlink(missing_ok=True)  # a finished audit replaces an interrupted one
+
+    def on_batch(batch) -> pd.DataFrame:
+        nonlocal t_model, t_cf, t_score
+        idx = batch.idx
+        recs = dict(zip(idx, rows.iloc[list(idx)].to_dict("records")))  # this batch's manifest rows only
+        x = normalize(batch.img.to(device, non_blocking=True), spec)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = torch.tensor([cls_idx.get(recs[i]["label"], -1) for i in idx], device=device)
+        ids = [recs[i]["image_id"] for i in idx]
+        res = cache.get(ids, device)
+        if res is None or (target_rule == "true" and not _targets_match(res.target, labels)):
+            tm = time.perf_counter()
+            res = grad_cam(cam_model, x, layer, target_rule, labels, amp=amp)
+            t_model += time.perf_counter() - tm
+            cache.put(ids, res)
+        probs = torch.softmax(res.logits, 1).cpu().numpy()
+        margins = top2_margin(res.logits)
+        lodds = log_odds(res.logits)
+        ts = time.perf_counter()
+        with warnings.catch_warnings():  # all-zero CAMs are counted below and reported in the summary
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            sc = score_batch(res.cams, batch.masks or [{} for _ in idx], kinds, spec.size, cfg.hit_tolerance)
+            peak, ent = map_concentration(res.cams)
+        t_score += time.perf_counter() - ts
+        tgt = res.target.cpu().numpy()
+        cf = {}
+        if cfg.counterfactual and artifact_regions:
+            tc = time.perf_counter()
+            cf = counterfactual_batch(cam_model, batch.img, batch.masks or [{} for _ in idx],
+                                      artifact_regions, spec, res.target, probs, device, batch_size=cfg.batch_size)
+            t_cf += time.perf_counter() - tc
+        batch_records = []
+        for j, i in enumerate(idx):
+            r = recs[i]
+            p = probs[j]
+            pred = int(p.argmax())
+            rec = {"_row": r["_row"], "image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"],
+                   "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
+                   "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
+                   "cam_sum": float(res.cams[j].sum()), "cam_peak_share": float(peak[j]),
+                   "cam_entropy": float(ent[j]), "bit_depth": bit_depth(batch.src_info[j].get("mode")),
+                   **format_record(batch.src_hw[j], batch.src_info[j])}
+            for c, k in cls_idx.items():
+                rec[f"p_{c}"] = float(p[k])
+            for c, k in cls_idx.items():
+                rec[f"logodds_{c}"] = float(lodds[j, k])
+            for col in region_cols:
+                rec[col] = float(sc[col][j]) if col in sc else float("nan")
+            for col, v in cf.items():
+                rec[col] = v[j].item() if hasattr(v[j], "item") else v[j]
+            if batch.scores is not None:
+                for reg, sc_ in batch.scores[j].items():
+                    rec[f"score_{reg}"] = sc_
+                for reg, pr in batch.present[j].items():
+                    rec[f"present_{reg}"] = pr
+                # mask warnings raised in the workers (empty, all-ones, unreadable, resized with another aspect)
+                notes = [f"{k}: {v}" for k, v in batch.notes[j].items()]
+                notes += [w for w in batch.warnings[j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
+                if notes:
+                    rec["region_notes"] = "; ".join(notes)
+            for col, v in r.items():
+                if col not in rec:
+                    rec[col] = v
+            batch_records.append(rec)
+        cams_spill.append(res.cams.cpu().numpy())
+        emb_spill.append(res.features.cpu().numpy())
+        tgt_all.append(tgt)
+        release_freed_heap()  # else glibc keeps the freed activation buffers and the resident set creeps up with N
+        # one small DataFrame per batch: a dict per image would cost ~8 KB each at the end of a long run
+        return pd.DataFrame.from_records(batch_records)
+
+    streamed = stream_batches(loader, rows, on_batch, progress=progress, partial=partial, row_col="_row",
+                              drop_in_partial=("_row",))
+    records, errors = streamed.frames, streamed.failures
+    t_decode, t_regions = streamed.t_decode, streamed.t_regions
     tgt_np = np.concatenate(tgt_all).astype(np.int64) if tgt_all else np.zeros(0, np.int64)
     cams_out, emb_out = cams_spill, emb_spill  # on disk; under torchrun rank 0 holds the gathered arrays
     if world > 1:
@@ -293,7 +281,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                          "regions": t_regions}, cache.hits, cache.computed)
         gathered: list[RankPart] = gather_to_rank0(mine)
         if rank != 0:
-            return PipelineResult(out_dir=out, per_image=_concat(records), summary={}, errors=errors)
+            return PipelineResult(out_dir=out, per_image=concat_frames(records), summary={}, errors=errors)
         records = [r for g in gathered for r in g.records]
         cams_out = np.concatenate([g.cams for g in gathered if len(g.cams)])
         emb_out = np.concatenate([g.emb for g in gathered if len(g.emb)])
@@ -303,10 +291,10 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
         t_model, t_cf, t_score, t_decode, t_regions = (secs[k] for k in ("model", "counterfactual", "score",
                                                                          "decode", "regions"))
         cache.hits, cache.computed = sum(g.from_cache for g in gathered), sum(g.computed for g in gathered)
-    per_image = _concat(records)
+    per_image = concat_frames(records)
     if per_image.empty:
         raise ManifestError(f"{manifest_path}: none of the {len(rows)} audited images could be read "
-                            f"(first error: {errors[0][2] if errors else 'none'})")
+                            f"(first error: {errors[0].reason if errors else 'none'})")
     order = np.argsort(per_image["_row"].to_numpy(), kind="stable")
     per_image = per_image.iloc[order].reset_index(drop=True).drop(columns=["_row"])
     tgt_np = tgt_np[order]
@@ -323,11 +311,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                                  "embedding": emb_out, "target": tgt_np})
     cams_spill.discard()
     emb_spill.discard()
-    if errors:
-        pd.DataFrame([e[1:] for e in errors], columns=["image_id", "image", "reason"]).to_csv(
-            out / "errors.csv", index=False)
-    elif (out / "errors.csv").exists():
-        (out / "errors.csv").unlink()
+    write_errors(out / "errors.csv", errors)
     t_write = time.perf_counter() - tw
     val_probs = None
     val_name = next((v for v in VALIDATION_SPLITS if v != split and (full["split"] == v).any()), None)
@@ -399,12 +383,6 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
     cam_model.cpu()
     return PipelineResult(out_dir=out, per_image=per_image, summary=summary, errors=errors)
 
-
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The per-batch row frames as one table (columns in order of first appearance; NaN where a batch lacks one)."""
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
 
 
 def _targets_match(cached: torch.Tensor, labels: torch.Tensor) -> bool:

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("regions", ("masks.types", "masks.registry", "masks._util", "masks.geometric", "masks.detect_cxr", "masks.detect_derm",
                  "masks.files", "masks.export", "masks.synth_ink", "masks")),
     ("engine", ("audit.cam", "audit.fold", "audit.scores", "audit.data", "audit.cache", "audit.counterfactual", "audit.common",
-                "audit.run", "audit.xrv", "audit.predict")),
+                "audit.run", "audit.xrv", "audit.predict", "audit.stream")),
     ("analyses", ("audit.association", "audit.formats", "audit.thresholds", "audit.gates", "audit.summary",
                   "audit.summary_schema", "audit.discover", "audit.sanity", "audit.compare", "audit.dicom_bias", "audit.scan.hashing",
                   "audit.scan.core", "audit.report.inputs")),

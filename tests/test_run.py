@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -496,3 +497,40 @@ def test_split_note_when_no_split_chose_the_rows():
                                               "audited, training data included")
     assert split_note(mixed, "test") is None
     assert split_note(pd.DataFrame({"split": ["test", "val"]}), "all") is None     # held-out splits only
+
+
+def test_one_streaming_loop_records_failures_and_keeps_the_rows_done_when_interrupted(tmp_path):
+    """audit.stream.stream_batches (the audit's, the multi-label audit's and the scan's loop, #26 §4): failures
+    become Failure rows with their manifest row, each readable batch gives one chunk, progress counts every image,
+    and an interruption writes the chunks done so far to the partial CSV before it goes on."""
+    from audit.data import Batch
+    from audit.stream import Failure, stream_batches, write_errors
+    rows = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "image": ["a.png", "b.png", "c.png", "d.png"],
+                         "_row": [10, 11, 12, 13]})
+    img = torch.zeros(1, 2, 2, 3, dtype=torch.uint8)
+
+    def batches(stop: bool):
+        yield Batch(idx=[0], img=img, src_hw=[(2, 2)], src_info=[{}], failed=[(1, "unreadable image b.png")],
+                    t_decode=0.5)
+        if stop:
+            raise KeyboardInterrupt
+        yield Batch(idx=[], img=None, src_hw=[], src_info=[], failed=[(2, "image not found: c.png")])
+        yield Batch(idx=[3], img=img, src_hw=[(2, 2)], src_info=[{}], failed=[], t_decode=0.25)
+
+    seen = []
+    on_batch = lambda b: pd.DataFrame({"image_id": rows["image_id"].iloc[b.idx].tolist(), "_row": 0})  # noqa: E731
+    partial = tmp_path / "p.csv"
+    partial.write_text("stale")
+    out = stream_batches(batches(False), rows, on_batch, progress=lambda d, t: seen.append((d, t)),
+                         partial=partial, row_col="_row")
+    assert out.table()["image_id"].tolist() == ["a", "d"] and out.t_decode == 0.75
+    assert out.failures == [Failure(11, "b", "b.png", "unreadable image b.png"),
+                            Failure(12, "c", "c.png", "image not found: c.png")]
+    assert seen == [(2, 4), (3, 4), (4, 4)] and not partial.exists()      # a finished pass removes it
+    with pytest.raises(KeyboardInterrupt):
+        stream_batches(batches(True), rows, on_batch, partial=partial, drop_in_partial=("_row",))
+    assert pd.read_csv(partial).columns.tolist() == ["image_id"] and pd.read_csv(partial)["image_id"].tolist() == ["a"]
+    write_errors(tmp_path / "errors.csv", out.failures)
+    assert pd.read_csv(tmp_path / "errors.csv").columns.tolist() == ["image_id", "image", "reason"]
+    write_errors(tmp_path / "errors.csv", [])                               # a clean pass removes a stale one
+    assert not (tmp_path / "errors.csv").exists()

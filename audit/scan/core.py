@@ -22,6 +22,7 @@ from ..errors import ConfigError, ManifestError, UndefinedMetricWarning
 from ..formats import format_by_label, format_record
 from ..preprocess import InputSpec, scale16_value
 from ..stats import group_keys
+from ..stream import stream_batches, write_errors
 from .hashing import (DETAIL_BITS, DETAIL_SIZE, DETAIL_THRESHOLD, PHASH_BITS, PHASH_SIZE, detail_hash_images, near_duplicate_pairs,
                       phash_images)
 
@@ -283,88 +284,82 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(sources)}
     heaps: dict[str, list] = {a: [] for a in sources}
     recs = rows.to_dict("records")
-    records, hashes, details, errors, probs_rows, row_pos = [], [], [], [], [], []
-    n_warn = 0
+    hashes, details, probs_rows, row_pos = [], [], [], []
+    n_warn = n_rec = 0
     loader = make_loader(rows, spec, batch_size, int(workers), rs.compute if len(rs) else None)
-    done = 0
-    try:
-        for batch in loader:
-            for i, err in batch.failed:
-                errors.append((str(recs[i]["image_id"]), str(recs[i]["image"]), err))
-            done += len(batch.failed)
-            if batch.img is not None:
-                idx = batch.idx
-                hs = phash_images(batch.img)
-                hd = detail_hash_images(batch.img)
-                if in_loop:
-                    with torch.no_grad():
-                        pr = torch.softmax(model(normalize(batch.img.to(dev), run.input)).float(), 1).cpu().numpy()
-                for j, i in enumerate(idx):
-                    r = recs[i]
-                    rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
-                    for c in [id_col, *by]:
-                        if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
-                            rec[c] = r[c]
-                    rec.update(format_record(batch.src_hw[j], batch.src_info[j]))
-                    rec["phash"] = f"{int(hs[j]):016x}"
-                    rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
-                    masks = batch.masks[j] if batch.masks is not None else {}
-                    notes = batch.notes[j] if batch.notes is not None else {}
-                    n_warn += len(batch.warnings[j]) if batch.warnings is not None else 0
-                    for a in region_names:
-                        pres = batch.present[j].get(a)  # a file region's presence is what its file says
-                        if sources[a] == "file":
-                            score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
-                        else:
-                            score = batch.scores[j].get(a, NAN)
-                        rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
-                    for c in flag_cols:
-                        v = flags[c].iloc[i]
-                        rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
-                        rec[f"present_{c}"] = None if v is pd.NA else bool(v)
-                    if notes:
-                        rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
-                    for c, v in r.items():  # the manifest's metadata, after the scan's own columns
-                        if c not in rec and f"present_{c}" not in rec or c in flag_cols:
-                            rec.setdefault(c, v)
-                    if in_loop:
-                        probs_rows.append((i, pr[j]))
-                    # contact sheets: keep the top_k scores per artifact, thumbnails made only for entrants
-                    for a in sources:
-                        s = rec[f"score_{a}"]
-                        if top_k == 0 or s is None or not np.isfinite(s):
-                            continue
-                        key = (float(s), -len(records))
-                        hp = heaps[a]
-                        if len(hp) < top_k or key > hp[0][:2]:
-                            grid = batch.img[j].numpy()
-                            m = masks.get(a)
-                            ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, colors)
-                            th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
-                            cap = f"{'*' if rec[f'present_{a}'] else ' '}{s:.3g} {r['image_id']}"
-                            item = (key[0], key[1], cap, th)
-                            if len(hp) < top_k:
-                                heapq.heappush(hp, item)
-                            else:
-                                heapq.heapreplace(hp, item)
-                    records.append(rec)
-                    row_pos.append(i)
-                    hashes.append(hs[j])
-                    details.append(hd[j])
-                done += len(idx)
-            if progress:
-                progress(done, len(rows))
-    except BaseException:  # interrupted (Ctrl-C) or failed: the rows scanned so far are kept
-        if records:
-            pd.DataFrame.from_records(records).to_csv(out_dir / "scan.partial.csv", index=False)
-        raise
-    (out_dir / "scan.partial.csv").unlink(missing_ok=True)  # a finished scan replaces an interrupted one
+
+    def on_batch(batch) -> pd.DataFrame:
+        nonlocal n_warn, n_rec
+        batch_records = []
+        idx = batch.idx
+        hs = phash_images(batch.img)
+        hd = detail_hash_images(batch.img)
+        if in_loop:
+            with torch.no_grad():
+                pr = torch.softmax(model(normalize(batch.img.to(dev), run.input)).float(), 1).cpu().numpy()
+        for j, i in enumerate(idx):
+            r = recs[i]
+            rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
+            for c in [id_col, *by]:
+                if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
+                    rec[c] = r[c]
+            rec.update(format_record(batch.src_hw[j], batch.src_info[j]))
+            rec["phash"] = f"{int(hs[j]):016x}"
+            rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
+            masks = batch.masks[j] if batch.masks is not None else {}
+            notes = batch.notes[j] if batch.notes is not None else {}
+            n_warn += len(batch.warnings[j]) if batch.warnings is not None else 0
+            for a in region_names:
+                pres = batch.present[j].get(a)  # a file region's presence is what its file says
+                if sources[a] == "file":
+                    score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
+                else:
+                    score = batch.scores[j].get(a, NAN)
+                rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
+            for c in flag_cols:
+                v = flags[c].iloc[i]
+                rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
+                rec[f"present_{c}"] = None if v is pd.NA else bool(v)
+            if notes:
+                rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
+            for c, v in r.items():  # the manifest's metadata, after the scan's own columns
+                if c not in rec and f"present_{c}" not in rec or c in flag_cols:
+                    rec.setdefault(c, v)
+            if in_loop:
+                probs_rows.append((i, pr[j]))
+            # contact sheets: keep the top_k scores per artifact, thumbnails made only for entrants
+            for a in sources:
+                s = rec[f"score_{a}"]
+                if top_k == 0 or s is None or not np.isfinite(s):
+                    continue
+                key = (float(s), -n_rec)
+                hp = heaps[a]
+                if len(hp) < top_k or key > hp[0][:2]:
+                    grid = batch.img[j].numpy()
+                    m = masks.get(a)
+                    ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, colors)
+                    th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
+                    cap = f"{'*' if rec[f'present_{a}'] else ' '}{s:.3g} {r['image_id']}"
+                    item = (key[0], key[1], cap, th)
+                    if len(hp) < top_k:
+                        heapq.heappush(hp, item)
+                    else:
+                        heapq.heapreplace(hp, item)
+            batch_records.append(rec)
+            n_rec += 1
+            row_pos.append(i)
+            hashes.append(hs[j])
+            details.append(hd[j])
+        return pd.DataFrame.from_records(batch_records)
+
+    streamed = stream_batches(loader, rows, on_batch, progress=progress, partial=out_dir / "scan.partial.csv")
+    errors = [f[1:] for f in streamed.failures]   # ScanResult.errors: (image_id, image, reason)
     t_pass = time.perf_counter() - t0
 
-    if not records:
+    if not streamed.frames:
         raise ManifestError(f"manifest: none of the {len(rows)} images could be read "
                             f"(first error: {errors[0][2] if errors else 'none'})")
-    per_image = pd.DataFrame.from_records(records)
+    per_image = streamed.table()
     for a in sources:
         per_image[f"present_{a}"] = per_image[f"present_{a}"].astype("boolean")
     h = np.array(hashes, dtype=np.uint64)
@@ -469,10 +464,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     per_image.to_csv(out_dir / "scan.csv", index=False)
     if device:
         (out_dir / "device_bias.md").write_text(device_markdown(device, classes))
-    if errors:
-        pd.DataFrame(errors, columns=["image_id", "image", "reason"]).to_csv(out_dir / "errors.csv", index=False)
-    elif (out_dir / "errors.csv").exists():
-        (out_dir / "errors.csv").unlink()
+    write_errors(out_dir / "errors.csv", streamed.failures)
     from .._version import package_versions
     from ..summary import clean_json
     label_counts = {c: int((lab_all[labelled].astype(str) == c).sum()) for c in classes}
