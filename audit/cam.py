@@ -107,7 +107,7 @@ def as_maps(model: torch.nn.Module, t: torch.Tensor, layer: str = "") -> torch.T
         prefix, gh, gw = _token_grid(model, int(t.shape[1]))
         return t[:, prefix:].reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
     raise LayerError(f"layer {layer!r} outputs shape {tuple(t.shape)}, which is not a spatial map (N×K×h×w, "
-                     "N×h×w×K, or a transformer's class + patch tokens); choose another --layer")
+                     "N×h×w×K, or a transformer's class + patch tokens); choose another layer (--layer)")
 
 
 def _zeros_input(model: torch.nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
@@ -301,7 +301,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
 
     def hook(_m, _inp, out):
         if not isinstance(out, torch.Tensor):
-            raise LayerError(f"layer {layer!r} returns {type(out).__name__}, not a tensor; choose another --layer")
+            raise LayerError(f"layer {layer!r} returns {type(out).__name__}, not a tensor; choose another layer (--layer)")
         leaf = out.detach().requires_grad_(True)
         store["A"] = leaf
         return leaf.clone()  # later in-place ops (e.g. ReLU(inplace=True)) must not touch the leaf
@@ -312,7 +312,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | torch.nn.Modu
         with _frozen(model), torch.enable_grad(), auto:
             logits = model(x.detach())
             if "A" not in store:
-                raise LayerError(f"layer {layer!r} was not called in the forward pass; choose another --layer")
+                raise LayerError(f"layer {layer!r} was not called in the forward pass; choose another layer (--layer)")
             A = store["A"]
             maps = as_maps(model, A.detach(), str(layer))  # refuses a non-map before the backward
             tgt = resolve_targets(logits.detach(), target, labels)

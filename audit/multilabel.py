@@ -178,7 +178,7 @@ def multilabel_grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str | to
         with _frozen(model), torch.enable_grad():
             logits = model(x.detach())
             if "A" not in store:
-                raise ConfigError(f"layer {layer!r} was not called in the forward pass; choose another --layer")
+                raise ConfigError(f"layer {layer!r} was not called in the forward pass; choose another layer (--layer)")
             A = store["A"]
             maps = as_maps(model, A.detach(), str(layer))
             c = logits.shape[1]

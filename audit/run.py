@@ -228,8 +228,8 @@ def _timm_args_config(path: Path, a: dict, classes: list[str] | None) -> dict:
     cls, why = (classes, "") if classes else _timm_classes(a)
     if not cls:
         n = raw["model"].get("num_classes")
-        raise RunDirError(f"{path}: the timm train.py arguments give no class names ({why}); pass --classes a,b,c"
-                          + (f" ({n} classes, in logit order)" if n else ""))
+        raise RunDirError(f"{path}: the timm train.py arguments give no class names ({why}); pass the classes"
+                          + (f", {n} in logit order" if n else ", in logit order") + " (--classes a,b,c)")
     raw["classes"] = list(cls)
     return raw
 
@@ -269,9 +269,9 @@ def load_run_config(run_dir: str | Path | None, arch: str | None = None, classes
         from .xrv import xrv_pathologies
         cls = xrv_pathologies(str(name or ""), where)  # model.pathologies of the architecture
     if not name:
-        raise RunDirError(f"{where}: no model name (set model.name in config.yaml or pass --arch)")
+        raise RunDirError(f"{where}: no model name (set model.name in config.yaml or pass arch / --arch)")
     if not cls or not isinstance(cls, list):
-        raise RunDirError(f"{where}: no class list (set classes: [...] in config.yaml or pass --classes a,b,c)")
+        raise RunDirError(f"{where}: no class list (set classes: [...] in config.yaml or pass classes / --classes a,b,c)")
     cls = [str(c) for c in cls]
     dup = sorted({c for c in cls if cls.count(c) > 1})
     if dup:
@@ -494,7 +494,7 @@ def load_run(run_dir: str | Path | None, arch: str | None = None, classes: list[
     cfg = load_run_config(run_dir, arch, classes, source)
     ckpt = Path(checkpoint) if checkpoint else (find_checkpoint(cfg.run_dir) if cfg.run_dir else None)
     if ckpt is None:
-        raise RunDirError("no checkpoint: pass --run-dir (holding one) or --checkpoint")
+        raise RunDirError("no checkpoint: pass a run dir holding one (--run-dir) or checkpoint (--checkpoint)")
     if not ckpt.is_file():
         raise RunDirError(f"{ckpt}: checkpoint not found")
     model = build_model(cfg)

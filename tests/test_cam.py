@@ -147,7 +147,7 @@ def test_transformers_default_layer_and_maps_match_pytorch_grad_cam(name):
 def test_a_layer_that_is_no_map_is_refused_by_name():
     model = _transformers()["timm_vit"][0].eval()
     with pytest.raises(LayerError, match=r"'blocks\.1\.attn\.k_norm' outputs shape \(1, 2, 17, 24\), which is "
-                                         r"not a spatial map.*choose another --layer"):
+                                         r"not a spatial map.*choose another layer \(--layer\)"):
         grad_cam(model, torch.randn(1, 3, 64, 64), "blocks.1.attn.k_norm")
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
 

@@ -137,7 +137,7 @@ def test_timm_args_defaults_come_from_the_pretrained_cfg_and_a_class_map_wins(tm
 def test_timm_args_without_classes_say_why_and_what_to_pass(tmp_path, args, why):
     _timm_run(tmp_path / "out", **args)
     with pytest.raises(RunDirError, match=r"args\.yaml: the timm train.py arguments give no class names \(" + why
-                       + r".*\); pass --classes a,b,c \(4 classes, in logit order\)") as e:
+                       + r".*\); pass the classes, 4 in logit order \(--classes a,b,c\)") as e:
         load_run(tmp_path / "out")
     assert "\n" not in str(e.value)
     _, cfg = load_run(tmp_path / "out", classes=["w", "x", "y", "z"])
