@@ -319,6 +319,8 @@ def test_terminal_table_fits_100_columns_and_holds_the_figures(tmp_path, base_ta
     con.print(compare_renderable(d))
     text = con.export_text()
     assert max(len(line) for line in text.splitlines()) <= 100
+    from conftest import assert_golden
+    assert_golden("compare_table.txt", text)          # the whole table, as tests/golden/compare_table.txt
     f = next(f for f in d["figures"] if f["key"] == "sensitivity@0.80")
     row = next(line for line in text.splitlines() if line.strip().startswith(f["label"]))
     # n | baseline | candidate | difference [CI] | p | verdict: a drop of 5/30 with McNemar p = 2/32 is not
@@ -350,7 +352,7 @@ def test_a_too_small_region_does_not_decide_a_spread_gate_but_does_when_named(tm
     assert [(g.status, g.decides) for g in c.gates] == [("undefined", True)] and c.verdict == "inconclusive"
 
 
-def test_cli_reads_gates_from_a_yaml_file(tmp_path, base_table):
+def test_cli_reads_gates_from_a_yaml_file_or_the_presets_compare_section(tmp_path, base_table):
     a = write_audit(tmp_path / "a", base_table, "a")
     b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
     f = tmp_path / "gates.yaml"
@@ -362,11 +364,7 @@ def test_cli_reads_gates_from_a_yaml_file(tmp_path, base_table):
     assert not (tmp_path / "o" / "compare.html").exists() and d["gallery"] == {}
     f.write_text("- not a mapping\n")
     assert _cli("compare", a, b, "--gates", f, "--out", tmp_path / "o") == 2
-
-
-def test_cli_reads_gates_from_the_presets_compare_section_overridden_by_the_cli(tmp_path, base_table):
-    a = write_audit(tmp_path / "a", base_table, "a")
-    b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
+    # a preset's compare.gates (--config), overridden by --gate
     preset = tmp_path / "p.yaml"
     preset.write_text("regions:\n  border: {width: 0.1}\ncompare:\n  gates:\n    max_sensitivity_drop[0.90]: 0.02\n")
     assert _cli("compare", a, b, "--config", preset, "--out", tmp_path / "o", "--quiet", "--no-report") == 1
@@ -382,16 +380,3 @@ def test_cli_reads_gates_from_the_presets_compare_section_overridden_by_the_cli(
         from audit.config import load_preset
         load_preset(preset)
     assert _cli("compare", a, b, "--config", preset, "--out", tmp_path / "o3") == 2
-
-
-def test_golden_rendering_of_the_compare_table(tmp_path, base_table):
-    from rich.console import Console
-
-    from audit.compare_report import compare_renderable
-    from conftest import assert_golden
-    a = write_audit(tmp_path / "a", base_table, "a")
-    b = write_audit(tmp_path / "b", set_logodds(base_table, range(5), -3.0), "b")
-    d = compare_audits(a, b, gates={"max_sensitivity_drop": 0.02, "max_lift_increase": 0.2}).to_dict()
-    con = Console(width=100, record=True, color_system=None, file=io.StringIO())
-    con.print(compare_renderable(d))
-    assert_golden("compare_table.txt", con.export_text())
