@@ -283,6 +283,8 @@ def test_fourteen_finding_densenet_audited_in_one_command(ml_run):
     assert len(table) == 14 and max(len(ln) for ln in table) <= 100   # prose lines are not wrapped in a pipe (#26)
     html = (out / "report.html").read_text()
     assert html.count("<h2 id='f-") == 14 and "Findings compared" in html
+    head = s["verdict_detail"]["headline"]            # the verdict's reason under the report's title too (#26)
+    assert head and f"Gates: <b>{s['verdict'].upper()}</b>: " in html and html.count(head.split(":")[0]) >= 1
     assert "## f13" in (out / "GALLERY.md").read_text()
 
 

@@ -168,8 +168,9 @@ def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
          f"<p>n = {d['n']} images ({esc(d['split'])} split of {esc(d['manifest'])}); labels: 1 positive, 0 negative, "
          f"blank missing, -1 read as {esc(d['uncertain'])}; thresholds tuned on {esc(d['tuning'])}. "
          f"Grad-CAM at {esc(s['cam']['layer'])} {s['cam']['resolution']}, head {esc(', '.join(s['cam']['head']))}, "
-         f"{s['cam']['n_maps']} maps ({esc(s['cam']['maps'])}). Gates: <b>{esc(str(s.get('verdict', 'none')).upper())}</b>."
-         "</p>", *([f"<p class='fail'>Split: {esc(d['split_note'])}</p>"] if d.get("split_note") else []),
+         f"{s['cam']['n_maps']} maps ({esc(s['cam']['maps'])}). Gates: <b>{esc(str(s.get('verdict', 'none')).upper())}</b>"
+         + (f": {esc((s.get('verdict_detail') or {}).get('headline'))}" if (s.get("verdict_detail") or {}).get("headline")
+            else "") + ".</p>", *([f"<p class='fail'>Split: {esc(d['split_note'])}</p>"] if d.get("split_note") else []),
          "<h2 id='comparison'>Findings compared</h2><table>"]
     ts = _num(s["comparison"][0]["target_sensitivity"]) if s.get("comparison") else "n/a"
     h.append(_row(["finding", "n labelled", "positives", "AUROC [95% CI]", f"sensitivity @{ts}",
