@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .errors import ManifestError
+from .manifest import DataSpec
+
 if TYPE_CHECKING:
     from .config import AuditConfig
     from .run import RunConfig
@@ -34,6 +37,18 @@ def run_name(run: RunConfig) -> str:
 
 #: Split names read as the validation split that operating-point thresholds are tuned on (the first present).
 VALIDATION_SPLITS = ("val", "valid", "validation")
+
+
+def manifest_source(cfg: AuditConfig, run: RunConfig) -> tuple[Path, DataSpec]:
+    """The manifest an audit reads (cfg.data, else the run's data.manifest) and its column mapping (the run's
+    data section overridden by the preset's); ManifestError naming `data` when there is none."""
+    path = Path(cfg.data) if cfg.data else run.manifest
+    if path is None:
+        raise ManifestError("no manifest: pass data (a manifest CSV) or set data.manifest in the run's "
+                            "config.yaml", param="data")
+    spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
+    spec_d.update(cfg.data_spec or {})
+    return Path(path), DataSpec.from_dict(spec_d)
 
 
 def build_region_fn(cfg: AuditConfig):

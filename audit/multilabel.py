@@ -417,8 +417,9 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .counterfactual import fill_region
     from .data import make_loader
     from .formats import format_record
-    from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
-    from .common import PipelineResult, VALIDATION_SPLITS, json_default, build_region_fn, run_name
+    from .manifest import default_split, load_manifest, select_split, split_note
+    from .common import (PipelineResult, VALIDATION_SPLITS, build_region_fn, json_default, manifest_source,
+                         run_name)
     from .predict import dist_info, model_for_cam, predict_logits, resolve_device
     from .preprocess import normalize
     from .scores import region_columns, score_batch
@@ -437,13 +438,8 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     fidx = select_findings(run.classes, cfg.findings)
     findings = [run.classes[i] for i in fidx]
     uncertain = cfg.uncertain or run.uncertain
-    path = Path(cfg.data) if cfg.data else run.manifest
-    if path is None:
-        raise ManifestError("no manifest: pass data (a manifest CSV) or set data.manifest in the run's "
-                            "config.yaml", param="data")
-    spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
-    spec_d.update(cfg.data_spec or {})
-    full = load_manifest(path, DataSpec.from_dict(spec_d), classes=None, require_label=False)
+    path, data_spec = manifest_source(cfg, run)
+    full = load_manifest(path, data_spec, classes=None, require_label=False)
     finding_labels(full, findings, uncertain, path)  # checks every finding's column before any work
     split = cfg.split or default_split(full, path)
     rows = select_split(full, split, path)

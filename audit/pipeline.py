@@ -25,9 +25,10 @@ from .config import AuditConfig, write_resolved
 from .gates import evaluate_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .formats import FORMAT_COLUMNS, format_record
-from .manifest import DataSpec, default_split, load_manifest, select_split, split_note
+from .manifest import default_split, load_manifest, select_split, split_note
 from .preprocess import InputSpec, bit_depth, normalize
-from .common import VALIDATION_SPLITS, PipelineResult, build_region_fn, json_default, run_name
+from .common import (VALIDATION_SPLITS, PipelineResult, build_region_fn, json_default, manifest_source,
+                     run_name)
 from .run import RunConfig, load_run
 from .predict import (dist_info, gather_to_rank0, log_odds, model_for_cam, predict_logits, release_freed_heap,
                       resolve_device, top2_margin)
@@ -118,13 +119,8 @@ def early_layer_note(model: torch.nn.Module, layer: str, cam_hw, spec) -> str | 
 
 def load_audit_manifest(cfg: AuditConfig, run: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame, str, Path]:
     """(full manifest, audited rows, split name, manifest path)."""
-    path = Path(cfg.data) if cfg.data else run.manifest
-    if path is None:
-        raise ManifestError("no manifest: pass data (a manifest CSV) or set data.manifest in the run's "
-                            "config.yaml", param="data")
-    spec_d = {k: v for k, v in (run.data or {}).items() if k != "manifest"}
-    spec_d.update(cfg.data_spec or {})
-    full = load_manifest(path, DataSpec.from_dict(spec_d), classes=run.classes)
+    path, data_spec = manifest_source(cfg, run)
+    full = load_manifest(path, data_spec, classes=run.classes)
     split = cfg.split or default_split(full, path)
     rows = select_split(full, split, path)
     if cfg.limit:

@@ -436,7 +436,8 @@ def small_text(e: dict) -> str:
 
 
 
-def _finite_num(v) -> bool:
+def is_finite(v) -> bool:
+    """Whether v is a finite number (None, NaN, ±inf and non-numbers are not)."""
     try:
         return v is not None and math.isfinite(float(v))
     except (TypeError, ValueError):
@@ -465,15 +466,15 @@ def fmt_estimate(e, pct: bool = False, digits: int = 2, compact: bool = False, s
 
     if not isinstance(e, dict):
         try:
-            return f(e) if _finite_num(e) else "n/a"
+            return f(e) if is_finite(e) else "n/a"
         except (TypeError, ValueError):
             return str(e)
     if e.get("too_small"):
         return small_text(e)
-    if not _finite_num(e.get("value")):
+    if not is_finite(e.get("value")):
         return "n/a"
     lo, hi = e.get("lo"), e.get("hi")
-    ci = f" [{f(lo)}{sep}{f(hi)}]" if _finite_num(lo) and _finite_num(hi) else ""
+    ci = f" [{f(lo)}{sep}{f(hi)}]" if is_finite(lo) and is_finite(hi) else ""
     return f(e["value"]) + ci
 
 def group_keys(values: pd.Series) -> pd.Series:

@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .stats import fmt_estimate
+from .stats import fmt_estimate, is_finite
 from .summary import ABSENT_REASONS, lift_alarm, target_floor
 from .thresholds import fmt_threshold
 
@@ -26,13 +26,6 @@ def out_console(file=None, quiet: bool = False, width: int = 100) -> Console:
     stream = sys.stdout if file is None else file
     tty = bool(getattr(stream, "isatty", lambda: False)())
     return Console(file=file, quiet=quiet, width=None if tty else width, soft_wrap=not tty)
-
-
-def _finite(v) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def discover_renderable(d: dict, out_dir: str | None = None, n: int = 3):
@@ -166,7 +159,7 @@ def summary_renderable(s: dict, out_dir: str | None = None):
             t.add_row("top-1", "argmax",
                       *(fmt_estimate(top1.get(k), compact=True) for k in ("sensitivity", "specificity", "ppv", "npv")))
         parts.append(t)
-        if op.get("rule") and any(_finite(p.get("threshold")) for p in op["points"]):
+        if op.get("rule") and any(is_finite(p.get("threshold")) for p in op["points"]):
             parts.append(Text(f"Thresholds: {op['rule']}.", style="dim"))
         if op.get("warning"):
             parts.append(Text(f"warning: {op['warning']}", style="bold yellow"))

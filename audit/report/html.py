@@ -10,7 +10,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..stats import fmt_estimate, small_text
+from ..stats import fmt_estimate, is_finite, small_text
 from ..summary import lift_alarm, target_floor
 from ..thresholds import fmt_threshold
 from .gallery import CONCENTRATION_LEGEND, GalleryGroup, concentration_text, words_for
@@ -61,13 +61,6 @@ def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
     """An estimate in HTML: `audit.stats.fmt_estimate` with ", " between the bounds ("0.61 [0.58, 0.64]")."""
     return fmt_estimate(e, pct=pct, digits=digits, sep=", ")
 
-def _finite(v) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def _est_or_na(e, pct: bool = False, digits: int = 2) -> str:
     """`fmt_est`, but a missing estimate reads "n/a" (not "—")."""
     return "n/a" if e is None else fmt_est(e, pct=pct, digits=digits)
@@ -80,7 +73,7 @@ def _label(v) -> str:
 
 def _count(v) -> str:
     """A count cell: "n/a" for None/NaN, else the integer."""
-    return str(int(float(v))) if _finite(v) else "n/a"
+    return str(int(float(v))) if is_finite(v) else "n/a"
 
 
 def _table(head: list[str], rows: list[list[tuple[str, str]]], left: int = 1) -> str:
@@ -277,7 +270,7 @@ def _operating_points(inp: ReportInputs) -> str:
     if op.get("warning"):
         head += f'<p class="note">{esc(op["warning"])}</p>'
     rule = ""
-    if op.get("rule") and any(_finite(p.get("threshold")) for p in op.get("points") or []):
+    if op.get("rule") and any(is_finite(p.get("threshold")) for p in op.get("points") or []):
         rule = f'<p class="meta">Thresholds: {esc(op["rule"])}.</p>'
     return head + _table(["target sensitivity", "threshold", "sensitivity", "specificity", "PPV", "NPV",
                           "TP / FN / TN / FP"], rows, left=0) + rule
@@ -317,7 +310,7 @@ def _isic_metrics(inp: ReportInputs) -> str:
     if not isinstance(m, dict) or not m:
         return ""
     tpr = m.get("min_tpr")
-    tpr_s = _num(tpr, pct=True) if _finite(tpr) else "min_tpr"
+    tpr_s = _num(tpr, pct=True) if is_finite(tpr) else "min_tpr"
     rows = []
     for key, label in ISIC_OVERALL:
         if key not in m:
@@ -338,7 +331,7 @@ def _isic_metrics(inp: ReportInputs) -> str:
         cells = [_c(c), _c(_count(npc.get(c)))]
         # a per-class metric is small because of its positives or negatives, not the total n: name both
         small = (f"small n_pos={_count(npc.get(c))}, n_neg={_count(float(m['n']) - float(npc[c]))}"
-                 if _finite(npc.get(c)) and _finite(m.get("n")) else None)
+                 if is_finite(npc.get(c)) and is_finite(m.get("n")) else None)
         for k in ("auc", "pauc", "auc_above"):
             d = m.get(k) if isinstance(m.get(k), dict) else {}
             e = d.get(c)
@@ -349,7 +342,7 @@ def _isic_metrics(inp: ReportInputs) -> str:
         return ""
     out = ["<h2>ISIC challenge metrics</h2><p>Prediction = argmax; percentile bootstrap 95% CIs (images resampled "
            f"jointly), n = {esc(_count(m.get('n')))}. <code>pauc</code>: ROC area in the band TPR ≥ {esc(tpr_s)} "
-           f"(ISIC 2024 pAUC, range 0 to {esc(_num(1 - float(tpr), 2) if _finite(tpr) else '1 − min_tpr')}); "
+           f"(ISIC 2024 pAUC, range 0 to {esc(_num(1 - float(tpr), 2) if is_finite(tpr) else '1 − min_tpr')}); "
            f"<code>auc_above</code>: “AUC, Sens &gt; {esc(tpr_s)}” of ISIC 2018–2020 (range 0 to 1). "
            "Classes with too few positives or negatives are called small.</p>"]
     if rows:
@@ -426,7 +419,7 @@ def _by_group(inp: ReportInputs) -> str:
         p = r.get("p")
         rows.append([_c(region), _c(_label(r.get("group_col"))), _c(_label(r.get("group"))),
                      _c(f"{BY_GROUP_STATS[stat]} ({stat})" if stat in BY_GROUP_STATS else stat),
-                     _c(value), _c(_count(r.get("n"))), _c(_p_text(p) if _finite(p) else "")])
+                     _c(value), _c(_count(r.get("n"))), _c(_p_text(p) if is_finite(p) else "")])
     cols = bg.get("columns") or []
     by = ", ".join(str(c) for c in cols) if isinstance(cols, list) else str(cols)
     return ("<h2>Evidence by group</h2><p>Region statistics within each group"
