@@ -316,7 +316,7 @@ def cmd_masks(args) -> int:
 def cmd_discover(args) -> int:
     from audit.terminal import discover_renderable
     from audit.config import resolve_config
-    from audit.discover import discover
+    from audit.discover import discover, record_in_summary
     from audit.errors import ConfigError
     if not args.out and not args.run_dir:
         raise ConfigError("discover: pass --run-dir RUN or --out AUDIT_DIR (a folder holding cams.npz)")
@@ -334,11 +334,7 @@ def cmd_discover(args) -> int:
                               "seed": args.seed}, args.preset)
         _audit_with_progress(cfg, args.quiet or args.json)
     res = discover(out, k=args.k, seed=args.seed, min_n=args.min_n)
-    p = out / "summary.json"
-    if p.exists():
-        s = json.loads(p.read_text())
-        s["discover"] = res.summary
-        p.write_text(json.dumps(s, indent=2))
+    if record_in_summary(out, res.summary) is not None:
         if not args.no_report:  # the gallery and report.html show the prototypes of the top groups
             from audit.report import render_reports
             render_reports(out, seed=args.seed)

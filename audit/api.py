@@ -645,7 +645,7 @@ def discover(result: AuditResult | PathLike, *, k: int | None = None, seed: int 
     folder and the `discover` section into its summary.json (as `cli.py discover` does); when `result` is an
     AuditResult its summary is refreshed. k: clusters per predicted class (None: eigengap); min_n: smaller
     groups are described, not ranked."""
-    from .discover import discover as _discover
+    from .discover import discover as _discover, record_in_summary
     for pname, v in (("k", k), ("min_n", min_n), ("n_slices", n_slices)):
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             raise ConfigError(f"{pname}: expected a positive integer, got {v!r}", param=pname)
@@ -653,13 +653,9 @@ def discover(result: AuditResult | PathLike, *, k: int | None = None, seed: int 
         raise ConfigError(f"seed: expected an integer in [0, 2^32), got {seed!r}", param="seed")
     out = Path(result.out_dir if isinstance(result, AuditResult) else result)
     res = _discover(out, k=k, seed=seed, min_n=min_n, n_slices=n_slices)
-    p = out / "summary.json"
-    if p.is_file():
-        s = json.loads(p.read_text())
-        s["discover"] = res.summary
-        p.write_text(json.dumps(s, indent=2))
-        if isinstance(result, AuditResult):
-            result.summary = Summary.from_dict(s)
+    s = record_in_summary(out, res.summary)
+    if s is not None and isinstance(result, AuditResult):
+        result.summary = Summary.from_dict(s)
     return res
 
 

@@ -719,3 +719,15 @@ def discover(out_dir: Path | str, k: int | None = None, seed: int = 0, min_n: in
     }
     json.dumps(summary, allow_nan=True)  # fails loudly here, not in the caller, if something is not JSON-able
     return DiscoverResult(summary=summary, assignments=assignments, groups=table, out_dir=out_dir, files=files)
+
+
+def record_in_summary(out_dir: Path, section: dict) -> dict | None:
+    """Write a discover section into the audit folder's summary.json (`cli.py discover` and `audit.discover`
+    after an audit); returns the updated summary, None when the folder holds no summary.json."""
+    p = Path(out_dir) / "summary.json"
+    if not p.is_file():
+        return None
+    s = json.loads(p.read_text())
+    s["discover"] = section
+    p.write_text(json.dumps(s, indent=2))
+    return s
