@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,13 +34,13 @@ from .config import AUDIT_KEYS, AuditConfig, resolve_config
 from .errors import ConfigError, ManifestError, RunDirError
 from .preprocess import InputSpec
 from .stats import Estimate
+from .stream import Progress
 
 __all__ = ["run_audit", "load_result", "scan", "discover", "render_reports", "compare", "AuditResult", "Summary",
            "Gate", "RegionSummary", "OperatingPoint", "OperatingPoints", "Maps", "AuditConfig", "InputSpec",
            "Estimate"]
 
 PathLike = str | os.PathLike
-Progress = Callable[[int, int], None]
 
 #: The keyword options `run_audit` takes: the AuditConfig fields, less those given as its own arguments.
 OPTIONS = tuple(sorted(AUDIT_KEYS - {"run_dir", "data", "out", "preset"}))

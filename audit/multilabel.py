@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,9 +42,8 @@ import torch.nn.functional as F
 from .cam import _frozen, as_maps, default_layer, get_module
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .stats import NAN, Estimate, bootstrap_ci, proportion_ci, region_stats
+from .stream import Progress
 
-Progress = Callable[[int, int], None]
-MAPS = ("needed", "all")
 UNCERTAIN = ("ignore", "zeros", "ones")
 
 
@@ -433,8 +432,6 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     if unsupported:
         raise ConfigError(f"{', '.join(unsupported)}: not available for a multi-label audit yet (docs/multilabel.md)")
     device = resolve_device(cfg.device)
-    if cfg.maps not in MAPS:
-        raise ConfigError(f"maps: expected one of {', '.join(MAPS)}, got {cfg.maps!r}", param="maps")
     fidx = select_findings(run.classes, cfg.findings)
     findings = [run.classes[i] for i in fidx]
     uncertain = cfg.uncertain or run.uncertain

@@ -13,7 +13,6 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,9 +34,8 @@ from .predict import (dist_info, gather_to_rank0, log_odds, model_for_cam, predi
 from .counterfactual import attribute_flips, counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
 from .spill import SpillArray, write_npz
-from .stream import concat_frames, stream_batches, write_errors
+from .stream import Progress, concat_frames, stream_batches, write_errors
 
-Progress = Callable[[int, int], None]  # (done, total)
 
 
 

@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from ..errors import ConfigError, ManifestError, UndefinedMetricWarning
 from ..formats import format_by_label, format_record
 from ..preprocess import InputSpec, scale16_value
 from ..stats import group_keys
-from ..stream import stream_batches, write_errors
+from ..stream import Progress, stream_batches, write_errors
 from .hashing import (DETAIL_BITS, DETAIL_SIZE, DETAIL_THRESHOLD, PHASH_BITS, PHASH_SIZE, detail_hash_images, near_duplicate_pairs,
                       phash_images)
 
@@ -30,7 +30,6 @@ SCHEMA_VERSION = 2       # 2: Cramér's `value` is bias-corrected (1: the plain 
 PAIR_SHEET_PAIRS = 16    # near-duplicate pairs drawn in near_duplicates.png
 SCAN_KEYS = ("flag_cols", "by", "id_col", "min_n", "top_k")
 MAX_JSON_PAIRS = 1000    # near-duplicate pairs / leaking ids listed in scan.json (all of them in the CSVs)
-Progress = Callable[[int, int], None]
 NAN = float("nan")
 
 @dataclass
