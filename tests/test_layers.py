@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("audit.errors", "audit.stats", "audit.preprocess", "audit.dicom", "audit.manifest", "audit.spill",
+    ("core", ("audit.errors", "audit.stats", "audit.summary_types", "audit.preprocess", "audit.dicom", "audit.manifest", "audit.spill",
               "audit._version")),
     ("regions", ("masks.types", "masks.registry", "masks._util", "masks.geometric", "masks.detect_cxr", "masks.detect_derm",
                  "masks.files", "masks.export", "masks.synth_ink", "masks")),
