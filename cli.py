@@ -218,7 +218,7 @@ def cmd_audit(args) -> int:
     res = _audit_with_progress(cfg, args.quiet or args.json or rank > 0)
     if rank > 0:
         return EXIT_OK
-    if res.summary.get("task") == "multilabel":
+    if isinstance(res.summary, dict):  # a multi-label audit's summary is its JSON dict
         from audit.multilabel import print_multilabel_summary
         from audit.report.multilabel import render_multilabel_reports
         if not args.no_report:
@@ -232,10 +232,10 @@ def cmd_audit(args) -> int:
         from audit.report import render_reports
         render_reports(res.out_dir, n_per_group=args.gallery_n, blocky=args.blocky, seed=cfg.seed)
     if args.json:
-        print(json.dumps(res.summary, indent=2))
+        print(json.dumps(res.summary.to_json(), indent=2))
     elif not args.quiet:
         print_summary(res.summary, str(res.out_dir), _out_console())
-    return _verdict_exit(res.summary.get("verdict"))
+    return _verdict_exit(res.summary.verdict)
 
 
 def _init_distributed(device: str) -> int:

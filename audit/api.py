@@ -34,6 +34,7 @@ from .config import AUDIT_KEYS, AuditConfig, resolve_config
 from .errors import ConfigError, ManifestError, RunDirError
 from .preprocess import InputSpec
 from .stats import Estimate
+from .summary_types import AuditSummary as Summary, Gate, OperatingPoint, OperatingPoints, RegionSummary, SummaryFormatError
 from .stream import Progress
 
 __all__ = ["run_audit", "load_result", "scan", "discover", "render_reports", "compare", "AuditResult", "Summary",
@@ -53,153 +54,23 @@ DATAFRAME_MANIFEST = "manifest.dataframe.csv"
 # ================================================================================================ typed results
 
 def _f(v: Any) -> float:
-    """A JSON number (None for NaN) as a float, NaN for None or anything not a number."""
+    """A number (None or not a number → NaN) as a float."""
     try:
         return float(v) if v is not None else math.nan
     except (TypeError, ValueError):
         return math.nan
 
 
-def estimate(d: Mapping | None) -> Estimate:
-    """summary.json's estimate dict {value, lo, hi, n, too_small, p, note} → `audit.stats.Estimate` (null → NaN;
-    a missing dict → Estimate(NaN, note="not computed"))."""
-    if not isinstance(d, Mapping):
-        return Estimate(math.nan, note="not computed")
-    p = d.get("p")
-    return Estimate(value=_f(d.get("value")), lo=_f(d.get("lo")), hi=_f(d.get("hi")), n=int(d.get("n") or 0),
-                    too_small=bool(d.get("too_small", False)), p=None if p is None else _f(p),
-                    note=str(d.get("note") or ""))
-
-
-@dataclass(frozen=True)
-class Gate:
-    """One sign-off gate (summary.json `gates`): name, the measured value and its 95% CI [lo, hi] (NaN when not
-    measured), threshold, passed (True / False / None = not measured), n, note."""
-
-    name: str
-    value: float
-    lo: float
-    hi: float
-    threshold: float
-    passed: bool | None
-    n: int | None
-    note: str = ""
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "Gate":
-        ci = d.get("ci") or [None, None]
-        n = d.get("n")
-        return cls(name=str(d.get("name")), value=_f(d.get("value")), lo=_f(ci[0]), hi=_f(ci[1]),
-                   threshold=_f(d.get("threshold")), passed=d.get("passed"), n=None if n is None else int(n),
-                   note=str(d.get("note") or ""))
-
-
-@dataclass(frozen=True)
-class RegionSummary:
-    """One region's dataset-level figures (summary.json `regions.<name>`; docs/summary_schema.md).
-
-    kind: "target" | "artifact". n_present / n_missing: images with / without a usable mask. median_area: the
-    median mask area as a share of the image, in [0, 1]. median_lift: median of (CAM share in the region) / (its
-    area share), ≥ 0, 1 = no more evidence than its size; lift: the same median with a bootstrap 95% CI and n.
-    pointing_game: the share of images whose CAM peak lies in the region (Zhang et al. 2018), Wilson 95% CI.
-    stats: the region's other estimates by name (mean_all, spearman_conf_all, auroc_error, ...)."""
-
-    kind: str
-    n_present: int
-    n_missing: int
-    median_area: float
-    median_lift: float
-    lift: Estimate
-    pointing_game: Estimate
-    stats: dict[str, Estimate] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "RegionSummary":
-        return cls(kind=str(d.get("kind")), n_present=int(d.get("n_present") or 0),
-                   n_missing=int(d.get("n_missing") or 0), median_area=_f(d.get("median_area")),
-                   median_lift=_f(d.get("median_lift")), lift=estimate(d.get("lift")),
-                   pointing_game=estimate(d.get("pointing_game")),
-                   stats={k: estimate(v) for k, v in (d.get("stats") or {}).items()})
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """A sensitivity-targeted threshold on P(positive) and what it gives on the audited split (Wilson 95% CIs).
-    threshold: a probability in [0, 1] (NaN when it cannot be tuned); tp, fn, tn, fp: counts (None then)."""
-
-    target_sensitivity: float
-    threshold: float
-    sensitivity: Estimate
-    specificity: Estimate
-    ppv: Estimate
-    npv: Estimate
-    tp: int | None
-    fn: int | None
-    tn: int | None
-    fp: int | None
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "OperatingPoint":
-        c = {k: (None if d.get(k) is None else int(d[k])) for k in ("tp", "fn", "tn", "fp")}
-        return cls(target_sensitivity=_f(d.get("target_sensitivity")), threshold=_f(d.get("threshold")),
-                   sensitivity=estimate(d.get("sensitivity")), specificity=estimate(d.get("specificity")),
-                   ppv=estimate(d.get("ppv")), npv=estimate(d.get("npv")), **c)
-
-
-@dataclass(frozen=True)
-class OperatingPoints:
-    """summary.json `operating_points` (present with a positive class): tuning ("validation split" or
-    "cross-fit on audited split (no validation split)"), warning (None or why the tuning is weaker), n, n_pos,
-    n_neg on the audited split, one `OperatingPoint` per target sensitivity."""
-
-    positive_class: str
-    tuning: str
-    warning: str | None
-    n: int
-    n_pos: int
-    n_neg: int
-    points: list[OperatingPoint]
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "OperatingPoints":
-        return cls(positive_class=str(d.get("positive_class")), tuning=str(d.get("tuning")),
-                   warning=d.get("warning"), n=int(d.get("n") or 0), n_pos=int(d.get("n_pos") or 0),
-                   n_neg=int(d.get("n_neg") or 0), points=[OperatingPoint.from_dict(p) for p in d.get("points") or []])
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The typed head of summary.json; `raw` is the whole dict (schema: docs/summary_schema.md).
-
-    verdict: "pass" (every gate passed), "fail" (a gate failed), "inconclusive" (none failed, some could not be
-    measured: the policy `gates.undefined`), "none" (no gates configured). verdict_headline: the sentence naming
-    the gates that decided it ("" without gates). gates: one `Gate` each. n_images: images audited (data.n); n_skipped: unreadable ones (errors.csv).
-    accuracy: top-1 accuracy with its Wilson 95% CI and n (NaN below min_n). regions: name → `RegionSummary`.
-    operating_points: `OperatingPoints` with a positive class, else None. classes: in logit order. A multi-label
-    audit has no top-level accuracy (NaN; its per-finding figures are in raw["findings"])."""
-
-    verdict: str
-    verdict_headline: str
-    gates: list[Gate]
-    n_images: int
-    n_skipped: int
-    accuracy: Estimate
-    regions: dict[str, RegionSummary]
-    operating_points: OperatingPoints | None
-    classes: list[str]
-    raw: dict = field(repr=False)
-
-    @classmethod
-    def from_dict(cls, s: Mapping) -> "Summary":
-        data = s.get("data") or {}
-        op = s.get("operating_points")
-        return cls(verdict=str(s.get("verdict")),
-                   verdict_headline=str((s.get("verdict_detail") or {}).get("headline") or ""), gates=[Gate.from_dict(g) for g in s.get("gates") or []],
-                   n_images=int(data.get("n") or 0), n_skipped=int(data.get("n_skipped") or 0),
-                   accuracy=estimate(s.get("accuracy")),
-                   regions={r: RegionSummary.from_dict(d) for r, d in (s.get("regions") or {}).items()},
-                   operating_points=OperatingPoints.from_dict(op) if isinstance(op, Mapping) else None,
-                   classes=[str(c) for c in ((s.get("run") or {}).get("classes") or [])], raw=dict(s))
+def as_summary(s: dict) -> Summary | dict:
+    """summary.json's dict → the typed `Summary` (`audit.summary_types.AuditSummary`); a multi-label audit's
+    summary (`task: multilabel`, per-finding figures; docs/multilabel.md) stays its dict. A summary.json that does
+    not have the documented shape raises RunDirError naming the key."""
+    if s.get("task") == "multilabel":
+        return s
+    try:
+        return Summary.from_json(s, "summary.json")
+    except SummaryFormatError as e:
+        raise RunDirError(str(e)) from None
 
 
 class Maps(Mapping):
@@ -277,13 +148,14 @@ class AuditResult:
     out_dir: the folder written (per_image.csv, cams.npz, summary.json, config.resolved.yaml, errors.csv).
     per_image: one row per audited image (docs/audit.md lists the columns: image_id, label, pred, confidence,
         p_<class>, frac_<region>, lift_<region>, flags, ...).
-    summary: the typed `Summary` (summary.raw is summary.json). errors: the unreadable images (image_id, image,
+    summary: the typed `Summary` (`audit.summary_types.AuditSummary`; `summary.to_json()` is summary.json; a
+        multi-label audit's summary is its dict, docs/multilabel.md). errors: the unreadable images (image_id, image,
         reason; empty when none). maps: the layer-resolution maps (`Maps`, loaded from cams.npz on first use).
     `show(image_id, region=None)` draws one image, its overlay and the region outlines."""
 
     out_dir: Path
     per_image: pd.DataFrame
-    summary: Summary
+    summary: Summary | dict
     errors: pd.DataFrame
     _maps: Maps | None = field(default=None, repr=False)
 
@@ -374,7 +246,7 @@ def load_result(out_dir: PathLike) -> AuditResult:
     except (OSError, ValueError) as e:
         raise RunDirError(f"{out}: unreadable audit files ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
-    return AuditResult(out_dir=out, per_image=per_image, summary=Summary.from_dict(summary),
+    return AuditResult(out_dir=out, per_image=per_image, summary=as_summary(summary),
                        errors=_errors_frame(out))
 
 
@@ -613,7 +485,7 @@ def run_audit(run_dir_or_model: PathLike | torch.nn.Module, manifest_or_datafram
         cfg.data = str(path)
         cfg.data_spec = {**(cfg.data_spec or {}), "image_root": image_root}
     res = pipeline_audit(cfg, progress=progress, loaded=loaded)
-    return AuditResult(out_dir=Path(res.out_dir), per_image=res.per_image, summary=Summary.from_dict(res.summary),
+    return AuditResult(out_dir=Path(res.out_dir), per_image=res.per_image, summary=res.summary,
                        errors=_errors_frame(Path(res.out_dir)))
 
 
@@ -655,7 +527,7 @@ def discover(result: AuditResult | PathLike, *, k: int | None = None, seed: int 
     res = _discover(out, k=k, seed=seed, min_n=min_n, n_slices=n_slices)
     s = record_in_summary(out, res.summary)
     if s is not None and isinstance(result, AuditResult):
-        result.summary = Summary.from_dict(s)
+        result.summary = as_summary(s)
     return res
 
 

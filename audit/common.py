@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from .errors import ManifestError
@@ -15,16 +14,18 @@ from .manifest import DataSpec
 if TYPE_CHECKING:
     from .config import AuditConfig
     from .run import RunConfig
+    from .summary_types import AuditSummary
 
 
 @dataclass
 class PipelineResult:
-    """What the pipeline hands back (the public, typed result is `audit.api.AuditResult`). summary: summary.json's
-    dict; errors: (manifest row, image_id, image, reason) of the unreadable images."""
+    """What the pipeline hands back (the public result is `audit.api.AuditResult`). summary: the typed
+    `AuditSummary` of a single-label audit, summary.json's dict for a multi-label audit; errors: (manifest row,
+    image_id, image, reason) of the unreadable images."""
 
     out_dir: Path
     per_image: pd.DataFrame
-    summary: dict
+    summary: AuditSummary | dict
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -59,16 +60,3 @@ def build_region_fn(cfg: AuditConfig):
     rs = build_regions(cfg.regions)
     return rs.compute, dict(rs.kinds)
 
-
-def json_default(o):
-    if isinstance(o, (np.floating,)):
-        return None if np.isnan(o) else float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -155,8 +155,8 @@ class Comparison:
         raise KeyError(f"no figure {key!r}; figures are {[f.key for f in self.figures]}")
 
     def to_dict(self) -> dict:
-        from .summary import clean_json
-        return clean_json({"schema_version": SCHEMA_VERSION, "baseline": self.baseline, "candidate": self.candidate,
+        from .summary_types import jsonable
+        return jsonable({"schema_version": SCHEMA_VERSION, "baseline": self.baseline, "candidate": self.candidate,
                            "data": self.data, "method": self.method,
                            "figures": [f.to_dict() for f in self.figures], "changes": self.changes,
                            "gates": [g.to_dict() for g in self.gates], "verdict": self.verdict,

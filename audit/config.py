@@ -199,7 +199,7 @@ def _validate(cfg: AuditConfig) -> None:
     from .gates import UNDEFINED_POLICIES, evaluate_gates, split_policy
     _expect(cfg.undefined_gates in (None, *UNDEFINED_POLICIES), "undefined_gates",
             f"one of {', '.join(UNDEFINED_POLICIES)} or None", cfg.undefined_gates)
-    evaluate_gates(cfg.gates, {})  # unknown gate names and non-numeric thresholds fail here, before any work
+    evaluate_gates(cfg.gates, None)  # unknown gate names and non-numeric thresholds fail here, before any work
     if cfg.undefined_gates is None:  # resolved once: the preset's policy, else the default, written into the report
         cfg.undefined_gates = split_policy(cfg.gates)[1] or "inconclusive"
     if not isinstance(cfg.regions, dict):
@@ -278,7 +278,7 @@ def _check_sections(cfg: dict) -> None:
     gates = cfg.get("gates") or {}
     if not isinstance(gates, dict):
         raise ConfigError(f"gates: expected a mapping of gate name → threshold, got {type(gates).__name__}")
-    evaluate_gates(gates, {})
+    evaluate_gates(gates, None)
     compare_gates(cfg)
 
 

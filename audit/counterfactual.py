@@ -31,7 +31,6 @@ the model in eval mode (every submodule's mode restored afterwards).
 """
 from __future__ import annotations
 
-import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -42,6 +41,7 @@ from scipy import ndimage as ndi
 from .cam import eval_mode
 from .preprocess import InputSpec, normalize
 from .stats import Estimate, bootstrap_ci, proportion_ci
+from .summary_types import jsonable
 
 __all__ = ["FILL_METHODS", "fill_region", "counterfactual_batch", "counterfactual_rates", "counterfactual_columns",
            "attribute_flips", "INSIDE",
@@ -287,25 +287,16 @@ def _chunks(it: Iterator, size: int) -> Iterator[list]:
         yield buf
 
 
-def _clean(e: Estimate) -> dict:
-    """Estimate → JSON-safe dict (NaN → None)."""
-    d = e.to_dict()
-    for k in ("value", "lo", "hi", "p"):
-        if d[k] is not None and not math.isfinite(d[k]):
-            d[k] = None
-    return d
-
-
 def _group_stats(flip: np.ndarray, delta: np.ndarray, min_n: int, n_boot: int, seed: int) -> dict:
     n = int(len(flip))
     if n < max(min_n, 1):
         small = Estimate(NAN, n=n, too_small=True, note=f"n = {n} < min_n = {min_n}")
-        return {"n": n, "too_small": True, "flip_rate": _clean(small), "mean_delta": _clean(small)}
+        return {"n": n, "too_small": True, "flip_rate": jsonable(small), "mean_delta": jsonable(small)}
     k = int(flip.sum())
     fr = proportion_ci(k, n)
     lo, hi = bootstrap_ci(delta, lambda a: a.mean(axis=1), n_boot=n_boot, seed=seed, vectorized=True)
     md = Estimate(float(delta.mean()), lo, hi, n)
-    return {"n": n, "too_small": False, "n_flips": k, "flip_rate": _clean(fr), "mean_delta": _clean(md)}
+    return {"n": n, "too_small": False, "n_flips": k, "flip_rate": jsonable(fr), "mean_delta": jsonable(md)}
 
 
 def counterfactual_rates(per_image: pd.DataFrame, regions: Sequence[str], class_col: str | None = "label",
@@ -369,8 +360,8 @@ INSIDE = 0.5
 def _rate(flips: np.ndarray, min_n: int) -> dict:
     n = int(len(flips))
     if n < max(min_n, 1):
-        return _clean(Estimate(NAN, n=n, too_small=True, note=f"n = {n} < min_n = {min_n}"))
-    return _clean(proportion_ci(int(flips.sum()), n))
+        return jsonable(Estimate(NAN, n=n, too_small=True, note=f"n = {n} < min_n = {min_n}"))
+    return jsonable(proportion_ci(int(flips.sum()), n))
 
 
 def _pct(e: dict) -> str:

@@ -27,7 +27,11 @@ Supported gates (defaults in the presets; why in docs/audit.md, "Sign-off gates"
 """
 from __future__ import annotations
 
+import math
+
 from .errors import ConfigError
+from .stats import Estimate
+from .summary_types import AuditSummary, Gate, VerdictDetail, estimate_from_json
 
 KNOWN = ("min_median_target_frac", "max_artifact_lift", "max_high_conf_error_rate", "max_counterfactual_flip_rate",
          "min_accuracy", "max_sanity_correlation", "min_auroc")
@@ -77,72 +81,79 @@ def _check_threshold(name: str, t) -> float:
     return t
 
 
-def _entry(name, est, threshold, higher_is_better, note=""):
-    v = None if est is None else est.get("value")
-    ci = None if est is None or est.get("lo") is None else [est.get("lo"), est.get("hi")]
-    passed = None if v is None else (v >= threshold if higher_is_better else v <= threshold)
-    if est is not None and est.get("too_small"):
-        note = (note + "; " if note else "") + f"too small (n={est.get('n')})"
+def _entry(name: str, est: Estimate | dict | None, threshold: float, higher_is_better: bool, note: str = "") -> Gate:
+    """One gate: `est` (an Estimate, or an estimate dict of a multi-label summary) against `threshold`; None, a
+    NaN value or a too-small estimate is undefined."""
+    if isinstance(est, dict):
+        est = estimate_from_json(est, name)
+    v = None if est is None or not math.isfinite(est.value) else float(est.value)
+    ci = None if est is None or not math.isfinite(est.lo) else [float(est.lo), float(est.hi)]
+    passed = None if v is None else bool(v >= threshold if higher_is_better else v <= threshold)
+    if est is not None and est.too_small:
+        note = (note + "; " if note else "") + f"too small (n={est.n})"
     status = {True: "pass", False: "fail", None: "undefined"}[passed]
-    return {"name": name, "value": v, "ci": ci, "threshold": threshold, "passed": passed, "status": status,
-            "n": None if est is None else est.get("n"), "note": note or ("not measured" if v is None else "")}
+    return Gate(name=name, value=math.nan if v is None else v, ci=ci, threshold=float(threshold), passed=passed,
+                status=status, n=None if est is None else int(est.n),
+                note=note or ("not measured" if v is None else ""))
 
 
-def _fmt_gate(g: dict) -> str:
-    v = g.get("value")
-    if g.get("passed") is None:
-        n = g.get("n")
-        return g["name"] + (f" (n={n})" if n is not None else f" ({g.get('note') or 'not measured'})")
-    op = "<" if g["passed"] is False and g["name"].startswith("min_") else ">"
-    return f"{g['name']} {v:.3g} {op} {g['threshold']:g}"
+def _fmt_gate(g: Gate) -> str:
+    if g.passed is None:
+        return g.name + (f" (n={g.n})" if g.n is not None else f" ({g.note or 'not measured'})")
+    op = "<" if g.passed is False and g.name.startswith("min_") else ">"
+    return f"{g.name} {g.value:.3g} {op} {g.threshold:g}"
 
 
 def _passes(n: int, what: str) -> str:
     return f"the {n} {what}s pass" if n != 1 else f"the 1 {what} passes"
 
 
-def decide_verdict(entries: list[dict], policy: str = "inconclusive") -> dict:
+def decide_verdict(entries: list[Gate], policy: str = "inconclusive") -> VerdictDetail:
     """The verdict of gate entries under the undefined-gate policy, and what decided it.
 
-    Returns {verdict: pass|fail|inconclusive|none, policy, n_pass, n_fail, n_undefined, decided_by: [gate names],
-    headline: one sentence naming the deciding gates (with their values, or their n when undefined)}.
+    Returns a VerdictDetail: verdict (pass|fail|inconclusive|none), policy, n_pass, n_fail, n_undefined, decided_by
+    (gate names), headline (one sentence naming the deciding gates, with their values or their n when undefined).
     Under "ignore", a set in which no gate could be measured is still inconclusive: nothing was checked.
     """
     if policy not in UNDEFINED_POLICIES:
         raise ConfigError(f"gates.{POLICY_KEY}: expected one of {', '.join(UNDEFINED_POLICIES)}, got {policy!r}")
-    fails = [g for g in entries if g.get("passed") is False]
-    undef = [g for g in entries if g.get("passed") is None]
+    fails = [g for g in entries if g.passed is False]
+    undef = [g for g in entries if g.passed is None]
     n_pass = len(entries) - len(fails) - len(undef)
-    out = {"policy": policy, "n_pass": n_pass, "n_fail": len(fails), "n_undefined": len(undef)}
+
+    def out(verdict: str, decided: list[Gate], headline: str) -> VerdictDetail:
+        return VerdictDetail(policy=policy, n_pass=n_pass, n_fail=len(fails), n_undefined=len(undef),
+                             verdict=verdict, decided_by=[g.name for g in decided], headline=headline)
 
     def names(gs, k=6):
         s = ", ".join(_fmt_gate(g) for g in gs[:k])
         return s + (f" and {len(gs) - k} more" if len(gs) > k else "")
 
     if not entries:
-        return {**out, "verdict": "none", "decided_by": [], "headline": "no sign-off gates configured"}
+        return out("none", [], "no sign-off gates configured")
     und_txt = (f"{len(undef)} could not be measured: {names(undef)}") if undef else ""
     if fails:
         head = f"{len(fails)} of {len(entries)} gates fail: {names(fails)}"
         if undef:
             head += f"; {und_txt}"
-        return {**out, "verdict": "fail", "decided_by": [g["name"] for g in fails], "headline": head}
+        return out("fail", fails, head)
     if undef and (policy != "ignore" or n_pass == 0):
         measured = _passes(n_pass, "measured gate") if n_pass else "no gate was measured"
         verdict = "fail" if policy == "fail" else "inconclusive"
-        return {**out, "verdict": verdict, "decided_by": [g["name"] for g in undef],
-                "headline": f"{measured}; {und_txt} (gates.undefined: {policy})"}
+        return out(verdict, undef, f"{measured}; {und_txt} (gates.undefined: {policy})")
     head = (f"all {n_pass} gates pass" if n_pass > 1 else _passes(n_pass, "gate")) if not undef else (
         f"{_passes(n_pass, 'measured gate')}; {len(undef)} undefined ignored (gates.undefined: ignore): {names(undef)}")
-    return {**out, "verdict": "pass", "decided_by": [], "headline": head}
+    return out("pass", [], head)
 
 
-def evaluate_gates(gates: dict, summary: dict, policy: str | None = None) -> tuple[list[dict], dict]:
-    """(entries, verdict detail: see `decide_verdict`). `policy` (what an undefined gate does) defaults to the
-    gates' own `undefined` key, else "inconclusive"."""
+def evaluate_gates(gates: dict, summary: AuditSummary | None, policy: str | None = None
+                   ) -> tuple[list[Gate], VerdictDetail]:
+    """(entries, verdict detail: see `decide_verdict`) of the preset's gates against a summary; summary=None only
+    checks the gates' names and thresholds (config validation). `policy` (what an undefined gate does) defaults to
+    the gates' own `undefined` key, else "inconclusive"."""
     gates, own = split_policy(gates)
     policy = policy or own or "inconclusive"
-    out: list[dict] = []
+    out: list[Gate] = []
     for name, t in gates.items():
         if name not in KNOWN and not name.startswith("min_sensitivity_at_"):
             raise ConfigError(f"gates.{name}: unknown gate; expected one of {', '.join(KNOWN)}, "
@@ -150,46 +161,49 @@ def evaluate_gates(gates: dict, summary: dict, policy: str | None = None) -> tup
         if isinstance(t, dict):  # per finding: checked here, measured by a multi-label audit only
             for f, v in t.items():
                 _check_threshold(name, v)
-            if summary:
+            if summary is not None:
                 out.append(_entry(name, None, 0.0, True, "per-finding thresholds need a multi-label audit"))
             continue
         t = _check_threshold(name, t)
-        regions = summary.get("regions", {})
-        if name == "min_median_target_frac":
-            targets = {r: e for r, e in regions.items() if e["kind"] == "target"}
-            if not targets:
-                out.append(_entry(name, None, t, True, "no target region configured"))
-            for r, e in targets.items():
-                out.append(_entry(f"{name}[{r}]", e["stats"]["median_all"], t, True))
-        elif name == "max_artifact_lift":
-            arts = {r: e for r, e in regions.items() if e["kind"] == "artifact"}
-            if not arts:
-                out.append(_entry(name, None, t, False, "no artifact region configured"))
-            for r, e in arts.items():
-                out.append(_entry(f"{name}[{r}]", e.get("lift"), t, False))
+        if summary is None:
+            continue
+        if name in ("min_median_target_frac", "max_artifact_lift"):
+            kind = "target" if name == "min_median_target_frac" else "artifact"
+            sel = {r: e for r, e in summary.regions.items() if e.kind == kind}
+            if not sel:
+                out.append(_entry(name, None, t, kind == "target", f"no {kind} region configured"))
+            for r, e in sel.items():
+                out.append(_entry(f"{name}[{r}]", e.stats.get("median_all") if kind == "target" else e.lift, t,
+                                  kind == "target"))
         elif name.startswith("min_sensitivity_at_"):
             s = name[len("min_sensitivity_at_"):]
-            pts = (summary.get("operating_points") or {}).get("points") or []
-            pt = next((p for p in pts if abs(float(p["target_sensitivity"]) - float(s)) < 1e-9), None)
-            out.append(_entry(name, None if pt is None else pt["sensitivity"], t, True,
+            pts = summary.operating_points.points if summary.operating_points else []
+            pt = next((p for p in pts if abs(p.target_sensitivity - float(s)) < 1e-9), None)
+            out.append(_entry(name, None if pt is None else pt.sensitivity, t, True,
                               "" if pt else f"no operating point for sensitivity {s} (positive class set?)"))
         elif name == "max_high_conf_error_rate":
-            out.append(_entry(name, (summary.get("high_conf_errors") or {}).get("rate"), t, False))
+            out.append(_entry(name, summary.high_conf_errors.rate, t, False))
         elif name == "max_counterfactual_flip_rate":
-            cf = (summary.get("counterfactual") or {}).get("regions")
+            cf = summary.counterfactual.regions if summary.counterfactual else {}
             if not cf:
                 out.append(_entry(name, None, t, False, "counterfactual check not run (--counterfactual)"))
-            for r, e in (cf or {}).items():
-                out.append(_entry(f"{name}[{r}]", e.get("flip_rate"), t, False))
+            for r, e in cf.items():
+                out.append(_entry(f"{name}[{r}]", e.flip_rate, t, False))
         elif name == "max_sanity_correlation":
-            san = summary.get("sanity")
+            san = summary.sanity
             est = None
             if san and san.get("gate_value") is not None:
-                sp = (san.get("full_randomisation") or {}).get("spearman") or {}
-                est = {"value": san["gate_value"], "lo": sp.get("lo"), "hi": sp.get("hi"), "n": sp.get("n")}
+                sp = estimate_from_json((san.get("full_randomisation") or {}).get("spearman") or {})
+                est = Estimate(float(san["gate_value"]), sp.lo, sp.hi, sp.n)
             out.append(_entry(name, est, t, False, "" if san else "sanity check not run (--sanity)"))
         elif name == "min_accuracy":
-            out.append(_entry(name, summary.get("accuracy"), t, True))
+            out.append(_entry(name, summary.accuracy, t, True))
         elif name == "min_auroc":
             out.append(_entry(name, None, t, True, "min_auroc is a multi-label (per finding) gate"))
     return out, decide_verdict(out, policy)
+
+
+def apply_gates(summary: AuditSummary, gates: dict, policy: str | None = None) -> None:
+    """Evaluate `gates` on `summary` and set its gates, verdict and verdict_detail."""
+    summary.gates, summary.verdict_detail = evaluate_gates(gates, summary, policy)
+    summary.verdict = summary.verdict_detail.verdict

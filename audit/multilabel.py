@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from .cam import _frozen, as_maps, default_layer, get_module
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .stats import NAN, Estimate, bootstrap_ci, proportion_ci, region_stats
 from .stream import Progress
+
+if TYPE_CHECKING:
+    from .summary_types import Gate, VerdictDetail
 
 UNCERTAIN = ("ignore", "zeros", "ones")
 
@@ -362,7 +365,8 @@ def _per_finding(t, findings: list[str], name: str) -> dict[str, float]:
     return {f: t for f in findings}
 
 
-def evaluate_multilabel_gates(gates: dict, summary: dict, policy: str | None = None) -> tuple[list[dict], dict]:
+def evaluate_multilabel_gates(gates: dict, summary: dict, policy: str | None = None
+                              ) -> tuple[list[Gate], VerdictDetail]:
     """(entries, verdict detail) of the gates over the findings: each gate as a number (every finding) or a mapping
     {finding: threshold}; entries named gate[finding] or gate[finding][region] (see audit/gates.py for the names,
     plus min_auroc). A gate that could not be measured is undefined; the verdict follows `audit.gates.decide_verdict`
@@ -417,14 +421,14 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     from .data import make_loader
     from .formats import format_record
     from .manifest import default_split, load_manifest, select_split, split_note
-    from .common import (PipelineResult, VALIDATION_SPLITS, build_region_fn, json_default, manifest_source,
+    from .common import (PipelineResult, VALIDATION_SPLITS, build_region_fn, manifest_source,
                          run_name)
     from .predict import dist_info, model_for_cam, predict_logits, resolve_device
     from .preprocess import normalize
     from .scores import region_columns, score_batch
     from .spill import SpillArray, write_npz
     from .stream import stream_batches, write_errors
-    from .summary import clean_json
+    from .summary_types import jsonable
 
     t0 = time.perf_counter()
     unsupported = [o for o, on in (("--discover", cfg.discover), ("--sanity", cfg.sanity), ("--by", bool(cfg.by)),
@@ -596,13 +600,13 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     for k, f in enumerate(findings):
         summary["findings"][f] = finding_summary(long, f, kinds, cfg, None if val is None else
                                                  (val[0][:, k], val[1][:, k]), float(thr_p[k]), int(n_unc[k]))
-    summary["gates"], detail = evaluate_multilabel_gates(cfg.gates, clean_json(summary), cfg.undefined_gates)
-    summary["verdict"], summary["verdict_detail"] = detail["verdict"], detail
+    gates, detail = evaluate_multilabel_gates(cfg.gates, jsonable(summary), cfg.undefined_gates)
+    summary["gates"], summary["verdict"], summary["verdict_detail"] = jsonable(gates), detail.verdict, jsonable(detail)
     summary["comparison"] = comparison_rows(summary)
     summary["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "model_s": round(t_model, 3),
                          "counterfactual_s": round(t_cf, 3)}
-    summary = clean_json(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
+    summary = jsonable(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_resolved(out / "config.resolved.yaml", cfg, run.to_dict(),
                    {"layer": layer, "cam_resolution": list(cam.shape[1:]), "split": split, "manifest": str(path),
                     "regions": kinds, "findings": findings})

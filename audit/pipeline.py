@@ -21,12 +21,12 @@ import torch
 from .cache import OutputCache
 from .cam import default_layer, finer_layer, get_module, grad_cam, map_concentration, share_after
 from .config import AuditConfig, write_resolved
-from .gates import evaluate_gates
+from .gates import apply_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
 from .formats import FORMAT_COLUMNS, format_record
 from .manifest import default_split, load_manifest, select_split, split_note
 from .preprocess import InputSpec, bit_depth, normalize
-from .common import (VALIDATION_SPLITS, PipelineResult, build_region_fn, json_default, manifest_source,
+from .common import (VALIDATION_SPLITS, PipelineResult, build_region_fn, manifest_source,
                      run_name)
 from .run import RunConfig, load_run
 from .predict import (dist_info, gather_to_rank0, log_odds, model_for_cam, predict_logits, release_freed_heap,
@@ -34,6 +34,7 @@ from .predict import (dist_info, gather_to_rank0, log_odds, model_for_cam, predi
 from .counterfactual import attribute_flips, counterfactual_batch, counterfactual_rates, method_description
 from .scores import region_columns, score_batch
 from .spill import SpillArray, write_npz
+from .summary_types import CacheInfo, Counterfactual, FinerLayer, jsonable
 from .stream import Progress, concat_frames, stream_batches, write_errors
 
 
@@ -297,7 +298,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
         cams_out, emb_out = cams_out[order], emb_out[order]
     cam_hw = tuple(cams_out.shape[1:])
     ids_all = per_image["image_id"].tolist()
-    from .summary import add_flags, build_summary, clean_json, hidden_shortcuts
+    from .summary import add_flags, build_summary, hidden_shortcuts
     per_image = add_flags(per_image, kinds, cfg)
     tw = time.perf_counter()
     per_image.to_csv(out / "per_image.csv", index=False)
@@ -323,53 +324,42 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                                     "writing_s": t_write, "decode_in_workers_s": t_decode,
                                     "regions_in_workers_s": t_regions},
                             positive=positive, val=val_probs)
-    if val_probs is not None and isinstance(summary.get("operating_points"), dict):
-        summary["operating_points"]["validation_split"] = val_name
-    snote = split_note(full, split)
-    if snote:
-        summary["data"]["split_note"] = snote
-    grid = grid_note(cfg.preset_input, spec)
-    if grid:
-        summary["data"]["grid_note"] = grid
-    depth = bit_depth_note(per_image["bit_depth"], spec.scale16)
-    if depth:
-        summary["data"]["bit_depth_note"] = depth
-    note = early_layer_note(model, layer, cam_hw, spec) if not cfg.layer else None
-    if note:
-        summary["cam"]["note"] = note
+    if val_probs is not None and summary.operating_points is not None:
+        summary.operating_points.validation_split = val_name
+    summary.data.split_note = split_note(full, split)
+    summary.data.grid_note = grid_note(cfg.preset_input, spec)
+    summary.data.bit_depth_note = bit_depth_note(per_image["bit_depth"], spec.scale16)
+    summary.cam.note = early_layer_note(model, layer, cam_hw, spec) if not cfg.layer else None
     if cfg.counterfactual and artifact_regions:
         cfr = counterfactual_rates(per_image, artifact_regions, min_n=cfg.min_n, n_boot=cfg.n_boot, seed=cfg.seed)
         cfr["method"] = method_description("median", 2, 3)
         cfr["cost"].update(seconds=round(t_cf, 3), share_of_model_time=round(t_cf / max(t_model, 1e-9), 3))
         cfr["attribution"] = attribute_flips(per_image, artifact_regions, min_n=cfg.min_n)
-        summary["counterfactual"] = cfr
+        summary.counterfactual = Counterfactual.from_json(jsonable(cfr))
     if cfg.discover:
         from .discover import discover
         td = time.perf_counter()
-        summary["discover"] = discover(out, seed=cfg.seed, min_n=cfg.min_n, regions=kinds).summary
-        summary["timing"]["discover_s"] = round(time.perf_counter() - td, 3)
+        summary.discover = discover(out, seed=cfg.seed, min_n=cfg.min_n, regions=kinds).summary
+        summary.timing["discover_s"] = round(time.perf_counter() - td, 3)
     if cfg.sanity:
         from .sanity import load_sample, sanity_check
         ts = time.perf_counter()
         x, _ids, smasks = load_sample(rows, spec, n=cfg.sanity_n, seed=cfg.seed, region_fn=region_fn, device=device)
-        summary["sanity"] = sanity_check(model, layer, x, target=target_rule, seed=cfg.seed, masks=smasks,
-                                         n_boot=cfg.n_boot, batch_size=cfg.batch_size)
-        summary["timing"]["sanity_s"] = round(time.perf_counter() - ts, 3)
-    summary["cam"]["batchnorm"] = batchnorm
-    summary["gates"], detail = evaluate_gates(cfg.gates, clean_json(summary), cfg.undefined_gates)
-    summary["verdict"], summary["verdict_detail"] = detail["verdict"], detail
-    if isinstance(summary.get("counterfactual"), dict):  # after the gates: their thresholds are the alarms
+        summary.sanity = jsonable(sanity_check(model, layer, x, target=target_rule, seed=cfg.seed, masks=smasks,
+                                               n_boot=cfg.n_boot, batch_size=cfg.batch_size))
+        summary.timing["sanity_s"] = round(time.perf_counter() - ts, 3)
+    summary.cam.batchnorm = batchnorm
+    apply_gates(summary, cfg.gates, cfg.undefined_gates)
+    if summary.counterfactual is not None:  # after the gates: their thresholds are the alarms
         finer = finer_layer(model, layer, (1, spec.channels, spec.size, spec.size))
         if finer:  # where a region smaller than a map cell can be resolved
-            summary["cam"]["finer_layer"] = {"layer": finer[0], "resolution": list(finer[1])}
-        summary["counterfactual"]["hidden"] = hidden_shortcuts(clean_json(summary))
-    summary["data"]["n_zero_cam"] = int((per_image["cam_sum"] <= 0).sum())
-    summary["cache"] = {"key": cache.key, "enabled": cache.enabled, "from_cache": cache.hits,
-                        "computed": cache.computed, "processes": world,
-                        "note": (f"model outputs of {cache.hits} images read from the cache; the model ran on "
-                                 f"{cache.computed}") if cache.hits else ""}
-    summary = clean_json(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
+            summary.cam.finer_layer = FinerLayer(layer=finer[0], resolution=list(finer[1]))
+        summary.counterfactual.hidden = hidden_shortcuts(summary)
+    summary.data.n_zero_cam = int((per_image["cam_sum"] <= 0).sum())
+    summary.cache = CacheInfo(key=cache.key, enabled=cache.enabled, from_cache=cache.hits, computed=cache.computed,
+                              processes=world, note=(f"model outputs of {cache.hits} images read from the cache; the "
+                                                     f"model ran on {cache.computed}") if cache.hits else "")
+    (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
     write_resolved(out / "config.resolved.yaml", cfg, run.to_dict(),
                    {"layer": layer, "cam_resolution": list(cam_hw), "split": split,
                     "manifest": str(manifest_path), "regions": kinds})

@@ -448,12 +448,14 @@ def fmt_estimate(e, pct: bool = False, digits: int = 2, compact: bool = False, s
                  sep: str = ",") -> str:
     """The one way an estimate is written, in the terminal, report.html, the scan and compare: "0.61 [0.58,0.64]".
 
-    e: an Estimate dict {value, lo, hi, n, too_small, note} (a bare number is written alone; None → "—"). Too
+    e: an Estimate, or its dict {value, lo, hi, n, too_small, note} (a bare number is written alone; None → "—"). Too
     small → `small_text` ("small n=7", "no errors"); value undefined (None, NaN) → "n/a"; the CI only when both
     bounds are finite. pct: "61%"; compact: ".61" for narrow cells; sign: "+0.125"; sep: between the bounds
     ("," in the terminal, ", " in HTML)."""
     if e is None:
         return "—"
+    if isinstance(e, Estimate):
+        e = e.to_dict()
 
     def f(x) -> str:
         x = float(x)

@@ -14,17 +14,16 @@ import numpy as np
 import pandas as pd
 
 from .errors import UndefinedMetricWarning
-from .stats import (bootstrap_ci, ece_if_calibrated, expected_calibration_error, group_keys, grouped_region_stats,
+from .summary_types import (SCHEMA_VERSION, AuditSummary, ByGroup, Calibration, CamInfo, ClassRecall, DataInfo,
+                            GroupAccuracy, HiddenShortcut, HighConfError, HighConfErrors, OffTarget, OperatingPoints,
+                            RegionSummary, RunInfo, jsonable)
+from .stats import (Estimate, bootstrap_ci, ece_if_calibrated, expected_calibration_error, group_keys, grouped_region_stats,
                     proportion_ci, region_stats)
 from .thresholds import class_score, isic_metrics, operating_points, prob_from_logodds
 
 if TYPE_CHECKING:
     from .config import AuditConfig
     from .run import RunConfig
-
-
-SCHEMA_VERSION = "2.0"  # docs/summary_schema.md; bump the major on a breaking change
-#                         (2.0: verdict "inconclusive" for undefined gates, which 1.0 counted as "fail")
 
 
 #: Reasons (their beginnings) that mean an artifact is simply not on the image, not that a mask was lost.
@@ -109,15 +108,11 @@ def off_target_defined(df: pd.DataFrame, kinds: dict[str, str]) -> np.ndarray:
     return df[cols].notna().any(axis=1).to_numpy()
 
 
-def _est(e) -> dict:
-    d = e.to_dict() if hasattr(e, "to_dict") else dict(e)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-
-
-def rate(k: int, n: int) -> dict:
+def rate(k: int, n: int) -> Estimate:
+    """k/n with its Wilson 95% CI (NaN, without a warning, when n = 0)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        return _est(proportion_ci(int(k), int(n)))
+        return proportion_ci(int(k), int(n))
 
 
 def _outputs_suffix(run: RunConfig) -> str:
@@ -148,42 +143,27 @@ def confidence_ranks(per_image: pd.DataFrame) -> np.ndarray:
 
 def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig, cfg: AuditConfig, *,
                   split: str, manifest, layer: str, cam_hw: tuple, n_skipped: int,
-                  timing: dict, positive: str | None = None, val: tuple | None = None) -> dict:
+                  timing: dict, positive: str | None = None, val: tuple | None = None) -> AuditSummary:
+    """The typed summary of the per-image table (`audit.summary_types.AuditSummary`); the pipeline adds the
+    sections computed elsewhere (notes, counterfactual, discover, sanity, gates, cache) as attributes."""
     n = len(per_image)
     correct = per_image["correct"].astype(bool).to_numpy()
     conf = per_image["confidence"].to_numpy(dtype=float)
     conf_rank = confidence_ranks(per_image)  # ρ(frac, confidence) without the float32 ties at 1.0
-    s: dict = {
-        "schema_version": SCHEMA_VERSION,
-        "run": {"name": run.run_dir.name if run.run_dir else None, "run_dir": str(run.run_dir) if run.run_dir else None,
-                "model": f"{run.source}:{run.model_name}" + _outputs_suffix(run),
-                "checkpoint": str(run.checkpoint) if run.checkpoint else None,
-                "checkpoint_sha256": run.checkpoint_sha256, "classes": run.classes,
-                "state_key": run.state_key, "weights_note": run.weights_note or None},
-        "data": {"manifest": str(manifest), "split": split, "n": n, "n_skipped": n_skipped},
-        "cam": {"method": "Grad-CAM (Selvaraju et al. 2017)", "layer": layer, "resolution": list(cam_hw),
-                "target": cfg.target, "upsampling": "bilinear (align_corners=False) to the model input",
-                "precision": cfg.amp or "fp32", "memory_format": "channels_last" if cfg.channels_last else "contiguous"},
-        "accuracy": rate(correct.sum(), n),
-        "per_class": {},
-        "regions": {},
-        "high_conf_errors": {},
-        "timing": {k: round(v, 3) for k, v in timing.items()},
-    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        s["calibration"] = {"ece": expected_calibration_error(conf, correct, n_boot=cfg.n_boot, seed=cfg.seed,
-                                                              min_n=cfg.min_n).to_dict(),
-                            "ece_if_calibrated": ece_if_calibrated(conf, seed=cfg.seed),
-                            "n_bins": 10, "method": "ECE of the top-1 confidence, 10 equal-width bins "
-                            "(Guo et al. 2017); percentile bootstrap CI; biased upward at small n: "
-                            "ece_if_calibrated is what a perfectly calibrated model with these confidences "
-                            "would read on average (200 draws)"}
+        calibration = Calibration(
+            ece=expected_calibration_error(conf, correct, n_boot=cfg.n_boot, seed=cfg.seed, min_n=cfg.min_n),
+            ece_if_calibrated=ece_if_calibrated(conf, seed=cfg.seed), n_bins=10,
+            method="ECE of the top-1 confidence, 10 equal-width bins (Guo et al. 2017); percentile bootstrap CI; "
+                   "biased upward at small n: ece_if_calibrated is what a perfectly calibrated model with these "
+                   "confidences would read on average (200 draws)")
+    per_class = {}
     for c in run.classes:
         m = (per_image["label"] == c).to_numpy()
-        entry = {"n": int(m.sum()), "recall": rate(correct[m].sum(), m.sum()),
-                 "too_small": bool(m.sum() < cfg.min_n)}
-        s["per_class"][c] = entry
+        per_class[c] = ClassRecall(n=int(m.sum()), recall=rate(correct[m].sum(), m.sum()),
+                                   too_small=bool(m.sum() < cfg.min_n))
+    regions: dict[str, RegionSummary] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         for r, kind in kinds.items():
@@ -197,43 +177,44 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
             fl = per_image[f"fraclayer_{r}"].to_numpy(dtype=float)
             hit = per_image[f"hit_{r}"].to_numpy(dtype=float)
             valid = np.isfinite(frac)
-            lv = lift[np.isfinite(lift)]
-            lift_est = {"value": float(np.median(lv)) if lv.size >= cfg.min_n else None, "n": int(lv.size),
-                        "too_small": bool(lv.size < cfg.min_n), "lo": None, "hi": None}
-            if lv.size >= cfg.min_n:
-                lift_est["lo"], lift_est["hi"] = bootstrap_ci(lv, lambda a: np.median(a, axis=1), n_boot=cfg.n_boot,
-                                                              seed=cfg.seed, vectorized=True)
-            s["regions"][r] = {
-                "kind": kind, "n_present": int(valid.sum()), "n_missing": int((~valid).sum()),
-                "median_area": _nanmed(area), "median_lift": _nanmed(lift), "lift": lift_est,
-                "median_frac_layer_res": _nanmed(fl),
-                "pointing_game": rate(np.nansum(hit), np.isfinite(hit).sum()),
-                "stats": {k: _est(v) for k, v in st.items()},
-            }
-            if not valid.all():
-                s["regions"][r]["missing_reasons"] = missing_reasons(per_image, r, ~valid)
+            regions[r] = RegionSummary(
+                kind=kind, n_present=int(valid.sum()), n_missing=int((~valid).sum()),
+                median_area=_nanmed(area), median_lift=_nanmed(lift), lift=median_estimate(lift, cfg),
+                median_frac_layer_res=_nanmed(fl), pointing_game=rate(np.nansum(hit), np.isfinite(hit).sum()),
+                stats=dict(st), missing_reasons=None if valid.all() else missing_reasons(per_image, r, ~valid))
     hce = per_image[per_image["flag_high_conf_error"]] if "flag_high_conf_error" in per_image else per_image.iloc[:0]
     top = most_confident_first(hce).head(10)
     cf_regions = [a for a, k in kinds.items() if k == "artifact" and f"cf_flip_{a}" in per_image]
-    s["high_conf_errors"] = {
-        "threshold": cfg.high_conf, "rate": rate(len(hce), n),
-        "top": [{"image_id": r["image_id"], "label": r["label"], "pred": r["pred"],
-                 "confidence": round(float(r["confidence"]), 4), "off_target": bool(r.get("flag_off_target", False)),
-                 **({"flips_without": [a for a in cf_regions if r.get(f"cf_flip_{a}") == 1.0]} if cf_regions else {})}
-                for r in top.to_dict("records")],
-    }
+    high_conf = HighConfErrors(threshold=cfg.high_conf, rate=rate(len(hce), n), top=[
+        HighConfError(image_id=str(r["image_id"]), label=str(r["label"]), pred=str(r["pred"]),
+                      confidence=round(float(r["confidence"]), 4), off_target=bool(r.get("flag_off_target", False)),
+                      flips_without=[a for a in cf_regions if r.get(f"cf_flip_{a}") == 1.0] if cf_regions else None)
+        for r in top.to_dict("records")])
+    s = AuditSummary(
+        schema_version=SCHEMA_VERSION,
+        run=RunInfo(name=run.run_dir.name if run.run_dir else None, run_dir=str(run.run_dir) if run.run_dir else None,
+                    model=f"{run.source}:{run.model_name}" + _outputs_suffix(run),
+                    checkpoint=str(run.checkpoint) if run.checkpoint else None,
+                    checkpoint_sha256=run.checkpoint_sha256, classes=list(run.classes), state_key=run.state_key,
+                    weights_note=run.weights_note or None),
+        data=DataInfo(manifest=str(manifest), split=split, n=n, n_skipped=n_skipped),
+        cam=CamInfo(method="Grad-CAM (Selvaraju et al. 2017)", layer=layer, resolution=list(cam_hw),
+                    target=cfg.target, upsampling="bilinear (align_corners=False) to the model input",
+                    precision=cfg.amp or "fp32", memory_format="channels_last" if cfg.channels_last else "contiguous"),
+        accuracy=rate(correct.sum(), n), per_class=per_class, regions=regions, high_conf_errors=high_conf,
+        timing={k: round(v, 3) for k, v in timing.items()}, calibration=calibration)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         if positive is not None:
-            s["operating_points"] = _operating_points(per_image, run, positive, val, cfg)
+            s.operating_points = OperatingPoints.from_json(_operating_points(per_image, run, positive, val, cfg))
         if len(run.classes) >= 3 and n >= cfg.min_n:
             y = per_image["label"].map({c: i for i, c in enumerate(run.classes)}).to_numpy()
             P = np.column_stack([class_score(per_image, c)[0] for c in run.classes])  # AUCs rank log-odds
-            s["isic_metrics"] = _jsonable(isic_metrics(y, P, run.classes, n_boot=cfg.n_boot, seed=cfg.seed,
-                                                       min_n=cfg.min_n))
-        s["by_artifact"] = _by_artifact(per_image, kinds, positive, cfg)
+            s.isic_metrics = jsonable(isic_metrics(y, P, run.classes, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                   min_n=cfg.min_n))
+        s.by_artifact = _by_artifact(per_image, kinds, positive, cfg)
         if cfg.by:
-            s["accuracy_by_group"] = {col: accuracy_by_group(per_image, col, cfg.min_n) for col in cfg.by}
+            s.accuracy_by_group = {col: accuracy_by_group(per_image, col, cfg.min_n) for col in cfg.by}
         frac_cols = [f"frac_{r}" for r in kinds if f"frac_{r}" in per_image]
         by_cols = ["label", *cfg.by]
         if frac_cols:
@@ -242,49 +223,52 @@ def build_summary(per_image: pd.DataFrame, kinds: dict[str, str], run: RunConfig
                                      confidence_col="_conf_rank")
             keep = t[t["stat"].isin(["median_all", "diff_median", "auroc_error", "spearman_conf_all"])
                      & (pd.to_numeric(t["n"], errors="coerce").fillna(1) > 0)]  # a group the region never occurs in
-            s["by_group"] = {"columns": by_cols, "rows": keep.to_dict("records")}
+            s.by_group = ByGroup(columns=by_cols, rows=jsonable(keep.to_dict("records")))
     if "flag_off_target" in per_image:
         ok = off_target_defined(per_image, kinds)
-        s["off_target"] = {"rate": rate(per_image["flag_off_target"].to_numpy()[ok].sum(), ok.sum()),
-                           "n_undefined": int((~ok).sum()),
-                           "rule": f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}",
-                           "artifact_lift": cfg.artifact_lift, "target_frac": cfg.off_target_frac}
+        s.off_target = OffTarget(rate=rate(per_image["flag_off_target"].to_numpy()[ok].sum(), ok.sum()),
+                                 n_undefined=int((~ok).sum()),
+                                 rule=f"target frac < {cfg.off_target_frac} or artifact lift > {cfg.artifact_lift}",
+                                 artifact_lift=cfg.artifact_lift, target_frac=cfg.off_target_frac)
     return s
 
 
-def _gate_threshold(s: dict, gate: str) -> float | None:
+def median_estimate(x: np.ndarray, cfg: AuditConfig) -> Estimate:
+    """The median of the finite values of `x` with a seeded percentile-bootstrap 95% CI; too small (NaN) below
+    cfg.min_n."""
+    v = x[np.isfinite(x)]
+    if v.size < cfg.min_n:
+        return Estimate(math.nan, n=int(v.size), too_small=True, note=f"n = {v.size} < min_n = {cfg.min_n}")
+    lo, hi = bootstrap_ci(v, lambda a: np.median(a, axis=1), n_boot=cfg.n_boot, seed=cfg.seed, vectorized=True)
+    return Estimate(float(np.median(v)), lo, hi, int(v.size))
+
+
+def _gate_threshold(s: AuditSummary, gate: str) -> float | None:
     """The threshold of the first gate whose name starts with `gate` ("max_artifact_lift" matches
     "max_artifact_lift[text]"), or None when the audit set no such gate."""
-    for g in s.get("gates") or []:
-        if str(g.get("name", "")).startswith(gate) and g.get("threshold") is not None:
-            return float(g["threshold"])
-    return None
+    if isinstance(s, dict):  # TEMPORARY until the report layer reads AuditSummary (helper-render)
+        s = AuditSummary.from_json(s)
+    g = next((g for g in s.gates if g.name.startswith(gate) and math.isfinite(g.threshold)), None)
+    return None if g is None else float(g.threshold)
 
 
-def _gate_or_rule(s: dict, gate: str, rule_key: str, default: float) -> float:
-    """The threshold of `gate` when the audit set it, else the off-target rule's `rule_key` value."""
-    t = _gate_threshold(s, gate)
-    return t if t is not None else float((s.get("off_target") or {}).get(rule_key, default))
-
-
-def target_floor(s: dict) -> float:
+def target_floor(s: AuditSummary) -> float:
     """The median target fraction below which a target region is shown as a concern: the
     min_median_target_frac gate when one is set, else the off-target rule's target fraction (default 0.5)."""
-    return _gate_or_rule(s, "min_median_target_frac", "target_frac", 0.5)
+    t = _gate_threshold(s, "min_median_target_frac")
+    s = AuditSummary.from_json(s) if isinstance(s, dict) else s  # TEMPORARY
+    return t if t is not None else (s.off_target.target_frac if s.off_target else 0.5)
 
 
-def lift_alarm(s: dict) -> float:
+def lift_alarm(s: AuditSummary) -> float:
     """The lift above which a region's median lift is shown as an alarm: the max_artifact_lift gate when one
     is set (the figure then fails a gate), else the off-target rule's artifact lift (default 3)."""
-    return _gate_or_rule(s, "max_artifact_lift", "artifact_lift", 3.0)
+    t = _gate_threshold(s, "max_artifact_lift")
+    s = AuditSummary.from_json(s) if isinstance(s, dict) else s  # TEMPORARY
+    return t if t is not None else (s.off_target.artifact_lift if s.off_target else 3.0)
 
 
-def _finite(e, key: str = "value") -> float:
-    v = (e or {}).get(key) if isinstance(e, dict) else None
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
-
-
-def hidden_shortcuts(s: dict) -> list[dict]:
+def hidden_shortcuts(s: AuditSummary) -> list[HiddenShortcut]:
     """Artifact regions the model depends on where its Grad-CAM maps do not show it.
 
     A region is listed when, with confidence (95% CIs), (1) removing it flips more decisions than allowed (flip
@@ -295,68 +279,58 @@ def hidden_shortcuts(s: dict) -> list[dict]:
     as any large edit would. The maps then read "not used" for a region whose removal changes the decisions: at
     a coarse layer a region smaller than one map cell cannot receive its share, and the gradient weighting can
     put the evidence elsewhere. s: the summary with `counterfactual`, `regions`, `cam` and (optionally)
-    `gates`. Returns [{region, flip_rate, lift, median_frac, flip_allowed, lift_alarm, median_area, cell_area,
-    shown_artifacts (other artifacts that flip decisions and that the maps do show: filling this region may
-    remove them too, e.g. a marker inside the border band), text}], empty when none (or no counterfactual check).
-    A region whose flips `audit.counterfactual.attribute_flips` gives to an artifact inside it ("contained") is not
-    listed: the flips are that artifact's (the summary's `counterfactual.attribution` says so)."""
-    cf = ((s.get("counterfactual") or {}).get("regions")) or {}
-    attribution = {(a["region"], a["contains"]): a for a in (s.get("counterfactual") or {}).get("attribution") or []}
-    owned = {r for (r, _q), a in attribution.items() if a["decision"] == "contained"}
-    regions = s.get("regions") or {}
+    `gates`. Returns one `HiddenShortcut` per region (with `shown_artifacts`: other artifacts that flip decisions
+    and that the maps do show, so filling this region may remove them too, e.g. a marker inside the border band),
+    empty when none (or no counterfactual check). A region whose flips `audit.counterfactual.attribute_flips`
+    gives to an artifact inside it ("contained") is not listed: the flips are that artifact's (the summary's
+    `counterfactual.attribution` says so)."""
+    if s.counterfactual is None:
+        return []
+    cf = s.counterfactual.regions
+    attribution = {(a.region, a.contains): a for a in s.counterfactual.attribution}
+    owned = {r for (r, _q), a in attribution.items() if a.decision == "contained"}
     alarm = lift_alarm(s)
-    hw = (s.get("cam") or {}).get("resolution") or []
+    hw = s.cam.resolution
     cell = 1.0 / (hw[0] * hw[1]) if len(hw) == 2 and hw[0] * hw[1] > 0 else math.nan
     out = []
     for r, e in cf.items():
-        fr, lift = (e or {}).get("flip_rate"), (regions.get(r) or {}).get("lift")
-        if not isinstance(fr, dict) or not isinstance(lift, dict) or fr.get("too_small") or lift.get("too_small"):
+        reg = s.regions.get(r)
+        if reg is None or e.flip_rate.too_small or reg.lift.too_small:
             continue
         if r in owned:  # its flips belong to an artifact inside it (attribute_flips), which the maps may well show
             continue
+        fr, lift, frac = e.flip_rate, reg.lift, reg.stats.get("median_all", Estimate(math.nan))
         allowed = _gate_threshold(s, f"max_counterfactual_flip_rate[{r}]")
         allowed = 0.10 if allowed is None else allowed
-        frac = ((regions.get(r) or {}).get("stats") or {}).get("median_all")
-        flips = _finite(fr, "lo")
-        if not (flips > allowed and _finite(lift, "hi") < alarm and flips > _finite(frac, "hi")):
+        if not (fr.lo > allowed and lift.hi < alarm and fr.lo > frac.hi):  # NaN compares False
             continue
-        area = _finite(regions.get(r), "median_area")
-        text = (f"removing {r} changes {100 * fr['value']:.0f}% [{100 * fr['lo']:.0f}%, {100 * fr['hi']:.0f}%] of "
-                f"the predictions (n = {fr.get('n')}), yet the maps give it {lift['value']:.2f}× "
-                f"[{lift['lo']:.2f}, {lift['hi']:.2f}] its area's share (alarm above {alarm:g}×) and "
-                f"a median {100 * frac['value']:.0f}% of the evidence: the model depends "
+        area = reg.median_area
+        text = (f"removing {r} changes {100 * fr.value:.0f}% [{100 * fr.lo:.0f}%, {100 * fr.hi:.0f}%] of "
+                f"the predictions (n = {fr.n}), yet the maps give it {lift.value:.2f}× "
+                f"[{lift.lo:.2f}, {lift.hi:.2f}] its area's share (alarm above {alarm:g}×) and "
+                f"a median {100 * frac.value:.0f}% of the evidence: the model depends "
                 f"on a region its Grad-CAM does not show (or reacts to how it was filled: the gallery's "
                 f"'read as … without the {r}' cases show both), so a low lift here is no evidence that {r} is "
                 "unused")
         if math.isfinite(area) and math.isfinite(cell) and area < cell:
-            fl = (s.get("cam") or {}).get("finer_layer") or {}
-            res = "×".join(map(str, fl.get("resolution") or []))
+            fl = s.cam.finer_layer
+            res = "×".join(map(str, fl.resolution)) if fl else ""
             text += (f". One {hw[0]}×{hw[1]} map cell covers {100 * cell:.0f}% of the image and the region's median "
                      f"area is {100 * area:.1f}%: the map cannot single it out at this layer. An earlier layer has "
-                     "finer cells (" + (f"--layer {fl['layer']}, {res}" if fl.get("layer") else "--layer")
+                     "finer cells (" + (f"--layer {fl.layer}, {res}" if fl else "--layer")
                      + "), though Grad-CAM may miss the region there too")
-        shown = [q for q, eq in cf.items() if q != r and _finite((eq or {}).get("flip_rate"), "lo") > allowed
-                 and _finite((regions.get(q) or {}).get("lift"), "lo") >= alarm]
+        shown = [q for q, eq in cf.items() if q != r and eq.flip_rate.lo > allowed and q in s.regions
+                 and s.regions[q].lift.lo >= alarm]
         for q in shown:  # filling r also fills whatever lies inside it, e.g. a marker inside the border band
-            fq, lq = cf[q]["flip_rate"], regions[q]["lift"]
+            fq, lq = cf[q].flip_rate, s.regions[q].lift
             a = attribution.get((r, q))
-            text += (f". Filling {r} also removes any other artifact inside it: {q} changes {100 * fq['value']:.0f}% "
-                     f"on its own and the maps do show it ({lq['value']:.2f}×)"
-                     + (f"; {a['text']}" if a else f", and {q} never lies inside {r} here"))
-        out.append({"region": r, "flip_rate": fr, "lift": lift, "median_frac": frac, "flip_allowed": allowed,
-                    "lift_alarm": alarm, "median_area": area, "cell_area": cell, "shown_artifacts": shown,
-                    "text": text})
+            text += (f". Filling {r} also removes any other artifact inside it: {q} changes {100 * fq.value:.0f}% "
+                     f"on its own and the maps do show it ({lq.value:.2f}×)"
+                     + (f"; {a.text}" if a else f", and {q} never lies inside {r} here"))
+        out.append(HiddenShortcut(region=r, flip_rate=fr, lift=lift, median_frac=frac, flip_allowed=allowed,
+                                  lift_alarm=alarm, median_area=area, cell_area=cell, shown_artifacts=shown,
+                                  text=text))
     return out
-
-
-def _jsonable(o):
-    if hasattr(o, "to_dict") and not isinstance(o, pd.DataFrame):
-        return _est(o)
-    if isinstance(o, dict):
-        return {k: _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    return o
 
 
 def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg: AuditConfig) -> dict:
@@ -384,19 +358,19 @@ def _operating_points(df: pd.DataFrame, run: RunConfig, positive: str, val, cfg:
             pt["threshold"] = prob_from_logodds(pt["threshold"])
             if pt["fold_thresholds"]:
                 pt["fold_thresholds"] = [prob_from_logodds(t) for t in pt["fold_thresholds"]]
-    res = _jsonable(res)
+    res = jsonable(res)
     res["positive_class"] = positive
     res["score"] = ("log-odds of P(positive) from the logits (float64): ranks images whose float32 probability "
                     "is 1.0" if kind == "logodds" else "P(positive) (per_image.csv has no logodds column)")
     return res
 
 
-def accuracy_by_group(df: pd.DataFrame, col: str, min_n: int) -> dict:
+def accuracy_by_group(df: pd.DataFrame, col: str, min_n: int) -> dict[str, GroupAccuracy]:
     """{group: {n, accuracy (Wilson 95% CI), too_small (n < min_n)}} of one --by column, largest group first;
     a missing value is its own group, "<missing>"."""
     t = df["correct"].astype(bool).groupby(group_keys(df[col])).agg(["sum", "size"])
     t = t.sort_values("size", ascending=False, kind="stable")  # groupby sorts by name: ties stay in name order
-    return {str(g): {"n": int(n), "accuracy": rate(k, n), "too_small": bool(n < min_n)}
+    return {str(g): GroupAccuracy(n=int(n), accuracy=rate(k, n), too_small=bool(n < min_n))
             for g, (k, n) in zip(t.index, t.to_numpy())}
 
 
@@ -420,24 +394,9 @@ def _by_artifact(df: pd.DataFrame, kinds: dict, positive: str | None, cfg: Audit
     out = model_by_artifact(frame, list(flags), positive, cfg.min_n, 0.05, cfg.n_boot, cfg.seed)
     for r, e in out.items():
         e["n_unknown"] = int(len(df) - e["n_known"])
-    return clean_json(out)
+    return jsonable(out)
 
 
-def _nanmed(x: np.ndarray):
+def _nanmed(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
-    return float(np.median(x)) if x.size else None
-
-
-def clean_json(o):
-    """NaN → None recursively, numpy scalars → Python (summary.json is strict JSON)."""
-    if isinstance(o, dict):
-        return {str(k): clean_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [clean_json(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return None if math.isnan(float(o)) or math.isinf(float(o)) else float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
+    return float(np.median(x)) if x.size else math.nan

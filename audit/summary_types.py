@@ -19,6 +19,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import numpy as np
+from pathlib import PurePath
 
 from .stats import Estimate
 
@@ -45,7 +46,8 @@ def doc(text: str, *, omit_none: bool = False, default: Any = MISSING, factory: 
 
 
 def jsonable(o: Any) -> Any:
-    """Plain JSON of any value a summary holds: records and estimates as dicts, NaN/inf → None, numpy → Python."""
+    """Strict JSON of any value a summary holds (the project's one JSON converter): records and estimates as dicts,
+    NaN/inf → None, numpy scalars and arrays → Python, paths → str."""
     if isinstance(o, Record):
         return o.to_json()
     if isinstance(o, Estimate):
@@ -61,6 +63,10 @@ def jsonable(o: Any) -> Any:
         return bool(o)
     if isinstance(o, np.integer):
         return int(o)
+    if isinstance(o, np.ndarray):
+        return jsonable(o.tolist())
+    if isinstance(o, PurePath):
+        return str(o)
     return o
 
 
@@ -280,28 +286,28 @@ class OperatingPoint(Record):
     target_sensitivity: float = doc("the sensitivity the threshold is tuned for")
     threshold: float = doc("a probability (σ of threshold_logodds); NaN when it cannot be tuned")
     fold_thresholds: list[float] | None = doc("cross-fit: one per fold, as probabilities")
-    tp: int | None = doc("counts on the audited split (null when not tuned)")
-    fn: int | None = doc("")
-    tn: int | None = doc("")
-    fp: int | None = doc("")
-    sensitivity: Estimate = doc("Wilson 95% CIs, as are specificity, ppv and npv")
-    specificity: Estimate = doc("")
-    ppv: Estimate = doc("")
-    npv: Estimate = doc("")
+    tp: int | None = doc("true positives on the audited split (null when not tuned)")
+    fn: int | None = doc("false negatives")
+    tn: int | None = doc("true negatives")
+    fp: int | None = doc("false positives")
+    sensitivity: Estimate = doc("tp / (tp + fn), Wilson 95% CI")
+    specificity: Estimate = doc("tn / (tn + fp), Wilson")
+    ppv: Estimate = doc("tp / (tp + fp), Wilson")
+    npv: Estimate = doc("tn / (tn + fn), Wilson")
     threshold_logodds: float | None = doc("the tuned threshold on the log-odds (when the logits were ranked)",
                                           omit_none=True)
 
 
 @dataclass
 class Top1(Record):
-    tp: int | None = doc("the argmax decision's counts and rates, for comparison")
-    fn: int | None = doc("")
-    tn: int | None = doc("")
-    fp: int | None = doc("")
-    sensitivity: Estimate = doc("")
-    specificity: Estimate = doc("")
-    ppv: Estimate = doc("")
-    npv: Estimate = doc("")
+    tp: int | None = doc("true positives of the argmax decision")
+    fn: int | None = doc("false negatives")
+    tn: int | None = doc("true negatives")
+    fp: int | None = doc("false positives")
+    sensitivity: Estimate = doc("Wilson 95% CI")
+    specificity: Estimate = doc("Wilson")
+    ppv: Estimate = doc("Wilson")
+    npv: Estimate = doc("Wilson")
 
 
 @dataclass
@@ -552,10 +558,10 @@ def record_types(root: type = AuditSummary) -> list[tuple[str, type]]:
 
 
 def type_name(tp: Any) -> str:
-    """A field type as the schema shows it: `estimate`, `number`, `list[Gate]`, `Gate | null`, ..."""
+    """A field type as the schema shows it: `estimate`, `number`, `list[Gate]`, `Gate or null`, ..."""
     origin, args = get_origin(tp), get_args(tp)
     if origin in (Union, types.UnionType):
-        return " | ".join(type_name(a) for a in args)
+        return " or ".join(type_name(a) for a in args)
     if origin is list:
         return f"list[{type_name(args[0])}]"
     if origin is dict:

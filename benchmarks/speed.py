@@ -183,7 +183,7 @@ def timed_trim(f=pipeline.release_freed_heap):  # the per-batch heap trim, timed
 pipeline.release_freed_heap = timed_trim
 t = time.perf_counter()
 res = pipeline.run_audit(resolve_config({opts!r}, {preset!r}))
-print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb(), "timing": res.summary["timing"],
+print(json.dumps({{"wall_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb(), "timing": res.summary.timing,
                   "trim_s": trim[0]}}))
 """
 

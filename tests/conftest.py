@@ -64,3 +64,56 @@ def assert_golden(name: str, text: str) -> None:
         import difflib
         diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True), "golden", "rendered", n=1))
         raise AssertionError(f"{name} differs from its golden rendering (UPDATE_GOLDEN=1 if intended):\n{diff}")
+
+
+def filled(tp, d):
+    """`d` (a partial summary.json dict, as tests write them) with every required key the record type `tp` lacks
+    filled with a blank (null number, 0, "", false, [], {}, an undefined estimate), recursively: tests state only
+    the figures they are about and still pass a typed summary to the code."""
+    import types
+    import typing
+    from dataclasses import MISSING, fields, is_dataclass
+
+    from audit.stats import Estimate
+    from audit.summary_types import Record
+
+    def blank(t):
+        origin = typing.get_origin(t)
+        if origin in (typing.Union, types.UnionType):
+            return None
+        if origin is list or t is list:
+            return []
+        if origin is dict or t is dict:
+            return {}
+        if t is Estimate:
+            return {"value": None}
+        if isinstance(t, type) and is_dataclass(t) and issubclass(t, Record):
+            return filled(t, {})
+        return {float: None, int: 0, str: "", bool: False}[t]
+
+    def fill(t, v):
+        origin, args = typing.get_origin(t), typing.get_args(t)
+        if origin in (typing.Union, types.UnionType):
+            inner = [a for a in args if a is not type(None)]
+            return v if v is None or len(inner) != 1 else fill(inner[0], v)
+        if origin is list and isinstance(v, list):
+            return [fill(args[0], x) for x in v]
+        if origin is dict and isinstance(v, dict):
+            return {k: fill(args[1], x) for k, x in v.items()}
+        if isinstance(t, type) and is_dataclass(t) and issubclass(t, Record) and isinstance(v, dict):
+            return filled(t, v)
+        return v
+
+    hints, out = tp.hints(), dict(d)
+    for f in fields(tp):
+        if f.name in out:
+            out[f.name] = fill(hints[f.name], out[f.name])
+        elif f.default is MISSING and f.default_factory is MISSING:
+            out[f.name] = blank(hints[f.name])
+    return out
+
+
+def typed_summary(d: dict):
+    """A partial summary.json dict → `AuditSummary` (missing required keys blank: see `filled`)."""
+    from audit.summary_types import AuditSummary
+    return AuditSummary.from_json(filled(AuditSummary, d))

@@ -92,7 +92,7 @@ def test_in_memory_module_and_dataframe(tmp_path, preset):
         maps["im99"]
 
     s, raw = res.summary, json.loads((res.out_dir / "summary.json").read_text())
-    assert isinstance(s, audit.Summary) and s.raw == raw
+    assert isinstance(s, audit.Summary) and s.to_json() == raw
     assert s.n_images == raw["data"]["n"] == 6 and s.n_skipped == 1
     assert s.verdict == raw["verdict"] and s.verdict in ("pass", "fail")
     assert [g.name for g in s.gates] == [g["name"] for g in raw["gates"]] == ["max_artifact_lift[border]"]
@@ -124,7 +124,7 @@ def test_in_memory_module_and_dataframe(tmp_path, preset):
         res.show("gone")
 
     again = audit.load_result(res.out_dir)
-    assert again.summary == s and len(again.per_image) == 6 and again.errors["image_id"].tolist() == ["gone"]
+    assert again.summary.to_json() == s.to_json() and len(again.per_image) == 6 and again.errors["image_id"].tolist() == ["gone"]
     paths = audit.render_reports(res, tmp_path / "rep", n_per_group=1)
     assert paths["html"] == tmp_path / "rep" / "report.html" and paths["html"].is_file()
     assert not (res.out_dir / "report.html").exists()  # rendered into the other folder, from a copy
@@ -147,7 +147,7 @@ def test_run_dir_and_module_with_the_same_weights_agree(tiny_run, tmp_path):
     assert a.per_image["image"].tolist() == b.per_image["image"].tolist()
     np.testing.assert_allclose(a.maps.array, b.maps.array, rtol=1e-4, atol=1e-6)
     assert a.summary.accuracy == b.summary.accuracy
-    assert a.summary.raw["run"]["checkpoint_sha256"] != b.summary.raw["run"]["checkpoint_sha256"]  # file vs tensors
+    assert a.summary.run.checkpoint_sha256 != b.summary.run.checkpoint_sha256  # file vs tensors
 
 
 def test_out_none_writes_a_temporary_folder(tmp_path):
@@ -169,7 +169,7 @@ def test_a_timm_model_declares_its_preprocessing(tmp_path):
     m = timm.create_model("test_resnet", pretrained=False, num_classes=2)
     res = audit.run_audit(m, png_set(tmp_path, n=2), classes=["a", "b"], input_size=S, root=tmp_path,
                           out=tmp_path / "o", workers=0, n_boot=10)
-    inp = res.summary.raw["run"].get("input") or {}
+    inp = res.summary.run.model
     import yaml
     cfg = yaml.safe_load((res.out_dir / "config.resolved.yaml").read_text())
     assert cfg["run"]["input"]["mean"] == [0.5, 0.5, 0.5] and cfg["run"]["input"]["size"] == S, inp
@@ -234,7 +234,7 @@ def test_scan_discover_compare_through_the_api(tmp_path, preset):
     a = audit.run_audit(tiny_net(0), df, out=tmp_path / "a", **kw)
     b = audit.run_audit(tiny_net(1), df, out=tmp_path / "b", **kw)
     d = audit.discover(a, k=1, min_n=2)
-    assert len(d.assignments) == 8 and "discover" in a.summary.raw
+    assert len(d.assignments) == 8 and a.summary.discover is not None
     assert json.loads((a.out_dir / "summary.json").read_text())["discover"] == d.summary
     with pytest.raises(audit.ConfigError, match="k: expected a positive integer, got 0"):
         audit.discover(a, k=0)
@@ -269,7 +269,7 @@ def test_a_cuda_module_is_audited_on_its_device_and_stays_there(tmp_path):
     res = audit.run_audit(model, df, classes=["a", "b"], input_size=S, mean=MEAN, std=STD, root=tmp_path,
                           out=tmp_path / "o", layer="2", workers=0, n_boot=10)
     assert all(p.is_cuda for p in model.parameters())
-    assert res.summary.raw["cam"] and len(res.per_image) == 2
+    assert res.summary.cam.layer and len(res.per_image) == 2
     p = expected_probs(tiny_net(), tmp_path, df["image"].tolist())
     np.testing.assert_allclose(res.per_image[["p_a", "p_b"]].to_numpy(), p, atol=1e-4)
 

@@ -15,6 +15,7 @@ import yaml
 
 import cli
 from audit.summary import hidden_shortcuts
+from audit.summary_types import AuditSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,9 +237,11 @@ def test_audit_with_regions_gates_counterfactual(tiny_run, tmp_path):
     assert acc_gate["passed"] is (s["accuracy"]["value"] >= 0.99)
     assert rc == {"pass": 0, "fail": 1, "inconclusive": 3}[s["verdict"]]
     assert "border" in s["counterfactual"]["regions"] and s["counterfactual"]["regions"]["border"]["n"] == 4
-    assert s["counterfactual"]["hidden"] == hidden_shortcuts(s)  # computed on the finished summary, gates included
+    typed = AuditSummary.from_json(s)
+    assert typed.to_json() == s           # the one to/from-JSON pair round-trips a real audit's summary exactly
+    assert [h.to_json() for h in hidden_shortcuts(typed)] == s["counterfactual"]["hidden"]  # on the finished summary
     from audit.summary_schema import undocumented
-    assert undocumented(s) == []          # every top-level key is in docs/summary_schema.md (audit/summary_schema.py)
+    assert undocumented(s) == []          # every top-level key is in docs/summary_schema.md (audit/summary_types.py)
     assert s["cam"]["finer_layer"] == {"layer": "layer3", "resolution": [4, 4]}   # resnet18 at 64 px: layer4 is 2×2
     assert s["by_group"]["columns"] == ["label", "site"]
 
@@ -326,7 +329,7 @@ def test_interrupted_audit_keeps_its_rows_and_resumes_from_the_cache(tiny_run, t
     assert len(part) == 2 and "_row" not in part and {"pred", "confidence", "margin"} <= set(part.columns)
     assert not (tmp_path / "o" / "summary.json").exists()
     res = run_audit(cfg)
-    assert res.summary["cache"]["from_cache"] == 2 and res.summary["cache"]["computed"] == 4
+    assert res.summary.cache.from_cache == 2 and res.summary.cache.computed == 4
     assert not (tmp_path / "o" / "per_image.partial.csv").exists()
     full = pd.read_csv(tmp_path / "o" / "per_image.csv").set_index("image_id")
     np.testing.assert_allclose(full.loc[part["image_id"], "confidence"], part["confidence"], rtol=1e-6)
@@ -357,10 +360,10 @@ def test_audit_splits_by_a_file_artifact_whose_absence_is_known(tiny_run, tmp_pa
     preset.write_text("regions:\n  patches: {source: file, column: sq_mask, absent_when_empty: true}\n")
     res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o"), "workers": 0,
                                     "n_boot": 20, "split": "all"}, str(preset)))
-    ba = res.summary["by_artifact"]["patches"]
+    ba = res.summary.by_artifact["patches"]
     assert (ba["with"]["n"], ba["without"]["n"], ba["n_unknown"]) == (2, 4, 0)
     assert res.per_image["present_patches"].tolist() == [True, False, True, False, False, False]
-    assert res.summary["regions"]["patches"]["n_missing"] == 4  # no mask: the fraction stays undefined, not 0
+    assert res.summary.regions["patches"].n_missing == 4  # no mask: the fraction stays undefined, not 0
 
 
 def test_preset_grid_that_differs_from_the_model_is_named_not_applied(tiny_run, tmp_path):
@@ -371,7 +374,7 @@ def test_preset_grid_that_differs_from_the_model_is_named_not_applied(tiny_run, 
     preset.write_text("input: {size: 224, resize: stretch}\nregions: {border: {}}\n")
     res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o"), "workers": 0,
                                     "n_boot": 20}, str(preset)))
-    assert res.summary["data"]["grid_note"] == ("the preset's input (size 224) is not used: the audit applies the "
+    assert res.summary.data.grid_note == ("the preset's input (size 224) is not used: the audit applies the "
                                                 "model's own preprocessing (size 64); the preset's grid applies to "
                                                 "scan and masks")
     assert np.load(tmp_path / "o" / "cams.npz")["cam"].shape[1:] == (2, 2)  # 64 px input, not 224
@@ -379,11 +382,11 @@ def test_preset_grid_that_differs_from_the_model_is_named_not_applied(tiny_run, 
     same.write_text("input: {size: 64}\n")
     res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o2"), "workers": 0,
                                     "n_boot": 20}, str(same)))
-    assert "grid_note" not in res.summary["data"]
+    assert res.summary.data.grid_note is None
     same.write_text("input: {size: 64, scale16: full}\n")  # how 16-bit images are scaled is part of the grid
     res = run_audit(resolve_config({"run_dir": str(tiny_run), "out": str(tmp_path / "o3"), "workers": 0,
                                     "n_boot": 20}, str(same)))
-    assert res.summary["data"]["grid_note"].startswith("the preset's input (scale16 full) is not used: the audit "
+    assert res.summary.data.grid_note.startswith("the preset's input (scale16 full) is not used: the audit "
                                                        "applies the model's own preprocessing (scale16 max)")
     assert scan_input_spec({"input": {"scale16": "12"}}).scale16 == 12
     from audit.errors import ConfigError

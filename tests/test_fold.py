@@ -139,8 +139,8 @@ def test_audit_folded_equals_as_loaded(tiny_run, tmp_path):
                                "batch_size": 2, "split": "all", **kw})
     folded = run_audit(cfg("f", cache=False))
     plain = run_audit(cfg("p", cache=False, fold_bn=False))
-    assert folded.summary["cam"]["batchnorm"].startswith("20 of 20 BatchNorm2d layers folded")
-    assert plain.summary["cam"]["batchnorm"] == "as loaded (--no-fold-bn)"
+    assert folded.summary.cam.batchnorm.startswith("20 of 20 BatchNorm2d layers folded")
+    assert plain.summary.cam.batchnorm == "as loaded (--no-fold-bn)"
     _same(tmp_path / "f", tmp_path / "p", exact=False)
     run_audit(cfg("c"))
-    assert run_audit(cfg("c", fold_bn=False)).summary["cache"]["computed"] == 6
+    assert run_audit(cfg("c", fold_bn=False)).summary.cache.computed == 6

@@ -28,14 +28,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("audit.errors", "audit.stats", "audit.summary_types", "audit.preprocess", "audit.dicom", "audit.manifest", "audit.spill",
+    ("core", ("audit.errors", "audit.stats", "audit.summary_types", "audit.summary_schema", "audit.preprocess", "audit.dicom", "audit.manifest", "audit.spill",
               "audit._version")),
     ("regions", ("masks.types", "masks.registry", "masks._util", "masks.geometric", "masks.detect_cxr", "masks.detect_derm",
                  "masks.files", "masks.export", "masks.synth_ink", "masks")),
     ("engine", ("audit.cam", "audit.fold", "audit.scores", "audit.data", "audit.cache", "audit.counterfactual", "audit.common",
                 "audit.run", "audit.xrv", "audit.predict", "audit.stream")),
     ("analyses", ("audit.association", "audit.formats", "audit.thresholds", "audit.gates", "audit.summary",
-                  "audit.summary_schema", "audit.discover", "audit.sanity", "audit.compare", "audit.dicom_bias", "audit.scan.hashing",
+                  "audit.discover", "audit.sanity", "audit.compare", "audit.dicom_bias", "audit.scan.hashing",
                   "audit.scan.core", "audit.report.inputs")),
     ("app", ("audit.config", "audit.pipeline", "audit.multilabel", "audit.scan.prepare")),
     ("render", ("audit.terminal", "audit.report", "audit.report.html", "audit.report.gallery",

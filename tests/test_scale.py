@@ -39,7 +39,7 @@ def _same(a: Path, b: Path, exact: bool = True):
 
 def test_interrupted_audit_resumes_and_equals_uninterrupted(tiny_run, tmp_path):
     ref = run_audit(_cfg(tiny_run, tmp_path / "ref", cache=False))
-    assert ref.summary["cache"]["computed"] == 6 and not (tmp_path / "ref" / "cache").exists()
+    assert ref.summary.cache.computed == 6 and not (tmp_path / "ref" / "cache").exists()
 
     def stop_after_first_batch(done, total):
         if done >= 2:
@@ -49,15 +49,15 @@ def test_interrupted_audit_resumes_and_equals_uninterrupted(tiny_run, tmp_path):
         run_audit(_cfg(tiny_run, tmp_path / "cut"), progress=stop_after_first_batch)
     assert not (tmp_path / "cut" / "per_image.csv").exists()
     resumed = run_audit(_cfg(tiny_run, tmp_path / "cut"))
-    assert resumed.summary["cache"]["from_cache"] == 2 and resumed.summary["cache"]["computed"] == 4
+    assert resumed.summary.cache.from_cache == 2 and resumed.summary.cache.computed == 4
     _same(tmp_path / "ref", tmp_path / "cut")
     # a re-run with other options that do not change the model outputs does not run the model again
     again = run_audit(_cfg(tiny_run, tmp_path / "cut", high_conf=0.5))
-    assert again.summary["cache"]["from_cache"] == 6 and again.summary["cache"]["computed"] == 0
-    assert "read from the cache" in again.summary["cache"]["note"]
+    assert again.summary.cache.from_cache == 6 and again.summary.cache.computed == 0
+    assert "read from the cache" in again.summary.cache.note
     # another layer is another key: the model runs
     other = run_audit(_cfg(tiny_run, tmp_path / "cut", layer="layer3"))
-    assert other.summary["cache"]["computed"] == 6
+    assert other.summary.cache.computed == 6
 
 
 def test_torchrun_two_processes_equal_single(tiny_run, tmp_path):
@@ -87,14 +87,14 @@ def test_channels_last_audit_equals_contiguous(tiny_run, tmp_path):
     assert m.conv1.weight.is_contiguous()
     cl = run_audit(_cfg(tiny_run, tmp_path / "cl", cache=False))
     nchw = run_audit(_cfg(tiny_run, tmp_path / "nchw", cache=False, channels_last=False))
-    assert (cl.summary["cam"]["memory_format"], nchw.summary["cam"]["memory_format"]) == ("channels_last", "contiguous")
+    assert (cl.summary.cam.memory_format, nchw.summary.cam.memory_format) == ("channels_last", "contiguous")
     _same(tmp_path / "cl", tmp_path / "nchw", exact=False)
 
 
 def test_channels_last_is_part_of_the_cache_key(tiny_run, tmp_path):
     run_audit(_cfg(tiny_run, tmp_path / "o"))
     again = run_audit(_cfg(tiny_run, tmp_path / "o", channels_last=False))
-    assert again.summary["cache"]["computed"] == 6
+    assert again.summary.cache.computed == 6
 
 
 def test_cache_read_across_shards_and_a_damaged_shard_recomputed(tiny_run, tmp_path):
@@ -103,13 +103,13 @@ def test_cache_read_across_shards_and_a_damaged_shard_recomputed(tiny_run, tmp_p
     run_audit(_cfg(tiny_run, tmp_path / "ref", cache=False))
     run_audit(_cfg(tiny_run, tmp_path / "o"))
     three = run_audit(_cfg(tiny_run, tmp_path / "o", batch_size=3))
-    assert three.summary["cache"]["from_cache"] == 6 and three.summary["cache"]["computed"] == 0
+    assert three.summary.cache.from_cache == 6 and three.summary.cache.computed == 0
     _same(tmp_path / "ref", tmp_path / "o")
     shards = sorted((tmp_path / "o" / "cache").glob("*/shard_*.npz"))
     assert len(shards) == 3
     shards[1].write_bytes(shards[1].read_bytes()[:100])
     again = run_audit(_cfg(tiny_run, tmp_path / "o"))
-    assert again.summary["cache"]["from_cache"] == 4 and again.summary["cache"]["computed"] == 2
+    assert again.summary.cache.from_cache == 4 and again.summary.cache.computed == 2
     _same(tmp_path / "ref", tmp_path / "o")
 
 

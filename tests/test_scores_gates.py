@@ -8,9 +8,23 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import typed_summary
+
+from audit import gates as _gates
 from audit.errors import ConfigError, UndefinedMetricWarning
-from audit.gates import evaluate_gates
 from audit.scores import region_columns, score_batch
+
+
+def evaluate_gates(gates: dict, s: dict | None, policy: str | None = None):
+    """audit.gates.evaluate_gates on a partial summary dict (typed first), its entries and verdict as JSON."""
+    entries, v = _gates.evaluate_gates(gates, None if s is None else typed_summary(s), policy)
+    return [g.to_json() for g in entries], v.to_json()
+
+
+def hidden_shortcuts(s: dict) -> list[dict]:
+    """audit.summary.hidden_shortcuts on a partial summary dict, as JSON."""
+    from audit.summary import hidden_shortcuts as _hidden
+    return [h.to_json() for h in _hidden(typed_summary(s))]
 
 
 def _m(rows):
@@ -162,7 +176,8 @@ def test_audit_and_scan_share_one_with_without_analysis_and_its_too_small_rule()
 
     from audit.association import model_by_artifact
     from audit.config import AuditConfig
-    from audit.summary import _by_artifact, clean_json
+    from audit.summary import _by_artifact
+    from audit.summary_types import jsonable as clean_json
     rng = np.random.default_rng(0)
     n = 40
     lab = np.where(np.arange(n) < 16, "mel", "nv")
@@ -204,8 +219,8 @@ def test_off_target_rate_counts_only_images_where_the_flag_is_defined():
     run = RunConfig(model_name="resnet18", source="torchvision", classes=["x", "y"], input=InputSpec())
     s = build_summary(df, kinds, run, cfg, split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7),
                       n_skipped=0, timing={})
-    assert s["off_target"]["rate"]["n"] == 3 and s["off_target"]["n_undefined"] == 2
-    assert s["off_target"]["rate"]["value"] == pytest.approx(2 / 3)
+    assert s.off_target.rate.n == 3 and s.off_target.n_undefined == 2
+    assert s.off_target.rate.value == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("text,words", [
@@ -257,7 +272,6 @@ def _cf_summary(gates=None):
 
 
 def test_hidden_shortcut_is_a_region_that_flips_decisions_the_maps_do_not_show():
-    from audit.summary import hidden_shortcuts
     (h,) = hidden_shortcuts(_cf_summary())
     assert h["region"] == "patches" and h["flip_allowed"] == 0.10 and h["lift_alarm"] == 3.0
     assert h["cell_area"] == pytest.approx(1 / 9)
@@ -315,12 +329,12 @@ def test_confidence_rho_ranks_the_top1_log_odds_where_float32_confidence_ties_at
     cfg = AuditConfig(n_boot=50)
     s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, split="test", manifest="m.csv",
                       layer="layer4", cam_hw=(7, 7), n_skipped=0, timing={})
-    assert s["regions"]["lungs"]["stats"]["spearman_conf_all"]["value"] == pytest.approx(1.0)
-    assert s["regions"]["text"]["stats"]["spearman_conf_all"]["value"] == pytest.approx(-1.0)
+    assert s.regions["lungs"].stats["spearman_conf_all"].value == pytest.approx(1.0)
+    assert s.regions["text"].stats["spearman_conf_all"].value == pytest.approx(-1.0)
     s_old = build_summary(add_flags(df.drop(columns=["logodds_x", "logodds_y"]), kinds, cfg), kinds, run, cfg,
                           split="test", manifest="m.csv", layer="layer4", cam_hw=(7, 7), n_skipped=0,
                           timing={})
-    assert s_old["regions"]["lungs"]["stats"]["spearman_conf_all"]["value"] is None   # ties only: undefined
+    assert math.isnan(s_old.regions["lungs"].stats["spearman_conf_all"].value)   # ties only: undefined
 
 
 def test_by_group_leaves_out_groups_a_region_never_occurs_in():
@@ -344,10 +358,10 @@ def test_by_group_leaves_out_groups_a_region_never_occurs_in():
     cfg = AuditConfig(n_boot=20, min_n=5)
     s = build_summary(add_flags(df, kinds, cfg), kinds, run, cfg, split="test", manifest="m.csv",
                       layer="layer4", cam_hw=(7, 7), n_skipped=0, timing={})
-    rows = {(r["region"], r["group"], r["stat"]) for r in s["by_group"]["rows"]}
+    rows = {(r["region"], r["group"], r["stat"]) for r in s.by_group.rows}
     assert ("frac_text", "x", "median_all") in rows and ("frac_lungs", "y", "median_all") in rows
     assert not any(reg == "frac_text" and g == "y" for reg, g, _ in rows)
-    assert all(r["n"] > 0 for r in s["by_group"]["rows"])
+    assert all(r["n"] > 0 for r in s.by_group.rows)
 
 
 def test_within_is_the_share_of_one_artifacts_pixels_inside_another():
@@ -404,7 +418,6 @@ def test_flips_of_a_region_are_given_to_the_artifact_inside_it():
 
 
 def test_a_region_whose_flips_are_contained_is_not_a_hidden_shortcut():
-    from audit.summary import hidden_shortcuts
     s = _cf_summary()
     (h,) = hidden_shortcuts(s)
     r = h["region"]
@@ -419,9 +432,11 @@ def test_summary_schema_doc_is_generated_from_the_code():
     """docs/summary_schema.md is written by `python -m audit.summary_schema`: the committed file is current."""
     from pathlib import Path
 
-    from audit.summary import SCHEMA_VERSION
-    from audit.summary_schema import KEYS, markdown, undocumented
+    from audit.summary_schema import markdown, undocumented
+    from audit.summary_types import SCHEMA_VERSION
     doc = Path(__file__).resolve().parents[1] / "docs" / "summary_schema.md"
     assert doc.read_text(encoding="utf-8") == markdown(), "run: python -m audit.summary_schema"
-    assert f"schema_version {SCHEMA_VERSION}" in markdown() and {"verdict", "verdict_detail", "gates"} <= set(KEYS)
+    md = markdown()
+    assert f"schema_version {SCHEMA_VERSION}" in md and "| `verdict_detail` | VerdictDetail or null *(optional)* |" in md
+    assert "## `gates[]` (Gate)" in md and "## `regions.<name>` (RegionSummary)" in md   # every typed section
     assert undocumented({"verdict": "pass", "surprise": 1}) == ["surprise"]

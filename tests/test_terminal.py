@@ -3,7 +3,18 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from audit.terminal import print_summary
+from conftest import typed_summary
+
+from audit import terminal
+
+
+def print_summary(s: dict, out_dir=None, console=None):
+    """The terminal's print_summary of a partial summary dict (typed first: tests state only what they check)."""
+    terminal.print_summary(typed_summary(s), out_dir, console)
+
+
+def summary_renderable(s: dict, out_dir=None):
+    return terminal.summary_renderable(typed_summary(s), out_dir)
 
 
 def _est(v, lo=None, hi=None, n=100, too_small=False):
@@ -16,10 +27,10 @@ SUMMARY = {
     "cam": {"layer": "layer4", "resolution": [7, 7], "target": "pred"},
     "accuracy": _est(0.8, 0.72, 0.86, 120),
     "regions": {
-        "lesion": {"kind": "target", "n_present": 120, "median_lift": 1.3,
+        "lesion": {"kind": "target", "n_present": 120, "median_lift": 1.3, "lift": _est(1.3, 1.1, 1.5, 120),
                    "stats": {"median_all": _est(0.61, 0.58, 0.64), "diff_median": _est(0.12, 0.05, 0.2),
                              "spearman_conf_all": _est(0.3, 0.1, 0.45), "auroc_error": _est(0.31, 0.2, 0.42)}},
-        "ruler": {"kind": "artifact", "n_present": 7, "median_lift": 4.2,
+        "ruler": {"kind": "artifact", "n_present": 7, "median_lift": 4.2, "lift": _est(4.2, 3.0, 5.5, 7),
                   "stats": {"median_all": _est(None, n=7, too_small=True), "diff_median": _est(None, n=7, too_small=True),
                             "spearman_conf_all": _est(None, n=7, too_small=True),
                             "auroc_error": _est(None, n=7, too_small=True)}},
@@ -148,7 +159,6 @@ def test_missing_regions_say_why_and_how_many():
 def test_missing_regions_line_is_loud_only_for_lost_masks():
     from rich.text import Text
 
-    from audit.terminal import summary_renderable
 
     def style(regions):
         parts = summary_renderable({**SUMMARY, "regions": regions}).renderables

@@ -465,7 +465,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         (out_dir / "device_bias.md").write_text(device_markdown(device, classes))
     write_errors(out_dir / "errors.csv", streamed.failures)
     from .._version import package_versions
-    from ..summary import clean_json
+    from ..summary_types import jsonable
     label_counts = {c: int((lab_all[labelled].astype(str) == c).sum()) for c in classes}
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -501,7 +501,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         warnings.warn(f"scan: undefined (NaN): {', '.join(undefined[:10])}"
                       f"{' …' if len(undefined) > 10 else ''} (artifact never or always present)",
                       UndefinedMetricWarning, stacklevel=2)
-    summary = clean_json(summary)
+    summary = jsonable(summary)
     (out_dir / "scan.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     return ScanResult(per_image=per_image, summary=summary, out_dir=out_dir, errors=errors)
 
