@@ -17,6 +17,7 @@ from audit.report.gallery import Words, caption, reading, select_candidates
 from audit.summary import most_confident_first
 from audit.report.overlay import ARTIFACT_RGB, TARGET_RGB, display_cam, outline
 from audit.report.plots import reliability_bins
+from summary_fixtures import complete
 from test_report_fixtures import build_out_dir
 
 
@@ -330,13 +331,13 @@ def test_gallery_note_names_lost_masks_not_absent_artifacts(out_dir):
 def test_gallery_says_which_shortcut_its_overlays_do_not_show(out_dir):
     s = json.loads((out_dir / "summary.json").read_text())
     s["counterfactual"] = {"regions": {}, "hidden": [{"region": "ruler", "text": "removing ruler changes 40% of it"}]}
-    (out_dir / "summary.json").write_text(json.dumps(s))
+    (out_dir / "summary.json").write_text(json.dumps(complete(s)))
     md = render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
     assert ("**Shortcut the maps do not show: ruler.** removing ruler changes 40% of it. The overlays below "
             "under-show it;") in md
     assert md.index("Shortcut the maps") < md.index("## Errors, most confident first")
     s["counterfactual"]["hidden"] = []
-    (out_dir / "summary.json").write_text(json.dumps(s))
+    (out_dir / "summary.json").write_text(json.dumps(complete(s)))
     assert "Shortcut the maps" not in render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
 
 
