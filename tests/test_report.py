@@ -17,6 +17,7 @@ from audit.report.gallery import Words, caption, reading, select_candidates
 from audit.summary import most_confident_first
 from audit.report.overlay import ARTIFACT_RGB, TARGET_RGB, display_cam, outline
 from audit.report.plots import reliability_bins
+from audit.summary_types import AuditSummary
 from summary_fixtures import complete
 from test_report_fixtures import build_out_dir
 
@@ -286,6 +287,37 @@ def test_read_out_dir_resolves_everything(out_dir):
     assert inp.kinds == {"lesion": "target", "ruler": "artifact", "border": "artifact"}
     assert inp.spec.size == 32 and inp.cams.shape == (4, 4, 4) and inp.layer == "layer4"
     assert "mask" in inp.per_image.columns and inp.per_image["mask"].notna().all()
+
+
+def test_read_out_dir_parses_the_summary_once_into_its_types(out_dir):
+    inp = read_out_dir(out_dir)
+    assert isinstance(inp.summary, AuditSummary) and inp.run_name == "tiny_<run>"
+    assert inp.summary.regions["ruler"].median_lift == 5.0 and inp.summary.gates[0].passed is False
+    assert math.isnan(inp.summary.gates[2].value)                      # null in summary.json: NaN
+
+
+def test_summary_that_is_not_an_audits_names_the_file_and_the_key(out_dir):
+    s = json.loads((out_dir / "summary.json").read_text())
+    del s["run"]
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    with pytest.raises(RunDirError) as e:
+        read_out_dir(out_dir)
+    msg = str(e.value)
+    assert "\n" not in msg and str(out_dir / "summary.json") in msg and "key 'run' missing" in msg
+    s = json.loads(json.dumps(complete(s)))
+    s["regions"]["ruler"]["lift"] = 5.0                                  # an estimate is an object
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    with pytest.raises(RunDirError, match=r"summary\.json: .*regions\.ruler\.lift: expected an estimate"):
+        render_reports(out_dir)
+
+
+def test_unknown_summary_keys_are_dropped_with_a_warning_naming_the_file(out_dir):
+    s = json.loads((out_dir / "summary.json").read_text())
+    s["from_a_newer_auditor"] = {"x": 1}
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    with pytest.warns(UserWarning, match=r"summary\.json: .*from_a_newer_auditor"):
+        inp = read_out_dir(out_dir)
+    assert inp.summary.verdict == "fail"
 
 
 def test_render_is_fast(out_dir):
