@@ -345,15 +345,15 @@ def operating_predictions(inp) -> tuple[dict[str, np.ndarray], list[str]]:
     df, pos = inp.per_image, inp.positive
     out: dict[str, np.ndarray] = {"top-1": (df["pred"].astype(str) == pos).to_numpy()}
     notes: list[str] = []
-    op = inp.summary.get("operating_points")
-    if not isinstance(op, dict) or not op.get("points"):
+    op = inp.summary.operating_points
+    if op is None or not op.points:
         return out, notes
     score, kind = class_score(df, pos)
     y = (df["label"].astype(str) == pos).to_numpy()
     seed = int(inp.option("seed", 0))
     folds = None
-    held_out = "rule" in op  # audits before the held-out rank (#26) tuned with k = ⌈target·P⌉
-    if op.get("tuning") != TUNING_VALIDATION:
+    held_out = bool(op.rule)  # audits before the held-out rank (#26) wrote no rule and tuned with k = ⌈target·P⌉
+    if op.tuning != TUNING_VALIDATION:
         from sklearn.model_selection import StratifiedKFold
         k = min(5, int(y.sum()))
         if k >= 2 and np.isfinite(score).all():
@@ -361,10 +361,10 @@ def operating_predictions(inp) -> tuple[dict[str, np.ndarray], list[str]]:
                 warnings.simplefilter("ignore", UserWarning)
                 folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
                              .split(np.zeros((len(y), 1)), y))
-    for pt in op["points"]:
-        name = f"{float(pt['target_sensitivity']):.2f}"
-        if op.get("tuning") == TUNING_VALIDATION:
-            t = pt.get("threshold_logodds") if kind == "logodds" else pt.get("threshold")
+    for pt in op.points:
+        name = f"{float(pt.target_sensitivity):.2f}"
+        if op.tuning == TUNING_VALIDATION:
+            t = pt.threshold_logodds if kind == "logodds" else pt.threshold
             if t is None or not math.isfinite(float(t)):
                 notes.append(f"{inp.run_name}: no threshold for sensitivity {name}")
                 continue
@@ -377,12 +377,12 @@ def operating_predictions(inp) -> tuple[dict[str, np.ndarray], list[str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
                 for tr, te in folds:
-                    pred[te] = score[te] >= tune_threshold(score[tr], y[tr], float(pt["target_sensitivity"]),
+                    pred[te] = score[te] >= tune_threshold(score[tr], y[tr], float(pt.target_sensitivity),
                                                               held_out=held_out)
         tp, fn = int((pred & y).sum()), int((~pred & y).sum())
-        if pt.get("tp") is not None and (tp, fn) != (int(pt["tp"]), int(pt["fn"])):
+        if pt.tp is not None and (tp, fn) != (int(pt.tp), int(pt.fn)):
             notes.append(f"{inp.run_name}: operating point {name} re-applied gives tp={tp}, fn={fn}, the summary "
-                         f"{pt['tp']}, {pt['fn']}: left out")
+                         f"{pt.tp}, {pt.fn}: left out")
             continue
         out[name] = pred
     return out, notes
@@ -547,8 +547,8 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
         if kind == "artifact":
             figs.append(_median_figure(f"lift[{r}]", "regions", f"median lift: {r}", -1,
                                        _col(da, f"lift_{r}"), _col(db, f"lift_{r}"), opts))
-    cfa = ((a.summary.get("counterfactual") or {}).get("regions")) or {}
-    cfb = ((b.summary.get("counterfactual") or {}).get("regions")) or {}
+    cfa = a.summary.counterfactual.regions if a.summary.counterfactual is not None else {}
+    cfb = b.summary.counterfactual.regions if b.summary.counterfactual is not None else {}
     for r in [r for r in a.kinds if r in cfa and r in cfb]:
         fa, fb = _col(da, f"cf_flip_{r}"), _col(db, f"cf_flip_{r}")
         ok = np.isfinite(fa) & np.isfinite(fb)
@@ -582,8 +582,7 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
     gate_res, verdict = evaluate_compare_gates(gates or {}, figs)
     return Comparison(baseline=_describe(a), candidate=_describe(b),
                       data={"n": n, "classes": list(a.classes), "positive": pos, "regions": dict(a.kinds),
-                            "split": (a.summary.get("data") or {}).get("split"),
-                            "manifest": (a.summary.get("data") or {}).get("manifest")},
+                            "split": a.summary.data.split, "manifest": a.summary.data.manifest},
                       method={**opts, "difference": "candidate − baseline",
                               "ci": "paired percentile bootstrap (DeLong normal CI for AUROC)",
                               "verdict_rule": f"better/worse when the CI excludes 0 and p < {alpha}"},
@@ -591,10 +590,10 @@ def compare_inputs(a, b, gates: dict | None = None, n_boot: int | None = None, s
 
 
 def _describe(inp) -> dict:
-    run = inp.summary.get("run") or {}
-    return {"name": inp.run_name, "audit_dir": str(inp.out_dir), "model": run.get("model"),
-            "checkpoint_sha256": run.get("checkpoint_sha256"), "n": int(len(inp.per_image)),
-            "audit_verdict": inp.summary.get("verdict")}
+    run = inp.summary.run
+    return {"name": inp.run_name, "audit_dir": str(inp.out_dir), "model": run.model,
+            "checkpoint_sha256": run.checkpoint_sha256, "n": int(len(inp.per_image)),
+            "audit_verdict": inp.summary.verdict}
 
 
 def _changes(a, da: pd.DataFrame, db: pd.DataFrame) -> tuple[dict, pd.DataFrame]:

@@ -3,7 +3,8 @@
 `audit_table(n_pos, n_neg, seed)` gives a per_image table (binary benign/melanoma, one target region `lesion`, one
 artifact `ruler`); `write_audit(folder, table, ...)` writes what `cli.py audit` writes (per_image.csv,
 summary.json, cams.npz, config.resolved.yaml) plus the images it points to, with validation-tuned operating
-points whose thresholds are given as log-odds.
+points whose thresholds are given as log-odds. The summary's other required keys are filled in with neutral values
+(`summary_fixtures.complete`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
+from summary_fixtures import complete
 
 CLASSES = ["benign", "melanoma"]
 KINDS = {"lesion": "target", "ruler": "artifact"}
@@ -93,7 +95,7 @@ def write_audit(out: Path, df: pd.DataFrame, name: str = "run", thresholds=(0.0,
         summary["counterfactual"] = {"regions": {r: {"n": len(df)} for r, k in (kinds or KINDS).items()
                                                  if k == "artifact"}}
     summary.update(summary_extra or {})
-    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "summary.json").write_text(json.dumps(complete(summary)))
     cfg = {"options": {"seed": 0, "n_boot": 300, "min_n": 10, "high_conf": 0.9, "off_target_frac": 0.3,
                        "artifact_lift": 3.0, "positive": "melanoma", "regions": regions or {}},
            "run": {"classes": CLASSES, "input": {"size": 32}},

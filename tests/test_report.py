@@ -17,6 +17,8 @@ from audit.report.gallery import Words, caption, reading, select_candidates
 from audit.summary import most_confident_first
 from audit.report.overlay import ARTIFACT_RGB, TARGET_RGB, display_cam, outline
 from audit.report.plots import reliability_bins
+from audit.summary_types import AuditSummary
+from summary_fixtures import complete
 from test_report_fixtures import build_out_dir
 
 
@@ -287,6 +289,37 @@ def test_read_out_dir_resolves_everything(out_dir):
     assert "mask" in inp.per_image.columns and inp.per_image["mask"].notna().all()
 
 
+def test_read_out_dir_parses_the_summary_once_into_its_types(out_dir):
+    inp = read_out_dir(out_dir)
+    assert isinstance(inp.summary, AuditSummary) and inp.run_name == "tiny_<run>"
+    assert inp.summary.regions["ruler"].median_lift == 5.0 and inp.summary.gates[0].passed is False
+    assert math.isnan(inp.summary.gates[2].value)                      # null in summary.json: NaN
+
+
+def test_summary_that_is_not_an_audits_names_the_file_and_the_key(out_dir):
+    s = json.loads((out_dir / "summary.json").read_text())
+    del s["run"]
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    with pytest.raises(RunDirError) as e:
+        read_out_dir(out_dir)
+    msg = str(e.value)
+    assert "\n" not in msg and str(out_dir / "summary.json") in msg and "key 'run' missing" in msg
+    s = json.loads(json.dumps(complete(s)))
+    s["regions"]["ruler"]["lift"] = 5.0                                  # an estimate is an object
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    with pytest.raises(RunDirError, match=r"summary\.json: .*regions\.ruler\.lift: expected an estimate"):
+        render_reports(out_dir)
+
+
+def test_unknown_summary_keys_are_dropped_with_a_warning_naming_the_file(out_dir):
+    s = json.loads((out_dir / "summary.json").read_text())
+    s["from_a_newer_auditor"] = {"x": 1}
+    (out_dir / "summary.json").write_text(json.dumps(s))
+    with pytest.warns(UserWarning, match=r"summary\.json: .*from_a_newer_auditor"):
+        inp = read_out_dir(out_dir)
+    assert inp.summary.verdict == "fail"
+
+
 def test_render_is_fast(out_dir):
     t = time.perf_counter()
     render_reports(out_dir)
@@ -330,13 +363,13 @@ def test_gallery_note_names_lost_masks_not_absent_artifacts(out_dir):
 def test_gallery_says_which_shortcut_its_overlays_do_not_show(out_dir):
     s = json.loads((out_dir / "summary.json").read_text())
     s["counterfactual"] = {"regions": {}, "hidden": [{"region": "ruler", "text": "removing ruler changes 40% of it"}]}
-    (out_dir / "summary.json").write_text(json.dumps(s))
+    (out_dir / "summary.json").write_text(json.dumps(complete(s)))
     md = render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
     assert ("**Shortcut the maps do not show: ruler.** removing ruler changes 40% of it. The overlays below "
             "under-show it;") in md
     assert md.index("Shortcut the maps") < md.index("## Errors, most confident first")
     s["counterfactual"]["hidden"] = []
-    (out_dir / "summary.json").write_text(json.dumps(s))
+    (out_dir / "summary.json").write_text(json.dumps(complete(s)))
     assert "Shortcut the maps" not in render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
 
 

@@ -1,7 +1,8 @@
 """A hand-built audit output folder for the report tests (4 images, 2 classes, known numbers; no model).
 
 `build_out_dir(root)` writes what `cli.py audit` writes (per_image.csv, cams.npz, summary.json,
-config.resolved.yaml) plus the images, mask files and manifest they point to. The manifest holds the `mask`
+config.resolved.yaml) plus the images, mask files and manifest they point to. summary.json holds the known numbers
+below; the other keys the schema requires are filled in with neutral values (`summary_fixtures.complete`). The manifest holds the `mask`
 column (as in a real run, per_image.csv does not), so file-backed regions go through the report's manifest join.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
+from summary_fixtures import complete
 
 S = 32          # model grid
 H = 4           # CAM layer grid (8×8 input pixels per cell)
@@ -98,14 +100,19 @@ def build_out_dir(root: Path, extras: bool = True) -> Path:
                                   "spearman_conf_all": est(-0.2, -0.9, 0.8, 4), "auroc_error": small}}
                     for r, k in KINDS.items()},
         "high_conf_errors": {"threshold": 0.9, "rate": est(0.25, 0.05, 0.7, 4), "top": []},
-        "off_target": {"rate": est(0.5, 0.15, 0.85, 4), "rule": "target frac < 0.5 or artifact lift > 3.0"},
+        "calibration": {"ece": est(0.12, 0.05, 0.3, 4), "ece_if_calibrated": 0.0915, "n_bins": 10,
+                        "method": "10 equal-width bins"},
+        "off_target": {"rate": est(0.5, 0.15, 0.85, 4), "n_undefined": 0,
+                       "rule": "target frac < 0.5 or artifact lift > 3.0", "artifact_lift": 3.0, "target_frac": 0.5},
     }
     if extras:
         summary["gates"] = [
-            {"name": "min_median_target_frac", "value": 0.22, "ci": [0.1, 0.6], "threshold": 0.5, "passed": False},
-            {"name": "max_high_conf_error_rate", "value": 0.02, "ci": [0.0, 0.1], "threshold": 0.05, "passed": True},
+            {"name": "min_median_target_frac", "value": 0.22, "ci": [0.1, 0.6], "threshold": 0.5, "passed": False,
+             "status": "fail"},
+            {"name": "max_high_conf_error_rate", "value": 0.02, "ci": [0.0, 0.1], "threshold": 0.05, "passed": True,
+             "status": "pass"},
             {"name": "max_artifact_lift <script>", "value": None, "ci": None, "threshold": 2.0, "passed": None,
-             "n": None, "note": "not measured"}]
+             "status": "undefined", "n": None, "note": "not measured"}]
         summary["verdict"] = "fail"
         summary["operating_points"] = {
             "tuning": "validation split", "warning": None, "n": 4, "n_pos": 2, "n_neg": 2,
@@ -122,7 +129,7 @@ def build_out_dir(root: Path, extras: bool = True) -> Path:
                                   "mean_delta": est(-0.1, -0.3, 0.05, 4)},
                         "border": {"n": 2, "too_small": True, "flip_rate": small, "mean_delta": small}},
             "cost": {"n_edited": 6, "n_forward": None, "seconds": None}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(complete(summary), indent=2))
     config = {"auditor_version": "0.1.0",
               "options": {"target": "pred", "seed": 0, "high_conf": 0.9, "off_target_frac": 0.5,
                           "artifact_lift": 3.0, "positive": None, "regions": REGIONS, "data_spec": {}},

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from audit.report import render_reports
+from summary_fixtures import parse
 from test_report_fixtures import build_out_dir
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -163,7 +164,7 @@ def _page(inp, extra: dict) -> str:
 
     from audit.report.html import render_html
     inp = copy.copy(inp)
-    inp.summary = {**inp.summary, **copy.deepcopy(extra)}
+    inp.summary = parse({**inp.summary.to_json(), **copy.deepcopy(extra)})   # through the types, as summary.json
     return render_html(inp, {}, [], [])
 
 
@@ -227,7 +228,7 @@ def test_by_artifact_without_positive_class_shows_accuracy_only(plain_inputs):
 
 
 def test_missing_region_reasons_are_listed_and_escaped(plain_inputs):
-    regs = {r: dict(e) for r, e in plain_inputs.summary["regions"].items()}
+    regs = {r: dict(e) for r, e in plain_inputs.summary.to_json()["regions"].items()}
     first = next(iter(regs))
     regs[first]["missing_reasons"] = {"mask file not found": 3, "<all-zero> map": 1}
     page = _page(plain_inputs, {"regions": regs})
@@ -258,7 +259,7 @@ def test_accuracy_section_gives_the_calibration_error_with_its_ci_and_n(plain_in
 
 
 def test_region_table_gives_the_lift_with_its_ci(plain_inputs):
-    regs = {r: dict(e) for r, e in plain_inputs.summary["regions"].items()}
+    regs = {r: dict(e) for r, e in plain_inputs.summary.to_json()["regions"].items()}
     regs["ruler"]["lift"] = _est(5.0, 3.94, 6.61, 4)
     page = _page(plain_inputs, {"regions": regs})
     rows = {row[0]: row for row in _rows(page, "Where the evidence lies")}
@@ -313,7 +314,7 @@ def test_shortcut_the_maps_do_not_show_is_under_the_verdict_and_in_the_counterfa
 
 def test_bit_depth_note_is_shown(plain_inputs):
     note = "4 of 6 images are 16-bit grayscale, divided by 65535 (input.scale16: full); <mixed>"
-    page = _page(plain_inputs, {"data": {**plain_inputs.summary["data"], "bit_depth_note": note}})
+    page = _page(plain_inputs, {"data": {**plain_inputs.summary.to_json()["data"], "bit_depth_note": note}})
     assert '<p class="note">Bit depth: 4 of 6 images are 16-bit grayscale, divided by 65535 (input.scale16: full); ' \
            '&lt;mixed&gt;</p>' in page
     assert "Bit depth:" not in _page(plain_inputs, {})
@@ -338,9 +339,9 @@ def test_accuracy_by_group_known_answers(plain_inputs):
 
 def test_split_note_and_threshold_rule_are_shown(plain_inputs):
     note = "the manifest has no split column, so no split chose the audited rows: this may be auditing training data"
-    page = _page(plain_inputs, {"data": {**plain_inputs.summary["data"], "split_note": note}})
+    page = _page(plain_inputs, {"data": {**plain_inputs.summary.to_json()["data"], "split_note": note}})
     assert f'<p class="note">Split: {note}</p>' in page
     assert "Split:" not in _page(plain_inputs, {})
-    op = {**plain_inputs.summary["operating_points"], "rule": "each threshold is the k-th highest <score>"}
+    op = {**plain_inputs.summary.to_json()["operating_points"], "rule": "each threshold is the k-th highest <score>"}
     page = _page(plain_inputs, {"operating_points": op})
     assert '<p class="meta">Thresholds: each threshold is the k-th highest &lt;score&gt;.</p>' in page

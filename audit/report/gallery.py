@@ -23,6 +23,7 @@ import pandas as pd
 from ..cam import map_concentration
 from ..errors import UndefinedMetricWarning
 from ..summary import most_confident_first
+from ..summary_types import AuditSummary
 from .inputs import ReportInputs, fnum
 from .overlay import overlay_image
 
@@ -141,10 +142,11 @@ def select_candidates(df: pd.DataFrame, positive: str | None, seed: int = 0) -> 
 N_DISCOVERED = 3  # discovered groups shown in the gallery (the most suspicious first)
 
 
-def discovered_groups(summary: dict, df: pd.DataFrame, n: int = N_DISCOVERED) -> list[tuple[GroupSpec, pd.DataFrame]]:
-    """The `n` most suspicious groups of summary["discover"]["ranking"], each with its prototype rows (the images
+def discovered_groups(summary: AuditSummary | None, df: pd.DataFrame,
+                      n: int = N_DISCOVERED) -> list[tuple[GroupSpec, pd.DataFrame]]:
+    """The `n` most suspicious groups of the summary's `discover` ranking, each with its prototype rows (the images
     nearest the group's centre, in that order); [] when the audit ran no discovery."""
-    d = summary.get("discover")
+    d = summary.discover if summary is not None else None  # free-form (audit/discover.py): read as a dict
     if not isinstance(d, dict) or not d.get("ranking"):
         return []
     by_id = df.assign(_id=df["image_id"].astype(str)).set_index("_id")
@@ -297,19 +299,20 @@ def _md(s: str) -> str:
 def gallery_markdown(inp: ReportInputs, groups: list[GalleryGroup], blocky: bool = False) -> str:
     """The text of GALLERY.md (paths relative to the output folder)."""
     words = words_for(inp)
-    cam = inp.summary.get("cam") or {}
+    s = inp.summary
     res = "×".join(str(x) for x in inp.cams.shape[1:])
     targets, artifacts = inp.targets, inp.artifacts
     lines = [f"# Error gallery: {_md(inp.run_name)}", "",
-             f"Overlays: Grad-CAM of the {_md(cam.get('target', 'pred'))} class at `{_md(inp.layer)}` ({res}), "
+             f"Overlays: Grad-CAM of the {_md(s.cam.target if s is not None else 'pred')} class at `{_md(inp.layer)}` ({res}), "
              + ("nearest-neighbour (raw layer grid)" if blocky else "bilinear upsampling")
              + "; min-max scaled per image for display only; jet colormap (red = most evidence). Outlines: "
              + f"green = target ({', '.join(targets) or 'none'}), magenta = artifact ({', '.join(artifacts) or 'none'}).",
              "",
              f"Positive class: {_md(inp.positive) if inp.positive else 'not configured'}. Words: {words.legend()}",
              "", CONCENTRATION_LEGEND, ""]
-    for h in (inp.summary.get("counterfactual") or {}).get("hidden") or []:  # the colours do not show these
-        lines += [f"**Shortcut the maps do not show: {_md(h.get('region'))}.** {_md(h.get('text'))}. The overlays "
+    hidden = s.counterfactual.hidden if s is not None and s.counterfactual is not None else []
+    for h in hidden:  # the colours do not show these
+        lines += [f"**Shortcut the maps do not show: {_md(h.region)}.** {_md(h.text)}. The overlays "
                   "below under-show it; their readings name it where removing it changed the prediction.", ""]
     pos_h = f"P({_md(inp.positive)})" if inp.positive else "P(pos)"
     for g in groups:

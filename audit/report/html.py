@@ -5,13 +5,14 @@ Every piece of text from the run (names, paths, notes) goes through `html.escape
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..stats import fmt_estimate, is_finite, small_text
-from ..summary import lift_alarm, target_floor
+from ..stats import Estimate, fmt_estimate, is_finite, small_text
+from ..summary_types import AuditSummary, RegionSummary
 from ..thresholds import fmt_threshold
 from .gallery import CONCENTRATION_LEGEND, GalleryGroup, concentration_text, words_for
 from .inputs import ReportInputs
@@ -57,9 +58,16 @@ def _num(v, digits: int = 2, pct: bool = False) -> str:
     return f"{100 * f:.0f}%" if pct else f"{f:.{digits}f}"
 
 
+def est_dict(e):
+    """An `Estimate` as the dict `audit.stats.fmt_estimate` / `small_text` read; anything else unchanged (the
+    free-form sections hold estimate dicts already)."""
+    return e.to_dict() if isinstance(e, Estimate) else e
+
+
 def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
-    """An estimate in HTML: `audit.stats.fmt_estimate` with ", " between the bounds ("0.61 [0.58, 0.64]")."""
-    return fmt_estimate(e, pct=pct, digits=digits, sep=", ")
+    """An estimate (`Estimate` or its dict) in HTML: `audit.stats.fmt_estimate` with ", " between the bounds
+    ("0.61 [0.58, 0.64]")."""
+    return fmt_estimate(est_dict(e), pct=pct, digits=digits, sep=", ")
 
 def _est_or_na(e, pct: bool = False, digits: int = 2) -> str:
     """`fmt_est`, but a missing estimate reads "n/a" (not "—")."""
@@ -106,38 +114,56 @@ def _c(x, cls: str = "") -> tuple[str, str]:
     return esc(x), cls
 
 
+def _gate_or_rule(s: AuditSummary, gate: str, rule: str, default: float) -> float:
+    """The threshold of the first gate named `gate…` when the audit set one, else the off-target rule's `rule`
+    figure (as `audit.summary.lift_alarm` / `target_floor` on the summary dict)."""
+    g = next((g for g in s.gates if g.name.startswith(gate) and is_finite(g.threshold)), None)
+    if g is not None:
+        return float(g.threshold)
+    return float(getattr(s.off_target, rule)) if s.off_target is not None else default
+
+
+def lift_alarm(s: AuditSummary) -> float:
+    """The lift above which an artifact's median lift is shown as an alarm (`audit.summary.lift_alarm`)."""
+    return _gate_or_rule(s, "max_artifact_lift", "artifact_lift", 3.0)
+
+
+def target_floor(s: AuditSummary) -> float:
+    """The median target share below which a target is shown as a concern (`audit.summary.target_floor`)."""
+    return _gate_or_rule(s, "min_median_target_frac", "target_frac", 0.5)
+
+
 def _header(inp: ReportInputs) -> str:
     s = inp.summary
-    run, data, cam = s.get("run") or {}, s.get("data") or {}, s.get("cam") or {}
-    res = "×".join(str(x) for x in (cam.get("resolution") or inp.cams.shape[1:]))
+    run, data, cam = s.run, s.data, s.cam
+    res = "×".join(str(x) for x in (cam.resolution or inp.cams.shape[1:]))
     parts = [f"<h1>Spurious-correlation audit: {esc(inp.run_name)}</h1>",
              '<p class="meta">',
-             f"model <code>{esc(run.get('model', '?'))}</code> · checkpoint {esc(run.get('checkpoint', '?'))}"
-             + (f" (sha256 {esc(str(run['checkpoint_sha256'])[:12])}…)" if run.get("checkpoint_sha256") else ""),
-             f"<br>data {esc(data.get('manifest', '?'))} · split {esc(data.get('split', '?'))} · "
-             f"n = {esc(data.get('n', len(inp.per_image)))}"
-             + (f" · skipped {esc(data['n_skipped'])}" if data.get("n_skipped") else "")
-             + (f" · all-zero CAMs {esc(data['n_zero_cam'])}" if data.get("n_zero_cam") else ""),
-             f"<br>{esc(cam.get('method', 'Grad-CAM'))} at <code>{esc(inp.layer)}</code> ({esc(res)}), explaining the "
-             f"{esc(cam.get('target', 'pred'))} class · classes {esc(', '.join(inp.classes))}"
+             f"model <code>{esc(run.model)}</code> · checkpoint {esc(run.checkpoint)}"
+             + (f" (sha256 {esc(str(run.checkpoint_sha256)[:12])}…)" if run.checkpoint_sha256 else ""),
+             f"<br>data {esc(data.manifest)} · split {esc(data.split)} · n = {esc(data.n)}"
+             + (f" · skipped {esc(data.n_skipped)}" if data.n_skipped else "")
+             + (f" · all-zero CAMs {esc(data.n_zero_cam)}" if data.n_zero_cam else ""),
+             f"<br>{esc(cam.method)} at <code>{esc(inp.layer)}</code> ({esc(res)}), explaining the "
+             f"{esc(cam.target)} class · classes {esc(', '.join(inp.classes))}"
              + (f" · positive class <b>{esc(inp.positive)}</b>" if inp.positive else ""),
              f"<br>rendered {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
              f"{esc(inp.out_dir)}</p>"]
-    if data.get("split_note"):
-        parts.append(f'<p class="note">Split: {esc(data["split_note"])}</p>')
-    if data.get("grid_note"):
-        parts.append(f'<p class="meta">Grid: {esc(data["grid_note"])}</p>')
-    if data.get("bit_depth_note"):
-        parts.append(f'<p class="note">Bit depth: {esc(data["bit_depth_note"])}</p>')
-    if cam.get("note"):
-        parts.append(f'<p class="note">Layer: {esc(cam["note"])}</p>')
-    v = s.get("verdict")
-    if v is not None and str(v).lower() == "none":
+    if data.split_note:
+        parts.append(f'<p class="note">Split: {esc(data.split_note)}</p>')
+    if data.grid_note:
+        parts.append(f'<p class="meta">Grid: {esc(data.grid_note)}</p>')
+    if data.bit_depth_note:
+        parts.append(f'<p class="note">Bit depth: {esc(data.bit_depth_note)}</p>')
+    if cam.note:
+        parts.append(f'<p class="note">Layer: {esc(cam.note)}</p>')
+    v = s.verdict
+    if str(v).lower() == "none":
         parts.append('<div class="verdict undef">No sign-off gates configured</div>')
-    elif v is not None:
+    else:
         cls = {"pass": "pass", "fail": "fail"}.get(str(v).lower(), "undef")
         parts.append(f'<div class="verdict {cls}">Verdict: {esc(str(v).upper())}</div>')
-        head = (s.get("verdict_detail") or {}).get("headline")
+        head = s.verdict_headline
         if head:
             parts.append(f'<p class="verdict-why">{esc(head[0].upper() + head[1:])}.</p>')
     parts.append(_hidden(inp))
@@ -146,52 +172,47 @@ def _header(inp: ReportInputs) -> str:
 
 def _accuracy(inp: ReportInputs) -> str:
     s = inp.summary
-    out = [f"<h2>Accuracy</h2><p>Top-1 accuracy {esc(fmt_est(s.get('accuracy'), pct=True))} (Wilson 95% CI)"]
-    cal = s.get("calibration") or {}
-    if cal.get("ece"):
-        floor = cal.get("ece_if_calibrated")
-        floor_s = (f"; a perfectly calibrated model with these confidences would read {floor:.3f} on average"
-                   if isinstance(floor, (int, float)) and math.isfinite(floor) and not cal["ece"].get("too_small")
-                   else "")
-        out.append(f" · expected calibration error {esc(fmt_est(cal['ece'], digits=3))} "
-                   f"(n = {esc(cal['ece'].get('n'))}, {esc(cal.get('n_bins', '?'))} equal-width bins{floor_s})")
-    hce = s.get("high_conf_errors") or {}
-    if hce:
-        out.append(f" · high-confidence errors (≥ {esc(hce.get('threshold'))}): {esc(fmt_est(hce.get('rate'), pct=True))}")
-    if s.get("off_target"):
-        ot = s["off_target"]
-        out.append(f" · off-target evidence: {esc(fmt_est(ot.get('rate'), pct=True))} of "
-                   f"{esc((ot.get('rate') or {}).get('n'))} ({esc(ot.get('rule', ''))}"
-                   + (f"; undefined for {esc(ot['n_undefined'])} without a defined score" if ot.get("n_undefined")
-                      else "") + ")")
+    out = [f"<h2>Accuracy</h2><p>Top-1 accuracy {esc(fmt_est(s.accuracy, pct=True))} (Wilson 95% CI)"]
+    cal = s.calibration
+    ece, floor = cal.ece, cal.ece_if_calibrated
+    floor_s = (f"; a perfectly calibrated model with these confidences would read {floor:.3f} on average"
+               if math.isfinite(floor) and not ece.too_small else "")
+    out.append(f" · expected calibration error {esc(fmt_est(ece, digits=3))} "
+               f"(n = {esc(ece.n)}, {esc(cal.n_bins)} equal-width bins{floor_s})")
+    hce = s.high_conf_errors
+    out.append(f" · high-confidence errors (≥ {esc(hce.threshold)}): {esc(fmt_est(hce.rate, pct=True))}")
+    if s.off_target is not None:
+        ot = s.off_target
+        out.append(f" · off-target evidence: {esc(fmt_est(ot.rate, pct=True))} of {esc(ot.rate.n)} ({esc(ot.rule)}"
+                   + (f"; undefined for {esc(ot.n_undefined)} without a defined score" if ot.n_undefined else "")
+                   + ")")
     out.append("</p>")
-    pc = s.get("per_class") or {}
+    pc = s.per_class
     if pc:
-        rows = [[_c(c), _c(e.get("n", "?")), _c(fmt_est(e.get("recall"), pct=True))] for c, e in pc.items()]
+        rows = [[_c(c), _c(e.n), _c(fmt_est(e.recall, pct=True))] for c, e in pc.items()]
         out.append(_table(["class", "n", "recall [95% CI]"], rows))
     return "".join(out)
 
 
 def _regions(inp: ReportInputs) -> str:
-    regs = inp.summary.get("regions") or {}
+    regs = inp.summary.regions
     if not regs:
         return "<h2>Where the evidence lies</h2><p class=\"note\">No regions configured.</p>"
     rows = []
     alarm, floor = lift_alarm(inp.summary), target_floor(inp.summary)
     for r, e in regs.items():
-        st = e.get("stats") or {}
-        lift = e.get("median_lift")
-        med = (st.get("median_all") or {}).get("value")
+        st = e.stats  # {statistic: Estimate}; a statistic not computed reads "—"
+        med = st["median_all"].value if "median_all" in st else math.nan
         cls = ""
-        if e.get("kind") == "artifact" and lift is not None and lift > alarm:
+        if e.kind == "artifact" and e.median_lift > alarm:  # NaN (null) compares False
             cls = "fail"
-        elif e.get("kind") == "target" and med is not None:
+        elif e.kind == "target" and is_finite(med):
             cls = "pass" if med >= floor else "undef"
-        rows.append([_c(r), _c(e.get("kind", "?")), _c(f"{e.get('n_present', '?')} / {e.get('n_missing', 0)}"),
+        rows.append([_c(r), _c(e.kind), _c(f"{e.n_present} / {e.n_missing}"),
                      _c(fmt_est(st.get("median_all")), cls), _c(_lift_text(e)),
-                     _c(_num(e.get("median_area"))), _c(fmt_est(st.get("diff_median"))),
+                     _c(_num(e.median_area)), _c(fmt_est(st.get("diff_median"))),
                      _c(fmt_est(st.get("spearman_conf_all"))), _c(fmt_est(st.get("auroc_error"))),
-                     _c(fmt_est(e.get("pointing_game"), pct=True))])
+                     _c(fmt_est(e.pointing_game, pct=True))])
     return ("<h2>Where the evidence lies</h2><p>Share of Grad-CAM mass in each region (median over images, "
             "bootstrap 95% CI). Lift = share of evidence ÷ share of area (1 = no preference).</p>"
             + _table(["region", "kind", "n present / missing", "median frac", "median lift [95% CI]", "median area",
@@ -199,24 +220,24 @@ def _regions(inp: ReportInputs) -> str:
             + _missing_note(regs))
 
 
-def _lift_text(e: dict) -> str:
+def _lift_text(e: RegionSummary) -> str:
     """"0.83× [0.82, 0.84]": the median lift with its bootstrap CI (the figure max_artifact_lift gates); two
     decimals below 10 (one decimal read 0.8× [0.8, 0.8] for a CI of 0.825–0.843), one above."""
-    lift, est = e.get("median_lift"), e.get("lift") or {}
-    if est.get("too_small"):  # as the terminal: a small group is called small, not given a number
-        return small_text(est)
-    if lift is None:
+    lift, est = e.median_lift, e.lift
+    if est.too_small:  # as the terminal: a small group is called small, not given a number
+        return small_text(est_dict(est))
+    if math.isnan(lift):  # null in summary.json
         return "—"
-    lo, hi = est.get("lo"), est.get("hi")
-    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi))
+    lo, hi = est.lo, est.hi
+    ok = math.isfinite(lo) and math.isfinite(hi)
     d = 2 if abs(lift) < 10 else 1
     return f"{lift:.{d}f}×" + (f" [{lo:.{d}f}, {hi:.{d}f}]" if ok else "")
 
 
-def _missing_note(regs: dict) -> str:
+def _missing_note(regs: dict[str, RegionSummary]) -> str:
     """Why regions are missing on some images (summary `missing_reasons`): their fractions are left out."""
-    items = [f"<b>{esc(r)}</b>: " + ", ".join(f"{esc(why)} ({esc(k)})" for why, k in e["missing_reasons"].items())
-             for r, e in regs.items() if e.get("missing_reasons")]
+    items = [f"<b>{esc(r)}</b>: " + ", ".join(f"{esc(why)} ({esc(k)})" for why, k in e.missing_reasons.items())
+             for r, e in regs.items() if e.missing_reasons]
     if not items:
         return ""
     return ("<p class=\"note\">Undefined on some images (left out of the statistics, not counted as 0): "
@@ -224,80 +245,72 @@ def _missing_note(regs: dict) -> str:
 
 
 def _gates(inp: ReportInputs) -> str:
-    gates = inp.summary.get("gates")
+    gates = inp.summary.gates
     if not gates:
         return ""
     rows = []
     for g in gates:
-        if not isinstance(g, dict):
-            continue
-        v, ci = g.get("value"), g.get("ci")
-        vs = _num(v, 3) if v is not None else "n/a"
-        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-            vs += f" [{_num(ci[0], 3)}, {_num(ci[1], 3)}]"
-        passed = g.get("passed")
-        res = {True: ("pass", "pass"), False: ("FAIL", "fail")}.get(passed, ("undefined", "undef"))
-        rows.append([_c(g.get("name", "?")), _c(vs), _c(g.get("threshold", "")), _c(res[0], res[1]),
-                     _c("" if g.get("n") is None else g["n"]), _c(g.get("note") or "", "l")])
+        vs = _num(g.value, 3)  # NaN (null: not measured) → "n/a"
+        if g.ci is not None and len(g.ci) == 2 and all(is_finite(x) for x in g.ci):
+            vs += f" [{_num(g.ci[0], 3)}, {_num(g.ci[1], 3)}]"
+        res = {True: ("pass", "pass"), False: ("FAIL", "fail")}.get(g.passed, ("undefined", "undef"))
+        rows.append([_c(g.name), _c(vs), _c(g.threshold), _c(res[0], res[1]),
+                     _c("" if g.n is None else g.n), _c(g.note or "", "l")])
     return "<h2>Sign-off gates</h2>" + _table(["gate", "value [95% CI]", "threshold", "result", "n", "note"], rows)
 
 
+def _counts(p) -> str:
+    """"tp / fn / tn / fp" of an operating point ("None" where a count is null)."""
+    return " / ".join(str(getattr(p, k)) for k in ("tp", "fn", "tn", "fp"))
+
+
 def _operating_points(inp: ReportInputs) -> str:
-    op = inp.summary.get("operating_points")
-    if not isinstance(op, dict):
+    op = inp.summary.operating_points
+    if op is None:
         return ""
-    if "points" not in op and inp.positive in op and isinstance(op[inp.positive], dict):
-        op = op[inp.positive]
     rows = []
-    for p in op.get("points") or []:
-        thr = fmt_threshold(p.get("threshold"), p.get("threshold_logodds"))
-        rows.append([_c(_num(p.get("target_sensitivity"))), _c(thr),
-                     _c(fmt_est(p.get("sensitivity"), pct=True)), _c(fmt_est(p.get("specificity"), pct=True)),
-                     _c(fmt_est(p.get("ppv"), pct=True)), _c(fmt_est(p.get("npv"), pct=True)),
-                     _c(" / ".join(str(p.get(k, "?")) for k in ("tp", "fn", "tn", "fp")))])
-    top1 = op.get("top1")
-    if isinstance(top1, dict):
-        rows.append([_c("top-1"), _c("argmax"), _c(fmt_est(top1.get("sensitivity"), pct=True)),
-                     _c(fmt_est(top1.get("specificity"), pct=True)), _c(fmt_est(top1.get("ppv"), pct=True)),
-                     _c(fmt_est(top1.get("npv"), pct=True)),
-                     _c(" / ".join(str(top1.get(k, "?")) for k in ("tp", "fn", "tn", "fp")))])
+    for p in op.points:
+        rows.append([_c(_num(p.target_sensitivity)), _c(fmt_threshold(p.threshold, p.threshold_logodds)),
+                     _c(fmt_est(p.sensitivity, pct=True)), _c(fmt_est(p.specificity, pct=True)),
+                     _c(fmt_est(p.ppv, pct=True)), _c(fmt_est(p.npv, pct=True)), _c(_counts(p))])
+    top1 = op.top1
+    if top1 is not None:
+        rows.append([_c("top-1"), _c("argmax"), _c(fmt_est(top1.sensitivity, pct=True)),
+                     _c(fmt_est(top1.specificity, pct=True)), _c(fmt_est(top1.ppv, pct=True)),
+                     _c(fmt_est(top1.npv, pct=True)), _c(_counts(top1))])
     if not rows:
         return ""
-    split = f" '{op['validation_split']}'" if op.get("validation_split") else ""
+    split = f" '{op.validation_split}'" if op.validation_split else ""
     head = (f"<h2>Operating points for {esc(inp.positive or 'the positive class')}</h2><p>Thresholds tuned by "
-            f"{esc(op.get('tuning', '?'))}{esc(split)}; n = {esc(op.get('n', '?'))} ({esc(op.get('n_pos', '?'))} "
+            f"{esc(op.tuning)}{esc(split)}; n = {esc(op.n)} ({esc(op.n_pos)} "
             "positive). Predicted positive when P ≥ threshold.</p>")
-    if op.get("warning"):
-        head += f'<p class="note">{esc(op["warning"])}</p>'
+    if op.warning:
+        head += f'<p class="note">{esc(op.warning)}</p>'
     rule = ""
-    if op.get("rule") and any(is_finite(p.get("threshold")) for p in op.get("points") or []):
-        rule = f'<p class="meta">Thresholds: {esc(op["rule"])}.</p>'
+    if op.rule and any(is_finite(p.threshold) for p in op.points):
+        rule = f'<p class="meta">Thresholds: {esc(op.rule)}.</p>'
     return head + _table(["target sensitivity", "threshold", "sensitivity", "specificity", "PPV", "NPV",
                           "TP / FN / TN / FP"], rows, left=0) + rule
 
 
 def _counterfactual(inp: ReportInputs) -> str:
-    cf = inp.summary.get("counterfactual")
-    if not isinstance(cf, dict) or not isinstance(cf.get("regions"), dict):
+    cf = inp.summary.counterfactual
+    if cf is None:
         return ""
-    rows = []
-    for r, e in cf["regions"].items():
-        if isinstance(e, dict):
-            rows.append([_c(r), _c(e.get("n", "?")), _c(fmt_est(e.get("flip_rate"), pct=True)),
-                         _c(fmt_est(e.get("mean_delta"), digits=3))])
-    att = [a for a in cf.get("attribution") or [] if isinstance(a, dict) and a.get("decision") != "own effect"]
+    rows = [[_c(r), _c(e.n), _c(fmt_est(e.flip_rate, pct=True)), _c(fmt_est(e.mean_delta, digits=3))]
+            for r, e in cf.regions.items()]
+    att = [a for a in cf.attribution if a.decision != "own effect"]
     att_html = ("<p><b>Whose flips:</b> one artifact region lies inside another (filling the outer one removes the "
-                "inner one too)</p><ul>" + "".join(f"<li>{esc(a.get('text'))}.</li>" for a in att) + "</ul>"
+                "inner one too)</p><ul>" + "".join(f"<li>{esc(a.text)}.</li>" for a in att) + "</ul>"
                 if att else "")
-    return (f"<h2>Counterfactual check</h2><p>{esc(cf.get('method', ''))}</p>"
+    return (f"<h2>Counterfactual check</h2><p>{esc(cf.method)}</p>"
             + _table(["region", "n tested", "flip rate [95% CI]", "mean ΔP [95% CI]"], rows) + att_html + _hidden(inp))
 
 
 def _hidden(inp: ReportInputs) -> str:
     """The counterfactual check's "shortcut the maps do not show" findings (summary counterfactual.hidden)."""
-    hidden = (inp.summary.get("counterfactual") or {}).get("hidden") or []
-    items = "".join(f"<li><b>{esc(h.get('region'))}</b>: {esc(h.get('text'))}.</li>" for h in hidden
-                    if isinstance(h, dict))
+    cf = inp.summary.counterfactual
+    items = "".join(f"<li><b>{esc(h.region)}</b>: {esc(h.text)}.</li>" for h in (cf.hidden if cf else []))
     return f'<div class="alarm"><b>Shortcut the maps do not show</b><ul>{items}</ul></div>' if items else ""
 
 
@@ -306,7 +319,7 @@ ISIC_OVERALL = (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accura
 
 
 def _isic_metrics(inp: ReportInputs) -> str:
-    m = inp.summary.get("isic_metrics")
+    m = inp.summary.isic_metrics  # free-form (audit/thresholds.py): read as the dict it is
     if not isinstance(m, dict) or not m:
         return ""
     tpr = m.get("min_tpr")
@@ -354,7 +367,7 @@ def _isic_metrics(inp: ReportInputs) -> str:
 
 
 def _by_artifact(inp: ReportInputs) -> str:
-    ba = inp.summary.get("by_artifact")
+    ba = inp.summary.by_artifact  # free-form (audit.association.model_by_artifact): read as the dict it is
     if not isinstance(ba, dict) or not ba:
         return ""
     subsets = [(a, name, e.get(name)) for a, e in ba.items() if isinstance(e, dict) for name in ("with", "without")]
@@ -381,16 +394,14 @@ def _by_artifact(inp: ReportInputs) -> str:
 
 
 def _accuracy_by_group(inp: ReportInputs) -> str:
-    abg = inp.summary.get("accuracy_by_group")
-    if not isinstance(abg, dict) or not abg:
+    abg = inp.summary.accuracy_by_group
+    if not abg:
         return ""
     rows = []
     for col, groups in abg.items():
-        for g, e in (groups or {}).items():
-            if not isinstance(e, dict):
-                continue
-            acc = {**(e.get("accuracy") or {}), "too_small": bool(e.get("too_small")), "n": e.get("n")}
-            rows.append([_c(_label(col)), _c(_label(g)), _c(_count(e.get("n"))), _c(_est_or_na(acc, pct=True))])
+        for g, e in groups.items():
+            acc = dataclasses.replace(e.accuracy, too_small=bool(e.too_small), n=e.n)
+            rows.append([_c(_label(col)), _c(_label(g)), _c(_count(e.n)), _c(_est_or_na(acc, pct=True))])
     if not rows:
         return ""
     return ("<h2>Accuracy by group</h2><p>Top-1 accuracy within each group of the <code>--by</code> columns (Wilson "
@@ -403,11 +414,10 @@ BY_GROUP_STATS = {"median_all": "median frac", "diff_median": "correct − wrong
 
 
 def _by_group(inp: ReportInputs) -> str:
-    bg = inp.summary.get("by_group")
-    recs = bg.get("rows") if isinstance(bg, dict) else None
-    if not isinstance(recs, list):
+    bg = inp.summary.by_group
+    if bg is None:
         return ""
-    recs = [r for r in recs if isinstance(r, dict)]
+    recs = [r for r in bg.rows if isinstance(r, dict)]  # tidy rows, free-form: read as dicts
     if not recs:
         return ""
     rows = []
@@ -420,8 +430,7 @@ def _by_group(inp: ReportInputs) -> str:
         rows.append([_c(region), _c(_label(r.get("group_col"))), _c(_label(r.get("group"))),
                      _c(f"{BY_GROUP_STATS[stat]} ({stat})" if stat in BY_GROUP_STATS else stat),
                      _c(value), _c(_count(r.get("n"))), _c(_p_text(p) if is_finite(p) else "")])
-    cols = bg.get("columns") or []
-    by = ", ".join(str(c) for c in cols) if isinstance(cols, list) else str(cols)
+    by = ", ".join(str(c) for c in bg.columns)
     return ("<h2>Evidence by group</h2><p>Region statistics within each group"
             + (f" of {esc(by)}" if by else "")
             + " (bootstrap 95% CI). Groups below the minimum size are called small, not given a number; a group "
@@ -430,7 +439,7 @@ def _by_group(inp: ReportInputs) -> str:
 
 
 def _discover(inp: ReportInputs) -> str:
-    d = inp.summary.get("discover")
+    d = inp.summary.discover  # free-form (audit/discover.py): read as the dict it is
     if not isinstance(d, dict) or not d.get("ranking"):
         return ""
     items = "".join(f"<li>{esc(r.get('text', ''))}</li>" for r in d["ranking"][:8])
@@ -449,7 +458,7 @@ def _discover(inp: ReportInputs) -> str:
 
 
 def _sanity(inp: ReportInputs) -> str:
-    s = inp.summary.get("sanity")
+    s = inp.summary.sanity  # free-form (audit/sanity.py): read as the dict it is
     if not isinstance(s, dict):
         return ""
     rows = []

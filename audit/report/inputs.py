@@ -16,8 +16,9 @@ import pandas as pd
 import yaml
 
 from audit.errors import RunDirError
-from audit.summary import ABSENT_REASONS, general_reason
 from audit.preprocess import InputSpec, image_to_grid, load_rgb
+from audit.summary import ABSENT_REASONS, general_reason
+from audit.summary_types import AuditSummary
 
 REQUIRED = ("per_image.csv", "cams.npz", "summary.json", "config.resolved.yaml")
 
@@ -31,7 +32,7 @@ class ReportInputs:
     cams: np.ndarray                 # float32 N×h×w, raw Grad-CAM at layer resolution
     cam_index: dict[str, int]        # image_id → row of `cams`
     layer: str
-    summary: dict
+    summary: AuditSummary | None  # None: a report that is not of a single-label audit (the multi-label one)
     config: dict
     classes: list[str]
     positive: str | None
@@ -55,7 +56,7 @@ class ReportInputs:
 
     @property
     def run_name(self) -> str:
-        return str((self.summary.get("run") or {}).get("name") or self.out_dir.name)
+        return str((self.summary.run.name if self.summary is not None else None) or self.out_dir.name)
 
     def option(self, key: str, default):
         v = self.options.get(key)
@@ -113,14 +114,38 @@ def _read_yaml(p: Path) -> dict:
     return d if isinstance(d, dict) else {}
 
 
-def _positive(config: dict, summary: dict) -> str | None:
+def _positive(config: dict, summary: AuditSummary) -> str | None:
+    """The positive class: --positive, else the run's positive_class, else the one the operating points name."""
     opts, run = config.get("options") or {}, config.get("run") or {}
-    op = summary.get("operating_points") if isinstance(summary.get("operating_points"), dict) else {}
-    for v in (opts.get("positive"), run.get("positive_class"), (summary.get("run") or {}).get("positive_class"),
-              summary.get("positive_class"), op.get("positive_class")):
+    op = summary.operating_points
+    for v in (opts.get("positive"), run.get("positive_class"), op.positive_class if op is not None else None):
         if isinstance(v, str) and v:
             return v
     return None
+
+
+def _read_summary(p: Path) -> AuditSummary:
+    """summary.json as an `AuditSummary`; RunDirError (one line, naming the file and the key) when it is not JSON
+    or not a single-label audit's summary. Keys the schema does not know are dropped with a warning naming the
+    file and the keys: the report does not show them, and a reader should know."""
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{p}: cannot parse ({type(e).__name__}: {e})") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            summary = AuditSummary.from_json(d)
+        except (ValueError, TypeError) as e:  # SummaryFormatError is a ValueError; it names the key
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            for root in ("AuditSummary: ", "AuditSummary."):
+                if msg.startswith(root):
+                    msg = msg[len(root):]
+            raise RunDirError(f"{p}: not a single-label audit's summary ({msg}; see docs/summary_schema.md)") \
+                from None
+    for w in caught:
+        warnings.warn(f"{p}: {w.message}", w.category, stacklevel=3)
+    return summary
 
 
 def _mask_column(df: pd.DataFrame, config: dict, notes: list[str]) -> pd.DataFrame:
@@ -168,10 +193,7 @@ def read_out_dir(out_dir: str | Path) -> ReportInputs:
     for col in ("flag_off_target", "flag_high_conf_error"):
         if col in df.columns:
             df[col] = df[col].astype(str).str.lower().isin(["true", "1", "1.0"])
-    try:
-        summary = json.loads((out / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{out / 'summary.json'}: cannot parse ({type(e).__name__}: {e})") from None
+    summary = _read_summary(out / "summary.json")
     config = _read_yaml(out / "config.resolved.yaml")
     try:
         with np.load(out / "cams.npz", allow_pickle=False) as z:
@@ -184,14 +206,13 @@ def read_out_dir(out_dir: str | Path) -> ReportInputs:
         raise RunDirError(f"{out / 'cams.npz'}: expected cam N×h×w with N = len(image_id) = {len(ids)}, "
                           f"got shape {cams.shape}")
     run = config.get("run") or {}
-    classes = [str(c) for c in (run.get("classes") or (summary.get("run") or {}).get("classes") or [])]
+    classes = [str(c) for c in (run.get("classes") or summary.run.classes or [])]
     if not classes:
         classes = sorted(c[2:] for c in df.columns if c.startswith("p_"))
     region_cfg = (config.get("options") or {}).get("regions") or {}
     kinds = {str(k): str(v) for k, v in (config.get("regions") or {}).items() if v in ("target", "artifact")}
     if not kinds and "regions" not in config:  # older config files: the summary's regions name their kinds
-        kinds = {r: e.get("kind") for r, e in (summary.get("regions") or {}).items()
-                 if isinstance(e, dict) and e.get("kind") in ("target", "artifact")}
+        kinds = {r: e.kind for r, e in summary.regions.items() if e.kind in ("target", "artifact")}
     if region_cfg and not kinds:
         try:
             from masks import build_regions

@@ -63,8 +63,10 @@ def read_multilabel_dir(out_dir: str | Path) -> MLInputs:
         if k in sd:
             sd[k] = tuple(sd[k])
     kinds = {str(k): str(v) for k, v in (config.get("regions") or {}).items()}
+    # the shared ReportInputs (overlays, options, kinds) without a summary: the single-label `AuditSummary` does
+    # not describe a multi-label audit, whose summary.json stays the dict MLInputs.summary
     inp = ReportInputs(out_dir=out, per_image=images, cams=cams, cam_index={}, layer=str(config.get("layer")),
-                       summary=summary, config=config, classes=list(summary.get("findings", {})), positive=None,
+                       summary=None, config=config, classes=list(summary.get("findings", {})), positive=None,
                        kinds=kinds, region_cfg=dict((config.get("options") or {}).get("regions") or {}),
                        spec=InputSpec(**sd))
     return MLInputs(out, summary, long, images, cams, inp)

@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from ..stats import Estimate
+from ..summary_types import AuditSummary
 from ..thresholds import class_score, fmt_threshold
 from .inputs import ReportInputs
 
@@ -41,9 +43,9 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _val(e):
-    """An Estimate dict's value (or a bare number) as float; NaN when absent."""
-    if isinstance(e, dict):
-        e = e.get("value")
+    """An Estimate's value (or a bare number) as float; NaN when absent."""
+    if isinstance(e, Estimate):
+        e = e.value
     try:
         return float(e) if e is not None else math.nan
     except (TypeError, ValueError):
@@ -113,7 +115,8 @@ def fraction_vs_confidence(inp: ReportInputs, path: Path) -> tuple[Path | None, 
             if m.any():
                 ax.scatter(conf[m], f[m], s=14, alpha=0.75, c=colour, label=f"{o} ({int(m.sum())})",
                            edgecolors="none")
-        rho = _val((((inp.summary.get("regions") or {}).get(r) or {}).get("stats") or {}).get("spearman_conf_all"))
+        reg = inp.summary.regions.get(r)
+        rho = _val(reg.stats.get("spearman_conf_all") if reg is not None else None)
         ax.set_title(f"{r} ({inp.kinds[r]}), n = {int(ok.sum())}" + (f", ρ = {rho:.2f}" if math.isfinite(rho) else ""),
                      fontsize=10)
         if logit:
@@ -177,35 +180,32 @@ def reliability(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("top-1 confidence (10 equal-width bins)")
     ax.set_ylabel("accuracy in bin")
-    e = (inp.summary.get("calibration") or {}).get("ece") or {}
-    ci = (f" [{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("value") is not None and e.get("lo") is not None
-          and math.isfinite(e["lo"]) else "")
+    e = inp.summary.calibration.ece
+    ci = f" [{e.lo:.3f}, {e.hi:.3f}]" if math.isfinite(e.value) and math.isfinite(e.lo) else ""
     ax.set_title(f"Reliability diagram, ECE = {ece:.3f}{ci} (n = {n})", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path), ""
 
 
-def _op_points(summary: dict, positive: str | None) -> tuple[list[dict], str]:
-    """[{label, fpr, tpr}] from summary['operating_points'] (audit.thresholds.operating_points format)."""
-    op = summary.get("operating_points")
-    if not isinstance(op, dict):
+def _op_points(summary: AuditSummary) -> tuple[list[dict], str]:
+    """[{label, fpr, tpr}] from the summary's operating points (audit.thresholds.operating_points)."""
+    op = summary.operating_points
+    if op is None:
         return [], ""
-    if "points" not in op and positive in op and isinstance(op[positive], dict):
-        op = op[positive]
     pts = []
-    for p in op.get("points") or []:
-        sens, spec = _val(p.get("sensitivity")), _val(p.get("specificity"))
+    for p in op.points:
+        sens, spec = _val(p.sensitivity), _val(p.specificity)
         if math.isfinite(sens) and math.isfinite(spec):
-            t, thr = _val(p.get("target_sensitivity")), _val(p.get("threshold"))
+            t, thr = _val(p.target_sensitivity), _val(p.threshold)
             lab = ((f"target sens {t:.2f}" if math.isfinite(t) else "point")
-                   + (f" (t = {fmt_threshold(thr, p.get('threshold_logodds'))})" if math.isfinite(thr) else ""))
+                   + (f" (t = {fmt_threshold(thr, p.threshold_logodds)})" if math.isfinite(thr) else ""))
             pts.append({"label": lab, "fpr": 1 - spec, "tpr": sens})
-    top1 = op.get("top1")
-    if isinstance(top1, dict):
-        sens, spec = _val(top1.get("sensitivity")), _val(top1.get("specificity"))
+    top1 = op.top1
+    if top1 is not None:
+        sens, spec = _val(top1.sensitivity), _val(top1.specificity)
         if math.isfinite(sens) and math.isfinite(spec):
             pts.append({"label": "top-1 (argmax)", "fpr": 1 - spec, "tpr": sens})
-    return pts, str(op.get("tuning") or "")
+    return pts, str(op.tuning or "")
 
 
 def roc(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
@@ -228,7 +228,7 @@ def roc(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     ax = fig.add_subplot()
     ax.plot(fpr, tpr, color="#1d3557", lw=1.8, label=f"ROC (AUC = {auc:.3f})")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    pts, tuning = _op_points(inp.summary, pos)
+    pts, tuning = _op_points(inp.summary)
     markers = "osD^vP*X"
     for i, p in enumerate(pts):
         ax.plot(p["fpr"], p["tpr"], markers[i % len(markers)], ms=7, label=f"{p['label']}: sens {p['tpr']:.2f}, "
@@ -245,18 +245,16 @@ def roc(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
 
 
 def counterfactual(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
-    cf = inp.summary.get("counterfactual")
-    if not isinstance(cf, dict) or not isinstance(cf.get("regions"), dict) or not cf["regions"]:
+    cf = inp.summary.counterfactual
+    if cf is None or not cf.regions:
         return None, ""
     names, vals, los, his, ns = [], [], [], [], []
-    for r, e in cf["regions"].items():
-        if not isinstance(e, dict):
-            continue
-        fr = e.get("flip_rate") if isinstance(e.get("flip_rate"), dict) else {"value": e.get("flip_rate")}
+    for r, e in cf.regions.items():
+        fr = e.flip_rate
         v = _val(fr)
-        names.append(f"{r}\nn={e.get('n', fr.get('n', '?'))}")
+        names.append(f"{r}\nn={e.n}")
         vals.append(v if math.isfinite(v) else 0.0)
-        lo, hi = _val(fr.get("lo")), _val(fr.get("hi"))
+        lo, hi = _val(fr.lo), _val(fr.hi)
         los.append(v - lo if math.isfinite(lo) and math.isfinite(v) else 0.0)
         his.append(hi - v if math.isfinite(hi) and math.isfinite(v) else 0.0)
         ns.append(math.isfinite(v))
@@ -275,7 +273,7 @@ def counterfactual(inp: ReportInputs, path: Path) -> tuple[Path | None, str]:
     ax.set_xticklabels(names)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of predictions that flip")
-    n_tot = (cf.get("cost") or {}).get("n_edited")
+    n_tot = cf.cost.n_edited
     sub = "(Wilson 95% CI" + (f"; {n_tot} region edits, one per image and region present)" if n_tot is not None else ")")
     ax.set_title("Counterfactual: prediction flips when the region is filled in\n" + textwrap.fill(sub, 60), fontsize=10)
     return _save(fig, path), ""
