@@ -416,10 +416,12 @@ def _split_note(n_c: int, n_i: int) -> str:
     return f"n_correct={n_c}, n_incorrect={n_i}"
 
 
-def small_text(e: dict) -> str:
-    """How a too-small estimate (an `Estimate.to_dict()` or a tidy row) is shown: "small n=7"; for a
+def small_text(e) -> str:
+    """How a too-small estimate (an `Estimate`, its dict or a tidy row) is shown: "small n=7"; for a
     correct-vs-wrong figure (diff_*, auroc_error: its note holds the split) the short group is named instead of
     the total, which may be large: "no errors", "small: 3 wrong", "none correct", "small: 4 correct"."""
+    if isinstance(e, Estimate):
+        e = e.to_dict()
     m = _SPLIT.search(str(e.get("note") or ""))
     if m:
         n_c, n_i = int(m.group(1)), int(m.group(2))

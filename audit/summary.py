@@ -246,8 +246,6 @@ def median_estimate(x: np.ndarray, cfg: AuditConfig) -> Estimate:
 def _gate_threshold(s: AuditSummary, gate: str) -> float | None:
     """The threshold of the first gate whose name starts with `gate` ("max_artifact_lift" matches
     "max_artifact_lift[text]"), or None when the audit set no such gate."""
-    if isinstance(s, dict):  # TEMPORARY until the report layer reads AuditSummary (helper-render)
-        s = AuditSummary.from_json(s)
     g = next((g for g in s.gates if g.name.startswith(gate) and math.isfinite(g.threshold)), None)
     return None if g is None else float(g.threshold)
 
@@ -256,7 +254,6 @@ def target_floor(s: AuditSummary) -> float:
     """The median target fraction below which a target region is shown as a concern: the
     min_median_target_frac gate when one is set, else the off-target rule's target fraction (default 0.5)."""
     t = _gate_threshold(s, "min_median_target_frac")
-    s = AuditSummary.from_json(s) if isinstance(s, dict) else s  # TEMPORARY
     return t if t is not None else (s.off_target.target_frac if s.off_target else 0.5)
 
 
@@ -264,7 +261,6 @@ def lift_alarm(s: AuditSummary) -> float:
     """The lift above which a region's median lift is shown as an alarm: the max_artifact_lift gate when one
     is set (the figure then fails a gate), else the off-target rule's artifact lift (default 3)."""
     t = _gate_threshold(s, "max_artifact_lift")
-    s = AuditSummary.from_json(s) if isinstance(s, dict) else s  # TEMPORARY
     return t if t is not None else (s.off_target.artifact_lift if s.off_target else 3.0)
 
 

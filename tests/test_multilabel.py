@@ -196,17 +196,17 @@ def test_gates_per_finding_and_for_all():
     gates, verdict = evaluate_multilabel_gates({"min_sensitivity_at_0.90": {"pneumothorax": 0.85},
                                                 "min_auroc": 0.75, "max_artifact_lift": 2.0,
                                                 "max_counterfactual_flip_rate": {"effusion": 0.1}}, s)
-    got = {g["name"]: g["passed"] for g in gates}
+    got = {g.name: g.passed for g in gates}
     assert got == {"min_sensitivity_at_0.90[pneumothorax]": False, "min_auroc[pneumothorax]": True,
                    "min_auroc[effusion]": False, "max_artifact_lift[pneumothorax][text]": True,
                    "max_artifact_lift[effusion][text]": False,
                    "max_counterfactual_flip_rate[effusion][text]": False}
-    assert verdict["verdict"] == "fail" and verdict["n_fail"] == 4
-    assert evaluate_multilabel_gates({"min_auroc": {"pneumothorax": 0.8}}, s)[1]["verdict"] == "pass"
+    assert verdict.verdict == "fail" and verdict.n_fail == 4
+    assert evaluate_multilabel_gates({"min_auroc": {"pneumothorax": 0.8}}, s)[1].verdict == "pass"
     # a single-label figure is undefined per finding: inconclusive by default, fail or pass by policy
-    assert evaluate_multilabel_gates({"min_accuracy": 0.5}, s)[1]["verdict"] == "inconclusive"
-    assert evaluate_multilabel_gates({"min_accuracy": 0.5, "min_auroc": 0.6, "undefined": "ignore"}, s)[1][
-        "verdict"] == "pass"
+    assert evaluate_multilabel_gates({"min_accuracy": 0.5}, s)[1].verdict == "inconclusive"
+    assert evaluate_multilabel_gates({"min_accuracy": 0.5, "min_auroc": 0.6, "undefined": "ignore"}, s)[1].verdict \
+        == "pass"
     with pytest.raises(ConfigError, match=r"gates.min_auroc: finding\(s\) \['edema'\] not among"):
         evaluate_multilabel_gates({"min_auroc": {"edema": 0.8}}, s)
     with pytest.raises(ConfigError, match="gates.min_auroc: expected a threshold in"):

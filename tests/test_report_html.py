@@ -275,14 +275,15 @@ def test_region_table_gives_the_lift_with_its_ci(plain_inputs):
 
 
 def test_lift_alarm_follows_the_gate_else_the_off_target_rule(plain_inputs):
-    from audit.summary import lift_alarm
+    from audit.summary import lift_alarm, target_floor
     gate = {"name": "max_artifact_lift[ruler]", "threshold": 6.0}
-    assert lift_alarm({"gates": [gate], "off_target": {"artifact_lift": 3.0}}) == 6.0
-    assert lift_alarm({"gates": [], "off_target": {"artifact_lift": 4.0}}) == 4.0
-    assert lift_alarm({}) == 3.0
-    from audit.summary import target_floor
-    assert target_floor({"gates": [{"name": "min_median_target_frac[lesion]", "threshold": 0.3}]}) == 0.3
-    assert target_floor({"off_target": {"target_frac": 0.4}}) == 0.4 and target_floor({}) == 0.5
+    ot = lambda **k: {"rate": {"value": None}, "n_undefined": 0, "rule": "", "artifact_lift": 3.0,  # noqa: E731
+                      "target_frac": 0.5, **k}
+    assert lift_alarm(parse({"gates": [gate], "off_target": ot(artifact_lift=3.0)})) == 6.0
+    assert lift_alarm(parse({"gates": [], "off_target": ot(artifact_lift=4.0)})) == 4.0
+    assert lift_alarm(parse({})) == 3.0
+    assert target_floor(parse({"gates": [{"name": "min_median_target_frac[lesion]", "threshold": 0.3}]})) == 0.3
+    assert target_floor(parse({"off_target": ot(target_frac=0.4)})) == 0.4 and target_floor(parse({})) == 0.5
 
     def ruler_cell(extra):
         page = _page(plain_inputs, extra)
@@ -328,9 +329,9 @@ def test_accuracy_by_group_known_answers(plain_inputs):
                        + [False, True]})
     abg = accuracy_by_group(df, "site", min_n=10)
     assert list(abg) == ["a", "b", "<missing>"]                         # largest first, missing as its own group
-    assert abg["a"]["n"] == 12 and abg["a"]["accuracy"]["value"] == 0.75 and not abg["a"]["too_small"]
-    assert abg["b"]["too_small"] and abg["<missing>"]["accuracy"]["value"] == 0.5
-    page = _page(plain_inputs, {"accuracy_by_group": {"site": abg}})
+    assert abg["a"].n == 12 and abg["a"].accuracy.value == 0.75 and not abg["a"].too_small
+    assert abg["b"].too_small and abg["<missing>"].accuracy.value == 0.5
+    page = _page(plain_inputs, {"accuracy_by_group": {"site": {g: e.to_json() for g, e in abg.items()}}})
     rows = _rows(page, "Accuracy by group")
     assert rows[0][:3] == ["site", "a", "12"] and rows[0][3].startswith("75%")
     assert rows[1] == ["site", "b", "3", "small n=3"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import typed_summary
+from summary_fixtures import parse as typed_summary
 
 from audit import gates as _gates
 from audit.errors import ConfigError, UndefinedMetricWarning

@@ -5,7 +5,7 @@ import json
 import math
 
 import pytest
-from conftest import filled
+from summary_fixtures import complete
 
 from audit.stats import Estimate
 from audit.summary_types import (AuditSummary, Gate, OperatingPoint, RegionSummary, SummaryFormatError, jsonable,
@@ -17,7 +17,7 @@ def _est(v, lo=None, hi=None, n=50, too_small=False, p=None, note=""):
 
 
 def _summary() -> dict:
-    s = filled(AuditSummary, {
+    s = complete({
         "schema_version": "2.0",
         "run": {"name": "r", "model": "timm:resnet18", "classes": ["nv", "mel"]},
         "data": {"manifest": "m.csv", "split": "test", "n": 50, "n_skipped": 1, "split_note": "no split column"},

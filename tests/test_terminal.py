@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from conftest import typed_summary
+from summary_fixtures import parse as typed_summary
 
 from audit import terminal
 

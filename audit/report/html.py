@@ -11,8 +11,9 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..stats import Estimate, fmt_estimate, is_finite, small_text
-from ..summary_types import AuditSummary, RegionSummary
+from ..stats import fmt_estimate, is_finite, small_text
+from ..summary import lift_alarm, target_floor
+from ..summary_types import RegionSummary
 from ..thresholds import fmt_threshold
 from .gallery import CONCENTRATION_LEGEND, GalleryGroup, concentration_text, words_for
 from .inputs import ReportInputs
@@ -58,16 +59,10 @@ def _num(v, digits: int = 2, pct: bool = False) -> str:
     return f"{100 * f:.0f}%" if pct else f"{f:.{digits}f}"
 
 
-def est_dict(e):
-    """An `Estimate` as the dict `audit.stats.fmt_estimate` / `small_text` read; anything else unchanged (the
-    free-form sections hold estimate dicts already)."""
-    return e.to_dict() if isinstance(e, Estimate) else e
-
-
 def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
     """An estimate (`Estimate` or its dict) in HTML: `audit.stats.fmt_estimate` with ", " between the bounds
     ("0.61 [0.58, 0.64]")."""
-    return fmt_estimate(est_dict(e), pct=pct, digits=digits, sep=", ")
+    return fmt_estimate(e, pct=pct, digits=digits, sep=", ")
 
 def _est_or_na(e, pct: bool = False, digits: int = 2) -> str:
     """`fmt_est`, but a missing estimate reads "n/a" (not "—")."""
@@ -112,25 +107,6 @@ def _p_text(p) -> str:
 
 def _c(x, cls: str = "") -> tuple[str, str]:
     return esc(x), cls
-
-
-def _gate_or_rule(s: AuditSummary, gate: str, rule: str, default: float) -> float:
-    """The threshold of the first gate named `gate…` when the audit set one, else the off-target rule's `rule`
-    figure (as `audit.summary.lift_alarm` / `target_floor` on the summary dict)."""
-    g = next((g for g in s.gates if g.name.startswith(gate) and is_finite(g.threshold)), None)
-    if g is not None:
-        return float(g.threshold)
-    return float(getattr(s.off_target, rule)) if s.off_target is not None else default
-
-
-def lift_alarm(s: AuditSummary) -> float:
-    """The lift above which an artifact's median lift is shown as an alarm (`audit.summary.lift_alarm`)."""
-    return _gate_or_rule(s, "max_artifact_lift", "artifact_lift", 3.0)
-
-
-def target_floor(s: AuditSummary) -> float:
-    """The median target share below which a target is shown as a concern (`audit.summary.target_floor`)."""
-    return _gate_or_rule(s, "min_median_target_frac", "target_frac", 0.5)
 
 
 def _header(inp: ReportInputs) -> str:
@@ -225,7 +201,7 @@ def _lift_text(e: RegionSummary) -> str:
     decimals below 10 (one decimal read 0.8× [0.8, 0.8] for a CI of 0.825–0.843), one above."""
     lift, est = e.median_lift, e.lift
     if est.too_small:  # as the terminal: a small group is called small, not given a number
-        return small_text(est_dict(est))
+        return small_text(est)
     if math.isnan(lift):  # null in summary.json
         return "—"
     lo, hi = est.lo, est.hi
