@@ -274,7 +274,8 @@ def test_an_early_default_layer_is_called_out():
     mlp, total = sum(p.numel() for p in m.mixer.parameters()) + 34, sum(p.numel() for p in m.parameters())
     assert share_after(m, "stem") == pytest.approx(mlp / total)          # mixer + head (16·2 + 2 = 34)
     note = early_layer_note(m, "stem", (14, 14), InputSpec(size=224))
-    assert note.startswith("the default layer stem (14×14 at 224 px) is an early one: 73% of the model's")
+    assert f"{100 * share_after(m, 'stem'):.0f}%" == "73%"                       # the share the note states
+    assert all(d in note for d in ("stem", "14×14", "224 px", "73%")), note       # layer, grid, input, share
     r18 = torchvision.models.resnet18(num_classes=2)
     assert share_after(r18, "layer4") == pytest.approx(1026 / sum(p.numel() for p in r18.parameters()))
     assert early_layer_note(r18, "layer4", (7, 7), InputSpec(size=224)) is None

@@ -276,7 +276,7 @@ def test_rates_wilson_and_bootstrap_known_values():
     assert b["n"] == 4 and b["too_small"] and b["flip_rate"]["value"] is None and b["mean_delta"]["value"] is None
     assert r["cost"]["n_edited"] == 10 and r["cost"]["seconds"] is None
     assert r["method"] == method_description("median", 2)
-    assert "median of a ring of surrounding pixels (dilated by 2 px" in r["method"]
+    assert r["method"] != method_description("median", 3) and "2 px" in r["method"]   # the fill and its ring width
     json.dumps(r, allow_nan=False)                                       # strict JSON
 
 

@@ -65,7 +65,8 @@ def test_monochrome1_is_inverted(tmp_path):
     np.testing.assert_array_equal(gray(p2, dicom_window="full"), [[0, 51, 255]])
     info: dict = {}
     load_rgb(p1, info=info)  # no window in the header: minmax, and info says so
-    assert info["dicom_window"] == "minmax (no window in the header), MONOCHROME1 inverted"
+    window = info["dicom_window"]                 # the window applied, and the inversion
+    assert window.split()[0] == "minmax" and "MONOCHROME1" in window and "inverted" in window
 
 
 def test_minmax_percentile_sigmoid_signed_and_voi_lut(tmp_path):
@@ -230,15 +231,16 @@ except ValueError as e:
 
 def test_missing_decoder_and_missing_extra_name_the_extra(tmp_path):
     out = subprocess.run([sys.executable, "-c", _NO_DECODER], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.stdout.strip() == ("compressed transfer syntax JPEG-LS Lossless Image Compression "
-                                  "(1.2.840.10008.1.2.4.80) and no decoder for it installed: install the DICOM extra "
-                                  "(pip install -e '.[dicom]')"), out.stderr
+    msg = out.stdout.strip()                      # one line: the transfer syntax (name, UID) and the extra to install
+    assert "\n" not in msg and "JPEG-LS" in msg and "1.2.840.10008.1.2.4.80" in msg and EXTRA in msg, out.stderr
     p = write_dicom(tmp_path / "x.dcm", np.zeros((4, 4), np.uint8))
     out = subprocess.run([sys.executable, "-c", _NO_PYDICOM, str(p)], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
-    assert out.stdout.strip() == ("a DICOM file, and pydicom is not installed: install the DICOM extra "
-                                  "(pip install -e '.[dicom]')"), out.stderr
+    msg = out.stdout.strip()
+    assert "\n" not in msg and "pydicom" in msg and EXTRA in msg, out.stderr
 
+
+EXTRA = "pip install -e '.[dicom]'"     # what the DICOM errors tell the user to run
 
 _CLI_NO_PYDICOM = """
 import sys
@@ -272,8 +274,7 @@ def test_without_pydicom_a_real_audit_names_the_extra(tiny_run, tmp_path):
     assert sorted(pd.read_csv(out / "per_image.csv")["src_format"]) == ["PNG"] * 3
     err = pd.read_csv(out / "errors.csv")
     assert sorted(err["image"].map(lambda p: Path(p).name)) == ["n1.dcm", "n3", "n5.dcm"]
-    assert all(x.endswith("a DICOM file, and pydicom is not installed: install the DICOM extra "
-                          "(pip install -e '.[dicom]')") for x in err["reason"]), err["reason"].tolist()
+    assert all("pydicom" in x and EXTRA in x and "\n" not in x for x in err["reason"]), err["reason"].tolist()
     only = data / "only.csv"
     pd.DataFrame([rw for rw in rows if not str(rw["image"]).endswith(".png")]).to_csv(only, index=False)
     preset = tmp_path / "p.yaml"
@@ -283,9 +284,8 @@ def test_without_pydicom_a_real_audit_names_the_extra(tiny_run, tmp_path):
                        cwd=ROOT, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: manifest: none of the 3 images could be read")
-    assert lines[0].endswith("a DICOM file, and pydicom is not installed: install the DICOM extra "
-                             "(pip install -e '.[dicom]'))"), lines
+    assert len(lines) == 1 and lines[0].startswith("error: manifest: ") and " 3 " in lines[0], lines  # how many
+    assert "pydicom" in lines[0] and EXTRA in lines[0], lines                                    # the first reason
 
 
 # ================================================================================================ header
@@ -498,7 +498,9 @@ def test_scan_names_a_manufacturer_that_marks_a_class_and_not_an_independent_one
     assert dev["attributes"]["manufacturer"]["association"]["value"] == named["manufacturer"]["v"]
     lv = dev["attributes"]["manufacturer"]["levels"]
     assert lv["AcmeRad"]["by_label"]["covid"]["value"] == 1.0 and lv["AcmeRad"]["by_label"]["other"]["value"] == 0.0
-    assert "manufacturer follows the label: Cramér's V" in term and "Device and site by label" in term
+    flat = " ".join(term.split())                 # the named field, its V, shown under the device section
+    assert "Device and site by label" in flat and " ".join(named["manufacturer"]["text"].split()) in flat
+    assert f"{named['manufacturer']['v']:.2f}" in named["manufacturer"]["text"]
     assert "| manufacturer: AcmeRad |" in (out / "device_bias.md").read_text()
     per = pd.read_csv(out / "scan.csv")
     assert (per["present_text"].astype(bool) == (per["dicom_BurnedInAnnotation"] == "YES")).all()
@@ -668,8 +670,7 @@ def test_scan_refused_cases_configured_fields_and_salted_patient_hash(tmp_path, 
     assert cli.main(["scan", "--data", str(d / "m.csv"), "--config", str(preset), "--out", str(tmp_path / "s2"),
                      "--workers", "0", "--quiet", "--id-col", PATIENT_HASH]) == 2
     e = capsys.readouterr().err.strip()
-    assert e == ("error: --id-col dicom_patient_hash: dicom_patient_hash: set a secret salt in the environment "
-                 "variable AUDIT_ID_SALT"), e
+    assert e.startswith("error: --id-col dicom_patient_hash") and "\n" not in e and "AUDIT_ID_SALT" in e, e
 
 
 def test_masks_reads_dicom_and_the_header_presence(tmp_path):
@@ -693,7 +694,7 @@ def test_masks_reads_dicom_and_the_header_presence(tmp_path):
         assert cli.main(["masks", "--config", str(preset), "--data", str(d / "m.csv"), "--out", str(out)]) == 0
     t = pd.read_csv(out / "regions.csv")
     assert list(t["status"].iloc[:2]) == ["ok", "ok"]
-    assert t["status"].iloc[2].startswith("unreadable image: ValueError: DICOM without PixelData")
+    assert t["status"].iloc[2].startswith("unreadable") and "PixelData" in t["status"].iloc[2]
     assert list(t["text_present"].iloc[:2].astype(bool)) == [True, False]
     assert t["text_note"].iloc[:2].str.contains("presence from dicom_BurnedInAnnotation").all()
     assert (out / "m0" / "border.png").is_file() and (out / "m1" / "border.png").is_file()

@@ -17,9 +17,11 @@ from audit.report.gallery import Words, caption, reading, select_candidates
 from audit.summary import most_confident_first
 from audit.report.overlay import ARTIFACT_RGB, TARGET_RGB, display_cam, outline
 from audit.report.plots import reliability_bins
-from audit.summary_types import AuditSummary
+from conftest import assert_golden
 from summary_fixtures import complete
-from test_report_fixtures import build_out_dir
+
+from audit.summary_types import AuditSummary
+from test_report_fixtures import ROWS, build_out_dir
 
 
 # ---------------------------------------------------------------------------------------------------------- overlay
@@ -112,13 +114,21 @@ def test_readings_and_captions():
     w = Words(high_conf=0.9, low_conf=0.6, artifact_lift=3.0)
     row = {"label": "melanoma", "pred": "benign", "correct": False, "confidence": 0.93, "p_melanoma": 0.07,
            "frac_lesion": 0.22, "frac_outside_lesion": 0.78, "frac_ruler": 0.4, "lift_ruler": 8.0}
-    assert reading(row, "melanoma", kinds, w) == ("false-negative melanoma; 78% of the evidence outside the lesion; "
-                                                  "40% on the ruler (8.0× its area); confident")
-    assert caption(row, "melanoma", kinds) == "Pred benign (0.93) · True melanoma · P(melanoma)=0.07 · in-lesion 22%"
+    # one clause each: the error (class named), the target's outside share, the artifact above the lift word
+    # threshold (its share and lift), the confidence word (the wording: tests/golden/gallery_md.txt)
+    err, target, ruler, conf = reading(row, "melanoma", kinds, w).split("; ")
+    assert "melanoma" in err and "benign" not in err                          # a false negative of the positive
+    assert "78%" in target and "lesion" in target
+    assert "40%" in ruler and "8.0×" in ruler and "ruler" in ruler
+    assert conf == w.confidence_word(0.93) == "confident"
+    assert caption(row, "melanoma", kinds).split(" · ") == [                  # compact labels of the row's numbers
+        "Pred benign (0.93)", "True melanoma", "P(melanoma)=0.07", "in-lesion 22%"]
     row2 = dict(row, label="nevus", pred="bcc", lift_ruler=2.0, confidence=0.5, frac_lesion=float("nan"),
                 frac_outside_lesion=float("nan"))
-    assert reading(row2, "melanoma", kinds, w) == "nevus read as bcc; no lesion mask; uncertain"
-    assert reading(row2, None, {}, w) == "nevus read as bcc; uncertain"
+    err, target, conf = reading(row2, "melanoma", kinds, w).split("; ")      # lift 2 ≤ 3: the ruler is not named
+    assert "nevus" in err and "bcc" in err and "%" not in target and "lesion" in target
+    assert conf == w.confidence_word(0.5) == "uncertain"
+    assert reading(row2, None, {}, w).split("; ") == [err, conf]             # no regions: no region clause
 
 
 def test_reading_names_a_counterfactual_flip():
@@ -126,12 +136,17 @@ def test_reading_names_a_counterfactual_flip():
     w = Words(high_conf=0.9, low_conf=0.6, artifact_lift=3.0)
     row = {"label": "benign", "pred": "melanoma", "correct": False, "confidence": 0.95, "frac_outside_lesion": 0.6,
            "cf_flip_ruler": 1.0, "cf_pred_ruler": 0, "cf_flip_ink": 0.0, "cf_pred_ink": 1}
-    assert reading(row, "melanoma", kinds, w, ["benign", "melanoma"]) == (
-        "false-positive melanoma; 60% of the evidence outside the lesion; read as benign without the ruler; confident")
+    from audit.report.gallery import counterfactual_flips
+    assert counterfactual_flips(row, kinds, ["benign", "melanoma"]) == [("ruler", "benign")]   # ink: unchanged
+    parts = reading(row, "melanoma", kinds, w, ["benign", "melanoma"]).split("; ")
+    assert len(parts) == 4 and "60%" in parts[1]
+    assert "ruler" in parts[2] and "benign" in parts[2] and "ink" not in parts[2]   # the flip: region, class read
     # not tested (NaN, −1) or unchanged: nothing said; no class list: the class is not guessed
     quiet = dict(row, cf_flip_ruler=float("nan"), cf_pred_ruler=-1)
-    assert "without" not in reading(quiet, "melanoma", kinds, w, ["benign", "melanoma"])
-    assert "read as another class without the ruler" in reading(row, "melanoma", kinds, w)
+    assert counterfactual_flips(quiet, kinds, ["benign", "melanoma"]) == []
+    assert len(reading(quiet, "melanoma", kinds, w, ["benign", "melanoma"]).split("; ")) == 3
+    assert counterfactual_flips(row, kinds, None) == [("ruler", "another class")]
+    assert "benign" not in reading(row, "melanoma", kinds, w).split("; ")[2]
     assert caption(row, "melanoma", kinds, ["benign", "melanoma"]) == \
         "Pred melanoma (0.95) · True benign · P(melanoma)=n/a · in-lesion n/a · w/o ruler: benign"
 
@@ -160,17 +175,14 @@ def test_saturated_confidences_are_ranked_by_logit_margin():
     assert list(most_confident_first(df.drop(columns="margin"))["image_id"]) == ["a", "b", "d", "c"]
 
 
-ONE_CELL = " | peak cell 100% of the evidence (flat 6%), entropy 0.00 |"   # the fixture's maps: one hot cell of 4×4
-EXPECTED_ROWS = [r + ONE_CELL for r in [
-    "| 1 | [img_a](gallery/confident_errors/01_img_a.png) | melanoma | benign (0.92) | 0.08 | benign 0.92, melanoma 0.08 "
-    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident",
-    "| 2 | [img_b](gallery/confident_errors/02_img_b.png) | benign | melanoma (0.70) | 0.70 | melanoma 0.70, "
-    "benign 0.30 | false-positive melanoma; 40% of the evidence outside the lesion; moderately confident",
-    "| 1 | [img_a](gallery/false_negatives/01_img_a.png) | melanoma | benign (0.92) | 0.08 | benign 0.92, melanoma 0.08 "
-    "| false-negative melanoma; 78% of the evidence outside the lesion; 50% on the ruler (10.0× its area); confident",
-    "| 1 | [img_c](gallery/off_target_correct/01_img_c.png) | melanoma | melanoma (0.97) | 0.97 | melanoma 0.97, "
-    "benign 0.03 | correct melanoma; 90% of the evidence outside the lesion; confident",
-]]
+def _gallery_rows(md: str) -> dict[str, list[list[str]]]:
+    """GALLERY.md's table rows by group (the folder of each row's overlay link): the cells of each row."""
+    out: dict[str, list[list[str]]] = {}
+    for ln in md.splitlines():
+        if ln.startswith("| ") and "](gallery/" in ln:
+            cells = [c.strip() for c in ln.strip("|").split(" | ")]
+            out.setdefault(ln.split("](gallery/", 1)[1].split("/", 1)[0], []).append(cells)
+    return out
 
 
 @pytest.fixture
@@ -181,17 +193,25 @@ def out_dir(tmp_path) -> Path:
 def test_gallery_markdown_for_known_table(out_dir):
     paths = render_reports(out_dir, n_per_group=8, seed=0)
     md = paths["gallery_md"].read_text(encoding="utf-8")
+    assert_golden("gallery_md.txt", md)       # the whole page, as tests/golden/gallery_md.txt
     lines = md.splitlines()
-    assert lines[0] == "# Error gallery: tiny_<run>"
-    for row in EXPECTED_ROWS:
-        assert row in lines, f"missing line:\n{row}\nin:\n{md}"
-    assert "| # | image | truth | top-1 | P(melanoma) | top-3 | reading | map |" in lines
-    assert '"confident" = top-1 probability ≥ 0.90; "uncertain" = < 0.60' in md
-    assert "wrong predictions, highest top-1 probability first; showing 2 of 2." in lines
-    assert "correct predictions drawn at random (seeded); showing 2 of 2." in lines
-    random_rows = [ln for ln in lines if "gallery/random_correct/" in ln]
-    assert len(random_rows) == 2 and any("| correct benign; no lesion mask; uncertain" + ONE_CELL in ln
-                                         for ln in random_rows)
+    inp = read_out_dir(out_dir)
+    rows = _gallery_rows(md)
+    ids = {g: [r[1].split("]", 1)[0].lstrip("[") for r in rs] for g, rs in rows.items()}
+    assert ids == {"confident_errors": ["img_a", "img_b"], "false_negatives": ["img_a"],
+                   "off_target_correct": ["img_c"], "random_correct": ["img_c", "img_d"]}
+    assert ids["random_correct"] == list(select_candidates(inp.per_image, "melanoma", seed=0)["random_correct"]
+                                         ["image_id"])
+    truth = {r[0]: r for r in ROWS}
+    pi = inp.per_image.set_index("image_id")
+    for g, rs in rows.items():
+        assert [int(r[0]) for r in rs] == list(range(1, len(rs) + 1)), g      # ranks
+        for r in rs:
+            i = r[1].split("]", 1)[0].lstrip("[")
+            _, label, pred, conf, p_mel = truth[i][:5]
+            assert r[2:5] == [label, f"{pred} ({conf:.2f})", f"{p_mel:.2f}"], r
+            assert r[6] == reading(pi.loc[i].to_dict(), "melanoma", inp.kinds, Words(), inp.classes)
+            assert r[7].startswith("peak cell 100%")          # the fixture's maps: one hot cell of 4×4
     for row in lines:
         if row.startswith("| ") and "](gallery/" in row:
             rel = row.split("](", 1)[1].split(")", 1)[0]
@@ -247,7 +267,8 @@ def test_no_regions_and_no_extras(tmp_path):
     assert "plot_region_fractions" not in paths and "plot_counterfactual" not in paths
     assert "plot_reliability" in paths and "plot_roc" in paths
     md = paths["gallery_md"].read_text(encoding="utf-8")
-    assert "| false-negative melanoma; confident |" in md
+    err, conf = _gallery_rows(md)["confident_errors"][0][6].split("; ")      # no region clause, and no region
+    assert "melanoma" in err and conf == "confident"
     page = paths["html"].read_text(encoding="utf-8")
     assert "Sign-off gates" not in page and "No regions configured" in page
 
@@ -365,12 +386,13 @@ def test_gallery_says_which_shortcut_its_overlays_do_not_show(out_dir):
     s["counterfactual"] = {"regions": {}, "hidden": [{"region": "ruler", "text": "removing ruler changes 40% of it"}]}
     (out_dir / "summary.json").write_text(json.dumps(complete(s)))
     md = render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
-    assert ("**Shortcut the maps do not show: ruler.** removing ruler changes 40% of it. The overlays below "
-            "under-show it;") in md
-    assert md.index("Shortcut the maps") < md.index("## Errors, most confident first")
+    text = s["counterfactual"]["hidden"][0]["text"]
+    line = next(ln for ln in md.splitlines() if text in ln)          # the region and its text, before the groups
+    assert "ruler" in line.split(text)[0] and md.index(text) < md.index("\n## ")
     s["counterfactual"]["hidden"] = []
     (out_dir / "summary.json").write_text(json.dumps(complete(s)))
-    assert "Shortcut the maps" not in render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
+    plain = render_reports(out_dir, n_per_group=1)["gallery_md"].read_text(encoding="utf-8")
+    assert text not in plain and len(plain.split("\n## ")[0]) < len(md.split("\n## ")[0])   # the paragraph is gone
 
 
 def test_map_concentration_known_answers():
@@ -405,13 +427,22 @@ def test_overlays_carry_no_caption_and_near_flat_maps_say_so(out_dir):
     paths = render_reports(out_dir, n_per_group=2)
     im = Image.open(out_dir / "gallery" / "confident_errors" / "01_img_a.png")
     assert im.size == (224, 224)                      # 32 px grid enlarged ×7; no caption strip below
+    import html
+
+    from audit.report.gallery import CONCENTRATION_LEGEND, concentration_text
     page = paths["html"].read_text(encoding="utf-8")
-    assert "map: peak cell 7% of the evidence (flat 6%), entropy 1.00" in page
-    assert "map: peak cell 100% of the evidence (flat 6%), entropy 0.00" in page          # img_b: one cell
-    assert "largest cell&#x27;s share of the raw map&#x27;s evidence" in page
+    from audit.cam import map_concentration
+    peaks, ents = map_concentration(z["cam"][:1])
+    peak, ent = float(peaks[0]), float(ents[0])
+    assert peak == pytest.approx(1.1 / 16.1, rel=1e-5) and ent > 0.99              # near flat
+    flat = concentration_text(peak, ent, 16)
+    assert "7%" in flat and "6%" in flat and "1.00" in flat                          # its numbers, as shown
+    assert flat in page
+    assert concentration_text(1.0, 0.0, 16) in page                                 # img_b: one cell
+    assert html.escape(CONCENTRATION_LEGEND) in page
     assert page.count("Pred benign (0.92) · True melanoma") == 2                          # text, in 2 groups
     md = paths["gallery_md"].read_text(encoding="utf-8")
-    assert "| peak cell 7% of the evidence (flat 6%), entropy 1.00 |" in md
+    assert _gallery_rows(md)["confident_errors"][0][7] == concentration_text(peak, ent, 16, head="")
 
 
 def test_plot_fixes_of_the_newcomer_review(out_dir, monkeypatch):
