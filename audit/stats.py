@@ -293,8 +293,12 @@ def ece_if_calibrated(confidence, n_bins: int = 10, n_sim: int = 200, seed: int 
     if not len(conf):
         return NAN
     rng = np.random.default_rng(seed)
-    c = np.broadcast_to(conf, (n_sim, len(conf)))
-    return float(_ece_rows(c, (rng.random(c.shape) < c).astype(np.float64), n_bins).mean())
+    rows = max(1, _CHUNK_ELEMS // len(conf))  # draws in chunks of rows: memory flat in N, the same random stream
+    eces = []
+    for start in range(0, n_sim, rows):
+        c = np.broadcast_to(conf, (min(rows, n_sim - start), len(conf)))
+        eces.append(_ece_rows(c, (rng.random(c.shape) < c).astype(np.float64), n_bins))
+    return float(np.concatenate(eces).mean())
 
 
 def proportion_ci(k: int, n: int, alpha: float = 0.05) -> Estimate:

@@ -303,3 +303,14 @@ def test_one_estimate_formatter_for_every_renderer():
     assert fmt_estimate({"value": float("nan")}) == "n/a" and fmt_estimate(None) == "—"
     assert fmt_estimate({"value": None, "n": 7, "too_small": True}) == "small n=7" == fmt_est({"n": 7, "too_small": True})
     assert fmt_estimate(0.25, digits=3) == "0.250" and fmt_estimate("x") == "n/a"
+
+
+def test_ece_if_calibrated_in_chunks_equals_one_draw():
+    """The simulation runs in row chunks (memory flat in N, #26 benchmark rerun) and draws the same random stream
+    as one (n_sim, N) draw: the figure is unchanged, exactly."""
+    from audit.stats import _CHUNK_ELEMS, _ece_rows, ece_if_calibrated
+    conf = np.random.default_rng(3).uniform(0.5, 1.0, 3000)
+    assert _CHUNK_ELEMS // 3000 < 200                                  # several chunks at this N
+    c = np.broadcast_to(conf, (200, 3000))
+    want = float(_ece_rows(c, (np.random.default_rng(0).random(c.shape) < c).astype(np.float64), 10).mean())
+    assert ece_if_calibrated(conf) == want
