@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .preprocess import InputSpec, image_to_grid, load_rgb
+from .preprocess import InputSpec, bit_depth, format_record, image_to_grid, load_rgb
 
 RegionFn = Callable[[np.ndarray, dict, InputSpec, tuple], dict]
 
@@ -99,6 +99,26 @@ class Batch:
     present: list[dict] | None = None
     warnings: list[list[str]] | None = None
 
+    def source_columns(self, j: int) -> dict:
+        """Image j's stored-file columns: bit_depth (8, 16 or 32), a DICOM's `dicom_<Keyword>` header fields, (8, 16 or 32),
+        src_height, src_width, src_format, src_mode, src_short_side, src_aspect (`audit.preprocess.format_record`)."""
+        return {"bit_depth": bit_depth(self.src_info[j].get("mode")), **format_record(self.src_hw[j], self.src_info[j])}
+
+    def region_columns(self, j: int) -> dict:
+        """Image j's region columns as the workers built them: score_<r> (the detector's image-level score, NaN
+        for a region without one) for every region, present_<r> where the region's presence is known (a file's
+        or a header's word), and region_notes (the regions' notes and the mask warnings raised in the workers,
+        "; "-joined) when there are any. {} without a region function."""
+        if self.scores is None:
+            return {}
+        rec = {f"score_{r}": s for r, s in self.scores[j].items()}
+        rec.update({f"present_{r}": pr for r, pr in self.present[j].items()})
+        notes = [f"{k}: {v}" for k, v in self.notes[j].items()]
+        notes += [w for w in self.warnings[j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
+        if notes:
+            rec["region_notes"] = "; ".join(notes)
+        return rec
+
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader with pin_memory=True: the images go to page-locked memory."""
         if self.img is not None:
@@ -128,3 +148,12 @@ def make_loader(rows: pd.DataFrame, spec: InputSpec, batch_size: int, workers: i
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=4 if workers > 0 else None)
+
+
+def with_row(rec: dict, row: dict, skip: Collection[str] = ()) -> dict:
+    """rec, then the manifest row's other columns (its metadata, for --by and discover) after the pass's own:
+    a column rec already holds, or one in `skip`, is not copied. Returns rec."""
+    for col, v in row.items():
+        if col not in rec and col not in skip:
+            rec[col] = v
+    return rec

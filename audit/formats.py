@@ -11,46 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .preprocess import MODES_16BIT
-
-#: attribute → the scan.csv column holding each image's level
-FORMAT_COLUMNS = {"file type": "src_format", "colour mode": "src_mode", "short side": "src_short_side",
-                  "aspect": "src_aspect"}
-#: upper bounds (exclusive) of the short-side tiers, in pixels
-SHORT_SIDE_TIERS = (256, 512, 1024, 2048)
-_MODES = {"L": "gray 8-bit", **{m: "gray 16-bit" for m in MODES_16BIT}, "F": "gray float", "1": "1-bit",
-          "P": "palette", "LA": "gray + alpha", "RGB": "RGB", "RGBA": "RGBA", "CMYK": "CMYK", "YCbCr": "YCbCr"}
-
-
-def mode_label(mode: str | None) -> str:
-    """Pillow's mode as a reader names it: "L" → "gray 8-bit", "I;16" → "gray 16-bit"; unknown modes kept."""
-    return _MODES.get(str(mode), str(mode)) if mode else "unknown"
-
-
-def short_side_tier(h: int, w: int) -> str:
-    """The stored image's shorter side in tiers (pixels): "<256", "256–511", "512–1023", "1024–2047", "≥2048"."""
-    s, lo = min(int(h), int(w)), 0
-    for hi in SHORT_SIDE_TIERS:
-        if s < hi:
-            return f"<{hi}" if lo == 0 else f"{lo}–{hi - 1}"
-        lo = hi
-    return f"≥{SHORT_SIDE_TIERS[-1]}"
-
-
-def aspect_class(h: int, w: int) -> str:
-    """"portrait" (width/height < 0.95), "square" (0.95–1.05) or "landscape" (> 1.05)."""
-    r = int(w) / max(int(h), 1)
-    return "portrait" if r < 0.95 else "landscape" if r > 1.05 else "square"
-
-
-def format_record(src_hw: tuple[int, int], info: dict) -> dict:
-    """The scan.csv columns of one decoded image: a DICOM's `dicom_<Keyword>` header columns (`audit.dicom`),
-    then src_height, src_width, src_format, src_mode and the tiers."""
-    h, w = int(src_hw[0]), int(src_hw[1])
-    return {**(info.get("dicom") or {}), "src_height": h, "src_width": w, "src_format": str(info.get("format") or "unknown"),
-            "src_mode": mode_label(info.get("mode")), "src_short_side": short_side_tier(h, w),
-            "src_aspect": aspect_class(h, w)}
-
+from .preprocess import FORMAT_COLUMNS
 
 def format_by_label(per_image: pd.DataFrame, classes: list[str], min_n: int, alpha: float, n_boot: int,
                     seed: int, columns: dict | None = None) -> dict:

@@ -418,8 +418,7 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
     """The multi-label audit (called by `audit.pipeline.run_audit` for a run with model.task: multilabel)."""
     from .config import write_resolved
     from .counterfactual import fill_region
-    from .data import make_loader
-    from .formats import format_record
+    from .data import make_loader, with_row
     from .manifest import default_split, load_manifest, select_split, split_note
     from .common import (PipelineResult, VALIDATION_SPLITS, build_region_fn, manifest_source,
                          run_name)
@@ -526,17 +525,14 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         lrecs = []
         for j, i in enumerate(idx):
             r = rows.iloc[i]
-            rec = {"image_id": r["image_id"], "image": r["image"], "split": r["split"],
-                   **format_record(batch.src_hw[j], batch.src_info[j])}
+            rec = {"image_id": r["image_id"], "image": r["image"], "split": r["split"], **batch.source_columns(j)}
             for k, f in enumerate(findings):
                 rec[f"y_{f}"] = Y[i, k]
                 rec[f"p_{f}"] = float(p[j, k])
                 rec[f"logodds_{f}"] = float(z[j, k])
                 rec[f"pred_{f}"] = bool(pred[j, k])
-            for col, v in r.items():
-                if col not in rec and col not in findings:
-                    rec[col] = v
-            batch_recs.append(rec)
+            rec.update(batch.region_columns(j))
+            batch_recs.append(with_row(rec, r, skip=findings))
             for k, f in enumerate(findings):
                 lab = Y[i, k]
                 pr = bool(pred[j, k])

@@ -23,9 +23,8 @@ from .cam import default_layer, finer_layer, get_module, grad_cam, map_concentra
 from .config import AuditConfig, write_resolved
 from .gates import apply_gates
 from .errors import ConfigError, ManifestError, UndefinedMetricWarning
-from .formats import FORMAT_COLUMNS, format_record
 from .manifest import default_split, load_manifest, select_split, split_note
-from .preprocess import InputSpec, bit_depth, normalize
+from .preprocess import FORMAT_COLUMNS, InputSpec, normalize
 from .common import (VALIDATION_SPLITS, PipelineResult, build_region_fn, manifest_source,
                      run_name)
 from .run import RunConfig, load_run
@@ -177,7 +176,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
     out = Path(cfg.out) if cfg.out else Path("reports") / name
     out.mkdir(parents=True, exist_ok=True)
 
-    from .data import make_loader
+    from .data import make_loader, with_row
     cam_model, batchnorm = model_for_cam(model, cfg, layer, spec, device)
     cls_idx = {c: i for i, c in enumerate(run.classes)}
     loader = make_loader(rows, spec, cfg.batch_size, cfg.workers, region_fn, pin_memory=device.type == "cuda")
@@ -233,8 +232,7 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                    "pred": run.classes[pred], "confidence": float(p[pred]), "margin": float(margins[j]),
                    "correct": bool(r["label"] == run.classes[pred]), "explained": run.classes[int(tgt[j])],
                    "cam_sum": float(res.cams[j].sum()), "cam_peak_share": float(peak[j]),
-                   "cam_entropy": float(ent[j]), "bit_depth": bit_depth(batch.src_info[j].get("mode")),
-                   **format_record(batch.src_hw[j], batch.src_info[j])}
+                   "cam_entropy": float(ent[j]), **batch.source_columns(j)}
             for c, k in cls_idx.items():
                 rec[f"p_{c}"] = float(p[k])
             for c, k in cls_idx.items():
@@ -243,19 +241,8 @@ def run_audit(cfg: AuditConfig, progress: Progress | None = None,
                 rec[col] = float(sc[col][j]) if col in sc else float("nan")
             for col, v in cf.items():
                 rec[col] = v[j].item() if hasattr(v[j], "item") else v[j]
-            if batch.scores is not None:
-                for reg, sc_ in batch.scores[j].items():
-                    rec[f"score_{reg}"] = sc_
-                for reg, pr in batch.present[j].items():
-                    rec[f"present_{reg}"] = pr
-                # mask warnings raised in the workers (empty, all-ones, unreadable, resized with another aspect)
-                notes = [f"{k}: {v}" for k, v in batch.notes[j].items()]
-                notes += [w for w in batch.warnings[j] if not any(n.split(": ", 1)[-1] in w for n in notes)]
-                if notes:
-                    rec["region_notes"] = "; ".join(notes)
-            for col, v in r.items():
-                if col not in rec:
-                    rec[col] = v
+            rec.update(batch.region_columns(j))  # detector scores, known presence, mask warnings from the workers
+            with_row(rec, r)
             batch_records.append(rec)
         cams_spill.append(res.cams.cpu().numpy())
         emb_spill.append(res.features.cpu().numpy())

@@ -665,7 +665,7 @@ def test_cramers_v_bootstrap_ci_is_seeded_covers_and_agrees_with_the_vectorised_
 
 
 def test_format_tiers_and_mode_names():
-    from audit.formats import aspect_class, format_record, mode_label, short_side_tier
+    from audit.preprocess import aspect_class, format_record, mode_label, short_side_tier
     assert [short_side_tier(h, 4000) for h in (1, 255, 256, 511, 512, 1023, 1024, 2047, 2048, 5000)] == \
         ["<256", "<256", "256–511", "256–511", "512–1023", "512–1023", "1024–2047", "1024–2047", "≥2048", "≥2048"]
     assert short_side_tier(3000, 300) == "256–511"                         # the shorter side, either way round
@@ -737,7 +737,7 @@ def test_format_by_view_on_real_radiographs_matches_pillow(tmp_path):
     base = SHARED_DATA / "cxr_covid_v7"
     if not (base / "labels.csv").is_file():
         pytest.skip(f"real data not available: {base}")
-    from audit.formats import mode_label
+    from audit.preprocess import mode_label
     from audit.manifest import DataSpec
     raw = pd.read_csv(base / "labels.csv")
     want_mode, want_fmt = {}, {}

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..association import by_table, cramers_v, model_by_artifact, one_vs_rest, association_strength, prevalence
 from ..errors import ConfigError, ManifestError, UndefinedMetricWarning
-from ..formats import format_by_label, format_record
+from ..formats import format_by_label
 from ..preprocess import InputSpec, scale16_value
 from ..stats import group_keys
 from ..stream import Progress, stream_batches, write_errors
@@ -277,7 +277,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     from masks.export import PALETTE, THUMB, contact_sheet, overlay
     from masks.registry import RegionResult
 
-    from ..data import make_loader
+    from ..data import make_loader, with_row
     from ..preprocess import normalize
     region_names = rs.names
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(sources)}
@@ -302,28 +302,27 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
             for c in [id_col, *by]:
                 if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
                     rec[c] = r[c]
-            rec.update(format_record(batch.src_hw[j], batch.src_info[j]))
+            rec.update(batch.source_columns(j))
             rec["phash"] = f"{int(hs[j]):016x}"
             rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
             masks = batch.masks[j] if batch.masks is not None else {}
-            notes = batch.notes[j] if batch.notes is not None else {}
             n_warn += len(batch.warnings[j]) if batch.warnings is not None else 0
+            found = batch.region_columns(j)
             for a in region_names:
-                pres = batch.present[j].get(a)  # a file region's presence is what its file says
-                if sources[a] == "file":
+                pres = found.get(f"present_{a}")  # a file region's presence is what its file says
+                if sources[a] == "file":  # a file region's score: the share of the grid its mask covers
                     score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
                 else:
-                    score = batch.scores[j].get(a, NAN)
+                    score = found.get(f"score_{a}", NAN)
                 rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
             for c in flag_cols:
                 v = flags[c].iloc[i]
                 rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
                 rec[f"present_{c}"] = None if v is pd.NA else bool(v)
-            if notes:
-                rec["region_notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
-            for c, v in r.items():  # the manifest's metadata, after the scan's own columns
-                if c not in rec and f"present_{c}" not in rec or c in flag_cols:
-                    rec.setdefault(c, v)
+            if "region_notes" in found:
+                rec["region_notes"] = found["region_notes"]
+            # the manifest's metadata after the scan's own columns; a scanned flag column keeps its raw value
+            with_row(rec, r, skip=[c for c in r if f"present_{c}" in rec and c not in flag_cols])
             if in_loop:
                 probs_rows.append((i, pr[j]))
             # contact sheets: keep the top_k scores per artifact, thumbnails made only for entrants
