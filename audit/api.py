@@ -79,13 +79,19 @@ class Maps(Mapping):
     `maps[image_id]` → float32 h×w array (ReLU'd, never normalised: Σ over the map is per_image's cam_sum).
     `maps.array` → float32 N×h×w, rows in per_image order; `maps.image_ids` → the N ids; `maps.shape` →
     (N, h, w); `maps.layer` → the module path the maps come from; `maps.target` → int64 N, the class index each
-    map explains. Iterating yields image ids. A multi-label audit's maps are per (image, finding) pair: there
-    `maps.image_ids` holds each pair's image and `maps[image_id]` is the first pair's map (use `maps.array`)."""
+    map explains. Iterating yields image ids.
+
+    A multi-label audit maps (image, finding) pairs (only the pairs it needed, docs/multilabel.md): the keys are
+    (image_id, finding) tuples, `maps[image_id, finding]` → h×w; `maps.array` → P×h×w; `maps.image_ids` and
+    `maps.findings` → each map's image and finding (P each); `maps.target` → None. `maps[image_id]` alone raises
+    KeyError naming the findings mapped for that image."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
         self._arrays: dict[str, np.ndarray] | None = None
-        self._index: dict[str, int] | None = None
+        self._index: dict | None = None
+        self._ids: list[str] = []
+        self._findings: list[str] | None = None
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
@@ -93,10 +99,23 @@ class Maps(Mapping):
                 raise RunDirError(f"{self.path}: not found (the audit writes cams.npz)")
             with np.load(self.path, allow_pickle=False) as z:
                 self._arrays = {k: z[k] for k in z.files}
+            ids = self._arrays["image_id"].astype(str)
             self._index = {}
-            for i, iid in enumerate(self._arrays["image_id"].astype(str).tolist()):
-                self._index.setdefault(iid, i)
+            if "pair_image" in self._arrays:  # multi-label: one map per (image, finding) pair
+                self._ids = ids[self._arrays["pair_image"]].tolist()
+                self._findings = self._arrays["finding"].astype(str)[self._arrays["pair_finding"]].tolist()
+                for i, key in enumerate(zip(self._ids, self._findings)):
+                    self._index.setdefault(key, i)
+            else:
+                self._ids = ids.tolist()
+                for i, iid in enumerate(self._ids):
+                    self._index.setdefault(iid, i)
         return self._arrays
+
+    @property
+    def multilabel(self) -> bool:
+        self._load()
+        return self._findings is not None
 
     @property
     def array(self) -> np.ndarray:
@@ -104,7 +123,14 @@ class Maps(Mapping):
 
     @property
     def image_ids(self) -> list[str]:
-        return self._load()["image_id"].astype(str).tolist()
+        self._load()
+        return list(self._ids)
+
+    @property
+    def findings(self) -> list[str] | None:
+        """Multi-label: the finding each map explains (P names); None for a single-label audit."""
+        self._load()
+        return None if self._findings is None else list(self._findings)
 
     @property
     def layer(self) -> str:
@@ -118,14 +144,26 @@ class Maps(Mapping):
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)
 
-    def __getitem__(self, image_id: str) -> np.ndarray:
+    def __getitem__(self, key) -> np.ndarray:
         self._load()
         assert self._index is not None
-        if str(image_id) not in self._index:
-            raise KeyError(f"image_id {image_id!r}: no map in {self.path} ({len(self._index)} images)")
-        return self.array[self._index[str(image_id)]]
+        if self._findings is not None:
+            if isinstance(key, tuple) and len(key) == 2:
+                k = (str(key[0]), str(key[1]))
+                if k in self._index:
+                    return self.array[self._index[k]]
+                mapped = [f for i, f in zip(self._ids, self._findings) if i == k[0]]
+                raise KeyError(f"{k!r}: no map in {self.path} (findings mapped for image {k[0]!r}: {mapped}; by "
+                               "default only pairs positive in truth or flagged are mapped, maps='all' maps every "
+                               "pair)")
+            mapped = [f for i, f in zip(self._ids, self._findings) if i == str(key)]
+            raise KeyError(f"image_id {key!r}: a multi-label audit's maps are per (image, finding): use "
+                           f"maps[{str(key)!r}, finding] (findings mapped for it: {mapped})")
+        if str(key) not in self._index:
+            raise KeyError(f"image_id {key!r}: no map in {self.path} ({len(self._index)} images)")
+        return self.array[self._index[str(key)]]
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator:
         self._load()
         assert self._index is not None
         return iter(self._index)
@@ -141,17 +179,49 @@ class Maps(Mapping):
         return f"Maps({str(self.path)!r}, shape={self.shape}, layer={self.layer!r})"
 
 
+def _figure(grid: np.ndarray, masks: dict, kinds: dict[str, str], cam: np.ndarray, layer: str, shown: list[str],
+            fracs: Mapping[str, Any], title: str, blocky: bool):
+    """The Figure of `AuditResult.show`: left the grid image with the region outlines, right the overlay."""
+    from matplotlib.figure import Figure
+
+    from .report.overlay import ARTIFACT_RGB, TARGET_RGB, outline, overlay_image
+    over = np.asarray(overlay_image(grid, cam, masks, kinds, caption="", blocky=blocky))
+    k = over.shape[0] // grid.shape[0]
+    left = np.repeat(np.repeat(grid, k, 0), k, 1).copy()
+    for name, m in masks.items():
+        colour = {"target": TARGET_RGB, "artifact": ARTIFACT_RGB}.get(kinds.get(name, ""))
+        if m is not None and colour is not None:
+            left[outline(np.repeat(np.repeat(np.asarray(m, bool), k, 0), k, 1), 1 if left.shape[0] < 300 else 2)] \
+                = colour
+    fig = Figure(figsize=(8.4, 4.6), layout="constrained")
+    ax = fig.subplots(1, 2)
+    ax[0].imshow(left)
+    ax[1].imshow(over)
+    for a in ax:
+        a.set_axis_off()
+    outlined = [r for r in shown if masks.get(r) is not None]
+    missing = [r for r in shown if masks.get(r) is None]
+    ax[0].set_title("image" + (f", outlined: {', '.join(outlined)}" if outlined else "")
+                    + (f" (no mask: {', '.join(missing)})" if missing else ""), fontsize=9)
+    shares = [f"{r} {100 * _f(fracs.get(f'frac_{r}')):.0f}%" for r in shown
+              if math.isfinite(_f(fracs.get(f"frac_{r}")))]
+    ax[1].set_title(f"Grad-CAM ({layer})" + (f": CAM share {', '.join(shares)}" if shares else ""), fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 @dataclass
 class AuditResult:
     """What `run_audit` and `load_result` return: the audit folder and what it holds.
 
     out_dir: the folder written (per_image.csv, cams.npz, summary.json, config.resolved.yaml, errors.csv).
     per_image: one row per audited image (docs/audit.md lists the columns: image_id, label, pred, confidence,
-        p_<class>, frac_<region>, lift_<region>, flags, ...).
+        p_<class>, frac_<region>, lift_<region>, flags, ...; a multi-label audit's: y_/p_/logodds_/pred_<finding>).
     summary: the typed `Summary` (`audit.summary_types.AuditSummary`; `summary.to_json()` is summary.json; a
         multi-label audit's summary is its dict, docs/multilabel.md). errors: the unreadable images (image_id, image,
         reason; empty when none). maps: the layer-resolution maps (`Maps`, loaded from cams.npz on first use).
-    `show(image_id, region=None)` draws one image, its overlay and the region outlines."""
+    per_finding: a multi-label audit's per_finding.csv (one row per image and finding), None otherwise.
+    `show(image_id, region=None, finding=None)` draws one image, its overlay and the region outlines."""
 
     out_dir: Path
     per_image: pd.DataFrame
@@ -160,28 +230,41 @@ class AuditResult:
     _maps: Maps | None = field(default=None, repr=False)
 
     @property
+    def multilabel(self) -> bool:
+        """True for a multi-label audit (one sigmoid output per finding; docs/multilabel.md)."""
+        return isinstance(self.summary, dict) and self.summary.get("task") == "multilabel"
+
+    @property
     def maps(self) -> Maps:
         if self._maps is None:
             self._maps = Maps(self.out_dir / "cams.npz")
         return self._maps
 
     @property
-    def verdict(self) -> str:
-        return self.summary.verdict
+    def per_finding(self) -> pd.DataFrame | None:
+        p = self.out_dir / "per_finding.csv"
+        return pd.read_csv(p, dtype={"image_id": str}) if self.multilabel and p.is_file() else None
 
-    def show(self, image_id: str, region: str | None = None, blocky: bool = False):
+    @property
+    def verdict(self) -> str:
+        return str(self.summary.get("verdict")) if isinstance(self.summary, dict) else self.summary.verdict
+
+    def show(self, image_id: str, region: str | None = None, blocky: bool = False, finding: str | None = None):
         """A matplotlib Figure of one audited image: left the image on the model grid with the region outlines
         (target green, artifact magenta), right the Grad-CAM overlay (jet, min-maxed for display only, bilinear
         or, with blocky, the raw layer grid); the title gives label, prediction, confidence and the region's CAM
-        share. region: outline only this region (default all). The Figure is not attached to pyplot: a notebook
-        displays it; `fig.savefig(path)` writes it.
+        share. region: outline only this region (default all). finding: a multi-label audit's finding whose map
+        is shown (required there; for a single-label audit leave it None). The Figure is not attached to pyplot:
+        a notebook displays it; `fig.savefig(path)` writes it.
 
-        Raises KeyError for an image_id that was not audited, ValueError for an unknown region, RunDirError when
-        the image file cannot be read."""
-        from matplotlib.figure import Figure
-
+        Raises KeyError for an image_id that was not audited, ValueError for an unknown region, for a multi-label
+        audit without `finding` (naming the findings mapped for the image) or for a pair without a map,
+        RunDirError when the image file cannot be read."""
+        if self.multilabel:
+            return self._show_multilabel(str(image_id), region, blocky, finding)
+        if finding is not None:
+            raise ValueError("finding: for a multi-label audit; a single-label audit has one map per image")
         from .report.inputs import read_out_dir
-        from .report.overlay import ARTIFACT_RGB, TARGET_RGB, outline, overlay_image
         inp = read_out_dir(self.out_dir)
         iid = str(image_id)
         rows = inp.per_image[inp.per_image["image_id"].astype(str) == iid]
@@ -195,33 +278,43 @@ class AuditResult:
             raise RunDirError(f"image_id {iid!r}: {note}")
         if region is not None:
             masks = {region: masks.get(region)}
-        cam = inp.cams[inp.cam_index[iid]]
-        over = np.asarray(overlay_image(grid, cam, masks, inp.kinds, caption="", blocky=blocky))
-        k = over.shape[0] // grid.shape[0]
-        left = np.repeat(np.repeat(grid, k, 0), k, 1).copy()
-        for name, m in masks.items():
-            colour = {"target": TARGET_RGB, "artifact": ARTIFACT_RGB}.get(inp.kinds.get(name, ""))
-            if m is not None and colour is not None:
-                left[outline(np.repeat(np.repeat(np.asarray(m, bool), k, 0), k, 1), 1 if left.shape[0] < 300 else 2)] \
-                    = colour
-        fig = Figure(figsize=(8.4, 4.6), layout="constrained")
-        ax = fig.subplots(1, 2)
-        ax[0].imshow(left)
-        ax[1].imshow(over)
-        for a in ax:
-            a.set_axis_off()
         shown = [region] if region is not None else list(inp.kinds)
-        outlined = [r for r in shown if masks.get(r) is not None]
-        missing = [r for r in shown if masks.get(r) is None]
-        ax[0].set_title("image" + (f", outlined: {', '.join(outlined)}" if outlined else "")
-                        + (f" (no mask: {', '.join(missing)})" if missing else ""), fontsize=9)
-        shares = [f"{r} {100 * _f(row.get(f'frac_{r}')):.0f}%" for r in shown
-                  if math.isfinite(_f(row.get(f"frac_{r}")))]
-        ax[1].set_title(f"Grad-CAM ({inp.layer})" + (f": CAM share {', '.join(shares)}" if shares else ""),
-                        fontsize=9)
-        fig.suptitle(f"{iid}: label {row.get('label')} · pred {row.get('pred')} "
-                     f"({_f(row.get('confidence')):.2f})", fontsize=10)
-        return fig
+        return _figure(grid, masks, inp.kinds, inp.cams[inp.cam_index[iid]], inp.layer, shown, row,
+                       f"{iid}: label {row.get('label')} · pred {row.get('pred')} ({_f(row.get('confidence')):.2f})",
+                       blocky)
+
+    def _show_multilabel(self, iid: str, region: str | None, blocky: bool, finding: str | None):
+        from .report.multilabel import read_multilabel_dir
+        ml = read_multilabel_dir(self.out_dir)
+        img_rows = ml.images[ml.images["image_id"].astype(str) == iid]
+        if img_rows.empty:
+            raise KeyError(f"image_id {iid!r}: not among the {len(ml.images)} audited images")
+        kinds = ml.inp.kinds
+        if region is not None and region not in kinds:
+            raise ValueError(f"region {region!r}: not a region of this audit (regions: {list(kinds)})")
+        d = ml.long[ml.long["image_id"].astype(str) == iid]
+        mapped = d.loc[d["map"] >= 0, "finding"].astype(str).tolist()
+        if finding is None:
+            raise ValueError(f"finding: a multi-label audit has one map per (image, finding); pass "
+                             f"show({iid!r}, finding=...) (findings mapped for it: {mapped})")
+        if str(finding) not in set(d["finding"].astype(str)):
+            raise ValueError(f"finding {finding!r}: not an audited finding ({list(ml.summary.get('findings', {}))})")
+        row = d[d["finding"].astype(str) == str(finding)].iloc[0].to_dict()
+        if int(row["map"]) < 0:
+            raise ValueError(f"finding {finding!r}: no map for image {iid!r} (findings mapped for it: {mapped}; "
+                             "maps='all' maps every pair)")
+        grid, masks, note = ml.inp.load(img_rows.iloc[0].to_dict())
+        if grid is None:
+            raise RunDirError(f"image_id {iid!r}: {note}")
+        if region is not None:
+            masks = {region: masks.get(region)}
+        shown = [region] if region is not None else list(kinds)
+        lab = _f(row.get("label"))
+        truth = "unlabelled" if math.isnan(lab) else ("positive" if lab == 1 else "negative")
+        flagged = str(row.get("pred")).lower() in ("true", "1", "1.0")
+        return _figure(grid, masks, kinds, ml.cams[int(row["map"])], ml.inp.layer, shown, row,
+                       f"{iid}: {finding} p = {_f(row.get('p')):.2f} ({'flagged' if flagged else 'not flagged'}), "
+                       f"truth {truth}", blocky)
 
 
 def _errors_frame(out_dir: Path) -> pd.DataFrame:
@@ -333,26 +426,91 @@ def module_input_spec(module: torch.nn.Module, input: InputSpec | Mapping | None
     return InputSpec(**base)
 
 
-def module_run(module: torch.nn.Module, classes: Sequence[str], spec: InputSpec, name: str | None = None,
-               binary_logit: int | None = None, positive: str | None = None):
+TASKS = ("multiclass", "multilabel")
+
+
+def _is_xrv(module: torch.nn.Module) -> bool:
+    return type(module).__module__.split(".")[0] == "torchxrayvision"
+
+
+def _module_classes(module: torch.nn.Module, classes: Sequence[str] | None, multilabel: bool) -> list[str]:
+    """The class (finding) names of a module: `classes`, or a torchxrayvision model's `pathologies` ('' marks an
+    untrained slot: unused_<i>). ConfigError naming classes otherwise."""
+    if classes is None and multilabel and _is_xrv(module) and getattr(module, "pathologies", None):
+        classes = [str(c) if c else f"unused_{i}" for i, c in enumerate(module.pathologies)]
+    if classes is None:
+        what = "finding names" if multilabel else "class names"
+        raise ConfigError(f"classes: an in-memory model needs its {what} in logit order (classes=[...])",
+                          param="classes")
+    if isinstance(classes, (str, bytes)):
+        raise ConfigError(f"classes: expected a list of names in logit order, got the string {classes!r}",
+                          param="classes")
+    cls = [str(c) for c in classes]
+    if len(set(cls)) != len(cls) or len(cls) < (1 if multilabel else 2):
+        need = "at least one unique finding name" if multilabel else "at least two unique class names"
+        raise ConfigError(f"classes: expected {need} in logit order, got {list(classes)!r}", param="classes")
+    return cls
+
+
+def _finding_thresholds(thresholds, cls: list[str], base: list[float] | None) -> list[float] | None:
+    """Per-finding decision thresholds (probabilities in (0, 1)) in logit order: `thresholds` as a sequence (one
+    per finding) or a mapping {finding: p} (the others keep `base`, default 0.5); None when neither is given."""
+    if thresholds is None:
+        return base
+    if isinstance(thresholds, Mapping):
+        unknown = [k for k in thresholds if k not in cls]
+        if unknown:
+            raise ConfigError(f"thresholds: finding(s) {unknown} not among the classes {cls}", param="thresholds")
+        out = list(base or [0.5] * len(cls))
+        for k, v in thresholds.items():
+            out[cls.index(k)] = v
+    elif isinstance(thresholds, (list, tuple, np.ndarray, torch.Tensor)):
+        out = [v.item() if hasattr(v, "item") else v for v in thresholds]
+        if len(out) != len(cls):
+            raise ConfigError(f"thresholds: expected one probability per finding ({len(cls)}), got {len(out)}",
+                              param="thresholds")
+    else:
+        raise ConfigError(f"thresholds: expected a sequence of probabilities or a dict {{finding: probability}}, "
+                          f"got {type(thresholds).__name__}", param="thresholds")
+    bad = [v for v in out if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1]
+    if bad:
+        raise ConfigError(f"thresholds: expected probabilities in (0, 1), got {bad[:4]}", param="thresholds")
+    return [float(v) for v in out]
+
+
+def module_run(module: torch.nn.Module, classes: Sequence[str] | None, spec: InputSpec, name: str | None = None,
+               binary_logit: int | None = None, positive: str | None = None, task: str | None = None,
+               thresholds: Sequence[float] | Mapping[str, float] | None = None):
     """(a copy of `module` to audit, in eval mode; the RunConfig describing it). The caller's module is only
     read: deep-copied (weights, buffers, hooks), so its mode, requires_grad flags, device and weights stay as
     they were whatever the audit does to the copy (move it, fold its BatchNorm, add hooks).
 
-    One forward pass of zeros on the copy checks the output width: one logit per class; or one output per
-    class-less sigmoid when `binary_logit` (or a one-output model with two classes) audits a sigmoid output
-    as binary (`audit.run.BinaryLogit`). ConfigError naming classes / binary_logit otherwise."""
+    task: "multiclass" (default: N×C softmax logits, or one sigmoid output audited as binary with `binary_logit`)
+    or "multilabel" (one sigmoid logit per finding, `classes` = the findings in logit order; inferred for a
+    torchxrayvision model, whose `pathologies` are then the default classes and whose `op_threshs` become the
+    thresholds and are removed from the copy, so that it returns logits). thresholds (multi-label only): each
+    finding's decision threshold on σ(logit), a sequence in logit order or {finding: p}; default 0.5.
+
+    One forward pass of zeros on the copy checks the output width: one logit per class (finding); or one output
+    per class-less sigmoid when `binary_logit` (or a one-output model with two classes) audits a sigmoid output
+    as binary (`audit.run.BinaryLogit`). ConfigError naming classes / binary_logit / task / thresholds
+    otherwise."""
     from .run import BinaryLogit, RunConfig
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"run_dir_or_model: expected a run directory path or a torch.nn.Module, got "
                         f"{type(module).__name__}")
-    if classes is None:
-        raise ConfigError("classes: an in-memory model needs its class names in logit order (classes=[...])",
-                          param="classes")
-    cls = [str(c) for c in classes]
-    if len(cls) < 2 or len(set(cls)) != len(cls):
-        raise ConfigError(f"classes: expected at least two unique class names in logit order, got {list(classes)!r}",
-                          param="classes")
+    if task is None:
+        task = "multilabel" if _is_xrv(module) else "multiclass"
+    if task not in TASKS:
+        raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {task!r}", param="task")
+    multilabel = task == "multilabel"
+    if multilabel and binary_logit is not None:
+        raise ConfigError("binary_logit: audits one sigmoid output as a binary model; task='multilabel' audits "
+                          "every finding (choose them with findings=[...])", param="binary_logit")
+    if not multilabel and thresholds is not None:
+        raise ConfigError("thresholds: per-finding thresholds are for task='multilabel' (a single-label audit's "
+                          "operating points come from positive= and sensitivities=)", param="thresholds")
+    cls = _module_classes(module, classes, multilabel)
     if positive is not None and positive not in cls:
         raise ConfigError(f"positive {positive!r}: not among the classes {cls}", param="positive")
     try:
@@ -362,6 +520,15 @@ def module_run(module: torch.nn.Module, classes: Sequence[str], spec: InputSpec,
                         "never changes a caller's model, so it works on a copy: save it as a run directory "
                         "(docs/run_dir.md) instead") from None
     model.eval()
+    base_thr = None
+    if multilabel and isinstance(getattr(model, "op_threshs", None), torch.Tensor):  # torchxrayvision
+        vals = [float(v) for v in model.op_threshs.detach().double().cpu().flatten()]
+        if len(vals) == len(cls):
+            base_thr = [0.5 if math.isnan(v) or not 0 < v < 1 else v for v in vals]
+        model.op_threshs = None  # the copy returns logits, not xrv's op_norm'd probabilities
+    if multilabel and getattr(model, "apply_sigmoid", False) is True:  # torchxrayvision: logits, not σ
+        model.apply_sigmoid = False
+    thr = _finding_thresholds(thresholds, cls, base_thr) if multilabel else None
     dev = _module_device(model)
     with torch.no_grad():
         out = model(torch.zeros(1, spec.channels, spec.size, spec.size, device=dev))
@@ -370,23 +537,29 @@ def module_run(module: torch.nn.Module, classes: Sequence[str], spec: InputSpec,
                           param="classes")
     width = int(out.shape[1])
     n_logits = None
-    if binary_logit is None and width == 1 and len(cls) == 2:
-        binary_logit = 0
-    if binary_logit is not None:
-        if not (isinstance(binary_logit, int) and not isinstance(binary_logit, bool) and 0 <= binary_logit < width):
-            raise ConfigError(f"binary_logit: expected an output index in [0, {width}), got {binary_logit!r}",
-                              param="binary_logit")
-        if len(cls) != 2:
-            raise ConfigError(f"classes: a sigmoid output audited as binary needs two classes [negative, positive], "
-                              f"got {len(cls)}", param="classes")
-        n_logits = width
-        model.register_forward_hook(BinaryLogit(binary_logit))
-    elif width != len(cls):
-        raise ConfigError(f"classes: the model gives {width} logits but {len(cls)} classes are listed",
-                          param="classes")
+    if multilabel:
+        if width != len(cls):
+            raise ConfigError(f"classes: the model gives {width} outputs but {len(cls)} findings are listed "
+                              "(task='multilabel': one sigmoid logit per finding, in order)", param="classes")
+    else:
+        if binary_logit is None and width == 1 and len(cls) == 2:
+            binary_logit = 0
+        if binary_logit is not None:
+            if not (isinstance(binary_logit, int) and not isinstance(binary_logit, bool)
+                    and 0 <= binary_logit < width):
+                raise ConfigError(f"binary_logit: expected an output index in [0, {width}), got {binary_logit!r}",
+                                  param="binary_logit")
+            if len(cls) != 2:
+                raise ConfigError(f"classes: a sigmoid output audited as binary needs two classes [negative, "
+                                  f"positive], got {len(cls)}", param="classes")
+            n_logits = width
+            model.register_forward_hook(BinaryLogit(binary_logit))
+        elif width != len(cls):
+            raise ConfigError(f"classes: the model gives {width} logits but {len(cls)} classes are listed",
+                              param="classes")
     run = RunConfig(model_name=name or type(module).__name__, source="module", classes=cls, input=spec,
                     positive_class=positive, binary_logit=binary_logit, n_logits=n_logits,
-                    checkpoint_sha256=weights_sha256(module),
+                    checkpoint_sha256=weights_sha256(module), task=task, op_threshs=thr,
                     weights_note="an in-memory torch.nn.Module (checkpoint_sha256: SHA-256 of its state_dict)")
     return model, run
 
@@ -408,7 +581,8 @@ def run_audit(run_dir_or_model: PathLike | torch.nn.Module, manifest_or_datafram
               = None, *, preset: PathLike | None = None, out: PathLike | None = None, root: PathLike | None = None,
               classes: Sequence[str] | None = None, input: InputSpec | Mapping | None = None,
               input_size: int | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-              binary_logit: int | None = None, name: str | None = None, progress: Progress | None = None,
+              binary_logit: int | None = None, name: str | None = None, task: str | None = None,
+              thresholds: Sequence[float] | Mapping[str, float] | None = None, progress: Progress | None = None,
               **options: Any) -> AuditResult:
     """Audit a classifier's Grad-CAM evidence against the preset's regions; returns an `AuditResult`.
 
@@ -424,6 +598,11 @@ def run_audit(run_dir_or_model: PathLike | torch.nn.Module, manifest_or_datafram
         kept, so that `result.maps` and `result.show` can read it: delete `result.out_dir` when done.
     binary_logit: audit this sigmoid output of a module as a binary model (a one-output module with two classes
         is one); name: the model's name in the summary (default the module's class name).
+    task: a module's outputs: "multiclass" (default; N×C softmax logits) or "multilabel" (one sigmoid logit per
+        finding, `classes` = the findings in logit order; inferred for a torchxrayvision model): every finding is
+        audited in one pass (docs/multilabel.md); the options `findings`, `uncertain`, `maps` apply.
+    thresholds: multi-label module only: each finding's decision threshold on σ(logit), a sequence in logit order
+        or {finding: probability}; default 0.5 (a torchxrayvision model's op_threshs where it carries them).
     progress: called as progress(done, total) after each batch.
     options: the `AuditConfig` fields (batch_size, device, split, limit, workers, layer, target, positive, by,
         seed, n_boot, min_n, high_conf, counterfactual, discover, sanity, sensitivities, amp, ...; with a run dir
@@ -444,10 +623,12 @@ def run_audit(run_dir_or_model: PathLike | torch.nn.Module, manifest_or_datafram
     _check_options(options, "run_audit", allowed)
     if not is_module:
         for k, v in (("input", input), ("input_size", input_size), ("mean", mean), ("std", std),
-                     ("binary_logit", binary_logit), ("name", name)):
+                     ("binary_logit", binary_logit), ("name", name), ("task", task), ("thresholds", thresholds)):
             if v is not None:
-                raise TypeError(f"run_audit(): {k} is for an in-memory model; a run directory declares it in its "
-                                "config.yaml (docs/run_dir.md)")
+                where = ("its checkpoint's op_threshs (docs/multilabel.md)" if k == "thresholds" else
+                         "its config.yaml (docs/run_dir.md)")
+                raise TypeError(f"run_audit(): {k} is for an in-memory model; a run directory declares it in "
+                                f"{where}")
         if not isinstance(run_dir_or_model, (str, os.PathLike)):
             raise TypeError(f"run_dir_or_model: expected a run directory path or a torch.nn.Module, got "
                             f"{type(run_dir_or_model).__name__}")
@@ -475,7 +656,10 @@ def run_audit(run_dir_or_model: PathLike | torch.nn.Module, manifest_or_datafram
     if is_module:
         spec = module_input_spec(run_dir_or_model, input, input_size, mean, std)
         loaded = module_run(run_dir_or_model, classes, spec, name=name, binary_logit=binary_logit,
-                            positive=cfg.positive)
+                            positive=cfg.positive, task=task, thresholds=thresholds)
+        if cfg.findings and not loaded[1].multilabel:
+            raise ConfigError("findings: the model is audited as single-label; pass task='multilabel' for one "
+                              "sigmoid output per finding", param="findings")
         if manifest_or_dataframe is None:
             raise ManifestError("manifest_or_dataframe: an in-memory model has no run config to name its manifest; "
                                 "pass a CSV path or a DataFrame", param="manifest_or_dataframe")

@@ -27,10 +27,13 @@ nothing, so the pair is reported as NaN with status "too_large".
 
 The fill runs on the CPU (numpy/scipy); the edited images are normalised with `audit.preprocess.normalize` and run
 through the model in chunks of `batch_size` — one forward per chunk, on `device`, under `torch.no_grad()`, with
-the model in eval mode (every submodule's mode restored afterwards).
+the model in eval mode (every submodule's mode restored afterwards). `edited_outputs` is that engine, shared by the
+single-label check (`counterfactual_batch`: softmax, flips of the argmax) and the multi-label one
+(audit/multilabel.py: sigmoid, flips of each finding's thresholded decision).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -43,9 +46,8 @@ from .preprocess import InputSpec, normalize
 from .stats import Estimate, bootstrap_ci, proportion_ci
 from .summary_types import jsonable
 
-__all__ = ["FILL_METHODS", "fill_region", "counterfactual_batch", "counterfactual_rates", "counterfactual_columns",
-           "attribute_flips", "INSIDE",
-           "method_description"]
+__all__ = ["FILL_METHODS", "fill_region", "edited_outputs", "EditedOutputs", "counterfactual_batch",
+           "counterfactual_rates", "counterfactual_columns", "attribute_flips", "INSIDE", "method_description"]
 
 FILL_METHODS = ("median", "biharmonic")
 NAN = float("nan")
@@ -172,12 +174,128 @@ def _mask_np(m) -> np.ndarray | None:
     return np.asarray(m)
 
 
+@dataclass
+class EditedOutputs:
+    """The model's outputs on the edited images of one batch (`edited_outputs`).
+
+    pairs: the P (image index, region) pairs edited and run, region-major (every image of the first region, then
+        the next), i.e. the rows of `outputs`.
+    outputs: P×C tensor on the CPU, the model's raw outputs (logits, its own output dtype) on the edited images;
+        0×0 float32 when nothing was edited.
+    status: {region: N object array}: "ok" (edited and run), "absent" (no mask, None or an all-False mask) or
+        "too_large" (mask area > max_area, or no pixel left to fill from).
+    n_forward: the forwards run (one per chunk of `batch_size` edited images)."""
+
+    pairs: list[tuple[int, str]]
+    outputs: torch.Tensor
+    status: dict[str, np.ndarray]
+    n_forward: int = 0
+
+
+def _check_edit_inputs(grid_imgs, masks, regions, batch_size, method) -> tuple[np.ndarray, list, list[str]]:
+    """(imgs uint8 N×S×S×3, one mask dict (or None) per image, regions) after checking them; ValueError naming the
+    argument otherwise."""
+    if isinstance(grid_imgs, torch.Tensor):
+        imgs = grid_imgs.detach().cpu().numpy()
+    else:
+        imgs = np.asarray(grid_imgs)
+    if imgs.ndim != 4 or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
+        raise ValueError(f"grid_imgs: expected a uint8 N×S×S×3 tensor, got dtype {imgs.dtype} and shape "
+                         f"{tuple(imgs.shape)}")
+    n = imgs.shape[0]
+    masks = list(masks) if masks is not None else [None] * n
+    if len(masks) != n:
+        raise ValueError(f"masks: expected one dict per image ({n}), got {len(masks)}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer ≥ 1, got {batch_size!r}")
+    if method not in FILL_METHODS:
+        raise ValueError(f"method: expected one of {FILL_METHODS}, got {method!r}")
+    regions = list(regions)
+    if len(set(regions)) != len(regions):
+        raise ValueError(f"regions: duplicate names in {regions}")
+    return imgs, masks, regions
+
+
+def _edited_outputs(model: torch.nn.Module, imgs: np.ndarray, masks: list, regions: list[str], spec: InputSpec,
+                    device, batch_size: int, method: str, dilate: int, ring: int, max_area: float,
+                    seam_blur: float) -> EditedOutputs:
+    n = imgs.shape[0]
+    status: dict[str, np.ndarray] = {}
+    todo: list[tuple[int, str, np.ndarray]] = []
+    for r in regions:
+        st = np.empty(n, dtype=object)
+        st[:] = "absent"
+        status[r] = st
+        for i in range(n):
+            m = _mask_np((masks[i] or {}).get(r))
+            if m is None:
+                continue
+            if m.shape != imgs.shape[1:3]:
+                raise ValueError(f"masks[{i}][{r!r}]: expected shape {imgs.shape[1:3]} (the model grid), "
+                                 f"got {m.shape}")
+            if m.any():
+                todo.append((i, r, m))
+    res = EditedOutputs(pairs=[], outputs=torch.zeros(0, 0), status=status)
+    if not todo:
+        return res
+
+    def edited() -> Iterator[tuple[int, str, np.ndarray]]:  # lazily: one chunk of edited images in memory
+        for i, r, m in todo:
+            e = fill_region(imgs[i], m, method, dilate, ring, max_area, seam_blur)
+            if e is None:
+                status[r][i] = "too_large"
+            else:
+                yield i, r, e
+
+    p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = p0.dtype if p0 is not None else torch.float32
+    outs = []
+    with eval_mode(model), torch.no_grad():
+        for chunk in _chunks(edited(), int(batch_size)):
+            x = torch.from_numpy(np.stack([e for _, _, e in chunk]))
+            x = normalize(x.to(device, non_blocking=True), spec).to(dtype)
+            outs.append(model(x).detach().cpu())
+            res.n_forward += 1
+            for i, r, _ in chunk:
+                res.pairs.append((i, r))
+                status[r][i] = "ok"
+    if outs:
+        res.outputs = torch.cat(outs)
+    return res
+
+
+def edited_outputs(model: torch.nn.Module, grid_imgs: torch.Tensor, masks: Sequence[dict | None],
+                   regions: Sequence[str], spec: InputSpec, device: torch.device | str, batch_size: int = 64,
+                   method: str = "median", dilate: int = 2, ring: int = 3, max_area: float = 0.5,
+                   seam_blur: float = 0.0) -> EditedOutputs:
+    """Fill each present artifact region of each image (`fill_region`) and run the model on the edited images:
+    the one edit engine of the single-label (`counterfactual_batch`) and the multi-label counterfactual check.
+
+    model: any classifier returning N×C outputs; run in eval mode under `torch.no_grad()` (every submodule's mode
+        restored afterwards, also when it raises), inputs cast to its floating dtype.
+    grid_imgs: uint8 N×S×S×3 tensor (or array) on the model grid, CPU. Not modified.
+    masks: one dict per image {region: bool S×S tensor/array}; a missing key, None or an all-False mask means the
+        region is absent for that image (None for the whole sequence = no masks).
+    regions: the artifact regions to test (unique names).
+    spec: the model's InputSpec (normalisation via `audit.preprocess.normalize`). device: where the forwards run.
+    batch_size: edited images per forward (≥ 1). method, dilate, ring, max_area, seam_blur: as in `fill_region`.
+
+    Returns an `EditedOutputs`: the (image, region) pairs run, their raw outputs (P×C, CPU) and each pair's status.
+    The edited images are made one chunk at a time. Cost: one forward per chunk, no gradients.
+    Raises ValueError naming the argument for bad images, masks (shape ≠ the model grid), batch_size, method or
+    duplicate regions."""
+    imgs, masks, regions = _check_edit_inputs(grid_imgs, masks, regions, batch_size, method)
+    return _edited_outputs(model, imgs, masks, regions, spec, device, int(batch_size), method, dilate, ring,
+                           max_area, seam_blur)
+
+
 def counterfactual_batch(model: torch.nn.Module, grid_imgs: torch.Tensor, masks: Sequence[dict | None],
                          regions: Sequence[str], spec: InputSpec, explained, probs: np.ndarray,
                          device: torch.device | str, method: str = "median", batch_size: int = 64,
                          dilate: int = 2, ring: int = 3, max_area: float = 0.5,
                          seam_blur: float = 0.0) -> dict[str, np.ndarray]:
-    """Re-run the model on each image with each present artifact region removed.
+    """Re-run the model on each image with each present artifact region removed (softmax classifiers; the edits
+    and forwards are `edited_outputs`').
 
     model: the classifier (logits N×C); its mode and every submodule's mode are restored afterwards.
     grid_imgs: uint8 N×S×S×3 tensor (or array) on the model grid, CPU. Not modified.
@@ -199,17 +317,8 @@ def counterfactual_batch(model: torch.nn.Module, grid_imgs: torch.Tensor, masks:
     Cost: one forward per chunk of `batch_size` edited images (Σ over images of present regions in all),
     no gradients.
     """
-    if isinstance(grid_imgs, torch.Tensor):
-        imgs = grid_imgs.detach().cpu().numpy()
-    else:
-        imgs = np.asarray(grid_imgs)
-    if imgs.ndim != 4 or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
-        raise ValueError(f"grid_imgs: expected a uint8 N×S×S×3 tensor, got dtype {imgs.dtype} and shape "
-                         f"{tuple(imgs.shape)}")
+    imgs, masks, regions = _check_edit_inputs(grid_imgs, masks, regions, batch_size, method)
     n = imgs.shape[0]
-    masks = list(masks) if masks is not None else [None] * n
-    if len(masks) != n:
-        raise ValueError(f"masks: expected one dict per image ({n}), got {len(masks)}")
     expl = explained.detach().cpu().numpy() if isinstance(explained, torch.Tensor) else np.asarray(explained)
     expl = expl.astype(np.int64).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
@@ -220,59 +329,25 @@ def counterfactual_batch(model: torch.nn.Module, grid_imgs: torch.Tensor, masks:
     if n and (expl.min() < 0 or expl.max() >= probs.shape[1]):
         raise ValueError(f"explained: class indices must lie in [0, {probs.shape[1] - 1}], got "
                          f"{expl.min()}..{expl.max()}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer ≥ 1, got {batch_size!r}")
-    if method not in FILL_METHODS:
-        raise ValueError(f"method: expected one of {FILL_METHODS}, got {method!r}")
-    regions = list(regions)
-    if len(set(regions)) != len(regions):
-        raise ValueError(f"regions: duplicate names in {regions}")
-
+    ed = _edited_outputs(model, imgs, masks, regions, spec, device, int(batch_size), method, dilate, ring, max_area,
+                         seam_blur)
     out: dict[str, np.ndarray] = {}
-    pairs: list[tuple[int, str, np.ndarray]] = []
     for r in regions:
         out[f"cf_delta_{r}"] = np.full(n, NAN)
         out[f"cf_flip_{r}"] = np.full(n, NAN)
         out[f"cf_pred_{r}"] = np.full(n, -1, dtype=np.int64)
-        status = np.empty(n, dtype=object)
-        status[:] = "absent"
-        out[f"cf_status_{r}"] = status
-        for i in range(n):
-            m = _mask_np((masks[i] or {}).get(r))
-            if m is None:
-                continue
-            if m.shape != imgs.shape[1:3]:
-                raise ValueError(f"masks[{i}][{r!r}]: expected shape {imgs.shape[1:3]} (the model grid), "
-                                 f"got {m.shape}")
-            if m.any():
-                pairs.append((i, r, m))
-    if not pairs:
+        out[f"cf_status_{r}"] = ed.status[r]
+    if not ed.pairs:
         return out
-
-    def edited() -> Iterator[tuple[int, str, np.ndarray]]:
-        for i, r, m in pairs:
-            e = fill_region(imgs[i], m, method, dilate, ring, max_area, seam_blur)
-            if e is None:
-                out[f"cf_status_{r}"][i] = "too_large"
-            else:
-                yield i, r, e
-
+    p = torch.softmax(ed.outputs.float(), dim=1).numpy().astype(np.float64)
+    if p.shape[1] != probs.shape[1]:
+        raise ValueError(f"probs: has {probs.shape[1]} classes but the model returns {p.shape[1]}")
     orig_pred = probs.argmax(1)
-    p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dtype = p0.dtype if p0 is not None else torch.float32
-    with eval_mode(model), torch.no_grad():
-        for chunk in _chunks(edited(), int(batch_size)):
-            x = torch.from_numpy(np.stack([e for _, _, e in chunk]))
-            x = normalize(x.to(device, non_blocking=True), spec).to(dtype)
-            p = torch.softmax(model(x).float(), dim=1).cpu().numpy().astype(np.float64)
-            if p.shape[1] != probs.shape[1]:
-                raise ValueError(f"probs: has {probs.shape[1]} classes but the model returns {p.shape[1]}")
-            for j, (i, r, _) in enumerate(chunk):
-                pred = int(p[j].argmax())
-                out[f"cf_delta_{r}"][i] = p[j, expl[i]] - probs[i, expl[i]]
-                out[f"cf_flip_{r}"][i] = float(pred != orig_pred[i])
-                out[f"cf_pred_{r}"][i] = pred
-                out[f"cf_status_{r}"][i] = "ok"
+    for j, (i, r) in enumerate(ed.pairs):
+        pred = int(p[j].argmax())
+        out[f"cf_delta_{r}"][i] = p[j, expl[i]] - probs[i, expl[i]]
+        out[f"cf_flip_{r}"][i] = float(pred != orig_pred[i])
+        out[f"cf_pred_{r}"][i] = pred
     return out
 
 

@@ -417,7 +417,7 @@ def evaluate_multilabel_gates(gates: dict, summary: dict, policy: str | None = N
 def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | None = None):
     """The multi-label audit (called by `audit.pipeline.run_audit` for a run with model.task: multilabel)."""
     from .config import write_resolved
-    from .counterfactual import fill_region
+    from .counterfactual import edited_outputs
     from .data import make_loader, with_row
     from .manifest import default_split, load_manifest, select_split, split_note
     from .common import (PipelineResult, VALIDATION_SPLITS, build_region_fn, manifest_source,
@@ -502,22 +502,12 @@ def run_multilabel_audit(cfg, model: torch.nn.Module, run, progress: Progress | 
         cf_delta: dict = {}
         if cfg.counterfactual and artifacts:
             tc = time.perf_counter()
-            imgs = batch.img.numpy()
-            edits = []
-            for j in range(len(idx)):
-                for r in artifacts:
-                    m = masks[j].get(r)
-                    if m is None or not bool(m.any()):
-                        continue
-                    e = fill_region(imgs[j], m.numpy() if hasattr(m, "numpy") else np.asarray(m))
-                    if e is not None:
-                        edits.append((j, r, e))
-            for s0 in range(0, len(edits), cfg.batch_size):
-                chunk = edits[s0:s0 + cfg.batch_size]
-                xe = normalize(torch.from_numpy(np.stack([e for _, _, e in chunk])).to(device), spec)
-                with torch.no_grad():
-                    ze = cam_model(xe).double().cpu()[:, fi]
-                for (j, r, _), zz in zip(chunk, ze):
+            # the single-label check's engine (fill parameters, eval mode, no_grad, dtype); a flip is a change of
+            # the finding's thresholded decision, Δ the change of σ(logit)
+            ed = edited_outputs(cam_model, batch.img, masks, artifacts, spec, device, cfg.batch_size)
+            if ed.pairs:
+                ze = ed.outputs.double()[:, fi]
+                for (j, r), zz in zip(ed.pairs, ze):
                     cf_flip[(j, r)] = ((zz >= thr_z) != pred[j]).numpy().astype(np.float64)
                     cf_delta[(j, r)] = (torch.sigmoid(zz) - torch.sigmoid(z[j])).numpy()
             t_cf += time.perf_counter() - tc

@@ -288,3 +288,178 @@ def test_an_undefined_gate_reads_inconclusive_through_the_api(tiny_run, tmp_path
     r2 = audit.run_audit(str(tiny_run), data / "manifest.csv", preset=str(preset), out=tmp_path / "o2", workers=0,
                          n_boot=20, undefined_gates="ignore")
     assert r2.summary.verdict == "pass"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# an in-memory multi-label module (one sigmoid output per finding)
+
+FINDINGS = ["f0", "f1", "f2"]
+
+
+def tiny_multilabel_net(seed: int = 0) -> torch.nn.Module:
+    """conv(3→4) → ReLU → conv(4→6) → ReLU → mean pool → linear(6→3): one sigmoid logit per finding."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 3))
+
+
+def multilabel_set(folder: Path, n: int = 6) -> pd.DataFrame:
+    """png_set with one label column per finding (1 / 0 / blank = missing / -1 = uncertain)."""
+    df = png_set(folder, n=n)
+    df["f0"] = [1, 0] * (n // 2)
+    df["f1"] = [0, 1, 1, 0, None, 1][:n]
+    df["f2"] = [-1, 0, 1, 0, 0, 1][:n]
+    return df
+
+
+def expected_logits(model: torch.nn.Module, folder: Path, images: list[str]) -> np.ndarray:
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(folder / p).convert("RGB"), np.float32) / 255.0)
+                     .permute(2, 0, 1) for p in images])
+    x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    with torch.no_grad():
+        return model.eval()(x).double().numpy()
+
+
+def test_in_memory_multilabel_module(tmp_path, preset):
+    data = tmp_path / "data"
+    df = multilabel_set(data)
+    model = tiny_multilabel_net()
+    model.train()
+    model[2].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+
+    res = audit.run_audit(model, df, classes=FINDINGS, task="multilabel", thresholds={"f1": 0.7}, input_size=S,
+                          mean=MEAN, std=STD, preset=preset, root=data, out=tmp_path / "out", layer="2", workers=0,
+                          n_boot=50, min_n=2, maps="all", counterfactual=True)
+
+    # the caller's model is as it was: mode, requires_grad, device, weights
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    assert res.multilabel and isinstance(res.summary, dict) and res.summary["task"] == "multilabel"
+    assert list(res.summary["findings"]) == FINDINGS and res.verdict == res.summary["verdict"]
+    assert (res.summary["model"]["name"], res.summary["model"]["source"]) == ("Sequential", "module")
+    z = expected_logits(tiny_multilabel_net(), data, df["image"].tolist())
+    pi = res.per_image
+    assert pi["image_id"].tolist() == [f"im{i}" for i in range(6)]
+    np.testing.assert_allclose(pi[[f"logodds_{f}" for f in FINDINGS]].to_numpy(), z, atol=1e-5)
+    p = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(pi[[f"p_{f}" for f in FINDINGS]].to_numpy(), p, atol=1e-6)
+    # decision thresholds: f1 at 0.7 (given), the others at the default 0.5
+    assert pi["pred_f1"].tolist() == (pi["p_f1"] >= 0.7).tolist()
+    assert pi["pred_f0"].tolist() == (pi["p_f0"] >= 0.5).tolist()
+    assert res.summary["findings"]["f1"]["threshold"] == pytest.approx(0.7)
+    # labels: blank missing, -1 uncertain → missing (uncertain: ignore)
+    f1, f2 = res.summary["findings"]["f1"], res.summary["findings"]["f2"]
+    assert (f1["n"], f1["n_missing"], f2["n"], f2["n_uncertain"]) == (5, 1, 5, 1)
+
+    long = res.per_finding
+    assert len(long) == 18 and (long["map"] >= 0).all()                     # maps="all": every pair mapped
+    # the border is on every image: every pair tested; a flip is a changed thresholded decision
+    thr = long["finding"].map({"f0": 0.5, "f1": 0.7, "f2": 0.5}).to_numpy()
+    assert long["cf_delta_border"].notna().all()
+    edited = (long["p"] + long["cf_delta_border"]).to_numpy()
+    np.testing.assert_array_equal(long["cf_flip_border"].to_numpy(), ((edited >= thr) != long["pred"]).astype(float))
+
+    maps = res.maps
+    assert maps.shape == (18, S, S) and maps.findings[:3] == FINDINGS and maps.image_ids[:3] == ["im0"] * 3
+    assert len(maps) == 18 and ("im1", "f2") in maps
+    np.testing.assert_array_equal(maps["im1", "f2"], maps.array[long.index[(long.image_id == "im1")
+                                                                           & (long.finding == "f2")][0]])
+    with pytest.raises(KeyError, match=r"maps\['im1', finding\]"):
+        maps["im1"]
+
+    from matplotlib.figure import Figure
+    fig = res.show("im1", finding="f2")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 and "f2 p = " in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match=r"^finding: a multi-label audit .* \['f0', 'f1', 'f2'\]"):
+        res.show("im1")
+    with pytest.raises(KeyError, match="im99"):
+        res.show("im99", finding="f0")
+
+    again = audit.load_result(res.out_dir)
+    assert again.summary == res.summary and again.multilabel and len(again.per_finding) == 18
+
+
+def test_multilabel_module_default_thresholds_and_needed_maps(tmp_path):
+    df = multilabel_set(tmp_path)
+    res = audit.run_audit(tiny_multilabel_net(), df, classes=FINDINGS, task="multilabel", findings=["f2", "f0"],
+                          input_size=S, mean=MEAN, std=STD, root=tmp_path, out=tmp_path / "o", layer="2",
+                          workers=0, n_boot=10)
+    assert list(res.summary["findings"]) == ["f2", "f0"]
+    assert [res.summary["findings"][f]["threshold"] for f in ("f2", "f0")] == [0.5, 0.5]
+    long = res.per_finding
+    need = (long["label"] == 1) | long["pred"].astype(bool)                 # maps="needed"
+    assert ((long["map"] >= 0) == need).all()
+    unmapped = long[long["map"] < 0]
+    if len(unmapped):
+        r = unmapped.iloc[0]
+        with pytest.raises(ValueError, match=f"finding '{r.finding}': no map for image '{r.image_id}'"):
+            res.show(r.image_id, finding=r.finding)
+
+
+@pytest.mark.parametrize("kw, exc, words", [
+    ({"classes": ["f0", "f1"]}, audit.ConfigError,
+     "classes: the model gives 3 outputs but 2 findings are listed (task='multilabel'"),
+    ({"classes": None}, audit.ConfigError, "classes: an in-memory model needs its finding names"),
+    ({"task": "multi"}, audit.ConfigError, "task: expected one of multiclass, multilabel, got 'multi'"),
+    ({"thresholds": [0.5, 0.5]}, audit.ConfigError, "thresholds: expected one probability per finding (3), got 2"),
+    ({"thresholds": {"f9": 0.5}}, audit.ConfigError, "thresholds: finding(s) ['f9'] not among the classes"),
+    ({"thresholds": [0.5, 1.0, 0.5]}, audit.ConfigError, "thresholds: expected probabilities in (0, 1), got [1.0]"),
+    ({"binary_logit": 1}, audit.ConfigError, "binary_logit: audits one sigmoid output as a binary model"),
+    ({"findings": ["zz"]}, audit.ConfigError, "findings: ['zz'] not among the model's findings"),
+    ({"uncertain": "maybe"}, audit.ConfigError, "uncertain: expected ignore, zeros, ones"),
+])
+def test_bad_multilabel_options_name_the_parameter(tmp_path, kw, exc, words):
+    df = multilabel_set(tmp_path, n=2)
+    args = {"classes": FINDINGS, "task": "multilabel", "input_size": S, "mean": MEAN, "std": STD,
+            "root": tmp_path, "out": tmp_path / "o", "workers": 0, "layer": "2", **kw}
+    with pytest.raises(exc) as e:
+        audit.run_audit(tiny_multilabel_net(), df, **args)
+    assert words in str(e.value) and "\n" not in str(e.value) and "--" not in str(e.value)
+    assert isinstance(e.value, ValueError) and e.value.param == next(iter(kw))
+
+
+def test_multilabel_only_arguments_elsewhere(tmp_path, tiny_run):
+    df = png_set(tmp_path, n=2)
+    args = {"input_size": S, "mean": MEAN, "std": STD, "root": tmp_path, "out": tmp_path / "o", "workers": 0}
+    with pytest.raises(audit.ConfigError, match="^thresholds: per-finding thresholds are for task='multilabel'"):
+        audit.run_audit(tiny_net(), df, classes=["a", "b"], thresholds=[0.5, 0.5], **args)
+    with pytest.raises(audit.ConfigError, match="^findings: the model is audited as single-label") as e:
+        audit.run_audit(tiny_net(), df, classes=["a", "b"], findings=["a"], **args)
+    assert e.value.param == "findings"
+    with pytest.raises(TypeError, match="task is for an in-memory model"):
+        audit.run_audit(str(tiny_run), task="multilabel")
+    with pytest.raises(TypeError, match="thresholds is for an in-memory model"):
+        audit.run_audit(str(tiny_run), thresholds=[0.5])
+
+
+def test_a_torchxrayvision_module_is_multilabel_with_its_pathologies_and_op_threshs(tmp_path):
+    """An xrv DenseNet in memory (random weights, nothing downloaded): task, classes and thresholds come from the
+    model; the audited copy returns logits (op_threshs removed from it, apply_sigmoid off), the caller's model keeps
+    both."""
+    xrv = pytest.importorskip("torchxrayvision")
+    torch.manual_seed(0)
+    m = xrv.models.DenseNet(weights=None, num_classes=3, growth_rate=8, block_config=(1, 1, 1, 1),
+                            num_init_features=8, apply_sigmoid=True)         # small: fast on a CPU
+    m.pathologies = ["Effusion", "", "Mass"]
+    m.op_threshs = torch.tensor([0.2, float("nan"), 0.6])
+    df = multilabel_set(tmp_path, n=2).rename(columns={"f0": "Effusion", "f1": "unused_1", "f2": "Mass"})
+    inp = {"size": S, "channels": 1, "mean": (0.5,), "std": (1 / 2048,), "resize": "crop", "crop_pct": 1.0}
+    res = audit.run_audit(m, df, input=inp, root=tmp_path, out=tmp_path / "o", workers=0, n_boot=10)
+    assert res.multilabel and list(res.summary["findings"]) == ["Effusion", "unused_1", "Mass"]
+    assert [res.summary["findings"][f]["threshold"] for f in res.summary["findings"]] == pytest.approx([0.2, 0.5, 0.6])
+    assert torch.equal(m.op_threshs[[0, 2]], torch.tensor([0.2, 0.6])) and m.apply_sigmoid  # the caller's model
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(tmp_path / p), np.float32)).permute(2, 0, 1)
+                     for p in df["image"]]) / 255.0
+    x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]            # luminance; 32 px: no resize
+    import copy
+    logits_model = copy.deepcopy(m).eval()
+    logits_model.op_threshs, logits_model.apply_sigmoid = None, False
+    with torch.no_grad():
+        z = logits_model((x - 0.5) * 2048).double().numpy()
+    got = res.per_image[["logodds_Effusion", "logodds_unused_1", "logodds_Mass"]].to_numpy()
+    np.testing.assert_allclose(got, z, rtol=1e-4, atol=1e-3)                  # logits, not op_norm'd probabilities

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from audit.counterfactual import (counterfactual_batch, counterfactual_columns, counterfactual_rates,
-                                  fill_region, method_description)
+                                  edited_outputs, fill_region, method_description)
 from audit.preprocess import InputSpec
 from audit.stats import bootstrap_ci, proportion_ci
 
@@ -219,6 +219,73 @@ def test_mode_restored_when_the_model_raises():
     with pytest.raises(RuntimeError, match="boom"):
         counterfactual_batch(m, imgs, masks, ["marker"], SPEC, torch.tensor([1, 1]), np.full((2, 2), 0.5), "cpu")
     assert m.training is True
+
+
+class RegionMeans(nn.Module):
+    """Two outputs in float64: z0 = mean of the (normalised) red channel over the top-left 8×8 block, z1 = mean of the
+    green channel over the bottom-right 8×8 block: what the fill puts there is read off exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float64))
+        self.drop = nn.Dropout(0.5)
+        self.dtypes, self.modes, self.grad = [], [], []
+
+    def forward(self, x):
+        self.dtypes.append(x.dtype)
+        self.modes.append(self.training)
+        self.grad.append(torch.is_grad_enabled())
+        x = self.drop(x)
+        return self.scale * torch.stack([x[:, 0, :8, :8].mean(dim=(1, 2)), x[:, 1, -8:, -8:].mean(dim=(1, 2))], 1)
+
+
+def test_edited_outputs_known_answers():
+    """Grey (100) images with a white top-left marker (img0, img2) and a white bottom-right blob (img1): the median
+    fill of the marker dilated by 2 px writes the ring's grey (100) over the whole top-left 8×8 block, so z0 of the
+    edit is exactly 100/255 (mean 0, std 1), and removing one region leaves the other output unchanged."""
+    spec = InputSpec(size=S, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    imgs = np.full((4, S, S, 3), 100, np.uint8)
+    marker, blob, big = (np.zeros((S, S), bool) for _ in range(3))
+    marker[:6, :6] = True
+    blob[-6:, -6:] = True
+    big[:, :20] = True                                                   # 62 % of the image > max_area 0.5
+    imgs[0][marker] = imgs[2][marker] = 255
+    imgs[1][blob] = 255
+    masks = [{"marker": torch.from_numpy(marker)}, {"blob": blob, "marker": np.zeros((S, S), bool)},
+             {"marker": marker, "blob": big}, None]
+    model = RegionMeans().train()
+    before = imgs.copy()
+    ed = edited_outputs(model, torch.from_numpy(imgs), masks, ["marker", "blob"], spec, "cpu", batch_size=2)
+    assert np.array_equal(imgs, before)
+    assert ed.pairs == [(0, "marker"), (2, "marker"), (1, "blob")]        # region-major: the rows of outputs
+    assert ed.n_forward == 2                                              # 3 edits in chunks of 2
+    assert list(ed.status["marker"]) == ["ok", "absent", "ok", "absent"]
+    assert list(ed.status["blob"]) == ["absent", "ok", "too_large", "absent"]
+    assert ed.outputs.dtype == torch.float64 and ed.outputs.shape == (3, 2)
+    g = 100 / 255
+    np.testing.assert_allclose(ed.outputs.numpy(), [[g, g], [g, g], [g, g]], rtol=0, atol=1e-7)  # float32 normalise
+    assert model.dtypes == [torch.float64] * 2                            # the input follows the model's dtype
+    assert model.modes == [False, False] and model.grad == [False, False] and model.training  # eval, no_grad, restored
+    empty = edited_outputs(model, torch.from_numpy(imgs), [None] * 4, ["marker"], spec, "cpu")
+    assert empty.pairs == [] and empty.n_forward == 0 and list(empty.status["marker"]) == ["absent"] * 4
+    with pytest.raises(ValueError, match="regions: duplicate"):
+        edited_outputs(model, torch.from_numpy(imgs), masks, ["blob", "blob"], spec, "cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        edited_outputs(model, torch.from_numpy(imgs), masks, ["blob"], spec, "cpu", batch_size=0)
+
+
+def test_counterfactual_batch_is_edited_outputs_through_a_softmax():
+    model = CornerNet()
+    imgs, masks = _corner_batch()
+    probs, explained = _orig(model, imgs)
+    cf = counterfactual_batch(model, imgs, masks, ["marker", "blob"], SPEC, explained, probs, "cpu", batch_size=2)
+    ed = edited_outputs(model, imgs, masks, ["marker", "blob"], SPEC, "cpu", batch_size=2)
+    p = torch.softmax(ed.outputs.float(), 1).double().numpy()
+    for j, (i, r) in enumerate(ed.pairs):
+        assert cf[f"cf_delta_{r}"][i] == p[j, explained[i]] - probs[i, explained[i]]
+        assert cf[f"cf_pred_{r}"][i] == p[j].argmax()
+    for r in ("marker", "blob"):
+        assert list(cf[f"cf_status_{r}"]) == list(ed.status[r])
 
 
 def test_input_validation():
