@@ -219,7 +219,7 @@ def cmd_audit(args) -> int:
     if rank > 0:
         return EXIT_OK
     if isinstance(res.summary, dict):  # a multi-label audit's summary is its JSON dict
-        from audit.multilabel import print_multilabel_summary
+        from audit.terminal import print_multilabel_summary
         from audit.report.multilabel import render_multilabel_reports
         if not args.no_report:
             render_multilabel_reports(res.out_dir, n_per_group=min(args.gallery_n, 8), blocky=args.blocky)

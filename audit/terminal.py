@@ -212,3 +212,59 @@ def _gate_parts(s: AuditSummary) -> list:
 
 def print_summary(s: AuditSummary, out_dir: str | None = None, console: Console | None = None) -> None:
     (console or Console()).print(summary_renderable(s, out_dir))
+
+
+# ---------------------------------------------------------------------------------------------- multi-label audit
+
+def findings_table(s: dict, width: int = 100) -> list[str]:
+    """A multi-label summary's findings × figures table (summary.json's `comparison` rows,
+    `audit.multilabel.comparison_rows`) as text lines of at most `width` (≥ 90) columns."""
+    def num(v, d: int = 2) -> str:
+        return "n/a" if v is None else fmt_estimate(v, digits=d)
+
+    def value(e):
+        return e.get("value") if isinstance(e, dict) else e
+
+    comp = s.get("comparison") or []
+    ts = num(comp[0].get("target_sensitivity") if comp else None)
+    head = (f"{'finding':<15} {'n':>5} {'pos':>4} {'AUROC [95% CI]':<16} {'se@' + ts:>7} {'sp@' + ts:>7} "
+            f"{'FN':>4} {'target':>6} {'artifact lift':<14} {'flips':>5} {'gate':>4}")
+    lines = [head[:width]]
+    for r in comp:
+        art = f"{r['top_artifact']} {num(r['top_lift'], 1)}" if r["top_artifact"] else "-"
+        auroc = "n/a" if r["auroc"] is None else fmt_estimate(r["auroc"])
+        line = (f"{r['finding'][:15]:<15} {r['n']:>5} {r['n_pos']:>4} {auroc:<16} "
+                f"{num(value(r['sensitivity'])):>7} {num(value(r['specificity'])):>7} {r['false_negatives']:>4} "
+                f"{num(r['target_frac']):>6} {art[:14]:<14} {num(r['top_flip_rate']):>5} "
+                f"{(r['gates'] or '-'):>4}")
+        lines.append(line[:width])
+    return lines
+
+
+def print_multilabel_summary(s: dict, out_dir: str | None = None, console: Console | None = None) -> None:
+    """Terminal summary of a multi-label audit (its summary.json dict, docs/multilabel.md): the data line, the
+    findings × figures table, the verdict with its headline and the gates that did not pass, the files."""
+    con = console or Console(width=100)
+    d = s["data"]
+    con.print(f"multi-label audit: {len(s['findings'])} findings, n = {d['n']} images ({d['split']} split), "
+              f"labels: blank = missing, -1 = {d['uncertain']}; thresholds tuned on {d['tuning']}", markup=False)
+    if d.get("split_note"):
+        con.print(f"Split: {d['split_note']}", markup=False, style="bold yellow")
+    con.print(f"Grad-CAM at {s['cam']['layer']} {s['cam']['resolution']}, head: {', '.join(s['cam']['head'])}; "
+              f"{s['cam']['n_maps']} maps ({s['cam']['maps']})", markup=False)
+    for ln in findings_table(s):
+        con.print(ln, markup=False, highlight=False)
+    con.print("n = images labelled for the finding; se/sp at the threshold tuned for that sensitivity; target: "
+              "median evidence share; small = n below min_n", markup=False)
+    failed = [g for g in s.get("gates", []) if g["passed"] is not True]
+    if s.get("verdict") not in (None, "none"):
+        head = (s.get("verdict_detail") or {}).get("headline", "")
+        con.print(f"gates: {s['verdict'].upper()} ({len(s['gates']) - len(failed)} of {len(s['gates'])} pass)"
+                  + (f": {head}" if head else ""), markup=False)
+        for g in failed[:12]:
+            word = "FAIL" if g["passed"] is False else "UNDEFINED"
+            value = "n/a" if g["value"] is None else fmt_estimate(g["value"])
+            con.print(f"  {word} {g['name']}: {value} vs {g['threshold']} {g.get('note') or ''}", markup=False)
+    if out_dir:
+        con.print(f"files: {out_dir}/ (per_image.csv, per_finding.csv, cams.npz, summary.json, report.html)",
+                  markup=False)

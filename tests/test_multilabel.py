@@ -2,6 +2,7 @@
 table, reports, and torchxrayvision run dirs (random weights, nothing downloaded)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -18,10 +19,11 @@ import yaml
 
 from audit.cam import grad_cam
 from audit.errors import ConfigError, ManifestError, RunDirError
-from audit.multilabel import (auroc_estimate, evaluate_multilabel_gates, finding_labels, findings_table,
-                              multilabel_grad_cam, select_findings)
+from audit.multilabel import (auroc_estimate, evaluate_multilabel_gates, finding_labels, multilabel_grad_cam,
+                              select_findings)
 from audit.run import BinaryLogit, load_run
-from conftest import write_images
+from audit.terminal import findings_table, out_console, print_multilabel_summary
+from conftest import assert_golden, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = [f"f{i}" for i in range(14)]
@@ -489,6 +491,9 @@ def test_planted_marker_is_singled_out_with_known_figures(tmp_path):
     assert lines[1].split()[:3] == ["marker", "12", "6"] and "text" in lines[1] and lines[1].split()[-2:] == ["1.00",
                                                                                                            "fail"]
     assert lines[2].split()[-2:] == ["0.00", "pass"]
+    buf = io.StringIO()
+    print_multilabel_summary(s, "OUT", out_console(buf, width=100))
+    assert_golden("multilabel_summary.txt", buf.getvalue())  # the wording, once, at 100 columns
     paths = render_multilabel_reports(res.out_dir, n_per_group=2)
     fp = list((res.out_dir / "gallery" / "marker").rglob("*.png"))
     assert fp and all(p.parent.name == "artifact_evidence" for p in fp)  # no miss, no false positive to show

@@ -64,7 +64,7 @@ def fmt_est(e, pct: bool = False, digits: int = 2) -> str:
     ("0.61 [0.58, 0.64]")."""
     return fmt_estimate(e, pct=pct, digits=digits, sep=", ")
 
-def _est_or_na(e, pct: bool = False, digits: int = 2) -> str:
+def est_or_na(e, pct: bool = False, digits: int = 2) -> str:
     """`fmt_est`, but a missing estimate reads "n/a" (not "—")."""
     return "n/a" if e is None else fmt_est(e, pct=pct, digits=digits)
 
@@ -308,7 +308,7 @@ def _isic_metrics(inp: ReportInputs) -> str:
         label = label.format(tpr=tpr_s)
         n = e.get("n", m.get("n")) if isinstance(e, dict) else m.get("n")
         note = e.get("note") if isinstance(e, dict) else ""
-        rows.append([_c(f"{label} ({key})"), _c(_est_or_na(e, digits=3)), _c(_count(n)), _c(note or "", "l")])
+        rows.append([_c(f"{label} ({key})"), _c(est_or_na(e, digits=3)), _c(_count(n)), _c(note or "", "l")])
     classes = [c for c in (m.get("classes") or []) if isinstance(c, str)]
     for k in ("auc", "pauc", "auc_above"):   # classes named only in the per-class dicts
         for c in (m.get(k) or {}) if isinstance(m.get(k), dict) else ():
@@ -325,7 +325,7 @@ def _isic_metrics(inp: ReportInputs) -> str:
             d = m.get(k) if isinstance(m.get(k), dict) else {}
             e = d.get(c)
             cells.append(_c(small if small and isinstance(e, dict) and e.get("too_small")
-                            else _est_or_na(e, digits=3)))
+                            else est_or_na(e, digits=3)))
         crow.append(cells)
     if not rows and not crow:
         return ""
@@ -353,9 +353,9 @@ def _by_artifact(inp: ReportInputs) -> str:
     sens = any("sensitivity" in d or "specificity" in d for _, _, d in subsets)
     rows = []
     for a, name, d in subsets:
-        r = [_c(a), _c(name), _c(_count(d.get("n"))), _c(_est_or_na(d.get("accuracy"), pct=True))]
+        r = [_c(a), _c(name), _c(_count(d.get("n"))), _c(est_or_na(d.get("accuracy"), pct=True))]
         if sens:
-            r += [_c(_est_or_na(d.get("sensitivity"), pct=True)), _c(_est_or_na(d.get("specificity"), pct=True))]
+            r += [_c(est_or_na(d.get("sensitivity"), pct=True)), _c(est_or_na(d.get("specificity"), pct=True))]
         rows.append(r)
     head = ["artifact / flag", "subset", "n", "accuracy"]
     what = "Top-1 accuracy"
@@ -377,7 +377,7 @@ def _accuracy_by_group(inp: ReportInputs) -> str:
     for col, groups in abg.items():
         for g, e in groups.items():
             acc = dataclasses.replace(e.accuracy, too_small=bool(e.too_small), n=e.n)
-            rows.append([_c(_label(col)), _c(_label(g)), _c(_count(e.n)), _c(_est_or_na(acc, pct=True))])
+            rows.append([_c(_label(col)), _c(_label(g)), _c(_count(e.n)), _c(est_or_na(acc, pct=True))])
     if not rows:
         return ""
     return ("<h2>Accuracy by group</h2><p>Top-1 accuracy within each group of the <code>--by</code> columns (Wilson "

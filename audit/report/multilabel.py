@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import RunDirError
 from ..preprocess import InputSpec
-from .html import esc, fmt_est
+from .html import esc, est_or_na, fmt_est
 from .inputs import ReportInputs, _read_yaml
 from .overlay import overlay_image
 
@@ -158,7 +158,6 @@ def _row(cells: list[str], tag: str = "td") -> str:
 def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
     """report.html: the comparison table, then one section per finding (labels and n, AUROC, decision threshold,
     operating points, regions with lift, counterfactual flips, gates, gallery)."""
-    from ..multilabel import _ci, _num
     s = ml.summary
     d = s["data"]
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>multi-label audit</title><style>"
@@ -174,21 +173,21 @@ def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
          + (f": {esc((s.get('verdict_detail') or {}).get('headline'))}" if (s.get("verdict_detail") or {}).get("headline")
             else "") + ".</p>", *([f"<p class='fail'>Split: {esc(d['split_note'])}</p>"] if d.get("split_note") else []),
          "<h2 id='comparison'>Findings compared</h2><table>"]
-    ts = _num(s["comparison"][0]["target_sensitivity"]) if s.get("comparison") else "n/a"
+    ts = est_or_na(s["comparison"][0]["target_sensitivity"]) if s.get("comparison") else "n/a"
     h.append(_row(["finding", "n labelled", "positives", "AUROC [95% CI]", f"sensitivity @{ts}",
                    f"specificity @{ts}", "false negatives", "target share", "top artifact lift", "top flip rate",
                    "gates"], "th"))
     for r in s.get("comparison", []):
         h.append(_row([f"<a href='#f-{_safe(r['finding'])}'>{esc(r['finding'])}</a>", str(r["n"]), str(r["n_pos"]),
-                       esc(_ci(r["auroc"])), esc(_ci(r["sensitivity"])), esc(_ci(r["specificity"])),
-                       str(r["false_negatives"]), _num(r["target_frac"]),
-                       esc(f"{r['top_artifact']} {_num(r['top_lift'], 1)}" if r["top_artifact"] else "-"),
-                       esc(f"{r['top_flip_region']} {_num(r['top_flip_rate'])}" if r["top_flip_region"] else "-"),
+                       esc(est_or_na(r["auroc"])), esc(est_or_na(r["sensitivity"])), esc(est_or_na(r["specificity"])),
+                       str(r["false_negatives"]), est_or_na(r["target_frac"]),
+                       esc(f"{r['top_artifact']} {est_or_na(r['top_lift'], digits=1)}" if r["top_artifact"] else "-"),
+                       esc(f"{r['top_flip_region']} {est_or_na(r['top_flip_rate'])}" if r["top_flip_region"] else "-"),
                        f"<span class='{r['gates'] or ''}'>{esc(r['gates'] or '-')}</span>"]))
     h.append("</table>")
     for f, e in s["findings"].items():
         h.append(f"<h2 id='f-{_safe(f)}'>{esc(f)}</h2><p>{esc(e['labelled_note'])}; {e['n_missing']} missing, "
-                 f"{e['n_uncertain']} uncertain (-1). Decision threshold p ≥ {_num(e['threshold'], 3)}. "
+                 f"{e['n_uncertain']} uncertain (-1). Decision threshold p ≥ {est_or_na(e['threshold'], digits=3)}. "
                  f"AUROC {esc(fmt_est(e['auroc']))}.</p>")
         dec = e["decision"]
         h.append(f"<p>At the decision threshold: sensitivity {esc(fmt_est(dec['sensitivity']))}, specificity "
@@ -199,7 +198,7 @@ def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
             h.append(f"<h3>Operating points ({esc(op.get('tuning'))})</h3><table>"
                      + _row(["target sensitivity", "threshold p", "sensitivity", "specificity", "PPV", "NPV"], "th"))
             for p in op["points"]:
-                h.append(_row([_num(p["target_sensitivity"]), _num(p["threshold"], 3), esc(fmt_est(p["sensitivity"])),
+                h.append(_row([est_or_na(p["target_sensitivity"]), est_or_na(p["threshold"], digits=3), esc(fmt_est(p["sensitivity"])),
                                esc(fmt_est(p["specificity"])), esc(fmt_est(p["ppv"])), esc(fmt_est(p["npv"]))]))
             h.append("</table>")
         if e.get("regions"):
@@ -224,7 +223,7 @@ def multilabel_html(ml: MLInputs, items: list[MLItem]) -> str:
             h.append("<h3>Gates</h3><table>" + _row(["gate", "value", "threshold", "result"], "th"))
             for g in gs:
                 res = {True: "pass", False: "fail", None: "not measured"}[g["passed"]]
-                h.append(_row([esc(g["name"]), _num(g["value"]), _num(g["threshold"]),
+                h.append(_row([esc(g["name"]), est_or_na(g["value"]), est_or_na(g["threshold"]),
                                f"<span class='{res}'>{res}</span>"]))
             h.append("</table>")
         its = [i for i in items if i.finding == f and i.path is not None]
