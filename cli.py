@@ -348,15 +348,15 @@ def cmd_discover(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    from audit.scan import prepare_scan, render_scan, run_scan
+    from audit.scan import ScanConfig, prepare_scan, render_scan, run_scan
     preset, manifest, spec = prepare_scan(args.data, args.preset, label_col=args.label_col)
+    cfg = ScanConfig.resolve(preset, by=args.by, id_col=args.id_col, flag_cols=args.flag_cols,
+                             positive=args.positive, workers=args.workers, limit=args.limit,
+                             phash_threshold=args.phash_threshold, detail_threshold=args.detail_threshold)
     console = _console(args.quiet or args.json)
     with _progress(console, "Scanning") as prog:
         task = prog.add_task("scan", total=None)
-        res = run_scan(preset, manifest, Path(args.out), spec, by=args.by, id_col=args.id_col,
-                       flag_cols=args.flag_cols, run_dir=args.run_dir, positive=args.positive,
-                       workers=args.workers, limit=args.limit, phash_threshold=args.phash_threshold,
-                       **({} if args.detail_threshold is None else {"detail_threshold": args.detail_threshold}),
+        res = run_scan(preset, manifest, Path(args.out), spec, cfg, run_dir=args.run_dir,
                        progress=lambda done, total: prog.update(task, completed=done, total=total))
     if args.json:
         print(json.dumps(res.summary, indent=2))

@@ -726,13 +726,11 @@ def scan(manifest_or_dataframe: PathLike | pd.DataFrame, preset: PathLike, *, ou
     folder). preset: the YAML preset whose artifact regions are scanned. out: None → a new temporary folder
     (kept). label_col: the manifest column holding the label. run_dir: a trained run whose metrics are compared
     with and without each artifact. options: by, id_col, flag_cols, positive, workers, limit, phash_threshold,
-    detail_threshold, min_n, top_k (run_scan's keywords)."""
-    import inspect
-
+    detail_threshold, min_n, top_k, alpha, batch_size, device, n_boot, seed (`audit.scan.ScanConfig`'s fields;
+    explicit > the preset's `scan:` section > defaults; the resolved ones are scan.json's `config`)."""
     from .scan import prepare_scan, run_scan
-    allowed = [p for p in inspect.signature(run_scan).parameters
-               if p not in ("preset", "manifest", "out_dir", "spec", "run_dir", "progress")]
-    _check_options(options, "scan", allowed)
+    from .scan.config import OPTION_NAMES, ScanConfig
+    _check_options(options, "scan", OPTION_NAMES)
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="scan_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(manifest_or_dataframe, pd.DataFrame):
@@ -755,8 +753,9 @@ def scan(manifest_or_dataframe: PathLike | pd.DataFrame, preset: PathLike, *, ou
     else:
         raise TypeError(f"manifest_or_dataframe: expected a CSV path or a pandas DataFrame, got "
                         f"{type(manifest_or_dataframe).__name__}")
-    return run_scan(pre, manifest, out_dir, spec, run_dir=None if run_dir is None else os.fspath(run_dir),
-                    progress=progress, **options)
+    cfg = ScanConfig.resolve(pre, **options)
+    return run_scan(pre, manifest, out_dir, spec, cfg, run_dir=None if run_dir is None else os.fspath(run_dir),
+                    progress=progress)
 
 
 def compare(baseline: AuditResult | PathLike, candidate: AuditResult | PathLike, *,

@@ -262,7 +262,8 @@ def _check_sections(cfg: dict) -> None:
 
     from .gates import evaluate_gates
     from .manifest import DataSpec
-    from .scan.core import scan_input_spec, scan_options
+    from .scan.config import scan_options
+    from .scan.core import scan_input_spec
     build_regions(cfg.get("regions"))
     DataSpec.from_dict(cfg.get("data"))
     scan_input_spec(cfg)

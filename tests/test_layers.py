@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "audit.run", "audit.xrv", "audit.predict", "audit.stream")),
     ("analyses", ("audit.association", "audit.formats", "audit.thresholds", "audit.gates", "audit.summary",
                   "audit.discover", "audit.sanity", "audit.compare", "audit.dicom_bias", "audit.scan.hashing",
-                  "audit.scan.core", "audit.report.inputs")),
+                  "audit.scan.config", "audit.scan.core", "audit.report.inputs")),
     ("app", ("audit.config", "audit.pipeline", "audit.multilabel", "audit.scan.prepare")),
     ("render", ("audit.terminal", "audit.report", "audit.report.html", "audit.report.gallery",
                 "audit.report.overlay", "audit.report.plots", "audit.report.multilabel", "audit.compare_report",

@@ -434,6 +434,79 @@ def test_no_label_and_nothing_to_scan(tmp_path):
     assert scan_input_spec({"input": {"size": 96}}).size == 96
 
 
+# ------------------------------------------------------------------------------------------------ ScanConfig
+
+def test_scan_config_precedence_argument_over_preset_over_default():
+    """Each option from the highest-ranking place that sets it: the argument, else the preset's `scan:` section,
+    else the default; None and an empty list mean "not given"."""
+    from audit.scan import ScanConfig
+    pre = {"scan": {"min_n": 3, "top_k": 5, "by": ["site"], "id_col": "lesion_id"}}
+    c = ScanConfig.resolve(pre, top_k=2, by=[], id_col=None, phash_threshold=9, seed=7)
+    assert (c.top_k, c.phash_threshold, c.seed) == (2, 9, 7)                      # argument
+    assert (c.min_n, c.by, c.id_col) == (3, ["site"], "lesion_id")                 # preset
+    assert (c.detail_threshold, c.n_boot, c.alpha, c.workers, c.flag_cols) == (48, 1000, 0.05, 0, [])  # default
+    assert ScanConfig.resolve(None) == ScanConfig() and ScanConfig.resolve({"scan": None}) == ScanConfig()
+    assert ScanConfig.resolve(pre, by=["split"]).by == ["split"]
+    assert ScanConfig(**c.to_dict()) == c and json.loads(json.dumps(c.to_dict())) == c.to_dict()
+    assert ScanConfig(workers=np.int64(2)).to_dict()["workers"] == 2 and type(ScanConfig(workers=np.int64(2)).workers) is int
+
+
+@pytest.mark.parametrize("key, value", [("top_k", -1), ("phash_threshold", 70), ("workers", "x"), ("min_n", 0),
+                                        ("detail_threshold", 257), ("limit", 0), ("alpha", 1.5), ("batch_size", 0),
+                                        ("device", "gpu"), ("n_boot", 0), ("seed", -1), ("by", "site"),
+                                        ("flag_cols", [1]), ("id_col", 3), ("workers", True)])
+def test_scan_config_bad_option_names_the_parameter(tmp_path, key, value):
+    from audit.scan import ScanConfig
+    for make in (lambda: ScanConfig(**{key: value}), lambda: ScanConfig.resolve({}, **{key: value})):
+        with pytest.raises(ConfigError) as ei:
+            make()
+        msg = str(ei.value)
+        assert ei.value.param == key and msg.startswith(f"{key}: expected") and repr(value) in msg
+        assert "\n" not in msg
+
+
+def test_run_scan_options_and_config_are_checked_before_any_work(tmp_path):
+    from audit.scan import ScanConfig
+    df = make_set(tmp_path, n_mel=2, n_nv=2, ink_mel=0, ink_nv=0)
+    with pytest.raises(ConfigError) as ei:
+        run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, top_k=-1)
+    assert ei.value.param == "top_k" and not (tmp_path / "o").exists()
+    with pytest.raises(TypeError, match="bogus"):
+        run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, bogus=1)
+    with pytest.raises(TypeError, match="top_k"):
+        run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, ScanConfig(), top_k=3)
+    with pytest.raises(TypeError, match="ScanConfig"):
+        run_scan({"regions": {"ink": {}}}, df, tmp_path / "o", SPEC, ["site"])
+
+
+@pytest.mark.parametrize("flag, value", [("--phash-threshold", "70"), ("--workers", "-1"), ("--limit", "0"),
+                                         ("--detail-threshold", "300")])
+def test_cli_scan_bad_option_exits_2_naming_the_flag(tmp_path, capsys, flag, value):
+    import cli
+    make_set(tmp_path, n_mel=2, n_nv=2, ink_mel=0, ink_nv=0)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("regions:\n  ink: {}\n")
+    rc = cli.main(["scan", "--data", str(tmp_path / "m.csv"), "--config", str(preset), "--out", str(tmp_path / "o"),
+                   "--quiet", flag, value])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {flag}: expected") and value in err and "\n" not in err
+    assert not (tmp_path / "o" / "scan.json").exists()
+
+
+def test_scan_json_carries_the_resolved_config(ink_scan, tmp_path):
+    from audit.scan import ScanConfig
+    _, res = ink_scan
+    want = dict(ScanConfig().to_dict(), by=["site"], id_col="lesion_id", flag_cols=["drawn"])
+    assert res.summary["config"] == want
+    assert json.loads((res.out_dir / "scan.json").read_text())["config"] == want
+    # preset `scan:` values and the positive class used (the preset's audit.positive) land there too
+    df = make_set(tmp_path, n_mel=3, n_nv=3, ink_mel=1, ink_nv=1)
+    pre = {"regions": {"ink": {}}, "scan": {"min_n": 2, "top_k": 4}, "audit": {"positive": "mel"}}
+    got = run_scan(pre, df, tmp_path / "o", SPEC, top_k=0, n_boot=20).summary["config"]
+    assert got == dict(ScanConfig().to_dict(), min_n=2, top_k=0, n_boot=20, positive="mel")
+    assert ScanConfig(**got).top_k == 0 and not list((tmp_path / "o").glob("contact_*.png"))
+
+
 
 def test_prepare_scan_names_the_file_and_its_columns_without_a_label(tmp_path):
     from audit.scan import prepare_scan

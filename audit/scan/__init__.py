@@ -1,8 +1,8 @@
 """Dataset scan: artifact prevalence, label association and split leakage, before any model is trained.
 
-`run_scan(preset, manifest, out_dir, spec, ...)` runs the preset's artifact regions (detectors such as ink,
-ruler, dark_corners, text; `source: file` regions such as the V7 `device` mask) and optional 0/1 metadata
-flag columns over every image, in DataLoader workers, and reports:
+`run_scan(preset, manifest, out_dir, spec, config)` (config: a `ScanConfig`, or its options as keywords) runs the
+preset's artifact regions (detectors such as ink, ruler, dark_corners, text; `source: file` regions such as the V7
+`device` mask) and optional 0/1 metadata flag columns over every image, in DataLoader workers, and reports:
 
 * prevalence of each artifact overall, per label and per `by` column group (Wilson 95 % CIs; groups with
   n < `min_n` are "too small": value and CI NaN, counts kept);
@@ -24,19 +24,20 @@ flag columns over every image, in DataLoader workers, and reports:
 
 Files written to `out_dir`: scan.csv (one row per readable image: detector scores `score_<a>`, flags
 `present_<a>` True/False/empty = unknown, `phash` as 16 hex digits, `phash256` as 64, and model columns with `run_dir`),
-scan.json (strict JSON, NaN → null, `schema_version`), contact_<artifact>.png (the top-scoring images per
-artifact, the region outlined), near_duplicates.csv and leaking_ids.csv (when any), errors.csv (unreadable
+scan.json (strict JSON, NaN → null, `schema_version`, `config`: every option as resolved),
+contact_<artifact>.png (the top-scoring images per artifact, the region outlined), near_duplicates.csv and leaking_ids.csv (when any), errors.csv (unreadable
 images, skipped and counted); an interrupted scan leaves scan.partial.csv (the rows scanned until then).
 `render_scan(result, console)` prints the rich tables.
 """
 from __future__ import annotations
 
 from ..association import cramers_v, odds_ratio_2x2
+from .config import ScanConfig
 from .core import MAX_JSON_PAIRS, SCHEMA_VERSION, ScanResult, run_scan, scan_input_spec
 from .hashing import DETAIL_BITS, DETAIL_THRESHOLD, PHASH_BITS, detail_hash_images, hamming, near_duplicate_pairs, phash_images
 from .prepare import prepare_scan
 from .render import render_scan, scan_renderable
 
-__all__ = ["ScanResult", "run_scan", "render_scan", "scan_renderable", "prepare_scan", "scan_input_spec",
-           "phash_images", "detail_hash_images", "hamming", "near_duplicate_pairs", "odds_ratio_2x2", "cramers_v",
+__all__ = ["ScanConfig", "ScanResult", "run_scan", "render_scan", "scan_renderable", "prepare_scan",
+           "scan_input_spec", "phash_images", "detail_hash_images", "hamming", "near_duplicate_pairs", "odds_ratio_2x2", "cramers_v",
            "SCHEMA_VERSION", "PHASH_BITS", "DETAIL_BITS", "DETAIL_THRESHOLD", "MAX_JSON_PAIRS"]

@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,12 +23,12 @@ from ..formats import format_by_label
 from ..preprocess import InputSpec, scale16_value
 from ..stats import group_keys
 from ..stream import Progress, stream_batches, write_errors
-from .hashing import (DETAIL_BITS, DETAIL_SIZE, DETAIL_THRESHOLD, PHASH_BITS, PHASH_SIZE, detail_hash_images, near_duplicate_pairs,
+from .config import ScanConfig
+from .hashing import (DETAIL_BITS, DETAIL_SIZE, PHASH_BITS, PHASH_SIZE, detail_hash_images, near_duplicate_pairs,
                       phash_images)
 
 SCHEMA_VERSION = 2       # 2: Cramér's `value` is bias-corrected (1: the plain V); near_duplicates lists confirmed pairs
 PAIR_SHEET_PAIRS = 16    # near-duplicate pairs drawn in near_duplicates.png
-SCAN_KEYS = ("flag_cols", "by", "id_col", "min_n", "top_k")
 MAX_JSON_PAIRS = 1000    # near-duplicate pairs / leaking ids listed in scan.json (all of them in the CSVs)
 NAN = float("nan")
 
@@ -73,35 +73,6 @@ def scan_input_spec(preset: Mapping | None) -> InputSpec:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"input: invalid value ({e})") from None
-
-
-INT_OPTIONS = {"min_n": 1, "top_k": 0}  # smallest value of each integer option (top_k 0: no contact sheets)
-
-
-def _check_int_option(key: str, v) -> None:
-    lo = INT_OPTIONS[key]
-    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo):
-        raise ConfigError(f"scan.{key}: expected " + ("a positive integer" if lo == 1 else f"an integer ≥ {lo}")
-                          + f", got {v!r}")
-
-
-def scan_options(preset: Mapping) -> dict:
-    sec = preset.get("scan") or {}
-    if not isinstance(sec, Mapping):
-        raise ConfigError(f"scan: expected a mapping of options, got {type(sec).__name__}")
-    unknown = sorted(set(sec) - set(SCAN_KEYS))
-    if unknown:
-        raise ConfigError(f"scan: unknown key(s) {unknown}; expected {list(SCAN_KEYS)}")
-    for k, v in sec.items():
-        if k in INT_OPTIONS:
-            _check_int_option(k, v)
-    for k in ("flag_cols", "by"):
-        v = sec.get(k)
-        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
-            raise ConfigError(f"scan.{k}: expected a list of column names, got {v!r}")
-    if sec.get("id_col") is not None and not isinstance(sec["id_col"], str):
-        raise ConfigError(f"scan.id_col: expected a column name, got {sec['id_col']!r}")
-    return dict(sec)
 
 
 def _artifact_plan(preset: Mapping, flag_cols: Sequence[str]):
@@ -164,232 +135,300 @@ def differ(a, b) -> bool:
     return a is not None and b is not None and a != b
 
 
-def _validate(manifest: pd.DataFrame, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k,
-              detail_threshold=DETAIL_THRESHOLD) -> None:
-    if not isinstance(manifest, pd.DataFrame) or "image" not in manifest.columns:
-        raise ManifestError("manifest: expected a DataFrame from audit.manifest.load_manifest (column 'image')")
-    if "label" not in manifest.columns or manifest["label"].notna().sum() == 0:
-        raise ManifestError("manifest: no label column (map one with data.columns: {label: COL} or --label-col COL)")
-    cols = list(manifest.columns)
-    for c in by:
-        if c not in cols and not str(c).startswith("dicom_"):
-            raise ManifestError(f"by column {c!r} not found; columns are {cols}", param="by")
-    if id_col is not None and id_col not in cols:
-        raise ManifestError(f"id_col {id_col!r} not found; columns are {cols}", param="id_col")
-    for c in flag_cols:
-        if c not in cols:
-            raise ManifestError(f"flag_cols: column {c!r} not found; columns are {cols}", param="flag_cols")
-    if not (isinstance(phash_threshold, (int, np.integer)) and 0 <= phash_threshold <= PHASH_BITS):
-        raise ConfigError(f"phash_threshold: expected an integer in [0, {PHASH_BITS}], got {phash_threshold!r}",
-                          param="phash_threshold")
-    if not (isinstance(detail_threshold, (int, np.integer)) and 0 <= detail_threshold <= DETAIL_BITS):
-        raise ConfigError(f"detail_threshold: expected an integer in [0, {DETAIL_BITS}], got {detail_threshold!r}",
-                          param="detail_threshold")
-    if not (isinstance(workers, (int, np.integer)) and workers >= 0):
-        raise ConfigError(f"workers: expected an integer ≥ 0, got {workers!r}", param="workers")
-    if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
-        raise ConfigError(f"limit: expected a positive integer, got {limit!r}", param="limit")
-    _check_int_option("min_n", min_n)
-    _check_int_option("top_k", top_k)
+# ================================================================================================ run_scan
 
-
-def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpec, by: Sequence[str] = (),
-             id_col: str | None = None, flag_cols: Sequence[str] = (), run_dir: str | None = None,
-             positive: str | None = None, workers: int = 0, limit: int | None = None, phash_threshold: int = 6,
-             detail_threshold: int = DETAIL_THRESHOLD,
-             progress: Progress | None = None, *, min_n: int | None = None, top_k: int | None = None,
-             alpha: float = 0.05, batch_size: int = 32, device: str = "cpu", n_boot: int = 1000,
-             seed: int = 0) -> ScanResult:
+def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpec, config: ScanConfig | None = None,
+             *, run_dir: str | None = None, progress: Progress | None = None, **options: Any) -> ScanResult:
     """Scan a dataset for artifacts, their association with the label, and split leakage (no model needed).
 
     preset: a parsed preset (`audit.config.load_preset`): its artifact `regions:` are scanned (detectors and
-      `source: file` regions; geometric bands such as border/corners are skipped, having nothing to detect),
-      and an optional `scan:` section {flag_cols, by, id_col, min_n, top_k} supplies defaults for arguments
-      left empty. manifest: canonical rows (`audit.manifest.load_manifest`); needs a label column.
+      `source: file` regions; geometric bands such as border/corners are skipped, having nothing to detect).
+      manifest: canonical rows (`audit.manifest.load_manifest`); needs a label column.
     out_dir: folder for scan.csv, scan.json, contact_<artifact>.png, errors.csv, near_duplicates.csv,
       leaking_ids.csv. spec: the grid the detectors (and the pHash) see, e.g. `scan_input_spec(preset)`.
-    by: metadata columns to tabulate prevalence by (site, view, split). id_col: patient / lesion id column for
-      split leakage. flag_cols: 0/1 metadata columns scanned as extra artifacts (e.g. bissoto_ink).
-    run_dir: a training run (`audit.run.load_run`): adds the model's metrics with vs without each artifact.
-      positive: the safety-critical class (default: the run's positive_class, then the preset's
-      audit.positive); for a binary label without it, the minority class is compared with the other.
-    workers: DataLoader worker processes (0 = main process). limit: scan only the first N rows.
-    phash_threshold: a candidate near-duplicate pair when the 64-bit pHashes differ in ≤ this many bits (default 6);
-      detail_threshold: the candidate is confirmed when the 256-bit detail hashes differ in ≤ this many (48).
-    progress: called as progress(done, total) after each batch. min_n: groups below it are too small (10).
-    top_k: images per contact sheet (16). alpha: 1 − CI level. n_boot, seed: bootstrap of mean P(positive).
-    Raises ManifestError / ConfigError / RunDirError with one line for bad input; unreadable images are
-    skipped, counted and listed in errors.csv. Returns a ScanResult.
+    config: the options, resolved (`ScanConfig.resolve(preset, **options)`: explicit > the preset's `scan:`
+      section > defaults; audit/scan/config.py documents each). None: resolved here from `options` (by, id_col,
+      flag_cols, positive, workers, limit, phash_threshold, detail_threshold, min_n, top_k, alpha, batch_size,
+      device, n_boot, seed); not both.
+    run_dir: a training run (`audit.run.load_run`): adds the model's metrics with vs without each artifact; the
+      positive class is then `positive`, else the run's positive_class, else the preset's audit.positive (for a
+      binary label without one, the minority class is compared with the other).
+    progress: called as progress(done, total) after each batch.
+    scan.json holds `config`: every resolved option (`ScanConfig.to_dict()`, with the positive class used).
+    Raises ManifestError / ConfigError / RunDirError with one line for bad input (TypeError for an unknown
+    option); unreadable images are skipped, counted and listed in errors.csv. Returns a ScanResult.
     """
     t0 = time.perf_counter()
+    if config is not None and options:
+        raise TypeError(f"run_scan(): options {sorted(options)} given with a config; pass one or the other")
+    if config is not None and not isinstance(config, ScanConfig):
+        raise TypeError(f"run_scan(): config: expected a ScanConfig or None, got {type(config).__name__}")
     preset = dict(preset or {})
-    opts = scan_options(preset)
-    by = list(by or opts.get("by") or [])
-    flag_cols = list(flag_cols or opts.get("flag_cols") or [])
-    id_col = id_col or opts.get("id_col")
-    min_n = int(min_n if min_n is not None else opts.get("min_n", 10))  # preset values checked by _scan_options
-    top_k = int(top_k if top_k is not None else opts.get("top_k", 16))
+    cfg = config if config is not None else ScanConfig.resolve(preset, **options)
+    plan = _plan(preset, manifest, cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir is not None:  # loaded before the pass, so that a bad run dir fails before any work
+        _load_model(plan, preset, run_dir, cfg, spec)
+    else:
+        _check_positive(plan, preset, cfg)
+
+    # --- the streaming pass: detectors, flags, hashes (and the model, on the same grid) per image
+    from ..data import make_loader
+    collector = _Collector(plan, cfg)
+    loader = make_loader(plan.rows, spec, cfg.batch_size, cfg.workers,
+                         plan.regions.compute if len(plan.regions) else None)
+    streamed = stream_batches(loader, plan.rows, collector.on_batch, progress=progress,
+                              partial=out_dir / "scan.partial.csv")
+    errors = [f[1:] for f in streamed.failures]   # ScanResult.errors: (image_id, image, reason)
+    t_pass = time.perf_counter() - t0
+    if not streamed.frames:
+        raise ManifestError(f"manifest: none of the {len(plan.rows)} images could be read "
+                            f"(first error: {errors[0][2] if errors else 'none'})")
+    per_image = streamed.table()
+    for a in plan.sources:
+        per_image[f"present_{a}"] = per_image[f"present_{a}"].astype("boolean")
+    classes_run = _predictions(plan, collector, per_image, cfg)
+
+    # --- the analyses after the pass
+    lab_all = per_image["label"]
+    labelled = lab_all.notna().to_numpy()
+    classes = sorted(lab_all[labelled].astype(str).unique().tolist())
+    artifacts, associations, undefined = _label_association(per_image, plan.sources, classes, plan.positive, cfg)
+    by_out = _by_tables(per_image, plan.sources, cfg)
+    fmt = format_by_label(per_image, classes, cfg.min_n, cfg.alpha, cfg.n_boot, cfg.seed)
+    from ..dicom_bias import device_by_label
+    device = device_by_label(per_image, classes, cfg.min_n, cfg.alpha, cfg.n_boot, cfg.seed)  # DICOM headers
+    h, hd_all = collector.hash_arrays()
+    leakage = _leakage(plan.rows, per_image, h, hd_all, cfg.id_col, cfg.phash_threshold, cfg.detail_threshold,
+                       out_dir)
+    model_out = _model_metrics(plan, per_image, device, classes_run, cfg) if plan.run is not None else None
+
+    # --- files
+    sheets = _write_files(out_dir, collector, per_image, device, classes, streamed.failures)
+    sections = {"artifacts": artifacts, "skipped_regions": plan.skipped, "associations": associations,
+                "by": by_out, "format": fmt, **({"device": device} if device else {}), "leakage": leakage,
+                "model": model_out, "contact_sheets": sheets}
+    summary = _summary(plan, cfg, spec, run_dir, per_image, classes, len(errors), sections, collector.n_warn,
+                       {"total_s": time.perf_counter() - t0, "scan_pass_s": t_pass,
+                        "images_per_s": len(plan.rows) / max(t_pass, 1e-9)})
+    if undefined:
+        warnings.warn(f"scan: undefined (NaN): {', '.join(undefined[:10])}"
+                      f"{' …' if len(undefined) > 10 else ''} (artifact never or always present)",
+                      UndefinedMetricWarning, stacklevel=2)
+    (out_dir / "scan.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    return ScanResult(per_image=per_image, summary=summary, out_dir=out_dir, errors=errors)
+
+
+# ------------------------------------------------------------------------------------------------ before the pass
+
+@dataclass
+class _Plan:
+    """What the scan runs, decided before the pass: the rows (first `limit`, index 0..N-1), the scanned regions
+    and {artifact: "detector" | "file" | "flag"}, the flag columns' values, the positive class and the model."""
+
+    rows: pd.DataFrame
+    regions: Any  # masks.registry.RegionSet of the scanned artifact regions
+    sources: dict[str, str]
+    skipped: dict[str, str]
+    flags: dict[str, pd.Series]
+    positive: str | None = None
+    model: torch.nn.Module | None = None
+    run: Any = None  # audit.run.Run
+    dev: torch.device | None = None
+    in_loop: bool = False  # the model predicts in the scan's own pass (its grid is the scan's)
+
+
+def _plan(preset: Mapping, manifest: pd.DataFrame, cfg: ScanConfig) -> _Plan:
+    """The rows and regions to scan; ManifestError / ConfigError for a column or region that cannot be."""
     from ..dicom import PATIENT_HASH, add_patient_hash
-    if id_col == PATIENT_HASH and PATIENT_HASH not in manifest.columns:  # salted PatientID hash for leakage
+    if cfg.id_col == PATIENT_HASH and PATIENT_HASH not in manifest.columns:  # salted PatientID hash for leakage
         try:
             manifest = add_patient_hash(manifest)
         except ValueError as e:
             raise ConfigError(f"id_col {PATIENT_HASH}: {e}", param="id_col") from None
-    _validate(manifest, by, id_col, flag_cols, phash_threshold, workers, limit, min_n, top_k, detail_threshold)
-    rs, sources, skipped = _artifact_plan(preset, flag_cols)
+    cfg.check_manifest(manifest)
+    rs, sources, skipped = _artifact_plan(preset, cfg.flag_cols)
     if not sources:
         raise ConfigError("scan: nothing to scan: the preset has no artifact detector or file region, and no "
                           "--flag-cols were given")
-    rows = manifest if limit is None else manifest.iloc[:limit]
+    rows = manifest if cfg.limit is None else manifest.iloc[:cfg.limit]
     rows = rows.reset_index(drop=True)
-    flags = {c: _parse_flags(rows[c], c) for c in flag_cols}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    flags = {c: _parse_flags(rows[c], c) for c in cfg.flag_cols}
+    return _Plan(rows=rows, regions=rs, sources=sources, skipped=skipped, flags=flags)
 
-    # --- the model (optional): loaded before the pass so bad run dirs fail before any work
-    model = run = None
-    if run_dir is not None:
-        from ..predict import resolve_device
-        from ..run import load_run
-        model, run = load_run(run_dir)
-        dev = resolve_device(device)
-        bad = ~rows["label"].isna() & ~rows["label"].isin(run.classes)
-        if bad.any():
-            i = int(bad.to_numpy().argmax())
-            raise ManifestError(f"manifest: label {rows['label'].iloc[i]!r} (row {i + 2}) is not among the run's "
-                                f"classes {run.classes}")
-        positive = positive or run.positive_class or (preset.get("audit") or {}).get("positive")
-        if positive is not None and positive not in run.classes:
-            raise ConfigError(f"positive {positive!r}: not among the run's classes {run.classes}",
-                              param="positive")
-        geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16,
-                run.input.dicom_window)
-        # same grid (same pixels): predict in the scan's own pass
-        in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16, spec.dicom_window)
-        model.to(dev)
-    else:
-        positive = positive or (preset.get("audit") or {}).get("positive")
-        labels_seen = set(rows["label"].dropna().astype(str))
-        if positive is not None and positive not in labels_seen:
-            raise ConfigError(f"positive {positive!r}: not among the labels {sorted(labels_seen)}", param="positive")
-        in_loop = False
 
-    from masks.export import PALETTE, THUMB, contact_sheet, overlay
-    from masks.registry import RegionResult
+def _load_model(plan: _Plan, preset: Mapping, run_dir: str, cfg: ScanConfig, spec: InputSpec) -> None:
+    """Load the run onto cfg.device and set plan.model, run, dev, positive and in_loop (same grid → same pass)."""
+    from ..predict import resolve_device
+    from ..run import load_run
+    model, run = load_run(run_dir)
+    dev = resolve_device(cfg.device)
+    rows = plan.rows
+    bad = ~rows["label"].isna() & ~rows["label"].isin(run.classes)
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise ManifestError(f"manifest: label {rows['label'].iloc[i]!r} (row {i + 2}) is not among the run's "
+                            f"classes {run.classes}")
+    positive = cfg.positive or run.positive_class or (preset.get("audit") or {}).get("positive")
+    if positive is not None and positive not in run.classes:
+        raise ConfigError(f"positive {positive!r}: not among the run's classes {run.classes}", param="positive")
+    geom = (run.input.size, run.input.resize, run.input.crop_pct, run.input.interpolation, run.input.scale16,
+            run.input.dicom_window)
+    plan.in_loop = geom == (spec.size, spec.resize, spec.crop_pct, spec.interpolation, spec.scale16,
+                            spec.dicom_window)
+    plan.model, plan.run, plan.dev, plan.positive = model.to(dev), run, dev, positive
 
-    from ..data import make_loader, with_row
-    from ..preprocess import normalize
-    region_names = rs.names
-    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(sources)}
-    heaps: dict[str, list] = {a: [] for a in sources}
-    recs = rows.to_dict("records")
-    hashes, details, probs_rows, row_pos = [], [], [], []
-    n_warn = n_rec = 0
-    loader = make_loader(rows, spec, batch_size, int(workers), rs.compute if len(rs) else None)
 
-    def on_batch(batch) -> pd.DataFrame:
-        nonlocal n_warn, n_rec
-        batch_records = []
-        idx = batch.idx
+def _check_positive(plan: _Plan, preset: Mapping, cfg: ScanConfig) -> None:
+    """Without a model: plan.positive = the option, else the preset's audit.positive; it must be a label."""
+    positive = cfg.positive or (preset.get("audit") or {}).get("positive")
+    labels_seen = set(plan.rows["label"].dropna().astype(str))
+    if positive is not None and positive not in labels_seen:
+        raise ConfigError(f"positive {positive!r}: not among the labels {sorted(labels_seen)}", param="positive")
+    plan.positive = positive
+
+
+# ------------------------------------------------------------------------------------------------ the pass
+
+class _Collector:
+    """The streaming pass: `on_batch(batch)` → the batch's scan.csv rows; keeps each image's pHash (64 bits) and
+    detail hash (256 bits), the in-pass class probabilities and the top_k contact-sheet thumbnails per artifact."""
+
+    def __init__(self, plan: _Plan, cfg: ScanConfig) -> None:
+        from masks.export import PALETTE
+        self.plan, self.cfg = plan, cfg
+        self.recs = plan.rows.to_dict("records")
+        self.colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(plan.sources)}
+        self.heaps: dict[str, list] = {a: [] for a in plan.sources}
+        self.hashes: list = []
+        self.details: list = []
+        self.probs_rows: list[tuple[int, np.ndarray]] = []  # (row, P (C,)) predicted in the pass
+        self.row_pos: list[int] = []  # the row of each scanned image, in streaming order
+        self.n_warn = self.n_rec = 0
+
+    def on_batch(self, batch) -> pd.DataFrame:
         hs = phash_images(batch.img)
         hd = detail_hash_images(batch.img)
-        if in_loop:
-            with torch.no_grad():
-                pr = torch.softmax(model(normalize(batch.img.to(dev), run.input)).float(), 1).cpu().numpy()
-        for j, i in enumerate(idx):
-            r = recs[i]
-            rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
-            for c in [id_col, *by]:
-                if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
-                    rec[c] = r[c]
-            rec.update(batch.source_columns(j))
-            rec["phash"] = f"{int(hs[j]):016x}"
-            rec["phash256"] = "".join(f"{int(x):016x}" for x in hd[j])
-            masks = batch.masks[j] if batch.masks is not None else {}
-            n_warn += len(batch.warnings[j]) if batch.warnings is not None else 0
-            found = batch.region_columns(j)
-            for a in region_names:
-                pres = found.get(f"present_{a}")  # a file region's presence is what its file says
-                if sources[a] == "file":  # a file region's score: the share of the grid its mask covers
-                    score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
-                else:
-                    score = found.get(f"score_{a}", NAN)
-                rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
-            for c in flag_cols:
-                v = flags[c].iloc[i]
-                rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
-                rec[f"present_{c}"] = None if v is pd.NA else bool(v)
-            if "region_notes" in found:
-                rec["region_notes"] = found["region_notes"]
-            # the manifest's metadata after the scan's own columns; a scanned flag column keeps its raw value
-            with_row(rec, r, skip=[c for c in r if f"present_{c}" in rec and c not in flag_cols])
-            if in_loop:
-                probs_rows.append((i, pr[j]))
-            # contact sheets: keep the top_k scores per artifact, thumbnails made only for entrants
-            for a in sources:
-                s = rec[f"score_{a}"]
-                if top_k == 0 or s is None or not np.isfinite(s):
-                    continue
-                key = (float(s), -n_rec)
-                hp = heaps[a]
-                if len(hp) < top_k or key > hp[0][:2]:
-                    grid = batch.img[j].numpy()
-                    m = masks.get(a)
-                    ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, colors)
-                    th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
-                    cap = f"{'*' if rec[f'present_{a}'] else ' '}{s:.3g} {r['image_id']}"
-                    item = (key[0], key[1], cap, th)
-                    if len(hp) < top_k:
-                        heapq.heappush(hp, item)
-                    else:
-                        heapq.heapreplace(hp, item)
+        pr = self._probs(batch) if self.plan.in_loop else None
+        batch_records = []
+        for j, i in enumerate(batch.idx):
+            rec = self._record(batch, j, i, hs[j], hd[j])
+            if pr is not None:
+                self.probs_rows.append((i, pr[j]))
+            self._offer_thumbnails(batch, j, rec)
             batch_records.append(rec)
-            n_rec += 1
-            row_pos.append(i)
-            hashes.append(hs[j])
-            details.append(hd[j])
+            self.n_rec += 1
+            self.row_pos.append(i)
+            self.hashes.append(hs[j])
+            self.details.append(hd[j])
         return pd.DataFrame.from_records(batch_records)
 
-    streamed = stream_batches(loader, rows, on_batch, progress=progress, partial=out_dir / "scan.partial.csv")
-    errors = [f[1:] for f in streamed.failures]   # ScanResult.errors: (image_id, image, reason)
-    t_pass = time.perf_counter() - t0
+    def _probs(self, batch) -> np.ndarray:
+        """Softmax of the model on the batch's grid images: (B, C)."""
+        from ..preprocess import normalize
+        run = self.plan.run
+        with torch.no_grad():
+            return torch.softmax(self.plan.model(normalize(batch.img.to(self.plan.dev), run.input)).float(),
+                                 1).cpu().numpy()
 
-    if not streamed.frames:
-        raise ManifestError(f"manifest: none of the {len(rows)} images could be read "
-                            f"(first error: {errors[0][2] if errors else 'none'})")
-    per_image = streamed.table()
-    for a in sources:
-        per_image[f"present_{a}"] = per_image[f"present_{a}"].astype("boolean")
-    h = np.array(hashes, dtype=np.uint64)
-    hd_all = np.array(details, dtype=np.uint64).reshape(len(details), DETAIL_BITS // 64)
+    def _record(self, batch, j: int, i: int, h, hd) -> dict:
+        """Image j of the batch (manifest row i) as its scan.csv row: scores and presence per artifact."""
+        from ..data import with_row
+        cfg, sources = self.cfg, self.plan.sources
+        r = self.recs[i]
+        rec = {"image_id": r["image_id"], "image": r["image"], "label": r["label"], "split": r["split"]}
+        for c in [cfg.id_col, *cfg.by]:
+            if c is not None and c not in rec and c in r:  # a dicom_ column comes from the header
+                rec[c] = r[c]
+        rec.update(batch.source_columns(j))
+        rec["phash"] = f"{int(h):016x}"
+        rec["phash256"] = "".join(f"{int(x):016x}" for x in hd)
+        masks = batch.masks[j] if batch.masks is not None else {}
+        self.n_warn += len(batch.warnings[j]) if batch.warnings is not None else 0
+        found = batch.region_columns(j)
+        for a in self.plan.regions.names:
+            pres = found.get(f"present_{a}")  # a file region's presence is what its file says
+            if sources[a] == "file":  # a file region's score: the share of the grid its mask covers
+                score = float(masks[a].float().mean()) if a in masks else (0.0 if pres is False else NAN)
+            else:
+                score = found.get(f"score_{a}", NAN)
+            rec[f"score_{a}"], rec[f"present_{a}"] = score, pres
+        for c in cfg.flag_cols:
+            v = self.plan.flags[c].iloc[i]
+            rec[f"score_{c}"] = NAN if v is pd.NA else float(bool(v))
+            rec[f"present_{c}"] = None if v is pd.NA else bool(v)
+        if "region_notes" in found:
+            rec["region_notes"] = found["region_notes"]
+        # the manifest's metadata after the scan's own columns; a scanned flag column keeps its raw value
+        with_row(rec, r, skip=[c for c in r if f"present_{c}" in rec and c not in cfg.flag_cols])
+        return rec
 
-    # --- model predictions
-    classes_run = None
-    if run is not None:
-        classes_run = list(run.classes)
-        if in_loop:
-            P = np.full((len(rows), len(classes_run)), np.nan)
-            for i, p in probs_rows:
-                P[i] = p
-        else:
-            from ..predict import predict_probs
-            P = predict_probs(model, rows, run.input, dev, batch_size, int(workers))
-        model.cpu()
-        Pi = P[np.asarray(row_pos, dtype=np.int64)]
-        valid = np.isfinite(Pi).all(1)
-        per_image["pred"] = pd.array([classes_run[int(k)] if v else pd.NA
-                                      for k, v in zip(np.nan_to_num(Pi).argmax(1), valid)], dtype="object")
-        per_image["confidence"] = np.where(valid, np.nan_to_num(Pi).max(1), np.nan)
-        per_image["correct"] = pd.array([(l == p) if p is not pd.NA and l is not pd.NA and not pd.isna(l) else pd.NA
-                                         for l, p in zip(per_image["label"], per_image["pred"])], dtype="boolean")
-        for k, c in enumerate(classes_run):
-            per_image[f"p_{c}"] = Pi[:, k]
+    def _offer_thumbnails(self, batch, j: int, rec: dict) -> None:
+        """Keep the top_k scores per artifact (ties: the earlier image); thumbnails made only for entrants."""
+        from masks.export import THUMB, overlay
+        from masks.registry import RegionResult
+        top_k = self.cfg.top_k
+        masks = batch.masks[j] if batch.masks is not None else {}
+        for a in self.plan.sources:
+            s = rec[f"score_{a}"]
+            if top_k == 0 or s is None or not np.isfinite(s):
+                continue
+            key = (float(s), -self.n_rec)
+            hp = self.heaps[a]
+            if len(hp) < top_k or key > hp[0][:2]:
+                grid = batch.img[j].numpy()
+                m = masks.get(a)
+                ov = overlay(grid, {a: RegionResult(m.numpy() if m is not None else None)}, self.colors)
+                th = Image.fromarray(ov).resize((THUMB, THUMB), Image.BILINEAR)
+                cap = f"{'*' if rec[f'present_{a}'] else ' '}{s:.3g} {rec['image_id']}"
+                item = (key[0], key[1], cap, th)
+                if len(hp) < top_k:
+                    heapq.heappush(hp, item)
+                else:
+                    heapq.heapreplace(hp, item)
 
-    # --- statistics
+    def hash_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pHashes (N,) uint64, detail hashes (N, 4) uint64) of the scanned images, in scan.csv's order."""
+        h = np.array(self.hashes, dtype=np.uint64)
+        return h, np.array(self.details, dtype=np.uint64).reshape(len(self.details), DETAIL_BITS // 64)
+
+
+# ------------------------------------------------------------------------------------------------ after the pass
+
+def _predictions(plan: _Plan, collector: _Collector, per_image: pd.DataFrame, cfg: ScanConfig) -> list[str] | None:
+    """With a model: add pred, confidence, correct and p_<class> to per_image (in place); the run's classes."""
+    if plan.run is None:
+        return None
+    run, classes_run = plan.run, list(plan.run.classes)
+    if plan.in_loop:
+        P = np.full((len(plan.rows), len(classes_run)), np.nan)
+        for i, p in collector.probs_rows:
+            P[i] = p
+    else:
+        from ..predict import predict_probs
+        P = predict_probs(plan.model, plan.rows, run.input, plan.dev, cfg.batch_size, cfg.workers)
+    plan.model.cpu()
+    Pi = P[np.asarray(collector.row_pos, dtype=np.int64)]
+    valid = np.isfinite(Pi).all(1)
+    per_image["pred"] = pd.array([classes_run[int(k)] if v else pd.NA
+                                  for k, v in zip(np.nan_to_num(Pi).argmax(1), valid)], dtype="object")
+    per_image["confidence"] = np.where(valid, np.nan_to_num(Pi).max(1), np.nan)
+    per_image["correct"] = pd.array([(l == p) if p is not pd.NA and l is not pd.NA and not pd.isna(l) else pd.NA
+                                     for l, p in zip(per_image["label"], per_image["pred"])], dtype="boolean")
+    for k, c in enumerate(classes_run):
+        per_image[f"p_{c}"] = Pi[:, k]
+    return classes_run
+
+
+def _label_association(per_image: pd.DataFrame, sources: Mapping[str, str], classes: list[str],
+                       positive: str | None, cfg: ScanConfig) -> tuple[dict, list[dict], list[str]]:
+    """Per artifact its prevalence (overall and by label) and Cramér's V with the label; the one-vs-rest odds
+    ratios ranked strongest first; the names of the undefined (NaN) figures."""
     lab_all = per_image["label"]
     labelled = lab_all.notna().to_numpy()
-    classes = sorted(lab_all[labelled].astype(str).unique().tolist())
     lab = lab_all.astype(object).where(lab_all.notna(), None).to_numpy()
+    min_n, alpha = cfg.min_n, cfg.alpha
     artifacts: dict[str, dict] = {}
     associations: list[dict] = []
     undefined: list[str] = []
@@ -402,7 +441,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
         labs, pl = lab[m].astype(str), pres[m]
         by_label = {c: prevalence(int(pl[labs == c].sum()), int((labs == c).sum()), min_n, alpha) for c in classes}
         cv = cramers_v([[int((pl & (labs == c)).sum()), int((~pl & (labs == c)).sum())] for c in classes],
-                       seed=seed, n_boot=n_boot, alpha=alpha)
+                       seed=cfg.seed, n_boot=cfg.n_boot, alpha=alpha)
         if not np.isfinite(cv["value"]):
             undefined.append(f"cramers_v[{a}]")
         scores = per_image[f"score_{a}"].to_numpy(dtype=np.float64)
@@ -417,92 +456,99 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
     associations.sort(key=association_strength)
     for rank, e in enumerate(associations, 1):
         e["rank"] = rank
+    return artifacts, associations, undefined
 
+
+def _by_tables(per_image: pd.DataFrame, sources: Mapping[str, str], cfg: ScanConfig) -> dict[str, dict]:
+    """{by column: {artifact: {groups: prevalence per group, association: Cramér's V}}}."""
     by_out: dict[str, dict] = {}
-    for col in by:
+    for col in cfg.by:
         keys = group_keys(per_image[col]).to_numpy()
         by_out[col] = {}
         for a in sources:
             pres_s = per_image[f"present_{a}"]
             known = pres_s.notna().to_numpy()
-            prev, cv = by_table(keys[known], pres_s.fillna(False).to_numpy(dtype=bool)[known], min_n, alpha,
-                                 n_boot, seed)
+            prev, cv = by_table(keys[known], pres_s.fillna(False).to_numpy(dtype=bool)[known], cfg.min_n, cfg.alpha,
+                                cfg.n_boot, cfg.seed)
             by_out[col][a] = {"groups": prev, "association": cv}
+    return by_out
 
-    fmt = format_by_label(per_image, classes, min_n, alpha, n_boot, seed)
-    from ..dicom_bias import device_by_label, device_markdown, model_by_device
-    device = device_by_label(per_image, classes, min_n, alpha, n_boot, seed)  # DICOM header fields, if any
 
-    # --- leakage
-    leakage = _leakage(rows, per_image, h, hd_all, id_col, phash_threshold, detail_threshold, out_dir)
+def _model_metrics(plan: _Plan, per_image: pd.DataFrame, device: dict, classes_run: list[str] | None,
+                   cfg: ScanConfig) -> dict:
+    """scan.json's `model`: accuracy, and the metrics with vs without each artifact (and device level)."""
+    from ..dicom_bias import model_by_device
+    run, positive, min_n, alpha = plan.run, plan.positive, cfg.min_n, cfg.alpha
+    model_out = {"run_dir": str(run.run_dir) if run.run_dir else None, "model": f"{run.source}:{run.model_name}",
+                 "classes": classes_run, "positive": positive, "input": run.input.to_dict(),
+                 "inference": "same pass as the scan" if plan.in_loop else "separate pass (the run's input spec)",
+                 "accuracy": prevalence(int(per_image["correct"].fillna(False).sum()),
+                                        int(per_image["correct"].notna().sum()), min_n, alpha),
+                 "by_artifact": model_by_artifact(per_image, list(plan.sources), positive, min_n, alpha, cfg.n_boot,
+                                                  cfg.seed),
+                 "reference": "Winkler et al. 2019, JAMA Dermatol 155(10):1135-1141"}
+    if device:
+        model_out["by_device"] = model_by_device(per_image, device, positive, min_n, alpha, cfg.n_boot, cfg.seed)
+    return model_out
 
-    # --- model metrics
-    model_out = None
-    if run is not None:
-        model_out = {"run_dir": str(run.run_dir) if run.run_dir else None, "model": f"{run.source}:{run.model_name}",
-                     "classes": classes_run, "positive": positive, "input": run.input.to_dict(),
-                     "inference": "same pass as the scan" if in_loop else "separate pass (the run's input spec)",
-                     "accuracy": prevalence(int(per_image["correct"].fillna(False).sum()),
-                                       int(per_image["correct"].notna().sum()), min_n, alpha),
-                     "by_artifact": model_by_artifact(per_image, list(sources), positive, min_n, alpha, n_boot,
-                                                       seed),
-                     "reference": "Winkler et al. 2019, JAMA Dermatol 155(10):1135-1141"}
-        if device:
-            model_out["by_device"] = model_by_device(per_image, device, positive, min_n, alpha, n_boot, seed)
 
-    # --- files
+def _write_files(out_dir: Path, collector: _Collector, per_image: pd.DataFrame, device: dict, classes: list[str],
+                 failures: list) -> dict[str, str]:
+    """contact_<artifact>.png, scan.csv, device_bias.md (DICOM headers) and errors.csv; {artifact: sheet file}."""
+    from masks.export import contact_sheet
+
+    from ..dicom_bias import device_markdown
     sheets = {}
-    for a, hp in heaps.items():
+    for a, hp in collector.heaps.items():
         if not hp:
             continue
         items = sorted(hp, key=lambda t: (-t[0], -t[1]))
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in a)
-        contact_sheet([(t[2], t[3]) for t in items], {a: colors[a]}).save(out_dir / f"contact_{safe}.png")
+        contact_sheet([(t[2], t[3]) for t in items], {a: collector.colors[a]}).save(out_dir / f"contact_{safe}.png")
         sheets[a] = f"contact_{safe}.png"
     per_image.to_csv(out_dir / "scan.csv", index=False)
     if device:
         (out_dir / "device_bias.md").write_text(device_markdown(device, classes))
-    write_errors(out_dir / "errors.csv", streamed.failures)
+    write_errors(out_dir / "errors.csv", failures)
+    return sheets
+
+
+def _summary(plan: _Plan, cfg: ScanConfig, spec: InputSpec, run_dir: str | None, per_image: pd.DataFrame,
+             classes: list[str], n_skipped: int, sections: dict, n_warn: int, timing: dict) -> dict:
+    """scan.json's dict (strict-JSON values): data, options, config, methods, then `sections` in order."""
     from .._version import package_versions
     from ..summary_types import jsonable
+    lab_all = per_image["label"]
+    labelled = lab_all.notna().to_numpy()
     label_counts = {c: int((lab_all[labelled].astype(str) == c).sum()) for c in classes}
     summary = {
         "schema_version": SCHEMA_VERSION,
-        "data": {"n_rows": len(rows), "n_scanned": len(per_image), "n_skipped": len(errors),
+        "data": {"n_rows": len(plan.rows), "n_scanned": len(per_image), "n_skipped": n_skipped,
                  "n_unlabelled": int((~labelled).sum()), "classes": classes, "label_counts": label_counts,
                  "splits": sorted(per_image["split"].dropna().astype(str).unique().tolist()),
                  "input": spec.to_dict()},
-        "options": {"by": by, "id_col": id_col, "flag_cols": flag_cols, "positive": positive, "min_n": min_n,
-                    "alpha": alpha, "phash_threshold": int(phash_threshold), "phash_bits": PHASH_BITS,
-                    "detail_threshold": int(detail_threshold), "detail_bits": DETAIL_BITS,
-                    "workers": int(workers), "limit": limit, "top_k": top_k, "run_dir": run_dir},
+        "options": {"by": cfg.by, "id_col": cfg.id_col, "flag_cols": cfg.flag_cols, "positive": plan.positive,
+                    "min_n": cfg.min_n, "alpha": cfg.alpha, "phash_threshold": cfg.phash_threshold,
+                    "phash_bits": PHASH_BITS, "detail_threshold": cfg.detail_threshold, "detail_bits": DETAIL_BITS,
+                    "workers": cfg.workers, "limit": cfg.limit, "top_k": cfg.top_k, "run_dir": run_dir},
+        "config": {**cfg.to_dict(), "positive": plan.positive},
         "methods": {
             "prevalence": "Wilson score 95% CI; groups with n < min_n are too small (value null)",
             "odds_ratio": "one class vs the rest (binary label: positive/minority class vs the other); Woolf logit "
                           "CI, Haldane-Anscombe +0.5 to every cell when one is zero; Fisher exact two-sided p",
             "association": "Pearson chi-square without continuity correction; Cramér's V bias-corrected "
                            "(Bergsma 2013; `uncorrected`: sqrt(chi2/(n(min(r,c)-1)))) with a percentile bootstrap "
-                           f"CI ({n_boot} multinomial tables, seeded); p by Monte Carlo (4000 tables, same margins) "
-                           "when > 20% of expected counts < 5",
+                           f"CI ({cfg.n_boot} multinomial tables, seeded); p by Monte Carlo (4000 tables, same "
+                           "margins) when > 20% of expected counts < 5",
             "ranking": "strongest first: the CI bound nearer OR = 1 on the log scale, then |log OR|",
             "phash": f"64-bit DCT pHash of the {PHASH_SIZE}x{PHASH_SIZE} grayscale model-grid image; a candidate "
-                     f"near-duplicate pair when Hamming distance <= {int(phash_threshold)} of 64 bits, confirmed when "
-                     f"the 256-bit DCT hash of the {DETAIL_SIZE}x{DETAIL_SIZE} image differs in <= "
-                     f"{int(detail_threshold)} of 256 bits"},
-        "artifacts": artifacts, "skipped_regions": skipped, "associations": associations, "by": by_out,
-        "format": fmt, **({"device": device} if device else {}),
-        "leakage": leakage, "model": model_out, "contact_sheets": sheets,
-        "timing": {"total_s": time.perf_counter() - t0, "scan_pass_s": t_pass,
-                   "images_per_s": len(rows) / max(t_pass, 1e-9)},
-        "n_mask_warnings": n_warn, "versions": package_versions(),
+                     f"near-duplicate pair when Hamming distance <= {cfg.phash_threshold} of 64 bits, confirmed "
+                     f"when the 256-bit DCT hash of the {DETAIL_SIZE}x{DETAIL_SIZE} image differs in <= "
+                     f"{cfg.detail_threshold} of 256 bits"},
+        **sections,
+        "timing": timing, "n_mask_warnings": n_warn, "versions": package_versions(),
     }
-    if undefined:
-        warnings.warn(f"scan: undefined (NaN): {', '.join(undefined[:10])}"
-                      f"{' …' if len(undefined) > 10 else ''} (artifact never or always present)",
-                      UndefinedMetricWarning, stacklevel=2)
-    summary = jsonable(summary)
-    (out_dir / "scan.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    return ScanResult(per_image=per_image, summary=summary, out_dir=out_dir, errors=errors)
+    return jsonable(summary)
 
 
 def _leakage(rows: pd.DataFrame, per_image: pd.DataFrame, h: np.ndarray, hd: np.ndarray, id_col: str | None,
