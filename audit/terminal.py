@@ -47,7 +47,8 @@ def discover_renderable(d: dict, out_dir: str | None = None, n: int = 3):
             where = (f" · overlays: {gal}/" if gal.is_dir() else f" · mean map: {mean}" if mean.is_file() else "")
         lines.append(Text(f"  prototypes: {protos}{where}", style="dim"))
     if len(rows) > n:
-        lines.append(Text(f"  … {len(rows) - n} more ranked groups in discover/groups.csv", style="dim"))
+        k = len(rows) - n
+        lines.append(Text(f"  … {k} more ranked group{'s' if k != 1 else ''} in discover/groups.csv", style="dim"))
     return Group(*lines)
 
 

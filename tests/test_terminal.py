@@ -333,3 +333,45 @@ def test_golden_rendering_at_100_columns():
     con = Console(width=100, color_system=None, force_terminal=False, record=True)
     print_summary(SUMMARY, "reports/run_x", con)
     assert_golden("terminal_summary.txt", con.export_text())
+
+
+def _having(text: str, part: str) -> str:
+    """The one line of a rendering that holds `part`."""
+    (line,) = [ln for ln in text.splitlines() if part in ln]
+    return line
+
+
+def _discover_summary(n_groups: int) -> dict:
+    rows = [{"kind": "cluster" if i % 2 == 0 else "slice", "id": i, "rank": i + 1, "n": 20 + i,
+             "suspicion": round(0.9 - 0.1 * i, 2), "reason": "gap", "flag": i == 0,
+             "prototypes": [f"img_{i}_{k}" for k in range(7)], "text": f"group {i}: accuracy 0.{50 + i} vs 0.90"}
+            for i in range(n_groups)]
+    return {"ranking": rows}
+
+
+def test_discover_renderable_shows_the_top_groups_their_prototypes_and_where_their_overlays_are(tmp_path):
+    """The discover block (`cli.py discover`, `audit --discover`): the n most suspicious groups with their text, at
+    most 5 prototypes each, the overlays' folder only where it exists, and how many more groups are ranked."""
+    from audit.terminal import discover_renderable
+    (tmp_path / "gallery" / "discover_cluster_0").mkdir(parents=True)
+    (tmp_path / "discover").mkdir()
+    (tmp_path / "discover" / "slice_1.png").write_bytes(b"")
+    con = Console(width=400, color_system=None, force_terminal=False, record=True)  # long tmp paths on one line
+    con.print(discover_renderable(_discover_summary(5), str(tmp_path), n=3))
+    text = con.export_text()
+    lines = text.splitlines()
+    for i in range(3):
+        assert any(f"group {i}: accuracy 0.{50 + i} vs 0.90" in ln for ln in lines)
+        protos = _having(text, f"img_{i}_0")
+        assert [f"img_{i}_{k}" in protos for k in range(7)] == [True] * 5 + [False] * 2
+    assert str(tmp_path / "gallery" / "discover_cluster_0") in _having(text, "img_0_0")
+    assert str(tmp_path / "discover" / "slice_1.png") in _having(text, "img_1_0")      # no gallery: the mean map
+    assert str(tmp_path) not in _having(text, "img_2_0")                                # neither: nothing named
+    assert "group 3" not in text and " 2 more " in _having(text, "groups.csv")
+    con = Console(width=100, color_system=None, force_terminal=False, record=True)
+    con.print(discover_renderable({"ranking": [], "skipped": "too few images (n=7 < min_n=10)"}))
+    assert "too few images (n=7 < min_n=10)" in con.export_text()
+    from conftest import assert_golden
+    con = Console(width=100, color_system=None, force_terminal=False, record=True)
+    con.print(discover_renderable(_discover_summary(4), "reports/run_x", n=3))
+    assert_golden("discover_block.txt", con.export_text())
