@@ -100,7 +100,7 @@ class Batch:
     warnings: list[list[str]] | None = None
 
     def source_columns(self, j: int) -> dict:
-        """Image j's stored-file columns: bit_depth (8, 16 or 32), a DICOM's `dicom_<Keyword>` header fields, (8, 16 or 32),
+        """Image j's stored-file columns: bit_depth (8, 16 or 32), a DICOM's `dicom_<Keyword>` header fields, then
         src_height, src_width, src_format, src_mode, src_short_side, src_aspect (`audit.preprocess.format_record`)."""
         return {"bit_depth": bit_depth(self.src_info[j].get("mode")), **format_record(self.src_hw[j], self.src_info[j])}
 
