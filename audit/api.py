@@ -727,7 +727,7 @@ def scan(manifest_or_dataframe: PathLike | pd.DataFrame, preset: PathLike, *, ou
     (kept). label_col: the manifest column holding the label. run_dir: a trained run whose metrics are compared
     with and without each artifact. options: by, id_col, flag_cols, positive, workers, limit, phash_threshold,
     detail_threshold, min_n, top_k, alpha, batch_size, device, n_boot, seed (`audit.scan.ScanConfig`'s fields;
-    explicit > the preset's `scan:` section > defaults; the resolved ones are scan.json's `config`)."""
+    explicit > the preset's `scan:` section > defaults; the resolved ones are scan.json's `options`)."""
     from .scan import prepare_scan, run_scan
     from .scan.config import OPTION_NAMES, ScanConfig
     _check_options(options, "scan", OPTION_NAMES)

@@ -495,14 +495,18 @@ def test_cli_scan_bad_option_exits_2_naming_the_flag(tmp_path, capsys, flag, val
 
 def test_scan_json_carries_the_resolved_config(ink_scan, tmp_path):
     from audit.scan import ScanConfig
+
+    def config(s: dict) -> dict:  # scan.json's options, less the hash widths and the run dir
+        return {k: v for k, v in s["options"].items() if k not in ("phash_bits", "detail_bits", "run_dir")}
+
     _, res = ink_scan
     want = dict(ScanConfig().to_dict(), by=["site"], id_col="lesion_id", flag_cols=["drawn"])
-    assert res.summary["config"] == want
-    assert json.loads((res.out_dir / "scan.json").read_text())["config"] == want
+    assert config(res.summary) == want
+    assert config(json.loads((res.out_dir / "scan.json").read_text())) == want
     # preset `scan:` values and the positive class used (the preset's audit.positive) land there too
     df = make_set(tmp_path, n_mel=3, n_nv=3, ink_mel=1, ink_nv=1)
     pre = {"regions": {"ink": {}}, "scan": {"min_n": 2, "top_k": 4}, "audit": {"positive": "mel"}}
-    got = run_scan(pre, df, tmp_path / "o", SPEC, top_k=0, n_boot=20).summary["config"]
+    got = config(run_scan(pre, df, tmp_path / "o", SPEC, top_k=0, n_boot=20).summary)
     assert got == dict(ScanConfig().to_dict(), min_n=2, top_k=0, n_boot=20, positive="mel")
     assert ScanConfig(**got).top_k == 0 and not list((tmp_path / "o").glob("contact_*.png"))
 

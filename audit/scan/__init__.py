@@ -24,7 +24,7 @@ preset's artifact regions (detectors such as ink, ruler, dark_corners, text; `so
 
 Files written to `out_dir`: scan.csv (one row per readable image: detector scores `score_<a>`, flags
 `present_<a>` True/False/empty = unknown, `phash` as 16 hex digits, `phash256` as 64, and model columns with `run_dir`),
-scan.json (strict JSON, NaN → null, `schema_version`, `config`: every option as resolved),
+scan.json (strict JSON, NaN → null, `schema_version`, `options`: every option as resolved),
 contact_<artifact>.png (the top-scoring images per artifact, the region outlined), near_duplicates.csv and leaking_ids.csv (when any), errors.csv (unreadable
 images, skipped and counted); an interrupted scan leaves scan.partial.csv (the rows scanned until then).
 `render_scan(result, console)` prints the rich tables.

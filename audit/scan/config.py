@@ -1,5 +1,5 @@
 """One typed config for a scan (`ScanConfig`), resolved once: explicit arguments (CLI / API) > the preset's `scan:`
-section > defaults, and validated in one place. scan.json carries it under `config`."""
+section > defaults, and validated in one place. scan.json carries it under `options`."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields

@@ -154,7 +154,7 @@ def run_scan(preset: dict, manifest: pd.DataFrame, out_dir: Path, spec: InputSpe
       positive class is then `positive`, else the run's positive_class, else the preset's audit.positive (for a
       binary label without one, the minority class is compared with the other).
     progress: called as progress(done, total) after each batch.
-    scan.json holds `config`: every resolved option (`ScanConfig.to_dict()`, with the positive class used).
+    scan.json's `options` holds every resolved option (`ScanConfig.to_dict()`, with the positive class used).
     Raises ManifestError / ConfigError / RunDirError with one line for bad input (TypeError for an unknown
     option); unreadable images are skipped, counted and listed in errors.csv. Returns a ScanResult.
     """
@@ -515,7 +515,7 @@ def _write_files(out_dir: Path, collector: _Collector, per_image: pd.DataFrame, 
 
 def _summary(plan: _Plan, cfg: ScanConfig, spec: InputSpec, run_dir: str | None, per_image: pd.DataFrame,
              classes: list[str], n_skipped: int, sections: dict, n_warn: int, timing: dict) -> dict:
-    """scan.json's dict (strict-JSON values): data, options, config, methods, then `sections` in order."""
+    """scan.json's dict (strict-JSON values): data, options, methods, then `sections` in order."""
     from .._version import package_versions
     from ..summary_types import jsonable
     lab_all = per_image["label"]
@@ -527,11 +527,9 @@ def _summary(plan: _Plan, cfg: ScanConfig, spec: InputSpec, run_dir: str | None,
                  "n_unlabelled": int((~labelled).sum()), "classes": classes, "label_counts": label_counts,
                  "splits": sorted(per_image["split"].dropna().astype(str).unique().tolist()),
                  "input": spec.to_dict()},
-        "options": {"by": cfg.by, "id_col": cfg.id_col, "flag_cols": cfg.flag_cols, "positive": plan.positive,
-                    "min_n": cfg.min_n, "alpha": cfg.alpha, "phash_threshold": cfg.phash_threshold,
-                    "phash_bits": PHASH_BITS, "detail_threshold": cfg.detail_threshold, "detail_bits": DETAIL_BITS,
-                    "workers": cfg.workers, "limit": cfg.limit, "top_k": cfg.top_k, "run_dir": run_dir},
-        "config": {**cfg.to_dict(), "positive": plan.positive},
+        # every option as resolved once (ScanConfig's fields; positive: the class used), the hashes' widths, the run
+        "options": {**cfg.to_dict(), "positive": plan.positive, "phash_bits": PHASH_BITS, "detail_bits": DETAIL_BITS,
+                    "run_dir": run_dir},
         "methods": {
             "prevalence": "Wilson score 95% CI; groups with n < min_n are too small (value null)",
             "odds_ratio": "one class vs the rest (binary label: positive/minority class vs the other); Woolf logit "
