@@ -217,26 +217,28 @@ def print_summary(s: AuditSummary, out_dir: str | None = None, console: Console 
 
 # ---------------------------------------------------------------------------------------------- multi-label audit
 
+def _or_na(v, d: int = 2) -> str:
+    """`fmt_estimate`, but a missing value (None) reads "n/a"."""
+    return "n/a" if v is None else fmt_estimate(v, digits=d)
+
+
 def findings_table(s: dict, width: int = 100) -> list[str]:
     """A multi-label summary's findings × figures table (summary.json's `comparison` rows,
     `audit.multilabel.comparison_rows`) as text lines of at most `width` (≥ 90) columns."""
-    def num(v, d: int = 2) -> str:
-        return "n/a" if v is None else fmt_estimate(v, digits=d)
-
     def value(e):
         return e.get("value") if isinstance(e, dict) else e
 
     comp = s.get("comparison") or []
-    ts = num(comp[0].get("target_sensitivity") if comp else None)
+    ts = _or_na(comp[0].get("target_sensitivity") if comp else None)
     head = (f"{'finding':<15} {'n':>5} {'pos':>4} {'AUROC [95% CI]':<16} {'se@' + ts:>7} {'sp@' + ts:>7} "
             f"{'FN':>4} {'target':>6} {'artifact lift':<14} {'flips':>5} {'gate':>4}")
     lines = [head[:width]]
     for r in comp:
-        art = f"{r['top_artifact']} {num(r['top_lift'], 1)}" if r["top_artifact"] else "-"
-        auroc = "n/a" if r["auroc"] is None else fmt_estimate(r["auroc"])
+        art = f"{r['top_artifact']} {_or_na(r['top_lift'], 1)}" if r["top_artifact"] else "-"
+        auroc = _or_na(r["auroc"])
         line = (f"{r['finding'][:15]:<15} {r['n']:>5} {r['n_pos']:>4} {auroc:<16} "
-                f"{num(value(r['sensitivity'])):>7} {num(value(r['specificity'])):>7} {r['false_negatives']:>4} "
-                f"{num(r['target_frac']):>6} {art[:14]:<14} {num(r['top_flip_rate']):>5} "
+                f"{_or_na(value(r['sensitivity'])):>7} {_or_na(value(r['specificity'])):>7} {r['false_negatives']:>4} "
+                f"{_or_na(r['target_frac']):>6} {art[:14]:<14} {_or_na(r['top_flip_rate']):>5} "
                 f"{(r['gates'] or '-'):>4}")
         lines.append(line[:width])
     return lines
@@ -264,8 +266,8 @@ def print_multilabel_summary(s: dict, out_dir: str | None = None, console: Conso
                   + (f": {head}" if head else ""), markup=False)
         for g in failed[:12]:
             word = "FAIL" if g["passed"] is False else "UNDEFINED"
-            value = "n/a" if g["value"] is None else fmt_estimate(g["value"])
-            con.print(f"  {word} {g['name']}: {value} vs {g['threshold']} {g.get('note') or ''}", markup=False)
+            con.print(f"  {word} {g['name']}: {_or_na(g['value'])} vs {g['threshold']} {g.get('note') or ''}",
+                      markup=False)
     if out_dir:
         con.print(f"files: {out_dir}/ (per_image.csv, per_finding.csv, cams.npz, summary.json, report.html)",
                   markup=False)

@@ -48,13 +48,18 @@ def preset(tmp_path) -> Path:
     return p
 
 
-def expected_probs(model: torch.nn.Module, folder: Path, images: list[str]) -> np.ndarray:
-    """softmax(model((x/255 − mean)/std)) computed here, without the auditor."""
+def expected_logits(model: torch.nn.Module, folder: Path, images: list[str]) -> np.ndarray:
+    """model((x/255 − mean)/std) computed here, without the auditor (float64)."""
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(folder / p).convert("RGB"), np.float32) / 255.0)
                      .permute(2, 0, 1) for p in images])
     x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
     with torch.no_grad():
-        return torch.softmax(model.eval()(x).double(), 1).numpy()
+        return model.eval()(x).double().numpy()
+
+
+def expected_probs(model: torch.nn.Module, folder: Path, images: list[str]) -> np.ndarray:
+    """softmax of `expected_logits`."""
+    return torch.softmax(torch.from_numpy(expected_logits(model, folder, images)), 1).numpy()
 
 
 def test_in_memory_module_and_dataframe(tmp_path, preset):
@@ -311,14 +316,6 @@ def multilabel_set(folder: Path, n: int = 6) -> pd.DataFrame:
     df["f1"] = [0, 1, 1, 0, None, 1][:n]
     df["f2"] = [-1, 0, 1, 0, 0, 1][:n]
     return df
-
-
-def expected_logits(model: torch.nn.Module, folder: Path, images: list[str]) -> np.ndarray:
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(folder / p).convert("RGB"), np.float32) / 255.0)
-                     .permute(2, 0, 1) for p in images])
-    x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-    with torch.no_grad():
-        return model.eval()(x).double().numpy()
 
 
 def test_in_memory_multilabel_module(tmp_path, preset):
